@@ -1,0 +1,273 @@
+"""The interface every environment implements.
+
+An environment is a tool-using world: a policy text, a set of tools (each
+read or write, each with a JSON schema of its parameters), a hidden state that
+the tools read and change, and the benchmark tasks measured on it.
+
+The environment object lives only in the trusted process. Model-written code
+reaches it through :meth:`Environment.call` (from the sandbox's request
+channel), never directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ToolKind = Literal["read", "write"]
+
+
+class ToolError(Exception):
+    """A tool refused the call; the message is the environment's own."""
+
+
+class UnknownToolError(ToolError):
+    """A call named a tool the environment does not have."""
+
+
+class WriteForbiddenError(ToolError):
+    """A write tool was called where only read tools are allowed (in `evaluate`)."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One tool: its name, description, JSON schema of parameters, read or write."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema: {"type": "object", "properties": ..., "required": [...]}
+    kind: ToolKind
+    returns: str = ""  # a one-line description of what it returns, when known
+
+    @property
+    def param_names(self) -> list[str]:
+        return list(self.parameters.get("properties", {}))
+
+    @property
+    def required(self) -> list[str]:
+        return list(self.parameters.get("required", []))
+
+    def signature(self) -> str:
+        """A Python-like signature, e.g. ``get_order_details(order_id: str)``."""
+        parts = []
+        required = set(self.required)
+        for name, schema in self.parameters.get("properties", {}).items():
+            typ = _schema_type_name(schema)
+            part = f"{name}: {typ}" if typ else name
+            if name not in required:
+                default = schema.get("default")
+                part += f" = {default!r}"
+            parts.append(part)
+        return f"{self.name}({', '.join(parts)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "signature": self.signature(),
+            "description": self.description,
+            "kind": self.kind,
+            "parameters": self.parameters,
+            "returns": self.returns,
+        }
+
+    def openai_schema(self) -> dict[str, Any]:
+        """The tool in the OpenAI function-calling format (used by chat templates)."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+def _schema_type_name(schema: dict[str, Any]) -> str:
+    if "type" in schema:
+        t = schema["type"]
+        if t == "array" and isinstance(schema.get("items"), dict):
+            inner = _schema_type_name(schema["items"])
+            return f"list[{inner}]" if inner else "list"
+        return {"string": "str", "integer": "int", "number": "float", "boolean": "bool",
+                "object": "dict", "array": "list", "null": "None"}.get(t, str(t))
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            names = [_schema_type_name(s) for s in schema[key]]
+            return " | ".join(n for n in names if n)
+    return ""
+
+
+@dataclass
+class BenchmarkTask:
+    """One task of an environment's own benchmark (measured by ``sca eval``)."""
+
+    id: str
+    split: str  # "train" or "test" (or another name the benchmark uses)
+    instruction: str  # what the user wants, as text
+    data: dict[str, Any] = field(default_factory=dict)  # the benchmark's own record, untouched
+
+
+class Environment(ABC):
+    """Base class of every environment.
+
+    Subclasses set :attr:`name` and :attr:`description` and implement the
+    abstract methods. A module ``envs/<name>.py`` that defines ``make()``
+    returning an instance is all it takes to add one (see :mod:`envs`).
+    """
+
+    name: str = ""
+    description: str = ""
+    #: whether tasks are given to a simulated user (TauBench) or to the agent directly
+    user_facing: bool = False
+
+    # -- description -------------------------------------------------------
+    @property
+    @abstractmethod
+    def policy(self) -> str:
+        """The policy text the agent must follow (may be empty)."""
+
+    @abstractmethod
+    def tools(self) -> list[Tool]:
+        """Every tool, in a stable order."""
+
+    def tool(self, name: str) -> Tool:
+        for t in self.tools():
+            if t.name == name:
+                return t
+        raise UnknownToolError(f"unknown tool {name!r}")
+
+    def tool_names(self) -> list[str]:
+        return [t.name for t in self.tools()]
+
+    # -- state -------------------------------------------------------------
+    @abstractmethod
+    def reset(self) -> None:
+        """Return to the initial state. Called before every run; must be fast."""
+
+    @abstractmethod
+    def state_hash(self) -> str:
+        """A hash of the current state: equal states give equal hashes."""
+
+    @abstractmethod
+    def _call(self, name: str, args: dict[str, Any]) -> Any:
+        """Run tool `name`; return a JSON-able value or raise :class:`ToolError`."""
+
+    def call(self, name: str, args: dict[str, Any] | None = None, *, allow_write: bool = True) -> Any:
+        """Call a tool by name with JSON arguments.
+
+        Returns the tool's result as plain JSON values (decoded from its JSON
+        encoding, so the caller never holds a reference into the state).
+        Raises :class:`ToolError` with the environment's message on refusal,
+        :class:`UnknownToolError` for a name that is not a tool, and
+        :class:`WriteForbiddenError` for a write tool when ``allow_write`` is false.
+        """
+        args = dict(args or {})
+        tool = self.tool(name)
+        if tool.kind == "write" and not allow_write:
+            raise WriteForbiddenError(f"write tool {name!r} called where only read tools are allowed")
+        check_arguments(tool, args)
+        result = self._call(name, args)
+        return to_json_value(result)
+
+    # -- benchmark ---------------------------------------------------------
+    def tasks(self, split: str | None = None) -> list[BenchmarkTask]:
+        """The environment's benchmark tasks, optionally only one split."""
+        tasks = self._tasks()
+        if split is None:
+            return tasks
+        if split not in self.splits():
+            raise ValueError(f"{self.name}: unknown split {split!r} (have: {', '.join(self.splits())})")
+        return [t for t in tasks if t.split == split]
+
+    def _tasks(self) -> list[BenchmarkTask]:
+        return []
+
+    def splits(self) -> list[str]:
+        return sorted({t.split for t in self._tasks()})
+
+    # -- prompts -----------------------------------------------------------
+    def challenger_context(self, rng: Any) -> dict[str, Any]:
+        """Extra facts for the challenger's prompt (e.g. a sampled user id)."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        tools = self.tools()
+        return {
+            "name": self.name,
+            "description": self.description,
+            "tools": len(tools),
+            "read_tools": sum(t.kind == "read" for t in tools),
+            "write_tools": sum(t.kind == "write" for t in tools),
+            "user_facing": self.user_facing,
+        }
+
+
+def check_arguments(tool: Tool, args: dict[str, Any]) -> None:
+    """Refuse unknown or missing arguments with a clear :class:`ToolError`."""
+    known = tool.param_names
+    unknown = [a for a in args if a not in known]
+    if unknown:
+        raise ToolError(f"{tool.name}() got an unexpected keyword argument {unknown[0]!r}")
+    missing = [p for p in tool.required if p not in args]
+    if missing:
+        raise ToolError(f"{tool.name}() missing required argument {missing[0]!r}")
+
+
+def to_json_value(value: Any) -> Any:
+    """Whatever a tool returned, as it would look after a JSON round trip."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    dump = getattr(obj, "model_dump", None)  # pydantic models
+    if callable(dump):
+        return dump(mode="json")
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    raise TypeError(f"tool returned a value that is not JSON: {type(obj).__name__}")
+
+
+def schema_from_signature(func: Any, doc_params: dict[str, str] | None = None) -> dict[str, Any]:
+    """A JSON schema of a Python function's parameters, from its annotations.
+
+    For environments written in this package: a tool is a method with type
+    hints; this turns it into the schema :class:`Tool` needs.
+    """
+    doc_params = doc_params or {}
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for name, p in inspect.signature(func).parameters.items():
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        schema = _annotation_schema(p.annotation)
+        if name in doc_params:
+            schema["description"] = doc_params[name]
+        if p.default is inspect.Parameter.empty:
+            required.append(name)
+        else:
+            schema["default"] = p.default
+        props[name] = schema
+    return {"type": "object", "properties": props, "required": required}
+
+
+def _annotation_schema(ann: Any) -> dict[str, Any]:
+    if isinstance(ann, str):
+        ann = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}.get(ann, ann)
+    mapping = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+    if ann in mapping:
+        return {"type": mapping[ann]}
+    origin = getattr(ann, "__origin__", None)
+    if origin in (list, tuple):
+        args = getattr(ann, "__args__", ())
+        out: dict[str, Any] = {"type": "array"}
+        if args:
+            out["items"] = _annotation_schema(args[0])
+        return out
+    if origin is dict:
+        return {"type": "object"}
+    return {}

@@ -1,0 +1,261 @@
+"""Reading and writing the JSONL files between stages.
+
+Reading (:func:`load_records`): every line is checked against its schema
+before any work starts. A bad line is reported as ``FILE:LINE: what is
+wrong`` (an :class:`InputError`; the CLI prints it and exits with code 2), or
+with ``skip_invalid`` reported and skipped. ``-`` is standard input.
+
+Writing (:class:`RecordWriter`): record by record, each line written whole
+and flushed, so a stage killed at any moment leaves only complete lines plus
+at most one torn last line, which the next run discards. Re-running with the
+same output resumes: the ids already written are known and skipped by the
+stage. Every output gets a ``OUTPUT.meta.json`` sidecar (:class:`RunMeta`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from sca import __version__
+from sca.records import RecordError, RecordSchema
+
+STDIO = "-"
+
+
+class InputError(Exception):
+    """Bad input: the message is one line, ready to print (``FILE:LINE: problem``)."""
+
+
+@dataclass
+class Loaded:
+    """The records of one input file, checked, with what was skipped."""
+
+    path: str
+    records: list[dict[str, Any]]
+    sha256: str
+    lines: int = 0
+    skipped: list[str] = field(default_factory=list)  # one message per skipped line
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "records": len(self.records), "skipped": len(self.skipped)}
+
+
+def _read_bytes(path: str) -> bytes:
+    if path == STDIO:
+        return sys.stdin.buffer.read()
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{path}: no such file")
+    if p.is_dir():
+        raise InputError(f"{path}: is a directory, expected a JSONL file")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def load_records(
+    path: str | Path,
+    schema: RecordSchema,
+    *,
+    skip_invalid: bool = False,
+    on_skip: Callable[[str], None] | None = None,
+) -> Loaded:
+    """Read and check every record of a JSONL file (``-`` for stdin).
+
+    Raises :class:`InputError` at the first bad line, unless ``skip_invalid``,
+    in which case each bad line is passed to ``on_skip`` (default: printed to
+    stderr) and left out. Blank lines are ignored. Ids must be unique.
+    """
+    path = str(path)
+    name = "<stdin>" if path == STDIO else path
+    data = _read_bytes(path)
+    loaded = Loaded(path=name, records=[], sha256=hashlib.sha256(data).hexdigest())
+    seen: dict[str, int] = {}
+    report = on_skip or (lambda msg: print(f"skipped: {msg}", file=sys.stderr))
+
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        loaded.lines += 1
+        try:
+            record = _parse_line(raw)
+            schema.check(record)
+            rid = record.get(schema.id_field)
+            if rid in seen:
+                raise RecordError(schema.id_field, f"duplicate id {rid!r} (first on line {seen[rid]})")
+        except (RecordError, _BadLine) as e:
+            msg = f"{name}:{lineno}: {e}"
+            if not skip_invalid:
+                raise InputError(msg) from None
+            loaded.skipped.append(msg)
+            report(msg)
+            continue
+        seen[rid] = lineno
+        loaded.records.append(record)
+    return loaded
+
+
+class _BadLine(Exception):
+    pass
+
+
+def _parse_line(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _BadLine(f"not UTF-8 text (byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _BadLine(f"not valid JSON: {e.msg} (column {e.colno})") from None
+
+
+def dumps_record(record: dict[str, Any]) -> str:
+    """One JSONL line (with its newline). Non-ASCII is kept readable."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+class RecordWriter:
+    """Append records to a JSONL file, one whole line at a time, resumably.
+
+    Opening an existing file keeps its complete lines (their ids are in
+    :attr:`done_ids`) and cuts a torn last line; ``overwrite`` starts afresh.
+    ``-`` writes to stdout (no resume).
+    """
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False, id_field: str = "id"):
+        self.path = str(path)
+        self.id_field = id_field
+        self.done_ids: set[str] = set()
+        self.resumed = 0  # complete records found from an earlier run
+        self.torn_bytes = 0  # bytes of a torn last line that were cut
+        self.written = 0
+        if self.path == STDIO:
+            self._fd = sys.stdout.fileno()
+            sys.stdout.flush()
+            self._own = False
+            return
+        p = Path(self.path)
+        if p.parent and not p.parent.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+        if p.exists() and not overwrite:
+            self._scan_existing(p)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_APPEND)
+        self._fd = os.open(p, flags, 0o644)
+        self._own = True
+
+    def _scan_existing(self, p: Path) -> None:
+        data = p.read_bytes()
+        good_end = 0
+        pos = 0
+        lineno = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            lineno += 1
+            if nl == -1:  # no newline: the last line was torn by a kill
+                break
+            raw = data[pos:nl]
+            if raw.strip():
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                    rid = record[self.id_field]
+                except (ValueError, KeyError, TypeError):
+                    if nl + 1 >= len(data):  # a garbled last line: treat as torn
+                        break
+                    raise InputError(
+                        f"{self.path}:{lineno}: existing output is corrupt (not a record); "
+                        "fix it or pass --overwrite to start afresh"
+                    ) from None
+                self.done_ids.add(str(rid))
+                self.resumed += 1
+            pos = nl + 1
+            good_end = pos
+        if good_end < len(data):
+            self.torn_bytes = len(data) - good_end
+            with open(p, "r+b") as f:
+                f.truncate(good_end)
+
+    def write(self, record: dict[str, Any]) -> None:
+        buf = dumps_record(record).encode("utf-8")
+        view = memoryview(buf)
+        while view:  # one write call for a regular file; loop only for pipes
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.written += 1
+        rid = record.get(self.id_field)
+        if rid is not None:
+            self.done_ids.add(str(rid))
+
+    def close(self) -> None:
+        if self._own and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunMeta:
+    """The ``OUTPUT.meta.json`` sidecar: how an output file was made.
+
+    Holds the command line, sca version, inputs with hashes, settings (model,
+    sampling, seed...), start and end times and counts. A resumed run keeps
+    the earlier runs' entries under ``previous_runs``. Written atomically.
+    """
+
+    def __init__(self, output: str | Path, stage: str, inputs: Iterable[Loaded] = (), settings: dict[str, Any] | None = None):
+        self.output = str(output)
+        self.path = None if self.output == STDIO else Path(self.output + ".meta.json")
+        previous: list[dict[str, Any]] = []
+        if self.path is not None and self.path.exists():
+            try:
+                old = json.loads(self.path.read_text())
+                previous = old.pop("previous_runs", [])
+                previous.append(old)
+            except (ValueError, OSError):
+                previous = []
+        self.data: dict[str, Any] = {
+            "stage": stage,
+            "command": [Path(sys.argv[0]).name] + sys.argv[1:],
+            "sca_version": __version__,
+            "inputs": [i.describe() for i in inputs],
+            "settings": settings or {},
+            "started_at": _now(),
+            "ended_at": None,
+            "status": "running",
+            "counts": {},
+            "previous_runs": previous,
+        }
+
+    def start(self, overwrite: bool = False) -> None:
+        if overwrite:
+            self.data["previous_runs"] = []
+        self._save()
+
+    def finish(self, counts: dict[str, Any], status: str = "finished") -> None:
+        self.data["counts"] = counts
+        self.data["status"] = status
+        self.data["ended_at"] = _now()
+        self._save()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, ensure_ascii=False, default=str) + "\n")
+        os.replace(tmp, self.path)

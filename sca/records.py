@@ -1,0 +1,126 @@
+"""Every JSONL record that flows between stages, and how it is checked on read.
+
+Records stay plain dicts (so fields a stage does not know pass through
+untouched); a :class:`RecordSchema` names the fields a stage relies on and
+checks them. The CaT task follows ``shared/spec/CAT.md`` exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class RecordError(ValueError):
+    """A record breaks its schema: `field` names the culprit ("" for the whole record)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "object"}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    for t, name in _TYPE_NAMES.items():
+        if type(value) is t:
+            return name
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: type
+    required: bool = True
+    item_type: type | None = None  # for lists: the type of every item
+    non_empty: bool = False
+    doc: str = ""
+
+    def check(self, record: dict[str, Any]) -> None:
+        if self.name not in record:
+            if self.required:
+                raise RecordError(self.name, "missing required field")
+            return
+        value = record[self.name]
+        if value is None and not self.required:
+            return
+        ok = isinstance(value, self.type) and not (self.type is int and isinstance(value, bool))
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise RecordError(self.name, f"expected {_TYPE_NAMES.get(self.type, self.type.__name__)}, got {_type_name(value)}")
+        if self.non_empty and not value:
+            raise RecordError(self.name, "must not be empty")
+        if self.item_type is not None:
+            for i, item in enumerate(value):
+                if not isinstance(item, self.item_type):
+                    raise RecordError(
+                        f"{self.name}[{i}]",
+                        f"expected {_TYPE_NAMES.get(self.item_type, self.item_type.__name__)}, got {_type_name(item)}",
+                    )
+
+
+@dataclass(frozen=True)
+class RecordSchema:
+    """The fields one kind of record must have; extra fields are always allowed."""
+
+    name: str
+    fields: tuple[Field, ...]
+    id_field: str = "id"
+    extra_checks: tuple[Callable[[dict[str, Any]], None], ...] = field(default=())
+
+    def check(self, record: Any) -> None:
+        """Raise :class:`RecordError` for the first problem found."""
+        if not isinstance(record, dict):
+            raise RecordError("", f"expected a JSON object, got {_type_name(record)}")
+        for f in self.fields:
+            f.check(record)
+        for extra in self.extra_checks:
+            extra(record)
+
+
+def check_known_env(record: dict[str, Any]) -> None:
+    from envs import env_names  # cheap: lists module names, imports no environment
+
+    names = env_names()
+    if record["env"] not in names:
+        raise RecordError("env", f"unknown environment {record['env']!r} (available: {', '.join(names)})")
+
+
+# -- the CaT task (shared/spec/CAT.md) ----------------------------------------
+CAT_TASK = RecordSchema(
+    name="CaT task",
+    fields=(
+        Field("id", str, non_empty=True, doc="unique within a file"),
+        Field("env", str, non_empty=True, doc="environment name"),
+        Field("instruction", str, doc="what the executor (or simulated user) is asked to achieve"),
+        Field("evaluation_function", str, doc="Python source defining evaluate() or evaluate(answer)"),
+        Field("solution", str, doc="Python source of one example solution"),
+        Field("failure_cases", list, item_type=str, doc="Python sources of near misses that must not pass"),
+        Field("meta", dict, required=False, doc="anything else, carried through untouched"),
+    ),
+    extra_checks=(check_known_env,),
+)
+
+#: the CaT checks of ``sca validate``, in the order CAT.md gives them
+VALIDATION_CHECKS = (
+    "compile",
+    "failure_case_count",
+    "noop_run",
+    "solution_run",
+    "failure_case_runs",
+)
+
+# -- a validated task: CaT + the `validation` object ---------------------------
+VALIDATED_TASK = RecordSchema(
+    name="validated CaT task",
+    fields=CAT_TASK.fields + (Field("validation", dict, doc="verdict of sca validate"),),
+    extra_checks=(check_known_env,),
+)
+
+SCHEMAS = {s.name: s for s in (CAT_TASK, VALIDATED_TASK)}

@@ -1,0 +1,65 @@
+"""`sca validate`: keep only the CaT tasks whose code proves them sound."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from sca_cli.common import OVERWRITE, SKIP_INVALID, err_console, examples, fail, warn
+
+EXAMPLES = examples(
+    "sca validate tasks.raw.jsonl -o tasks.jsonl --rejected tasks.rejected.jsonl",
+    "sca validate tasks.raw.jsonl -o tasks.jsonl --sandbox bwrap --workers 2 --timeout 5",
+    "cat tasks.raw.jsonl | sca validate - -o - > tasks.jsonl",
+)
+
+
+def validate(
+    input: str = typer.Argument(..., help="CaT tasks (JSONL); - for stdin."),
+    output: str = typer.Option(..., "-o", "--output", help="Valid tasks go here (JSONL); - for stdout."),
+    rejected: Optional[str] = typer.Option(None, "--rejected", help="Rejected tasks, with the reason, go here."),
+    sandbox: str = typer.Option("auto", "--sandbox", help="auto | docker | bwrap | subprocess (no isolation)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Tasks validated in parallel [default: cores]."),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds allowed for each run of a task's code."),
+    min_failure_cases: int = typer.Option(3, "--min-failure-cases", min=0, help="Failure cases a task must have."),
+    memory_mb: int = typer.Option(1024, "--memory-mb", min=64, help="Memory cap of each run, MiB."),
+    skip_invalid: bool = SKIP_INVALID,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Apply every Code-as-Task check (compile, failure cases, no-op, solution, failure-case runs)."""
+    from sandbox import SandboxUnavailable
+    from sca.artifacts import InputError
+    from stages.validate import REASONS, ValidateConfig, validate_file
+
+    if sandbox not in ("auto", "docker", "bwrap", "subprocess"):
+        fail(f"--sandbox must be auto, docker, bwrap or subprocess, not {sandbox!r}")
+    config = ValidateConfig(sandbox=sandbox, timeout=timeout, min_failure_cases=min_failure_cases, memory_mb=memory_mb)
+    if workers:
+        config.workers = workers
+    try:
+        summary = validate_file(input, output, rejected=rejected, config=config, skip_invalid=skip_invalid,
+                                overwrite=overwrite, on_skip=lambda msg: warn(f"skipped {msg}"))
+    except InputError as e:
+        fail(str(e))
+    except SandboxUnavailable as e:
+        fail(f"sandbox unavailable: {e}")
+
+    from rich.table import Table
+
+    done = summary.accepted + summary.rejected
+    table = Table(title="sca validate", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_column()
+    table.add_row("input records", str(summary.total_input), f"{summary.skipped_invalid} invalid lines skipped" if summary.skipped_invalid else "")
+    if summary.resumed:
+        table.add_row("already done", str(summary.resumed), "resumed from an earlier run")
+    table.add_row("accepted", str(summary.accepted), f"{100 * summary.accepted / done:.1f}%" if done else "")
+    table.add_row("rejected", str(summary.rejected), "" if rejected else "(not kept: pass --rejected to keep them)")
+    for reason, n in summary.reasons.items():
+        table.add_row(f"  {reason}", str(n), REASONS.get(reason, ""))
+    table.add_row("time", f"{summary.seconds:.1f} s", f"{summary.rate:.1f} tasks/s, sandbox {summary.sandbox or '-'}")
+    if summary.total_input == 0:
+        err_console.print("found 0 records")
+    err_console.print(table)

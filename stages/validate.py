@@ -1,0 +1,317 @@
+"""`sca validate`: the Code-as-Task filter of ``shared/spec/CAT.md``, exactly.
+
+For each task, in CAT.md's order, with the environment reset before every run:
+
+1. ``compile``: every code string compiles, and the evaluation function
+   defines ``evaluate()`` or ``evaluate(answer)``;
+2. ``failure_case_count``: at least ``min_failure_cases`` failure cases;
+3. ``noop_run``: on the untouched state ``evaluate`` returns False;
+4. ``solution_run``: the solution runs without an uncaught exception, then
+   ``evaluate`` returns True;
+5. ``failure_case_runs``: each failure case runs (a ``ToolError`` escaping it
+   is allowed, any other exception is not), then ``evaluate`` returns False.
+
+Every ``evaluate`` call (check 6 of CAT.md) runs in a fresh namespace, may
+call read tools only, must return a ``bool`` and finish in time; breaking any
+of that fails the check in which it happened with its own reason.
+
+The first failed check ends the validation; its reason and traceback are what
+``sca propose`` feeds back to the challenger.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from sca.artifacts import load_records
+from sca.records import CAT_TASK
+from sca.runs import StageRun, progress
+
+#: every rejection reason, with what it means (the summary and README use these)
+REASONS: dict[str, str] = {
+    "compile": "a code string does not compile, or the evaluation function defines no evaluate()",
+    "failure_case_count": "fewer failure cases than required",
+    "noop_passes": "evaluate() returns True on the untouched state (the task is trivial)",
+    "solution_error": "the solution raised an uncaught exception",
+    "solution_fails": "evaluate() returns False after the solution",
+    "failure_case_error": "a failure case raised an exception other than ToolError",
+    "failure_case_passes": "evaluate() returns True after a failure case",
+    "evaluate_writes": "evaluate() called a write tool",
+    "evaluate_not_bool": "evaluate() returned something other than a bool",
+    "evaluate_error": "evaluate() raised an exception",
+    "timeout": "a run went past the time limit",
+    "sandbox_error": "the sandbox lost the run (crash, memory, killed worker)",
+}
+
+
+@dataclass
+class ValidateConfig:
+    """Options of `sca validate` (also used by `sca propose` for its answers)."""
+
+    sandbox: str = "auto"  # auto | docker | bwrap | subprocess
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    timeout: float = 10.0  # seconds per run
+    min_failure_cases: int = 3
+    memory_mb: int = 1024
+    output_limit: int = 10_000
+
+
+# -- one task ---------------------------------------------------------------------------------
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str, detail: str, traceback: str | None = None):
+        super().__init__(detail)
+        self.reason, self.detail, self.traceback = reason, detail, traceback
+
+
+def _check_compiles(task: dict[str, Any]) -> None:
+    sources = [("evaluation_function", task["evaluation_function"]), ("solution", task["solution"])]
+    sources += [(f"failure_cases[{i}]", src) for i, src in enumerate(task["failure_cases"])]
+    for name, src in sources:
+        try:
+            tree = ast.parse(src, filename=f"<{name}>")
+            compile(tree, f"<{name}>", "exec")
+        except SyntaxError as e:
+            line = (e.text or "").rstrip()
+            tb = f'  File "<{name}>", line {e.lineno}\n    {line}\n{type(e).__name__}: {e.msg}'
+            raise _Rejected("compile", f"{name} does not compile: {e.msg} (line {e.lineno})", tb) from None
+        except (ValueError, RecursionError, MemoryError) as e:
+            raise _Rejected("compile", f"{name} does not compile: {type(e).__name__}: {e}") from None
+        if name == "evaluation_function":
+            defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "evaluate"]
+            if not defs:
+                raise _Rejected("compile", "evaluation_function does not define evaluate() at top level")
+            fn = defs[-1]
+            if isinstance(fn, ast.AsyncFunctionDef):
+                raise _Rejected("compile", "evaluate must be a plain function, not async")
+            a = fn.args
+            positional = len(a.posonlyargs) + len(a.args)
+            required = positional - len(a.defaults)
+            if required > 1 or a.kwonlyargs and any(d is None for d in a.kw_defaults):
+                raise _Rejected("compile", "evaluate must take no parameter or one (the answer)")
+
+
+def _judge(env: Any, sandbox: Any, source: str, answer: Any, timeout: float, run_name: str,
+           write_tools: set[str], runs: list[dict[str, Any]]) -> bool:
+    """Run ``evaluate`` read-only after a run; return its verdict or reject the task."""
+    res = sandbox.run(env, source, mode="evaluate", answer=answer, read_only=True, timeout=timeout)
+    runs.append(_run_summary(f"evaluate after {run_name}", res))
+    if res.status == "timeout":
+        raise _Rejected("timeout", f"evaluate() after {run_name} ran past {timeout:g} s", res.traceback)
+    if res.status == "sandbox_error":
+        raise _Rejected("sandbox_error", f"evaluate() after {run_name}: {res.error}", res.traceback)
+    writes = [c.name for c in res.tool_calls if c.name in write_tools]
+    if writes or res.error_type == "WriteForbiddenError":
+        name = writes[0] if writes else "a write tool"
+        raise _Rejected("evaluate_writes", f"evaluate() after {run_name} called write tool {name}; it may only read",
+                        res.traceback)
+    if res.status != "ok":
+        raise _Rejected("evaluate_error", f"evaluate() after {run_name} raised {res.error_type}: {res.error}",
+                        res.traceback)
+    if res.value_type != "bool":
+        raise _Rejected("evaluate_not_bool",
+                        f"evaluate() after {run_name} returned {res.value_type} {res.value!r:.80}, not a bool")
+    return bool(res.value)
+
+
+def _run_summary(name: str, res: Any) -> dict[str, Any]:
+    out = {"run": name, "status": res.status, "seconds": round(res.duration_s, 4), "tool_calls": len(res.tool_calls)}
+    if res.error_type:
+        out["error"] = f"{res.error_type}: {res.error}"
+    return out
+
+
+def _exec(env: Any, sandbox: Any, source: str, timeout: float, run_name: str, allowed_errors: tuple[str, ...],
+          error_reason: str, runs: list[dict[str, Any]]) -> Any:
+    env.reset()
+    res = sandbox.run(env, source, mode="exec", timeout=timeout)
+    runs.append(_run_summary(run_name, res))
+    if res.status == "timeout":
+        raise _Rejected("timeout", f"{run_name} ran past {timeout:g} s", res.traceback)
+    if res.status == "sandbox_error":
+        raise _Rejected("sandbox_error", f"{run_name}: {res.error}", res.traceback)
+    if res.status != "ok" and res.error_type not in allowed_errors:
+        raise _Rejected(error_reason, f"{run_name} raised {res.error_type}: {res.error}", res.traceback)
+    return res.answer
+
+
+def validate_task(task: dict[str, Any], env: Any, sandbox: Any, config: ValidateConfig | None = None) -> dict[str, Any]:
+    """Apply every CaT check to one task; return its ``validation`` object.
+
+    `env` must be the task's environment; it is reset before every run.
+    """
+    config = config or ValidateConfig()
+    started = time.monotonic()
+    checks: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    write_tools = {t.name for t in env.tools() if t.kind == "write"}
+    evaluate_src = task["evaluation_function"]
+    timeout = config.timeout
+    current = "compile"
+
+    def passed(name: str, detail: str = "") -> None:
+        checks.append({"check": name, "ok": True, **({"detail": detail} if detail else {})})
+
+    try:
+        _check_compiles(task)
+        passed("compile")
+
+        current = "failure_case_count"
+        n = len(task["failure_cases"])
+        if n < config.min_failure_cases:
+            raise _Rejected("failure_case_count", f"{n} failure case(s); at least {config.min_failure_cases} required")
+        passed(current, f"{n} failure cases")
+
+        current = "noop_run"
+        env.reset()
+        if _judge(env, sandbox, evaluate_src, None, timeout, "no action", write_tools, runs):
+            raise _Rejected("noop_passes", "evaluate() returns True on the untouched initial state")
+        passed(current)
+
+        current = "solution_run"
+        answer = _exec(env, sandbox, task["solution"], timeout, "the solution", (), "solution_error", runs)
+        if not _judge(env, sandbox, evaluate_src, answer, timeout, "the solution", write_tools, runs):
+            raise _Rejected("solution_fails", "evaluate() returns False after the solution ran")
+        passed(current)
+
+        current = "failure_case_runs"
+        for i, src in enumerate(task["failure_cases"]):
+            name = f"failure case {i}"
+            answer = _exec(env, sandbox, src, timeout, name, ("ToolError",), "failure_case_error", runs)
+            if _judge(env, sandbox, evaluate_src, answer, timeout, name, write_tools, runs):
+                raise _Rejected("failure_case_passes", f"evaluate() returns True after failure case {i}")
+        passed(current, f"{len(task['failure_cases'])} failure cases fail")
+    except _Rejected as r:
+        checks.append({"check": current, "ok": False, "reason": r.reason, "detail": r.detail})
+        return {
+            "valid": False, "reason": r.reason, "failed_check": current, "detail": r.detail,
+            "traceback": r.traceback, "checks": checks, "runs": runs,
+            "seconds": round(time.monotonic() - started, 4),
+        }
+    finally:
+        env.reset()
+    return {"valid": True, "reason": None, "checks": checks, "runs": runs, "traceback": None,
+            "seconds": round(time.monotonic() - started, 4)}
+
+
+def feedback(validation: dict[str, Any]) -> str:
+    """The validation verdict as text for the challenger (reason, detail, traceback)."""
+    if validation["valid"]:
+        return "The task is valid."
+    lines = [f"The task is invalid: {REASONS.get(validation['reason'], validation['reason'])}.",
+             validation.get("detail", "")]
+    if validation.get("traceback"):
+        lines += ["Traceback:", validation["traceback"].rstrip()]
+    return "\n".join(x for x in lines if x)
+
+
+# -- a whole file ------------------------------------------------------------------------------
+
+
+@dataclass
+class ValidateSummary:
+    accepted: int = 0
+    rejected: int = 0
+    resumed: int = 0
+    skipped_invalid: int = 0
+    total_input: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    sandbox: str = ""
+
+    @property
+    def rate(self) -> float:
+        done = self.accepted + self.rejected
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rate_per_s": round(self.rate, 2)}
+
+
+class _EnvPerThread:
+    """Each worker thread keeps its own instance of each environment."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, name: str) -> Any:
+        from envs import make_env
+
+        cache = getattr(self._local, "envs", None)
+        if cache is None:
+            cache = self._local.envs = {}
+        if name not in cache:
+            cache[name] = make_env(name)
+        return cache[name]
+
+
+def validate_records(records: list[dict[str, Any]], config: ValidateConfig, sandbox: Any,
+                     on_result: Callable[[dict[str, Any]], None]) -> None:
+    """Validate many tasks in parallel, calling `on_result` in input order."""
+    envs = _EnvPerThread()
+
+    def one(task: dict[str, Any]) -> dict[str, Any]:
+        env = envs.get(task["env"])
+        return {**task, "validation": {**validate_task(task, env, sandbox, config), "sandbox": sandbox.backend_name}}
+
+    workers = max(1, min(config.workers, len(records) or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
+        for result in pool.map(one, records):
+            on_result(result)
+
+
+def validate_file(
+    input_path: str,
+    output: str,
+    *,
+    rejected: str | None = None,
+    config: ValidateConfig | None = None,
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    show_progress: bool | None = None,
+    on_skip: Callable[[str], None] | None = None,
+) -> ValidateSummary:
+    """Validate every task of `input_path`; valid ones to `output`, rejected ones to `rejected`."""
+    from sandbox import Sandbox
+
+    config = config or ValidateConfig()
+    loaded = load_records(input_path, CAT_TASK, skip_invalid=skip_invalid, on_skip=on_skip)
+    summary = ValidateSummary(skipped_invalid=len(loaded.skipped), total_input=len(loaded.records))
+    reasons: Counter[str] = Counter()
+    settings = {k: v for k, v in asdict(config).items()}
+    with StageRun("validate", {"accepted": output, "rejected": rejected}, inputs=[loaded],
+                  settings=settings, overwrite=overwrite) as run:
+        todo = run.pending(loaded.records)
+        summary.resumed = len(loaded.records) - len(todo)
+        if todo:
+            with Sandbox(backend=config.sandbox, workers=max(1, min(config.workers, len(todo))),
+                         timeout=config.timeout, memory_mb=config.memory_mb,
+                         output_limit=config.output_limit) as sandbox:
+                summary.sandbox = sandbox.backend_name
+                run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
+                with progress(len(todo), "validate", show_progress) as advance:
+                    def done(record: dict[str, Any]) -> None:
+                        v = record["validation"]
+                        if v["valid"]:
+                            run.write("accepted", record)
+                        else:
+                            reasons[v["reason"]] += 1
+                            run.write("rejected", record)
+                        advance()
+
+                    validate_records(todo, config, sandbox, done)
+        summary.accepted = run.counts["accepted"]
+        summary.rejected = run.counts["rejected"]
+        summary.reasons = dict(reasons.most_common())
+        summary.seconds = run.elapsed
+        run.counts.update({f"reason:{k}": v for k, v in reasons.items()})
+        run.counts["skipped_invalid"] = summary.skipped_invalid
+    return summary
