@@ -68,7 +68,7 @@ class ScriptedModel(ChatModel):
         return out
 
     def info(self):
-        return {"name": self.name, "backend": self.backend}
+        return {"model": self.name, "backend": self.backend}
 
 
 def config(**over):

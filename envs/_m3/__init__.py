@@ -1,0 +1,14 @@
+"""Data and helpers of the two M3ToolEval environments (``calculation``, ``web_browsing``).
+
+- ``arith``: the safe arithmetic parser behind every ``calculator`` tool;
+- ``scoring``: :func:`answers_match`, the tolerant answer comparison;
+- ``toolkit``: tools as documented methods, argument checks;
+- ``benchmark``: our own task sets (JSONL files here) as ``BenchmarkTask`` objects,
+  and the runner of their reference solutions;
+- ``official``: loader of the official M3ToolEval tasks from a CodeAct checkout
+  (through ``restricted``, an interpreter that runs none of that checkout's code).
+"""
+
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent
