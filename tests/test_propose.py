@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sca.inference.base import ChatModel, Generation
+from _scripted import ScriptedModel
 from stages.propose import (
     ProposeConfig, challenger_prompt, normalise, parse_turn, propose_file, remove_order_ids,
 )
@@ -43,32 +43,6 @@ FIXED = FLAWED.replace(
     '<solution>\ncancel_pending_order(order_id="{0}", reason="ordered by mistake")'.format(ORDER),
     '<solution>\ncancel_pending_order(order_id="{0}", reason="no longer needed")'.format(ORDER),
 )
-
-
-class ScriptedModel(ChatModel):
-    """A test double at the model edge: replies by the number of turns so far."""
-
-    name = "scripted"
-    backend = "scripted"
-
-    def __init__(self, script):
-        self.script = script
-        self.calls = []
-
-    def generate(self, conversations, sampling, tools=None):
-        self.calls.append(len(conversations))
-        out = []
-        for conv in conversations:
-            turn = sum(m["role"] == "assistant" for m in conv)
-            text = self.script(turn, conv)
-            for s in sampling.stop:  # behave like a backend: cut at the first stop string
-                if s in text:
-                    text = text[: text.index(s)]
-            out.append(Generation(text, prompt_tokens=100, completion_tokens=len(text) // 4, finish_reason="stop"))
-        return out
-
-    def info(self):
-        return {"model": self.name, "backend": self.backend}
 
 
 def config(**over):
