@@ -169,14 +169,15 @@ def test_real_default_model_short_run(tmp_path):
     from sca_cli.app import app
 
     out, rej = tmp_path / "t.jsonl", tmp_path / "r.jsonl"
-    r = CliRunner().invoke(app, ["propose", "--env", "retail", "--n", "1", "--max-episodes", "2", "--max-steps", "2",
+    # calculation: its prompt is ~4x shorter than retail's, which on a 2-core CPU is most of the time
+    r = CliRunner().invoke(app, ["propose", "--env", "calculation", "--n", "1", "--max-episodes", "2", "--max-steps", "2",
                                  "--concurrency", "2", "--max-new-tokens", "48", "-o", str(out), "--rejected", str(rej),
                                  "--sandbox", "bwrap", "--seed", "1"])
     assert r.exit_code == 0, r.output
     records = (read(out) if out.exists() else []) + read(rej)
     assert len(records) == 2
     for rec in records:
-        assert rec["env"] == "retail" and rec["meta"]["model"] == "SmolLM2-135M-Instruct"
+        assert rec["env"] == "calculation" and rec["meta"]["model"] == "SmolLM2-135M-Instruct"
         t = rec["meta"]["transcript"]
         assert t[0]["role"] == "user" and all(m["role"] in ("user", "assistant") for m in t)
         assert rec["meta"]["tokens"]["completion"] > 0

@@ -1,0 +1,81 @@
+"""One chat-model interface for every stage, three ways to run the model.
+
+>>> from sca.inference import load_model, SamplingParams
+>>> with load_model() as model:                      # SmolLM2-135M-Instruct, transformers
+...     [gen] = model.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(temperature=0))
+
+Backends: ``hf`` (transformers, CPU or GPU), ``vllm`` (vLLM's offline engine,
+GPU), ``openai`` (any OpenAI-compatible server, e.g. ``vllm serve``). Heavy
+libraries are imported only when a backend is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sca.inference.base import (
+    BackendUnavailable,
+    BadRequest,
+    ChatModel,
+    Generation,
+    InferenceError,
+    RequestTimeout,
+    SamplingParams,
+    ServerError,
+)
+from sca.inference.default_model import DEFAULT_MODEL_NAME, default_model_path
+
+BACKENDS = ("hf", "vllm", "openai")
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_MODEL_NAME",
+    "BackendUnavailable",
+    "BadRequest",
+    "ChatModel",
+    "Generation",
+    "InferenceError",
+    "RequestTimeout",
+    "SamplingParams",
+    "ServerError",
+    "default_model_path",
+    "load_model",
+]
+
+
+def load_model(
+    model: str | None = None,
+    backend: str = "hf",
+    *,
+    base_urls: list[str] | None = None,
+    **kwargs: Any,
+) -> ChatModel:
+    """Open a chat model.
+
+    `model`: a Hugging Face id or local checkpoint path (``hf``, ``vllm``), or
+    the model name the server knows (``openai``). None means the default model
+    (SmolLM2-135M-Instruct; for ``openai``, the first model the server lists).
+    `base_urls`: the ``openai`` servers, used round-robin (default
+    ``$OPENAI_BASE_URL`` or ``http://127.0.0.1:8000/v1``).
+    Other keyword arguments go to the backend's class: :class:`~sca.inference.hf.HFChatModel`,
+    :class:`~sca.inference.vllm.VLLMChatModel`, :class:`~sca.inference.openai_compat.OpenAIChatModel`.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if base_urls is not None and backend != "openai":
+        raise ValueError(f"base_urls only applies to the openai backend, not {backend!r}")
+    if backend == "openai":
+        from sca.inference.openai_compat import OpenAIChatModel
+
+        return OpenAIChatModel(model, base_urls=base_urls, **kwargs)
+
+    name = kwargs.pop("name", None)
+    if model is None:
+        model, name = str(default_model_path()), name or DEFAULT_MODEL_NAME
+    if backend == "hf":
+        from sca.inference.hf import HFChatModel
+
+        return HFChatModel(model, name=name, **kwargs)
+    from sca.inference.vllm import VLLMChatModel
+
+    return VLLMChatModel(model, name=name, **kwargs)

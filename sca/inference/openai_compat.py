@@ -1,0 +1,308 @@
+"""The OpenAI-compatible backend: any server with ``/v1/chat/completions``.
+
+vLLM (``vllm serve``), SGLang, llama.cpp's server, TGI and OpenAI itself all
+speak this protocol. A batch becomes concurrent HTTP requests (at most
+`concurrency` in flight), spread round-robin over one or more servers. Failed
+requests are retried with exponential backoff and jitter when retrying can
+help (timeouts, lost connections, HTTP 429 and 5xx) and never otherwise (other
+4xx). :meth:`OpenAIChatModel.generate` is synchronous: it runs its own event
+loop, so it works from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import json
+import logging
+import os
+import random
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from sca.inference.base import (
+    BadRequest,
+    ChatModel,
+    Generation,
+    InferenceError,
+    RequestTimeout,
+    SamplingParams,
+    ServerError,
+    check_conversations,
+    cut_at_stop,
+    request_seed,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+API_KEY_VARIABLES = ("SCA_API_KEY", "OPENAI_API_KEY")
+_SNIPPET = 500  # characters of a response body kept in an error
+
+
+class OpenAIChatModel(ChatModel):
+    """Chat completions from OpenAI-compatible servers.
+
+    `model`: the name the server knows the model by; None asks the first
+    server for its first model (``GET /models``). `base_urls`: servers, each
+    like ``http://host:8000/v1`` (a bare ``http://host:8000`` gets ``/v1``);
+    default ``$OPENAI_BASE_URL`` or ``http://127.0.0.1:8000/v1``. `api_key`:
+    default ``$SCA_API_KEY``, else ``$OPENAI_API_KEY``, else none.
+    `timeout`: seconds per request attempt. `max_retries`: extra attempts after
+    a retryable failure; the wait before retry k is about
+    ``backoff * 2**k`` seconds (at most `max_backoff`), randomised by half.
+    `on_error`: "raise" (the default) raises the typed error of the first
+    request that fails for good; "return" gives that conversation a
+    Generation with finish_reason "error" and logs why. `extra_body`: more
+    JSON fields for every request (e.g. ``{"top_k": 20}`` for vLLM).
+    """
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        base_urls: list[str] | None = None,
+        api_key: str | None = None,
+        name: str | None = None,
+        concurrency: int = 16,
+        timeout: float = 300.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        on_error: str = "raise",
+        extra_body: dict[str, Any] | None = None,
+    ):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if on_error not in ("raise", "return"):
+            raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+        if isinstance(base_urls, str):
+            base_urls = [base_urls]
+        urls = base_urls or [os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL]
+        self.base_urls = [normalize_base_url(u) for u in urls]
+        self.model = model
+        self._name = name
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.on_error = on_error
+        self.extra_body = dict(extra_body or {})
+        key = api_key or next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+        self._random = random.Random()
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._name or self.model or "(server default)"
+
+    # -- public interface ---------------------------------------------------------------------
+
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        sampling: SamplingParams,
+        tools: list[dict] | None = None,
+    ) -> list[Generation]:
+        check_conversations(conversations)
+        if not conversations:
+            return []
+        return _run_sync(self._generate_all(conversations, sampling, tools))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "model": self.name,
+            "base_urls": list(self.base_urls),
+            "concurrency": self.concurrency,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+        }
+
+    def request_body(
+        self, conversation: list[dict], sampling: SamplingParams, tools: list[dict] | None, index: int = 0
+    ) -> dict[str, Any]:
+        """The JSON body sent for conversation `index` of a call."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(conversation),
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
+        }
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        seed = request_seed(sampling, index)
+        if seed is not None:
+            body["seed"] = seed
+        if tools:
+            body["tools"] = tools
+        body.update(self.extra_body)
+        return body
+
+    # -- the asynchronous core ----------------------------------------------------------------
+
+    async def _generate_all(
+        self, conversations: list[list[dict]], sampling: SamplingParams, tools: list[dict] | None
+    ) -> list[Generation]:
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(headers=self._headers, timeout=self.timeout, limits=limits) as client:
+            if self.model is None:
+                self.model = await self._server_model(client)
+            gate = asyncio.Semaphore(self.concurrency)
+            tasks = [
+                asyncio.ensure_future(self._one(client, gate, self.request_body(conv, sampling, tools, i), sampling))
+                for i, conv in enumerate(conversations)
+            ]
+            try:
+                return list(await asyncio.gather(*tasks))
+            except BaseException:
+                for task in tasks:  # one request failed for good: stop the others now
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+
+    async def _one(
+        self, client: httpx.AsyncClient, gate: asyncio.Semaphore, body: dict[str, Any], sampling: SamplingParams
+    ) -> Generation:
+        async with gate:
+            try:
+                data = await self._request(client, "POST", "/chat/completions", body)
+            except InferenceError as e:
+                if self.on_error == "raise":
+                    raise
+                log.warning("request failed, returning an empty generation: %s", e)
+                return Generation(text="", prompt_tokens=0, completion_tokens=0, finish_reason="error")
+        return parse_completion(data, sampling.stop)
+
+    async def _server_model(self, client: httpx.AsyncClient) -> str:
+        data = await self._request(client, "GET", "/models", None)
+        try:
+            return str(data["data"][0]["id"])
+        except (KeyError, IndexError, TypeError) as e:
+            raise InferenceError(
+                "no model given and the server lists none; pass --model", body=json.dumps(data)[:_SNIPPET]
+            ) from e
+
+    async def _request(self, client: httpx.AsyncClient, method: str, path: str, body: dict | None) -> Any:
+        """One call with retries; each attempt goes to the next server in turn."""
+        error: InferenceError | None = None
+        wait_hint: float | None = None  # the server's Retry-After, if it sent one
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(self._delay(attempt - 1, wait_hint))
+            wait_hint = None
+            url = self._next_base_url() + path
+            try:
+                response = await client.request(method, url, json=body)
+            except httpx.TimeoutException as e:
+                error = RequestTimeout(f"{method} {url} timed out after {self.timeout:g}s ({type(e).__name__})")
+                continue
+            except httpx.TransportError as e:
+                error = ServerError(f"{method} {url} failed: {type(e).__name__}: {e}")
+                continue
+            status, text = response.status_code, response.text
+            if status == 200:
+                try:
+                    return response.json()
+                except ValueError as e:
+                    raise InferenceError(f"{url} answered with invalid JSON", status=status, body=text[:_SNIPPET]) from e
+            message = f"{method} {url} answered HTTP {status}: {text[:_SNIPPET]}"
+            if status == 429 or status >= 500:
+                error = ServerError(message, status=status, body=text[:_SNIPPET])
+                wait_hint = _retry_after(response)
+                continue
+            raise BadRequest(message, status=status, body=text[:_SNIPPET])
+        assert error is not None
+        attempts = self.max_retries + 1
+        raise type(error)(f"{error} (gave up after {attempts} attempt{'s' * (attempts > 1)})", status=error.status, body=error.body)
+
+    def _next_base_url(self) -> str:
+        with self._lock:
+            turn = next(self._turn)
+        return self.base_urls[turn % len(self.base_urls)]
+
+    def _delay(self, retry: int, hint: float | None = None) -> float:
+        """Seconds to wait before retry number `retry` (0-based): exponential, jittered, capped.
+
+        A server's Retry-After `hint` (429/503) lengthens the wait, up to `max_backoff`.
+        """
+        ceiling = min(self.max_backoff, self.backoff * 2**retry)
+        delay = ceiling / 2 + self._random.uniform(0, ceiling / 2)
+        if hint is not None:
+            delay = max(delay, min(hint, self.max_backoff))
+        return delay
+
+
+def parse_completion(data: Any, stop: list[str]) -> Generation:
+    """A ``chat.completion`` response body as a :class:`Generation`.
+
+    Native tool calls, if the server returns any, are appended to the text as
+    one JSON object per line, so no output is lost.
+    """
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+        text = message.get("content") or ""
+        tool_calls = message.get("tool_calls") or []
+        reason = choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        raise InferenceError("malformed chat completion", body=json.dumps(data)[:_SNIPPET]) from e
+    for call in tool_calls:
+        fn = call.get("function", {}) if isinstance(call, dict) else {}
+        text += ("\n" if text else "") + json.dumps({"name": fn.get("name"), "arguments": fn.get("arguments")})
+    text, cut = cut_at_stop(text, stop)
+    if cut:
+        finish = "stop"
+    elif reason == "length":
+        finish = "length"
+    elif reason in ("content_filter", "error", "abort"):
+        finish = "error"
+    else:  # "stop", "tool_calls", "eos", None from minimal servers...
+        finish = "stop"
+    usage = data.get("usage") or {}
+    return Generation(
+        text=text,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        finish_reason=finish,
+    )
+
+
+def normalize_base_url(url: str) -> str:
+    """Strip trailing slashes; a URL with no path gets the usual ``/v1``."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) base URL: {url!r}")
+    return url if parts.path else url + "/v1"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare enough to ignore
+
+
+def _run_sync(coroutine: Any) -> Any:
+    """Run `coroutine` to completion from synchronous code, even inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    # Called from async code (a notebook, a server): use a private loop on a helper thread.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

@@ -1,0 +1,304 @@
+"""The OpenAI-compatible backend against small real HTTP servers started by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sca.inference import (
+    BadRequest,
+    InferenceError,
+    RequestTimeout,
+    SamplingParams,
+    ServerError,
+    load_model,
+)
+from sca.inference.openai_compat import (
+    OpenAIChatModel,
+    normalize_base_url,
+    parse_completion,
+)
+
+FAST_RETRY = {"backoff": 0.01, "max_backoff": 0.05}
+
+
+class FakeServer:
+    """An OpenAI-style chat server on 127.0.0.1 that answers ``echo:<server>:<last user message>``.
+
+    `plan[message]` is a list of what to do on successive requests for that
+    message: an HTTP status to fail with, or ("sleep", seconds) before a normal
+    answer. Every request is recorded; `max_in_flight` is the most requests
+    handled at the same time.
+    """
+
+    def __init__(self, tag: str, delay: float = 0.0):
+        self.tag = tag
+        self.delay = delay
+        self.plan: dict[str, list] = {}
+        self.requests: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": "served-model", "object": "model"}]})
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != "/v1/chat/completions":
+                    self._send(404, {"error": f"no route {self.path}"})
+                    return
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+                    prompt = body["messages"][-1]["content"]
+                    steps = server.plan.get(prompt, [])
+                    action = steps.pop(0) if steps else "ok"
+                try:
+                    time.sleep(server.delay)
+                    if isinstance(action, int):
+                        self._send(action, {"error": {"message": f"planned failure {action}"}})
+                        return
+                    if isinstance(action, tuple) and action[0] == "sleep":
+                        time.sleep(action[1])
+                    text = f"echo:{server.tag}:{prompt}"
+                    length = body.get("max_tokens", 100) < 5
+                    message = {"role": "assistant", "content": text}
+                    payload = {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [{"index": 0, "message": message, "finish_reason": "length" if length else "stop"}],
+                    }
+                    if "no-usage" not in prompt:
+                        payload["usage"] = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
+                    self._send(200, payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                    pass
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+        return Handler
+
+
+@pytest.fixture
+def server():
+    s = FakeServer("A", delay=0.02)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def second_server():
+    s = FakeServer("B", delay=0.02)
+    yield s
+    s.close()
+
+
+def convs(*prompts: str) -> list[list[dict]]:
+    return [[{"role": "system", "content": "be brief"}, {"role": "user", "content": p}] for p in prompts]
+
+
+def test_batch_is_answered_in_order_within_the_concurrency_limit(server):
+    model = OpenAIChatModel("m", base_urls=[server.url], concurrency=4)
+    prompts = [f"question {i}" for i in range(40)]
+    gens = model.generate(convs(*prompts), SamplingParams(temperature=0))
+    assert [g.text for g in gens] == [f"echo:A:{p}" for p in prompts]
+    assert all(g.finish_reason == "stop" and g.prompt_tokens == 2 and g.completion_tokens == 2 for g in gens)
+    assert len(server.requests) == 40
+    assert 1 < server.max_in_flight <= 4
+
+
+def test_request_body_and_api_key(server, monkeypatch):
+    monkeypatch.setenv("SCA_API_KEY", "secret-key")
+    monkeypatch.setenv("OPENAI_API_KEY", "other-key")
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    model = load_model("my-model", backend="openai", base_urls=[server.url], concurrency=1)
+    sp = SamplingParams(temperature=0.5, top_p=0.9, max_new_tokens=77, stop=["END"], seed=10)
+    model.generate(convs("a", "b"), sp, tools=tools)
+    bodies = [r["body"] for r in server.requests]
+    assert [b["seed"] for b in bodies] == [10, 11]  # one seed per conversation, reproducible per call
+    for body, prompt in zip(bodies, "ab"):
+        assert body["model"] == "my-model"
+        assert body["messages"] == convs(prompt)[0]
+        assert (body["temperature"], body["top_p"], body["max_tokens"], body["stop"]) == (0.5, 0.9, 77, ["END"])
+        assert body["tools"] == tools
+    assert {r["auth"] for r in server.requests} == {"Bearer secret-key"}
+
+
+def test_no_seed_no_stop_no_tools_are_left_out(server, monkeypatch):
+    monkeypatch.delenv("SCA_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    OpenAIChatModel("m", base_urls=[server.url]).generate(convs("x"), SamplingParams())
+    [request] = server.requests
+    assert not {"seed", "stop", "tools"} & request["body"].keys()
+    assert request["auth"] is None
+
+
+def test_round_robin_over_two_servers(server, second_server):
+    model = OpenAIChatModel("m", base_urls=[server.url, second_server.url], concurrency=1)
+    gens = model.generate(convs(*[f"q{i}" for i in range(10)]), SamplingParams())
+    assert [g.text.split(":")[1] for g in gens] == ["A", "B"] * 5
+    assert len(server.requests) == len(second_server.requests) == 5
+
+
+def test_server_errors_are_retried_until_success(server):
+    server.plan["flaky"] = [500, 503, 429]
+    model = OpenAIChatModel("m", base_urls=[server.url], max_retries=3, **FAST_RETRY)
+    gens = model.generate(convs("steady", "flaky"), SamplingParams())
+    assert [g.text for g in gens] == ["echo:A:steady", "echo:A:flaky"]
+    prompts = [r["body"]["messages"][-1]["content"] for r in server.requests]
+    assert prompts.count("flaky") == 4 and prompts.count("steady") == 1
+
+
+def test_client_errors_are_not_retried(server):
+    server.plan["bad"] = [400]
+    model = OpenAIChatModel("m", base_urls=[server.url], max_retries=3, **FAST_RETRY)
+    with pytest.raises(BadRequest) as info:
+        model.generate(convs("bad"), SamplingParams())
+    assert info.value.status == 400
+    assert "planned failure 400" in info.value.body
+    assert len(server.requests) == 1
+
+
+def test_persistent_server_errors_raise_a_typed_error(server):
+    server.plan["down"] = [503] * 10
+    model = OpenAIChatModel("m", base_urls=[server.url], max_retries=2, **FAST_RETRY)
+    with pytest.raises(ServerError) as info:
+        model.generate(convs("down"), SamplingParams())
+    assert info.value.status == 503
+    assert "planned failure 503" in info.value.body and "3 attempts" in str(info.value)
+    assert len(server.requests) == 3
+
+
+def test_failed_requests_can_become_error_generations(server):
+    server.plan["down"] = [500] * 10
+    model = OpenAIChatModel("m", base_urls=[server.url], max_retries=1, on_error="return", **FAST_RETRY)
+    up, down = model.generate(convs("up", "down"), SamplingParams())
+    assert up.text == "echo:A:up" and up.finish_reason == "stop"
+    assert (down.text, down.finish_reason, down.completion_tokens) == ("", "error", 0)
+
+
+def test_timeouts_are_retried_then_raised(server):
+    server.plan["slow once"] = [("sleep", 1.0)]
+    server.plan["always slow"] = [("sleep", 1.0)] * 3
+    model = OpenAIChatModel("m", base_urls=[server.url], timeout=0.25, max_retries=1, **FAST_RETRY)
+    [gen] = model.generate(convs("slow once"), SamplingParams())
+    assert gen.text == "echo:A:slow once"
+    with pytest.raises(RequestTimeout, match="timed out"):
+        model.generate(convs("always slow"), SamplingParams())
+    prompts = [r["body"]["messages"][-1]["content"] for r in server.requests]
+    assert prompts.count("slow once") == 2 and prompts.count("always slow") == 2
+
+
+def test_unreachable_server_raises_server_error():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = OpenAIChatModel("m", base_urls=[f"http://127.0.0.1:{port}"], max_retries=1, **FAST_RETRY)
+    with pytest.raises(ServerError, match="2 attempts"):
+        model.generate(convs("hello"), SamplingParams())
+
+
+def test_model_name_comes_from_the_server_when_not_given(server):
+    model = load_model(backend="openai", base_urls=[server.url])
+    [gen] = model.generate(convs("hi"), SamplingParams())
+    assert gen.text == "echo:A:hi"
+    assert server.requests[0]["body"]["model"] == "served-model"
+    assert model.info()["model"] == "served-model"
+
+
+def test_stop_strings_are_applied_even_if_the_server_ignores_them(server):
+    [gen] = OpenAIChatModel("m", base_urls=[server.url]).generate(convs("say STOP now"), SamplingParams(stop=["STOP"]))
+    assert gen.text == "echo:A:say " and gen.finish_reason == "stop"
+
+
+def test_length_finish_and_missing_usage(server):
+    model = OpenAIChatModel("m", base_urls=[server.url])
+    [gen] = model.generate(convs("no-usage here"), SamplingParams(max_new_tokens=2))
+    assert gen.finish_reason == "length"
+    assert (gen.prompt_tokens, gen.completion_tokens) == (0, 0)
+
+
+def test_generate_works_from_threads_and_inside_an_event_loop(server):
+    model = OpenAIChatModel("m", base_urls=[server.url])
+    results: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        results[i] = model.generate(convs(f"t{i}"), SamplingParams())[0].text
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: f"echo:A:t{i}" for i in range(4)}
+
+    async def caller() -> str:
+        return model.generate(convs("from async"), SamplingParams())[0].text
+
+    assert asyncio.run(caller()) == "echo:A:from async"
+
+
+def test_parse_completion_handles_tool_calls_and_malformed_bodies():
+    data = {
+        "choices": [
+            {
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ]
+    }
+    gen = parse_completion(data, [])
+    assert json.loads(gen.text) == {"name": "f", "arguments": '{"x": 1}'}
+    assert gen.finish_reason == "stop"
+    with pytest.raises(InferenceError, match="malformed"):
+        parse_completion({"choices": []}, [])
+
+
+def test_base_urls_are_normalised():
+    assert normalize_base_url("http://h:8000") == "http://h:8000/v1"
+    assert normalize_base_url("http://h:8000/v1/") == "http://h:8000/v1"
+    assert normalize_base_url("https://api.example.com/openai/v1") == "https://api.example.com/openai/v1"
+    with pytest.raises(ValueError):
+        normalize_base_url("h:8000")
+    with pytest.raises(ValueError):
+        OpenAIChatModel("m", base_urls=["http://h"], on_error="ignore")
