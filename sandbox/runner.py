@@ -1,0 +1,990 @@
+#!/usr/bin/env python3
+"""The sandbox worker: a zygote that runs model-written code, one forked child per run.
+
+Standard library only: this file runs as a script inside the sandbox (a
+bubblewrap namespace, a Docker container or a plain process), where nothing
+else of the project exists. The parent imports it too, for the framing
+helpers and :func:`make_tool_functions`.
+
+Channel: the runner's stdin (parent -> runner) and stdout (runner -> parent)
+carry frames, each a 4-byte big-endian length followed by one UTF-8 JSON
+object. Right at start the runner moves the channel to private descriptors and
+points fds 0-2 at /dev/null, so nothing the code prints can reach it.
+
+Parent -> runner::
+
+    {"op": "run", "run": id, "code": str, "mode": "exec"|"evaluate", "answer": json,
+     "tools_key": str, "tools": [tool specs] (only when the worker lacks that key),
+     "timeout": s, "memory_mb": n, "max_procs": n, "nproc_rlimit": bool, "output_limit": n}
+    {"op": "reply", "run": id, "id": n, "ok": true, "value": json}
+    {"op": "reply", "run": id, "id": n, "ok": false, "error_type": "ToolError"|"WriteForbiddenError", "message": str}
+    {"op": "exit"}
+
+Runner -> parent::
+
+    {"op": "ready", "pid": n, "pid_namespace": bool, "python": str, "protocol": n, "runner": digest}
+    {"op": "call", "run": id, "id": n, "name": str, "args": {...}}
+    {"op": "done", "run": id, "status": ..., "answer": ..., "stdout": ..., ...}
+    {"op": "fatal", "error": str}          (the runner itself failed; it exits)
+
+Per run a forked child applies the resource limits, runs the code in a fresh
+namespace and reports. The child is forked ahead, right after the previous
+run's clean-up, and waits for its job on its reply pipe, so its fork and set-up
+overlap with the parent's own work. The zygote relays the child's tool calls
+(so the child never touches the parent's channel), captures its stdout and
+stderr through pipes, enforces the wall-clock timeout, and afterwards kills
+every process the run left behind and empties the writable places. Inside a
+private PID namespace, where the zygote is PID 1, the killing is
+``kill(-1, SIGKILL)``; elsewhere (the unisolated ``subprocess`` backend) it
+walks the zygote's own descendants.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import keyword
+import linecache
+import os
+import resource
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+
+PROTOCOL_VERSION = 1
+#: largest frame either side accepts (a bigger one breaks the protocol)
+MAX_FRAME = 64 << 20
+#: largest JSON encoding of an answer or value a run may report
+MAX_ANSWER = 4 << 20
+#: largest file the code may write (RLIMIT_FSIZE)
+MAX_FILE = 64 << 20
+CODE_FILENAME = "<code>"
+TOOLS_FILENAME = "<sca-tools>"
+_HEADER = struct.Struct(">I")
+
+
+class ProtocolError(Exception):
+    """The other side of a channel sent something that is not a valid frame."""
+
+
+# --------------------------------------------------------------------------- framing
+def encode_frame(msg: dict) -> bytes:
+    """One frame: length prefix + compact JSON (NaN and Infinity are refused)."""
+    data = json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    if len(data) > MAX_FRAME:
+        raise ValueError(f"message of {len(data)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+    return _HEADER.pack(len(data)) + data
+
+
+class FrameBuffer:
+    """Accumulates bytes from a stream and yields the complete frames in it."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> list[dict]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= 4:
+            (size,) = _HEADER.unpack_from(self._buf)
+            if size > self._max:
+                raise ProtocolError(f"frame of {size} bytes exceeds the {self._max}-byte limit")
+            if len(self._buf) < 4 + size:
+                break
+            raw = bytes(self._buf[4:4 + size])
+            del self._buf[:4 + size]
+            try:
+                msg = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
+            if not isinstance(msg, dict):
+                raise ProtocolError(f"frame is a JSON {type(msg).__name__}, not an object")
+            out.append(msg)
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame still waiting for the rest."""
+        return len(self._buf)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:
+            continue
+        view = view[n:]
+
+
+def _read_frame(fd: int, buf: FrameBuffer, backlog: list[dict]) -> dict | None:
+    """Block until one frame arrives on `fd`; None at end of stream."""
+    while not backlog:
+        try:
+            data = os.read(fd, 1 << 16)
+        except InterruptedError:
+            continue
+        if not data:
+            return None
+        backlog.extend(buf.feed(data))
+    return backlog.pop(0)
+
+
+def runner_digest(path: str = __file__) -> str:
+    """A digest of this file, so the parent can tell a stale copy (an old Docker image) from this one."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- tool functions
+class ToolError(Exception):
+    """A tool refused the call; the message is the environment's own."""
+
+
+class WriteForbiddenError(ToolError):
+    """A write tool was called where only read tools are allowed (in ``evaluate``)."""
+
+
+for _cls in (ToolError, WriteForbiddenError):
+    _cls.__module__ = "builtins"  # tracebacks say "ToolError: ...", as for a built-in exception
+
+
+class _Default:
+    """Marks an optional tool parameter the caller left out (it is then not sent)."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, schema: dict) -> None:
+        self._text = repr(schema["default"]) if isinstance(schema, dict) and "default" in schema else "..."
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+def _pack(tool: str, params: dict, extra_names: frozenset) -> dict:
+    """The JSON arguments of one call: given parameters only, odd names via ``**kwargs``."""
+    extra = params.pop("_sca_kw", None) or {}
+    args = {k: v for k, v in params.items() if not isinstance(v, _Default)}
+    for k, v in extra.items():
+        if k not in extra_names:
+            raise TypeError(f"{tool}() got an unexpected keyword argument {k!r}")
+        args[k] = v
+    return args
+
+
+def make_tool_functions(tools: list[dict], call) -> dict:
+    """Python functions for tools given as ``{"name", "description", "parameters"}`` dicts.
+
+    Each function has the tool's own name and a real signature built from its
+    JSON schema (required parameters first, then optional ones), so wrong
+    arguments raise ``TypeError`` as for any Python function. Calling it runs
+    ``call(name, args)`` with the arguments actually given. Parameter names
+    that are not Python identifiers can still be passed as keywords; tools
+    whose names are not identifiers are left out (they cannot be globals).
+    """
+    out = {}
+    for spec in tools:
+        name = spec.get("name")
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            continue
+        schema = spec.get("parameters") if isinstance(spec.get("parameters"), dict) else {}
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        required = set(p for p in schema.get("required") or [] if isinstance(p, str))
+        plain = [p for p in props if p.isidentifier() and not keyword.iskeyword(p) and not p.startswith("_sca_")]
+        odd = frozenset(p for p in props if p not in plain)
+        defaults = [_Default(props[p]) for p in plain if p not in required]
+        params = [p for p in plain if p in required]
+        params += [f"{p}=_sca_defaults[{i}]" for i, p in enumerate(p for p in plain if p not in required)]
+        if odd:
+            params.append("**_sca_kw")
+        source = (f"def {name}({', '.join(params)}):\n"
+                  f"    return _sca_call({name!r}, _sca_pack({name!r}, locals(), _sca_odd))\n")
+        scope = {"_sca_call": call, "_sca_pack": _pack, "_sca_odd": odd, "_sca_defaults": defaults,
+                 "__name__": "tools"}
+        exec(compile(source, TOOLS_FILENAME, "exec"), scope)
+        fn = scope[name]
+        fn.__doc__ = spec.get("description") or None
+        out[name] = fn
+    return out
+
+
+# --------------------------------------------------------------------------- the child: one run
+class _ChildChannel:
+    """The run's side of its private pipes to the zygote."""
+
+    def __init__(self, req_w: int, resp_r: int) -> None:
+        self.req_w, self.resp_r = req_w, resp_r
+        self.buf, self.backlog = FrameBuffer(), []
+        self.lock = threading.Lock()  # the code may call tools from several threads: one call at a time
+
+    def call(self, name: str, args: dict):
+        try:
+            frame = encode_frame({"op": "call", "name": name, "args": args})
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name}(): arguments must be JSON values ({e})") from None
+        with self.lock:
+            _write_all(self.req_w, frame)
+            reply = _read_frame(self.resp_r, self.buf, self.backlog)
+        if reply is None:
+            raise RuntimeError("the sandbox closed the tool channel")
+        if reply.get("ok"):
+            return reply.get("value")
+        cls = WriteForbiddenError if reply.get("error_type") == "WriteForbiddenError" else ToolError
+        raise cls(reply.get("message", ""))
+
+    def send(self, msg: dict) -> None:
+        _write_all(self.req_w, encode_frame(msg))
+
+
+_CHANNEL: _ChildChannel | None = None
+
+
+def _call_tool(name: str, args: dict):
+    return _CHANNEL.call(name, args)
+
+
+def _set_limits(job: dict) -> None:
+    def setlimit(which: int, soft: int, hard: int | None = None) -> None:
+        hard = soft if hard is None else hard
+        _, cur_hard = resource.getrlimit(which)
+        if cur_hard != resource.RLIM_INFINITY:
+            hard = min(hard, cur_hard)
+            soft = min(soft, hard)
+        try:
+            resource.setrlimit(which, (soft, hard))
+        except (ValueError, OSError):
+            pass
+
+    if job.get("memory_mb"):
+        setlimit(resource.RLIMIT_AS, int(job["memory_mb"]) << 20)
+    cpu = int(float(job.get("timeout", 10))) + 1
+    setlimit(resource.RLIMIT_CPU, cpu, cpu + 2)
+    setlimit(resource.RLIMIT_CORE, 0)
+    setlimit(resource.RLIMIT_FSIZE, MAX_FILE)
+    if job.get("nproc_rlimit") and job.get("max_procs"):
+        setlimit(resource.RLIMIT_NPROC, int(job["max_procs"]))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead
+
+
+def _jsonable(value) -> tuple:
+    """(JSON value or repr string, type name, error) for an answer or a returned value."""
+    type_name = type(value).__name__
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        try:
+            text = json.dumps(repr(value)[:MAX_ANSWER])
+        except Exception as e:  # a __repr__ that raises
+            text = json.dumps(f"<{type_name} object; repr failed: {type(e).__name__}>")
+    if len(text) > MAX_ANSWER:
+        return None, type_name, (f"the {type_name} is too large to report "
+                                 f"({len(text)} bytes of JSON; limit {MAX_ANSWER})")
+    return json.loads(text), type_name, None
+
+
+def _user_frames(stack: traceback.StackSummary) -> traceback.StackSummary:
+    """Frames from the first frame of the user's code on, without the tool plumbing at the end."""
+    frames = list(stack)
+    start = next((i for i, f in enumerate(frames) if f.filename == CODE_FILENAME), len(frames))
+    frames = frames[start:]
+    ours = (TOOLS_FILENAME, __file__)
+    while frames and frames[-1].filename in ours:
+        frames.pop()
+    return traceback.StackSummary.from_list(frames)
+
+
+def _format_exception(exc: BaseException) -> str:
+    te = traceback.TracebackException.from_exception(exc)
+    seen = set()
+    todo = [te]
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        t.stack = _user_frames(t.stack)
+        todo += [c for c in (t.__cause__, t.__context__) if c is not None]
+    return "".join(te.format())
+
+
+def _arity(fn) -> int:
+    """How many parameters `fn` declares (plain functions without importing inspect)."""
+    code = getattr(fn, "__code__", None)
+    if code is not None and not hasattr(fn, "__wrapped__") and not hasattr(fn, "__self__"):
+        varargs = bool(code.co_flags & 0x04) + bool(code.co_flags & 0x08)
+        return code.co_argcount + code.co_kwonlyargcount + varargs
+    import inspect
+
+    try:
+        return len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _execute(job: dict, tools: dict) -> tuple[dict, object, BaseException | None]:
+    """Run the job's code in a fresh namespace: (namespace, evaluate's value, what it raised)."""
+    code, mode = job["code"], job.get("mode", "exec")
+    linecache.cache[CODE_FILENAME] = (len(code), None, code.splitlines(True), CODE_FILENAME)
+    ns = {"__name__": "__main__", "__builtins__": builtins,
+          "ToolError": ToolError, "WriteForbiddenError": WriteForbiddenError, **tools}
+    value = raised = None
+    try:
+        compiled = compile(code, CODE_FILENAME, "exec")
+        try:
+            exec(compiled, ns)
+        except SystemExit as e:  # sys.exit() / exit() with success ends the code normally
+            if e.code not in (None, 0):
+                raise
+        if mode == "evaluate":
+            fn = ns.get("evaluate")
+            if not callable(fn):
+                raise NameError("the code does not define a function evaluate()")
+            value = fn(job.get("answer")) if _arity(fn) else fn()
+    except BaseException as e:  # noqa: BLE001 - everything the code raises is reported
+        raised = e
+    return ns, value, raised
+
+
+def _report(job: dict, ns: dict, value: object, raised: BaseException | None) -> dict:
+    """The report fields of a finished run."""
+    mode = job.get("mode", "exec")
+    report: dict = {"status": "ok"}
+    if raised is not None:
+        report.update(status="sandbox_error" if isinstance(raised, MemoryError) else "error",
+                      error_type=type(raised).__name__, error=_safe_str(raised),
+                      traceback=_format_exception(raised))
+        if isinstance(raised, MemoryError) and not report["error"]:
+            report["error"] = f"out of memory (the limit is {job.get('memory_mb')} MiB)"
+    elif mode == "evaluate":
+        report["value"], report["value_type"], err = _jsonable(value)
+        if err:
+            report.update(status="sandbox_error", error_type="SandboxError", error=err)
+    if mode == "exec":
+        report["answer"], report["answer_type"], err = _jsonable(ns.get("answer"))
+        if err and report["status"] == "ok":
+            report.update(status="sandbox_error", error_type="SandboxError", error=err)
+    return report
+
+
+def _safe_str(e: BaseException) -> str:
+    try:
+        return str(e)
+    except Exception:  # an exception whose __str__ raises
+        return f"<{type(e).__name__}; str() failed>"
+
+
+def _child_main(tool_sets: dict, req_w: int, resp_r: int, out_w: int, err_w: int) -> None:
+    """Body of a forked child: set up, wait for the job, run it, report. Never returns.
+
+    The child is forked ahead of its run (see :meth:`Zygote.run`): what does not depend on
+    the job happens before the job arrives, as the first frame on its reply pipe.
+    """
+    global _CHANNEL
+    status = 0
+    main_pid = os.getpid()
+    try:
+        os.setsid()
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        keep = sorted({req_w, resp_r})
+        os.closerange(3, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, 1 << 16)
+        _prctl(_PR_SET_DUMPABLE, 1)
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # if the zygote dies, the run dies with it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:  # be the first victim of any out-of-memory kill, never the zygote
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                      errors="backslashreplace", line_buffering=True)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                      errors="backslashreplace", line_buffering=True)
+        streams = (sys.stdout, sys.stderr)
+        _CHANNEL = _ChildChannel(req_w, resp_r)
+        job = _read_frame(resp_r, _CHANNEL.buf, _CHANNEL.backlog)
+        if job is None:  # discarded unused
+            os._exit(0)
+        _set_limits(job)
+        ns, value, raised = _execute(job, tool_sets[job.get("tools_key", "")])
+        if os.getpid() != main_pid:  # a process the code forked ran to the end: only the run reports
+            os._exit(0)
+        _reset_interpreter()
+        for stream in streams:
+            try:
+                stream.flush()
+            except Exception:  # a closed or replaced stream: its output is lost, the report is not
+                pass
+        try:
+            _CHANNEL.send({"op": "done", **_report(job, ns, value, raised)})
+        except BaseException:  # noqa: BLE001 - the code broke what the report needs (json.dumps = None)
+            _restore_modules()
+            _CHANNEL.send({"op": "done", **_report(job, ns, value, raised)})
+    except BaseException as e:  # noqa: BLE001
+        try:
+            _CHANNEL.send({"op": "done", "status": "sandbox_error", "error_type": "SandboxError",
+                           "error": f"the run could not be reported ({type(e).__name__}): "
+                                    "the code broke the runner inside its own process"})
+        except BaseException:  # noqa: BLE001
+            status = 70
+    os._exit(status)
+
+
+#: modules the child's report path uses, as they were in the zygote: a run that monkeypatched
+#: them (``json.dumps = None``) so that its report fails gets them back and is reported. Restoring
+#: is done only then: touching every object of these modules in a fresh fork costs ~1 ms of
+#: copy-on-write faults.
+_PROTECTED_MODULES = ("builtins", "json", "json.encoder", "json.decoder", "json.scanner", "traceback",
+                      "linecache", "os", "posix", "io", "sys", "struct", "signal", "inspect", "collections",
+                      "itertools", "reprlib", "textwrap", "contextlib", "functools", "keyword", "types")
+_SNAPSHOT: dict = {}
+_RECURSION_LIMIT = sys.getrecursionlimit()
+
+
+def _snapshot_runtime() -> None:
+    for name in _PROTECTED_MODULES:
+        module = sys.modules.get(name)
+        if module is not None:
+            _SNAPSHOT[name] = (module, dict(module.__dict__))
+
+
+def _restore_modules() -> None:
+    for module, saved in _SNAPSHOT.values():
+        module.__dict__.update(saved)
+
+
+def _reset_interpreter() -> None:
+    """Undo the interpreter-wide settings the code may have changed (cheap: no objects touched)."""
+    sys.settrace(None)
+    sys.setprofile(None)
+    sys.setrecursionlimit(_RECURSION_LIMIT)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+# --------------------------------------------------------------------------- the zygote
+_PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+_LIBC = []
+
+
+def _prctl_libc() -> bool:
+    """Load libc through ctypes once; False where that is not possible."""
+    try:
+        if not _LIBC:
+            import ctypes
+
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        return True
+    except Exception:
+        return False
+
+
+def _prctl(option: int, value: int) -> bool:
+    """prctl(2); False where it cannot be called (it is hardening only)."""
+    return _prctl_libc() and _LIBC[0].prctl(option, value, 0, 0, 0) == 0
+
+
+class _Capture:
+    """Keeps the first `limit` characters of a stream and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, int(limit))
+        self.keep = self.limit * 4 + 4
+        self.buf = bytearray()
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.keep - len(self.buf)
+        if room > 0:
+            self.buf += data[:room]
+
+    def text(self) -> str:
+        raw = bytes(self.buf).decode("utf-8", "surrogateescape")
+        if len(raw) <= self.limit and self.total == len(self.buf):
+            return raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        kept = raw[:self.limit].encode("utf-8", "surrogateescape")
+        cut = self.total - len(kept)
+        return kept.decode("utf-8", "replace") + f"\n[... output truncated: {cut} more bytes]"
+
+
+class Zygote:
+    """Serves runs, one forked child each, and relays the children's tool calls."""
+
+    def __init__(self, chan_in: int, chan_out: int, pid_namespace: bool, scrub: list[str] = ()) -> None:
+        self.chan_in, self.chan_out = chan_in, chan_out
+        self.pid_namespace = pid_namespace
+        self.scrub = [d for d in scrub if os.path.isdir(d)]
+        self.inbuf, self.backlog = FrameBuffer(), []
+        self.tools: dict[str, dict] = {}  # tools_key -> {name: function}
+        self.spare: _Child | None = None  # forked ahead, waiting for the next job
+
+    def send(self, msg: dict) -> None:
+        _write_all(self.chan_out, encode_frame(msg))
+
+    def serve(self) -> None:
+        self.send({"op": "ready", "pid": os.getpid(), "pid_namespace": self.pid_namespace,
+                   "python": sys.version.split()[0], "protocol": PROTOCOL_VERSION, "runner": runner_digest()})
+        while True:
+            msg = _read_frame(self.chan_in, self.inbuf, self.backlog)
+            if msg is None or msg.get("op") == "exit":
+                return
+            if msg.get("op") == "run":
+                if not self.run(msg):  # the parent went away mid-run
+                    return
+            elif msg.get("op") != "reply":  # a reply to a call of a run that already ended is dropped
+                raise ProtocolError(f"unexpected message {msg.get('op')!r} from the parent")
+
+    def _learn_tools(self, job: dict) -> None:
+        key = job.get("tools_key", "")
+        if key not in self.tools:
+            if "tools" not in job:
+                raise ProtocolError(f"run names unknown tool set {key!r} without sending it")
+            self.tools[key] = make_tool_functions(job["tools"], _call_tool)
+
+    def _spawn(self) -> _Child:
+        """Fork a child that sets itself up and waits for a job."""
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            _child_main(self.tools, req_w, resp_r, out_w, err_w)
+        for fd in (req_w, resp_r, out_w, err_w):
+            os.close(fd)
+        for fd in (req_r, resp_w, out_r, err_r):
+            os.set_blocking(fd, False)
+        return _Child(pid, frozenset(self.tools), req_r, resp_w, out_r, err_r)
+
+    def _take_child(self, job: dict) -> _Child:
+        """The spare child if it can run `job` (it knows the tools and still lives), else a new one."""
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            if job.get("tools_key", "") in spare.tool_keys and os.waitpid(spare.pid, os.WNOHANG)[0] == 0:
+                return spare
+            spare.discard()
+        return self._spawn()
+
+    def run(self, job: dict) -> bool:
+        """One run: fork, relay, capture, time out, report, clean up. False if the parent is gone.
+
+        When the code reports normally, the report goes out first and the clean-up (the child's
+        exit, leftovers killed, writable places scrubbed) follows, before the next run is read.
+        """
+        run_id = job.get("run")
+        timeout = float(job.get("timeout", 10))
+        started = time.monotonic()
+        deadline = started + timeout
+        self._learn_tools(job)
+        limit = int(job.get("output_limit", 10_000))
+        child = self._take_child(job)
+        pid, req_r, resp_w, out_r, err_r = child.pid, child.req_r, child.resp_w, child.out_r, child.err_r
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # old kernel or a seccomp filter: poll waitpid instead
+            pidfd = None
+        captures = {out_r: _Capture(limit), err_r: _Capture(limit)}
+        reqbuf = FrameBuffer()
+        open_fds = {req_r, out_r, err_r}
+        to_child = bytearray(encode_frame({k: v for k, v in job.items() if k not in ("op", "tools")}))
+        pending = None  # id of the tool call the parent is answering
+        calls = 0
+        done = None
+        verdict = problem = None  # why the run ended early: "timeout", "protocol", "parent_gone"
+        exit_status = None
+        poller = select.poll()
+        for fd in (self.chan_in, req_r, out_r, err_r):
+            poller.register(fd, select.POLLIN)
+        poller.register(resp_w, select.POLLOUT)  # the job, first
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+
+        def read_stream(fd: int) -> list[dict]:
+            """Read what `fd` has: output to its capture, messages decoded. EOF closes it."""
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return []
+            if not data:
+                poller.unregister(fd)
+                open_fds.discard(fd)
+                return []
+            if fd in captures:
+                captures[fd].feed(data)
+                return []
+            try:
+                return reqbuf.feed(data)
+            except ProtocolError as e:
+                raise _Violation(str(e)) from None
+
+        try:
+            while exit_status is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    verdict = "timeout"
+                    break
+                wait = left if pidfd is not None else min(left, 0.01)
+                for fd, _ in poller.poll(int(wait * 1000) + 1):
+                    if fd == pidfd:
+                        exit_status = os.waitpid(pid, 0)[1]
+                    elif fd == resp_w:
+                        try:
+                            del to_child[:os.write(resp_w, to_child)]
+                        except BlockingIOError:
+                            pass
+                        except OSError:  # the child closed its end: it will not read the reply
+                            to_child.clear()
+                        if not to_child:
+                            poller.unregister(resp_w)
+                    elif fd == self.chan_in:
+                        data = os.read(self.chan_in, 1 << 16)
+                        if not data:
+                            verdict = "parent_gone"
+                            break
+                        for msg in self.inbuf.feed(data):
+                            if msg.get("op") != "reply":
+                                raise ProtocolError(f"unexpected message {msg.get('op')!r} during a run")
+                            if msg.get("run") != run_id or pending is None or msg.get("id") != pending:
+                                continue  # the answer to a call of an earlier run
+                            pending = None
+                            if not to_child:
+                                poller.register(resp_w, select.POLLOUT)
+                            to_child += encode_frame({k: msg[k] for k in ("ok", "value", "error_type", "message")
+                                                      if k in msg})
+                    else:
+                        for msg in read_stream(fd):
+                            op = msg.get("op")
+                            if op == "call" and pending is None and done is None:
+                                name, args = msg.get("name"), msg.get("args")
+                                if not isinstance(name, str) or not isinstance(args, dict):
+                                    raise _Violation("malformed tool call")
+                                calls += 1
+                                pending = calls
+                                self.send({"op": "call", "run": run_id, "id": calls, "name": name, "args": args})
+                            elif op == "done" and done is None:
+                                done = msg
+                                verdict = "done"
+                            else:
+                                raise _Violation(f"unexpected {op!r} message")
+                if verdict:
+                    break
+                if pidfd is None:
+                    wpid, status = os.waitpid(pid, os.WNOHANG)
+                    if wpid:
+                        exit_status = status
+        except _Violation as v:
+            verdict, problem = "protocol", str(v)
+        except BaseException:
+            self._cleanup(pid, exit_status, [req_r, resp_w, out_r, err_r, pidfd])
+            raise
+
+        def report() -> dict:
+            out = {"op": "done", "run": run_id, "stdout": captures[out_r].text(),
+                   "stderr": captures[err_r].text(), "duration_s": time.monotonic() - started}
+            if verdict == "timeout":
+                out.update(status="timeout", error_type="Timeout",
+                           error=f"the code ran past the {timeout:g} s time limit")
+            elif verdict == "protocol":
+                out.update(status="sandbox_error", error_type="SandboxError",
+                           error=f"the code broke the sandbox protocol: {problem}")
+            elif done is not None:
+                for key in ("status", "answer", "answer_type", "value", "value_type", "error_type", "error",
+                            "traceback"):
+                    if key in done:
+                        out[key] = done[key]
+                if out.get("status") not in ("ok", "error", "sandbox_error"):
+                    out.update(status="sandbox_error", error_type="SandboxError", error="malformed report")
+            else:
+                out.update(status="sandbox_error", error_type="SandboxError", error=_death(exit_status, job))
+            return out
+
+        fds = [req_r, resp_w, out_r, err_r, pidfd]
+        if verdict == "done":
+            # The child flushed its output before reporting: all of it is in the pipes already.
+            for fd in (out_r, err_r):
+                while fd in open_fds and _readable(fd):
+                    read_stream(fd)
+            self.send(report())
+            self._cleanup(pid, exit_status, fds)
+            self.spare = self._spawn()  # its fork and set-up overlap with the parent's work
+            return True
+        exit_status = self._cleanup(pid, exit_status, [])
+        # Every writer is gone now: read what is left in the pipes (bounded, to be safe).
+        stop = time.monotonic() + 1.0
+        while verdict in (None, "timeout") and open_fds and time.monotonic() < stop:
+            for fd in list(open_fds):
+                try:
+                    for msg in read_stream(fd):
+                        if msg.get("op") == "done" and done is None and verdict is None:
+                            done = msg
+                except _Violation:
+                    open_fds.discard(fd)
+            if open_fds:
+                poller.poll(10)
+        _close(fds)
+        if verdict == "parent_gone":
+            return False
+        self.send(report())
+        self.spare = self._spawn()
+        return True
+
+    def _cleanup(self, pid: int, exit_status: int | None, fds: list) -> int:
+        """Kill the run's child and everything it left, scrub, close `fds`; the child's exit status."""
+        if exit_status is None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            exit_status = os.waitpid(pid, 0)[1]
+        self._kill_leftovers(pid)
+        self._scrub()
+        _close(fds)
+        return exit_status
+
+    def _kill_leftovers(self, child: int) -> None:
+        """Kill every process the run left behind and reap them (the child is already reaped)."""
+        if self.pid_namespace:
+            try:
+                os.kill(-1, signal.SIGKILL)  # PID 1 of its own namespace: everyone else in it
+            except ProcessLookupError:
+                pass
+        else:
+            try:
+                os.killpg(child, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for p in _descendants(os.getpid()):  # what left the process group (we are its subreaper)
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        stop = time.monotonic() + 2.0
+        while True:
+            try:
+                wpid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return  # no children left
+            if wpid:
+                continue
+            if time.monotonic() > stop:
+                return
+            if not self.pid_namespace:  # new orphans may have come to us since the first sweep
+                for p in _descendants(os.getpid()):
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            time.sleep(0.0002)
+
+
+    def _scrub(self) -> None:
+        """Erase what the run left where the next run could find it: files, SysV IPC objects."""
+        for d in self.scrub:
+            try:
+                names = os.listdir(d)
+            except OSError:
+                continue
+            for name in names:
+                _remove(os.path.join(d, name))
+        if self.pid_namespace:  # a private IPC namespace: every object in it is the run's
+            _remove_sysv_ipc()
+
+
+def _remove(path: str) -> None:
+    """Delete a file or a tree, making directories writable first (the run may have locked them)."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            for name in os.listdir(path):
+                _remove(os.path.join(path, name))
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _remove_sysv_ipc() -> None:
+    """Remove SysV shared memory, semaphores and message queues (they outlive processes)."""
+    found = []
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                ids = [int(line.split()[1]) for line in f.read().splitlines()[1:] if line.split()]
+        except (OSError, ValueError, IndexError):
+            continue
+        found += [(kind, i) for i in ids]
+    if not found or not _prctl_libc():
+        return
+    libc = _LIBC[0]
+    for kind, ident in found:
+        if kind == "shm":
+            libc.shmctl(ident, 0, None)  # IPC_RMID
+        elif kind == "sem":
+            libc.semctl(ident, 0, 0)
+        else:
+            libc.msgctl(ident, 0, None)
+
+
+class _Child:
+    """A forked child and the zygote's ends of its pipes."""
+
+    def __init__(self, pid: int, tool_keys: frozenset, req_r: int, resp_w: int, out_r: int, err_r: int) -> None:
+        self.pid, self.tool_keys = pid, tool_keys
+        self.req_r, self.resp_w, self.out_r, self.err_r = req_r, resp_w, out_r, err_r
+
+    def discard(self) -> None:
+        """Kill an unused child (it cannot run the job at hand) and close its pipes."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        _close([self.req_r, self.resp_w, self.out_r, self.err_r])
+
+
+def _close(fds: list) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+class _Violation(Exception):
+    """The code's process broke the zygote-child protocol."""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], _children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += _children(p)
+    return out
+
+
+def _death(status: int | None, job: dict) -> str:
+    if status is None:
+        return "the code's process vanished without a report"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        hint = {signal.SIGKILL: f" (out of memory, over the {job.get('memory_mb')} MiB limit, or killed)",
+                signal.SIGXCPU: " (CPU time limit)", signal.SIGSEGV: " (crashed)"}.get(sig, "")
+        return f"the code's process was killed by {name}{hint} before it reported"
+    return f"the code's process exited with status {os.WEXITSTATUS(status)} before it reported"
+
+
+def _install_site_builtins() -> None:
+    """``help``, ``exit`` and ``quit``, which ``site`` would add (the runner starts with -S)."""
+    try:
+        import _sitebuiltins
+    except ImportError:
+        return
+    for name, eof in (("exit", "Ctrl-D (i.e. EOF)"), ("quit", "Ctrl-D (i.e. EOF)")):
+        if not hasattr(builtins, name):
+            setattr(builtins, name, _sitebuiltins.Quitter(name, eof))
+    if not hasattr(builtins, "help"):
+        builtins.help = _sitebuiltins._Helper()
+
+
+def _warm_up() -> None:
+    """Do once in the zygote what every run does, so that forked children find the lazy
+    initialisations (the compiler's, the traceback machinery's, io's) done: a fresh child that
+    compiles for the first time pays milliseconds of them, on every run."""
+    ns = {"__name__": "__main__", "__builtins__": builtins}
+    source = "answer = [1, 'x', {'k': None}]\ntry:\n    1 / 0\nexcept ZeroDivisionError as e:\n    err = e\n"
+    linecache.cache[CODE_FILENAME] = (len(source), None, source.splitlines(True), CODE_FILENAME)
+    exec(compile(source, CODE_FILENAME, "exec"), ns)
+    _jsonable(ns["answer"])
+    _jsonable({1, 2})
+    _format_exception(ns["err"])
+    del linecache.cache[CODE_FILENAME]
+    FrameBuffer().feed(encode_frame({"op": "warm", "args": {"a": [1.5, None, True]}}))
+    make_tool_functions([{"name": "warm", "parameters": {"properties": {"a": {}, "b": {"default": 1}},
+                                                         "required": ["a"]}}], _call_tool)
+    with open(os.devnull, "wb") as f:
+        stream = io.TextIOWrapper(io.FileIO(f.fileno(), "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+        stream.write("warm\n")
+        stream.flush()
+    for which in (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC):
+        resource.getrlimit(which)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chan_in, chan_out = os.dup(0), os.dup(1)
+    for fd in (chan_in, chan_out):
+        os.set_inheritable(fd, False)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    # Kill everything else with kill(-1) only where that is confined to our own PID namespace.
+    pid_namespace = "--pid-namespace" in argv and os.getpid() == 1
+    if not pid_namespace:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of a run come to us, to be killed and reaped
+    _prctl(_PR_SET_DUMPABLE, 0)  # the runs (same uid) cannot ptrace the zygote
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _install_site_builtins()
+    scrub = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--scrub"]
+    zygote = Zygote(chan_in, chan_out, pid_namespace, scrub)
+    _snapshot_runtime()
+    _warm_up()
+    import gc
+
+    gc.collect()
+    gc.freeze()  # fewer copy-on-write page faults in every forked child
+    try:
+        zygote.serve()
+    except BaseException as e:  # noqa: BLE001 - tell the parent why, then die
+        try:
+            zygote.send({"op": "fatal", "error": "".join(traceback.format_exception(e))[-4000:]})
+        except OSError:
+            pass
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
