@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import typer
 
 from sca_cli.common import err_console, examples, fail, out_console
 
 app = typer.Typer(
-    help="List the tool environments, or show one's tools and policy.",
+    help="List the tool environments, or show one's tools, policy and benchmark tasks.",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -90,3 +91,50 @@ def show(
         out_console.rule("policy")
         out_console.print(escape(env.policy.strip() or "(no policy)"), soft_wrap=True)
     err_console.print(f"[dim]{len(tools)} tools[/]")
+
+
+EXAMPLES_TASKS = examples(
+    "sca envs tasks retail --split test",
+    "sca envs tasks calculation --json > calculation_tasks.json",
+    "sca envs tasks calculation --m3tooleval-dir ~/src/code-act   # the official M3ToolEval tasks",
+)
+
+
+@app.command("tasks", epilog=EXAMPLES_TASKS)
+def tasks(
+    name: str = typer.Argument(..., help="Environment name (see `sca envs`)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split (e.g. train, test)."),
+    m3tooleval_dir: Optional[str] = typer.Option(
+        None, "--m3tooleval-dir",
+        help="calculation / web_browsing: list the official M3ToolEval tasks of your own CodeAct checkout instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per task, with its data."),
+) -> None:
+    """List an environment's benchmark tasks (what `sca eval` measures)."""
+    env = _load(name)
+    if m3tooleval_dir:
+        if name not in ("calculation", "web_browsing"):
+            fail("--m3tooleval-dir goes with calculation or web_browsing")
+        from envs._m3.official import OfficialTaskError, load_official_tasks
+
+        try:
+            found = [t for t in load_official_tasks(m3tooleval_dir) if t.data.get("env") == name]
+        except OfficialTaskError as e:
+            fail(str(e))
+    else:
+        try:
+            found = env.tasks(split)
+        except ValueError as e:
+            fail(str(e))
+    if split and m3tooleval_dir:
+        found = [t for t in found if t.split == split]
+    if as_json:
+        typer.echo(json.dumps([{"id": t.id, "split": t.split, "instruction": t.instruction, "data": t.data}
+                               for t in found], indent=2, ensure_ascii=False, default=str))
+        return
+    from rich.markup import escape
+
+    for t in found:
+        out_console.print(f"[bold]{escape(t.id)}[/] [dim]({t.split})[/] {escape(' '.join(t.instruction.split()))}",
+                          soft_wrap=True)
+    counts = {s: sum(t.split == s for t in found) for s in sorted({t.split for t in found})}
+    err_console.print(f"[dim]{len(found)} tasks: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "[/]")

@@ -171,3 +171,20 @@ def test_killed_validate_resumes_without_loss_or_repeat(tmp_path):
     meta = json.loads((tmp_path / "ok.jsonl.meta.json").read_text())
     assert meta["status"] == "finished" and meta["counts"]["resumed"] >= first
     assert meta["previous_runs"][0]["status"] == "running"  # the killed run is on record
+
+
+def test_envs_tasks_lists_splits_and_official_m3_tasks():
+    r = run("envs", "tasks", "retail", "--split", "test", "--json")
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)) == 40
+    r = run("envs", "tasks", "calculation", "--json")
+    assert len([t for t in json.loads(r.output) if t["split"] == "test"]) >= 40
+    fixture = ROOT / "tests" / "fixtures" / "m3tooleval"
+    r = run("envs", "tasks", "calculation", "--m3tooleval-dir", str(fixture), "--json")
+    assert r.exit_code == 0, r.output
+    official = json.loads(r.output)
+    assert official and all(t["id"].startswith("m3/") for t in official)
+    r = run("envs", "tasks", "airline", "--split", "nope")
+    assert r.exit_code == 2 and "unknown split 'nope'" in r.output
+    r = run("envs", "tasks", "retail", "--m3tooleval-dir", str(fixture))
+    assert r.exit_code == 2
