@@ -183,3 +183,54 @@ def test_real_default_model_short_run(tmp_path):
         assert rec["meta"]["tokens"]["completion"] > 0
     meta = json.loads((tmp_path / "t.jsonl.meta.json").read_text())
     assert meta["status"] == "finished" and meta["settings"]["model"]["backend"] == "hf"
+
+
+def test_cli_propose_over_two_openai_servers(tmp_path):
+    """`sca propose --backend openai --base-url A --base-url B` against local servers replaying a script."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from typer.testing import CliRunner
+    from sca_cli.app import app
+
+    hits = []
+    script = {0: EXPLORE + "END ACTION", 1: FIXED + "END ANSWER"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            hits.append(self.server.server_port)
+            turn = sum(m["role"] == "assistant" for m in body["messages"])
+            reply = {"choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": script[turn]}}],
+                     "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "t.jsonl"
+        args = ["propose", "--env", "retail", "--n", "1", "--concurrency", "2", "--max-episodes", "2",
+                "--backend", "openai", "--model", "served-model", "--sandbox", "bwrap", "-o", str(out),
+                "--rejected", str(tmp_path / "r.jsonl")]
+        for s in servers:
+            args += ["--base-url", f"http://127.0.0.1:{s.server_port}/v1"]
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, r.output
+    finally:
+        for s in servers:
+            s.shutdown()
+    recs = read(out)
+    assert len(recs) == 1 and recs[0]["meta"]["model"] == "served-model"
+    assert {p for p in hits} == {s.server_port for s in servers}  # round-robin over both
+    meta = json.loads((tmp_path / "t.jsonl.meta.json").read_text())
+    assert meta["settings"]["model"]["backend"] == "openai"
