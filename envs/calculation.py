@@ -25,9 +25,9 @@ from datetime import date as _date
 from typing import Any
 
 from envs._m3 import DATA_DIR
-from envs._m3.arith import ExpressionError, evaluate_expression
 from envs._m3.benchmark import load_tasks
 from envs._m3.toolkit import (
+    CalculatorTool,
     ToolkitEnvironment,
     as_integer,
     as_number,
@@ -89,7 +89,7 @@ _TRANSCRIBE = str.maketrans("ACGT", "UGCA")
 _REVERSE_TRANSCRIBE = str.maketrans("UCAG", "AGTC")
 
 
-class CalculationEnv(ToolkitEnvironment):
+class CalculationEnv(ToolkitEnvironment, CalculatorTool):
     """M3ToolEval's message decoder, DNA sequencer, trade calculator and travel planning tools."""
 
     name = "calculation"
@@ -331,21 +331,6 @@ class CalculationEnv(ToolkitEnvironment):
         Returns: the final value
         """
         return as_number(price, "price") + as_number(tariff, "tariff")
-
-    @tool("read")
-    def calculator(self, expression: str) -> float:
-        """Evaluates an arithmetic expression, e.g. "2 + (3 * 4)" gives 14.
-
-        Numbers, + - * / // % ** and parentheses only.
-
-        Args:
-            expression: the arithmetic expression
-        Returns: its value
-        """
-        try:
-            return evaluate_expression(as_text(expression, "expression"))
-        except ExpressionError as e:
-            raise ToolError(f"calculator: {e}") from None
 
     # -- travel itinerary planning ---------------------------------------------
     @tool("read")

@@ -33,9 +33,8 @@ import re
 from typing import Any
 
 from envs._m3 import DATA_DIR
-from envs._m3.arith import ExpressionError, evaluate_expression
 from envs._m3.benchmark import load_tasks
-from envs._m3.toolkit import ToolkitEnvironment, as_text, tool
+from envs._m3.toolkit import CalculatorTool, ToolkitEnvironment, as_text, tool
 from envs.base import BenchmarkTask, ToolError
 
 __all__ = ["WebBrowsingEnv", "LINES_PER_VIEW", "load_site", "site_from_m3_pages", "make"]
@@ -76,7 +75,7 @@ def site_from_m3_pages(records: list[dict[str, Any]], landing: str = "/") -> dic
     return {"name": "M3ToolEval web site", "landing": landing, "pages": pages, "links_anywhere": True}
 
 
-class WebBrowsingEnv(ToolkitEnvironment):
+class WebBrowsingEnv(ToolkitEnvironment, CalculatorTool):
     """A simulated website, five lines at a time; the state is where the agent is looking."""
 
     name = "web_browsing"
@@ -179,21 +178,6 @@ class WebBrowsingEnv(ToolkitEnvironment):
         Returns: the current view
         """
         return self._view()
-
-    @tool("read")
-    def calculator(self, expression: str) -> float:
-        """Evaluates an arithmetic expression, e.g. "2 + (3 * 4)" gives 14.
-
-        Numbers, + - * / // % ** and parentheses only.
-
-        Args:
-            expression: the arithmetic expression
-        Returns: its value
-        """
-        try:
-            return evaluate_expression(as_text(expression, "expression"))
-        except ExpressionError as e:
-            raise ToolError(f"calculator: {e}") from None
 
     # -- helpers ----------------------------------------------------------------
     def _lines(self) -> list[str]:

@@ -257,7 +257,7 @@ def format_observation(res: Any, limit: int) -> str:
         if not parts:
             parts.append("(the code ran and printed nothing)")
     elif res.status == "timeout":
-        parts.append(f"The code ran past the time limit and was stopped.")
+        parts.append("The code ran past the time limit and was stopped.")
     else:
         parts.append((res.traceback or f"{res.error_type}: {res.error}").rstrip())
     text = "\n".join(parts)

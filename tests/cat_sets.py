@@ -45,8 +45,8 @@ RETAIL_TASKS = [
     o = get_order_details(order_id="{ORDER}")
     return o["status"] == "cancelled" and o.get("cancel_reason") == "ordered by mistake"
 ''',
-        f'uid = find_user_id_by_name_zip("Fatima", "Anderson", "32100")\n'
-        f'orders = get_user_details(uid)["orders"]\n'
+        'uid = find_user_id_by_name_zip("Fatima", "Anderson", "32100")\n'
+        'orders = get_user_details(uid)["orders"]\n'
         'for oid in orders:\n'
         '    o = get_order_details(oid)\n'
         '    if o["status"] == "pending" and any(i["name"] == "Skateboard" for i in o["items"]):\n'

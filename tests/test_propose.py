@@ -14,7 +14,7 @@ from stages.validate import ValidateConfig
 
 ORDER = "#W2974929"  # Fatima Anderson's pending skateboard order
 
-EXPLORE = f"""THOUGHT: Look at the user's orders first. END THOUGHT
+EXPLORE = """THOUGHT: Look at the user's orders first. END THOUGHT
 ACTION:
 ```python
 u = get_user_details(user_id="fatima_anderson_2157")

@@ -14,10 +14,11 @@ import math
 import re
 from typing import Any, Callable
 
+from envs._m3.arith import ExpressionError, evaluate_expression
 from envs.base import Environment, Tool, ToolError, ToolKind, schema_from_signature
 
 __all__ = [
-    "tool", "ToolkitEnvironment",
+    "tool", "ToolkitEnvironment", "CalculatorTool",
     "as_number", "as_integer", "as_text", "as_number_list", "as_text_list",
 ]
 
@@ -171,3 +172,22 @@ def _show(value: Any) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(value).__name__} {text}"
+
+
+class CalculatorTool:
+    """The safe `calculator` tool, shared by the environments that offer it (mix in)."""
+
+    @tool("read")
+    def calculator(self, expression: str) -> float:
+        """Evaluates an arithmetic expression, e.g. "2 + (3 * 4)" gives 14.
+
+        Numbers, + - * / // % ** and parentheses only.
+
+        Args:
+            expression: the arithmetic expression
+        Returns: its value
+        """
+        try:
+            return evaluate_expression(as_text(expression, "expression"))
+        except ExpressionError as e:
+            raise ToolError(f"calculator: {e}") from None
