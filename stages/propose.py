@@ -116,7 +116,7 @@ TAU_RULES = """\
 - Invent nothing: every id, item, option, price or field in your task must come from what
   the tools showed you.
 - Before answering, run your solution and your evaluation function yourself in an ACTION.
-- The instruction is what the user tells the agent; the agent must follow the policy below.
+- The instruction is what the user tells the agent; the agent must follow the policy above.
 """
 
 
@@ -129,15 +129,17 @@ def tool_listing(env: Any) -> str:
     return "\n\n".join(blocks)
 
 
-def context_lines(context: dict[str, Any]) -> str:
-    if not context:
-        return ""
+def context_lines(context: dict[str, Any], skip: str = "") -> str:
+    """The episode's assignment (the sampled user, domain...) as text; `skip` drops a value said elsewhere."""
     lines = []
     if "user_id" in context:
         lines.append(f"Write a task for the user with user id {context['user_id']}.")
     for k, v in context.items():
-        if k != "user_id":
-            lines.append(f"{k.replace('_', ' ')}: {v}")
+        if k == "user_id" or (skip and v == skip):
+            continue
+        if isinstance(v, (list, tuple)):
+            v = ", ".join(str(x) for x in v)
+        lines.append(f"{k.replace('_', ' ')}: {v}")
     return "\n".join(lines)
 
 
@@ -156,7 +158,7 @@ def challenger_prompt(env: Any, context: dict[str, Any]) -> str:
     guidance = getattr(env, "challenger_guidance", "")
     rules = RULES + (TAU_RULES if env.user_facing else "") + (f"- {guidance.strip()}\n" if guidance else "")
     parts.append("# How to reply\n" + FORMAT + "\n" + rules)
-    ctx = context_lines(context)
+    ctx = context_lines(context, skip=guidance)
     if ctx:
         parts.append(f"# Your assignment\n{ctx}")
     return "\n\n".join(parts)
