@@ -16,6 +16,7 @@ sca validate "$OUT/demo_tasks.jsonl" -o "$OUT/demo.valid.jsonl" --rejected "$OUT
 
 # The challenger, on the bundled SmolLM2-135M on CPU: a small model rarely writes a valid task,
 # but every episode, valid or not, is kept with its transcript.
-sca propose --env retail --n 2 --max-episodes 4 --max-steps 4 --max-new-tokens 256 \
+# On 2 CPU cores each step reads the ~6.7k-token retail prompt: a few minutes in all.
+sca propose --env retail --n 1 --max-episodes 2 --max-steps 2 --concurrency 2 --max-new-tokens 128 \
     -o "$OUT/tasks.raw.jsonl" --rejected "$OUT/episodes.failed.jsonl"
 echo "outputs in $OUT/"
