@@ -18,5 +18,5 @@ sca validate "$OUT/demo_tasks.jsonl" -o "$OUT/demo.valid.jsonl" --rejected "$OUT
 # but every episode, valid or not, is kept with its transcript.
 # On 2 CPU cores each step reads the ~6.7k-token retail prompt: a few minutes in all.
 sca propose --env retail --n 1 --max-episodes 2 --max-steps 2 --concurrency 2 --max-new-tokens 128 \
-    -o "$OUT/tasks.raw.jsonl" --rejected "$OUT/episodes.failed.jsonl"
+    -o "$OUT/tasks.raw.jsonl" --rejected "$OUT/episodes.failed.jsonl" --overwrite
 echo "outputs in $OUT/"
