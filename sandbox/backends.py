@@ -196,8 +196,8 @@ class Backend:
 
     def _cgroup(self) -> tuple[cgroups.WorkerCgroup | None, dict[str, str]]:
         """A cgroup for a new local worker, and how the limits are enforced."""
-        # +2: the bwrap monitor (or nothing) and the zygote, beyond the run's own processes
-        cg = cgroups.create(self.max_procs + 2, (self.memory_mb + WORKER_OVERHEAD_MB) << 20)
+        # +3: the bwrap monitor (or nothing), the zygote and its forker, beyond the run's own processes
+        cg = cgroups.create(self.max_procs + 3, (self.memory_mb + WORKER_OVERHEAD_MB) << 20)
         limits = {"memory": f"RLIMIT_AS {self.memory_mb} MiB per process"}
         if cg is None:
             limits["processes"] = f"RLIMIT_NPROC {self.max_procs} (no writable cgroup; it does not bind root)"

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -185,7 +186,7 @@ class Sandbox:
                 if op == "call" and msg.get("run") == job["run"]:
                     reply, record = self._serve_call(env, msg, read_only)
                     records.append(record)
-                    worker.send(reply, deadline)
+                    worker.send_frame(reply, deadline)
                 elif op == "done" and msg.get("run") == job["run"]:
                     worker.runs += 1
                     return _result(msg, records), True
@@ -204,7 +205,8 @@ class Sandbox:
             return RunResult("sandbox_error", tool_calls=records, error_type="SandboxError",
                              error=f"{e}; the worker was replaced"), False
 
-    def _serve_call(self, env: Any, msg: dict, read_only: bool) -> tuple[dict, ToolCallRecord]:
+    def _serve_call(self, env: Any, msg: dict, read_only: bool) -> tuple[bytes, ToolCallRecord]:
+        """Run one tool call: the reply frame for the worker, and the call's record."""
         name, args = msg["name"], msg["args"]
         record = ToolCallRecord(name=name, args=args)
         reply = {"op": "reply", "run": msg["run"], "id": msg["id"]}
@@ -212,19 +214,28 @@ class Sandbox:
             if env is None:
                 raise ToolError(f"unknown tool {name!r}: no environment")
             value = env.call(name, args, allow_write=not read_only)
-            encode_frame({"value": value})  # refuse here what would break the channel
+            frame = encode_frame({**reply, "ok": True, "value": value})  # refuses what would break the channel
         except WriteForbiddenError as e:
             record.error = str(e)
-            return {**reply, "ok": False, "error_type": "WriteForbiddenError", "message": str(e)}, record
+            return _refusal(reply, "WriteForbiddenError", record.error), record
         except ToolError as e:
             record.error = str(e)
-            return {**reply, "ok": False, "error_type": "ToolError", "message": str(e)}, record
+            return _refusal(reply, "ToolError", record.error), record
         except Exception as e:  # noqa: BLE001 - a tool that crashed refuses the call, like any refusal
             log.debug("tool %s raised %s", name, e, exc_info=True)
             record.error = f"{type(e).__name__}: {e}"
-            return {**reply, "ok": False, "error_type": "ToolError", "message": record.error}, record
+            return _refusal(reply, "ToolError", record.error), record
         record.result = value
-        return {**reply, "ok": True, "value": value}, record
+        return frame, record
+
+
+def _refusal(reply: dict, error_type: str, message: str) -> bytes:
+    """The frame refusing a call; a message that is not valid Unicode (lone surrogates) is escaped."""
+    try:
+        return encode_frame({**reply, "ok": False, "error_type": error_type, "message": message})
+    except ValueError:
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return encode_frame({**reply, "ok": False, "error_type": error_type, "message": message})
 
 
 def _result(msg: dict, records: list[ToolCallRecord]) -> RunResult:
@@ -235,10 +246,33 @@ def _result(msg: dict, records: list[ToolCallRecord]) -> RunResult:
         error=msg.get("error"), traceback=msg.get("traceback"))
 
 
+#: tool sets already described, by the identities of their Tool objects (which each entry holds, so
+#: that an identity cannot be reused while it names an entry); at most _SPEC_CACHE_SIZE of them
+_spec_cache: OrderedDict[tuple[int, ...], tuple[tuple, list[dict], str]] = OrderedDict()
+_spec_lock = threading.Lock()
+_SPEC_CACHE_SIZE = 64
+
+
 def _tool_specs(env: Any) -> tuple[list[dict], str]:
-    """The environment's tools as the runner needs them, and a key naming that set."""
+    """The environment's tools as the runner needs them, and a key naming that set.
+
+    Environments hand out the same (frozen) Tool objects on every ``tools()`` call, so
+    the description and its digest are computed once per set of Tool objects.
+    """
     if env is None:
         return [], "none"
-    tools = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in env.tools()]
+    objects = tuple(env.tools())
+    ids = tuple(map(id, objects))
+    with _spec_lock:
+        hit = _spec_cache.get(ids)
+        if hit is not None:
+            _spec_cache.move_to_end(ids)
+            return hit[1], hit[2]
+    tools = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in objects]
     text = json.dumps(tools, sort_keys=True, default=str)
-    return tools, hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+    key = hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+    with _spec_lock:
+        _spec_cache[ids] = (objects, tools, key)
+        while len(_spec_cache) > _SPEC_CACHE_SIZE:
+            _spec_cache.popitem(last=False)
+    return tools, key

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The sandbox worker: a zygote that runs model-written code, one forked child per run.
+"""The sandbox worker: a zygote that runs model-written code, one freshly forked child per run.
 
 Standard library only: this file runs as a script inside the sandbox (a
 bubblewrap namespace, a Docker container or a plain process), where nothing
@@ -28,31 +28,44 @@ Runner -> parent::
     {"op": "fatal", "error": str}          (the runner itself failed; it exits)
 
 Per run a forked child applies the resource limits, runs the code in a fresh
-namespace and reports. The child is forked ahead, right after the previous
-run's clean-up, and waits for its job on its reply pipe, so its fork and set-up
+namespace and reports. The children are forked by the zygote's *forker*, a copy
+of the zygote made once (and again when it learns a new tool set) that does
+nothing but fork: a child shares its forking parent's memory copy-on-write, so
+every page the parent writes while the child lives is copied, and the zygote
+writes hundreds per run. The forker passes on the four pipe ends the zygote
+sends it (SCM_RIGHTS), then says the child's pid and, once it is reaped, its
+wait status. The child is forked ahead, right after the previous run's
+clean-up, and waits for its job on its reply pipe, so its fork and set-up
 overlap with the parent's own work. The zygote relays the child's tool calls
-(so the child never touches the parent's channel), captures its stdout and
-stderr through pipes, enforces the wall-clock timeout, and afterwards kills
-every process the run left behind and empties the writable places. Inside a
-private PID namespace, where the zygote is PID 1, the killing is
-``kill(-1, SIGKILL)``; elsewhere (the unisolated ``subprocess`` backend) it
-walks the zygote's own descendants.
+(so the child never touches the parent's channel; zygote -> child frames are
+marshal, child -> zygote frames JSON), captures its stdout and stderr through
+pipes, enforces the wall-clock timeout, and afterwards kills every process the
+run left behind and empties the writable places. Inside a private PID namespace,
+where the zygote is PID 1 (which the code cannot kill or stop), a run that left
+nothing but its child is done at once; otherwise ``kill(-1, SIGSTOP)`` freezes
+everyone else, everything but the forker is killed and the forker continued.
+Elsewhere (the unisolated ``subprocess`` backend) the zygote walks its own
+descendants. The code can stop or kill its forker: the clean-up continues it,
+or the zygote starts another.
 """
 
 from __future__ import annotations
 
+import _socket
+import _thread
 import builtins
+import gc
 import io
 import json
 import keyword
 import linecache
+import marshal
 import os
 import resource
 import select
 import signal
 import struct
 import sys
-import threading
 import time
 import traceback
 
@@ -124,6 +137,30 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def encode_trusted(msg: dict) -> bytes:
+    """A zygote -> child frame: length prefix + marshal (only ever decoded by the child, from the zygote)."""
+    data = marshal.dumps(msg)
+    return _HEADER.pack(len(data)) + data
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        data = os.read(fd, size)
+        if not data:
+            return None
+        chunks.append(data)
+        size -= len(data)
+    return b"".join(chunks)
+
+
+def _read_trusted(fd: int) -> dict | None:
+    """Block until one :func:`encode_trusted` frame arrives on `fd`; None at end of stream."""
+    head = _read_exact(fd, 4)
+    data = head and _read_exact(fd, _HEADER.unpack(head)[0])
+    return None if data is None else marshal.loads(data)
+
+
 def _read_frame(fd: int, buf: FrameBuffer, backlog: list[dict]) -> dict | None:
     """Block until one frame arrives on `fd`; None at end of stream."""
     while not backlog:
@@ -139,11 +176,13 @@ def _read_frame(fd: int, buf: FrameBuffer, backlog: list[dict]) -> dict | None:
 
 def runner_digest(path: str = __file__) -> str:
     """A digest of this file, so the parent can tell a stale copy (an old Docker image) from this one."""
-    import hashlib
-
+    try:  # the built-in module: hashlib would load OpenSSL into the zygote, and every fork would copy its tables
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
     try:
         with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()[:16]
+            return sha256(f.read()).hexdigest()[:16]
     except OSError:
         return ""
 
@@ -226,8 +265,7 @@ class _ChildChannel:
 
     def __init__(self, req_w: int, resp_r: int) -> None:
         self.req_w, self.resp_r = req_w, resp_r
-        self.buf, self.backlog = FrameBuffer(), []
-        self.lock = threading.Lock()  # the code may call tools from several threads: one call at a time
+        self.lock = _thread.allocate_lock()  # the code may call tools from several threads: one call at a time
 
     def call(self, name: str, args: dict):
         try:
@@ -236,7 +274,7 @@ class _ChildChannel:
             raise TypeError(f"{name}(): arguments must be JSON values ({e})") from None
         with self.lock:
             _write_all(self.req_w, frame)
-            reply = _read_frame(self.resp_r, self.buf, self.backlog)
+            reply = _read_trusted(self.resp_r)
         if reply is None:
             raise RuntimeError("the sandbox closed the tool channel")
         if reply.get("ok"):
@@ -249,33 +287,51 @@ class _ChildChannel:
 
 
 _CHANNEL: _ChildChannel | None = None
+#: sys.stdout and sys.stderr of every run, made once in the zygote over fds 1 and 2 (unbuffered below the
+#: text layer, so nothing written in the zygote can be pending in them)
+_STREAMS: tuple = ()
 
 
 def _call_tool(name: str, args: dict):
     return _CHANNEL.call(name, args)
 
 
-def _set_limits(job: dict) -> None:
-    def setlimit(which: int, soft: int, hard: int | None = None) -> None:
-        hard = soft if hard is None else hard
-        _, cur_hard = resource.getrlimit(which)
-        if cur_hard != resource.RLIM_INFINITY:
-            hard = min(hard, cur_hard)
-            soft = min(soft, hard)
-        try:
-            resource.setrlimit(which, (soft, hard))
-        except (ValueError, OSError):
-            pass
+def _setlimit(which: int, soft: int, hard: int | None = None) -> None:
+    """Lower a resource limit to (soft, hard), never above the hard limit in force."""
+    hard = soft if hard is None else hard
+    _, cur_hard = resource.getrlimit(which)
+    if cur_hard != resource.RLIM_INFINITY:
+        hard = min(hard, cur_hard)
+        soft = min(soft, hard)
+    try:
+        resource.setrlimit(which, (soft, hard))
+    except (ValueError, OSError):
+        pass
 
-    if job.get("memory_mb"):
-        setlimit(resource.RLIMIT_AS, int(job["memory_mb"]) << 20)
-    cpu = int(float(job.get("timeout", 10))) + 1
-    setlimit(resource.RLIMIT_CPU, cpu, cpu + 2)
-    setlimit(resource.RLIMIT_CORE, 0)
-    setlimit(resource.RLIMIT_FSIZE, MAX_FILE)
-    if job.get("nproc_rlimit") and job.get("max_procs"):
-        setlimit(resource.RLIMIT_NPROC, int(job["max_procs"]))
+
+def _set_fixed_limits() -> None:
+    """The limits and settings every run has, set once in the forker (its children inherit them)."""
+    _setlimit(resource.RLIMIT_CORE, 0)
+    _setlimit(resource.RLIMIT_FSIZE, MAX_FILE)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead
+    try:  # a run is the first victim of any out-of-memory kill (the forker second), never the zygote
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        try:
+            os.write(fd, b"1000")
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _set_limits(job: dict) -> None:
+    """The limits that depend on the job (see also :func:`_set_fixed_limits`)."""
+    if job.get("memory_mb"):
+        _setlimit(resource.RLIMIT_AS, int(job["memory_mb"]) << 20)
+    cpu = int(float(job.get("timeout", 10))) + 1
+    _setlimit(resource.RLIMIT_CPU, cpu, cpu + 2)
+    if job.get("nproc_rlimit") and job.get("max_procs"):
+        _setlimit(resource.RLIMIT_NPROC, int(job["max_procs"]))
 
 
 def _jsonable(value) -> tuple:
@@ -385,11 +441,12 @@ def _safe_str(e: BaseException) -> str:
         return f"<{type(e).__name__}; str() failed>"
 
 
-def _child_main(tool_sets: dict, req_w: int, resp_r: int, out_w: int, err_w: int) -> None:
+def _child_main(tool_sets: dict, req_w: int, resp_r: int, out_w: int, err_w: int, pdeathsig: bool) -> None:
     """Body of a forked child: set up, wait for the job, run it, report. Never returns.
 
     The child is forked ahead of its run (see :meth:`Zygote.run`): what does not depend on
-    the job happens before the job arrives, as the first frame on its reply pipe.
+    the job happens before the job arrives, as the first frame on its reply pipe. `pdeathsig`:
+    die with the forker (where no PID namespace ends everything with the zygote).
     """
     global _CHANNEL
     status = 0
@@ -403,20 +460,12 @@ def _child_main(tool_sets: dict, req_w: int, resp_r: int, out_w: int, err_w: int
         os.closerange(keep[0] + 1, keep[1])
         os.closerange(keep[1] + 1, 1 << 16)
         _prctl(_PR_SET_DUMPABLE, 1)
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # if the zygote dies, the run dies with it
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:  # be the first victim of any out-of-memory kill, never the zygote
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("1000")
-        except OSError:
-            pass
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                                      errors="backslashreplace", line_buffering=True)
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                                      errors="backslashreplace", line_buffering=True)
-        streams = (sys.stdout, sys.stderr)
+        if pdeathsig:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        streams = _STREAMS  # made in the zygote (fds 1 and 2 are the pipes now); flushed after the code
+        sys.stdout, sys.stderr = streams
         _CHANNEL = _ChildChannel(req_w, resp_r)
-        job = _read_frame(resp_r, _CHANNEL.buf, _CHANNEL.backlog)
+        job = _read_trusted(resp_r)
         if job is None:  # discarded unused
             os._exit(0)
         _set_limits(job)
@@ -525,8 +574,133 @@ class _Capture:
         return kept.decode("utf-8", "replace") + f"\n[... output truncated: {cut} more bytes]"
 
 
+#: forker -> zygote messages: kind (b"P": forked, b"S": the child ended), the child's pid, its wait status
+_FORKER_MSG = struct.Struct("=cii")
+_FDS = struct.Struct("=4i")
+#: how long the zygote waits for its forker to fork or to report a child's end before it replaces it
+FORKER_TIMEOUT = 5.0
+_MAX_FD = 1 << 16
+
+
+def _forker_main(sock, tool_sets: dict, pdeathsig: bool) -> None:
+    """Body of the forker: for each request, fork a child on the four pipe ends it carries, report the
+    child's pid, wait for the child and report its wait status. Never returns.
+
+    The forker is a copy of the zygote that does nothing else: a forked child shares its parent's
+    memory copy-on-write, and every page either of them writes while the child lives is copied.
+    The forker writes a few between forks; the zygote, which relays, captures and cleans up while a
+    run goes on, would write hundreds, on every run. It exits when the zygote closes the socket.
+    """
+    try:
+        if pdeathsig:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the runs get Python's KeyboardInterrupt
+        _set_fixed_limits()
+        gc.freeze()
+        space = _socket.CMSG_SPACE(_FDS.size)
+        while True:
+            data, ancillary, flags, _ = sock.recvmsg(1, space)
+            if not data:
+                break
+            fds = [_FDS.unpack(raw) for level, kind, raw in ancillary
+                   if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(raw) == _FDS.size]
+            if len(fds) != 1 or flags & _socket.MSG_CTRUNC:
+                break
+            pid = os.fork()
+            if pid == 0:
+                _child_main(tool_sets, *fds[0], pdeathsig)
+                os._exit(70)
+            _close(fds[0])
+            sock.send(_FORKER_MSG.pack(b"P", pid, 0))
+            # Say how the child ended before reaping it: if the code kills us in between, the zygote
+            # (to which the unreaped child then passes) still learns it.
+            ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            sock.send(_FORKER_MSG.pack(b"S", pid, _wait_status(ended)))
+            os.waitpid(pid, 0)
+    except BaseException:  # noqa: BLE001 - the zygote went, or a run's code signalled us: it starts another
+        os._exit(1)
+    os._exit(0)
+
+
+def _wait_status(info) -> int:
+    """A ``waitid()`` result as the status word ``waitpid()`` gives."""
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8
+    return info.si_status | (0x80 if info.si_code == os.CLD_DUMPED else 0)
+
+
+class _Forker:
+    """The zygote's side of its forker process (see :func:`_forker_main`)."""
+
+    def __init__(self, tools: dict, pdeathsig: bool) -> None:
+        mine, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        self.tool_keys = frozenset(tools)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                keep = theirs.fileno()  # the zygote's channel and every pipe stay behind
+                os.closerange(3, keep)
+                os.closerange(keep + 1, _MAX_FD)
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+            _forker_main(theirs, tools, pdeathsig)
+            os._exit(1)
+        theirs.close()
+        self.pid, self.sock, self.fd = pid, mine, mine.fileno()
+        self._poll = select.poll()
+        self._poll.register(self.fd, select.POLLIN)
+
+    def request(self, fds: list[int]) -> bool:
+        """Ask for a child on `fds` (request pipe's write end, reply pipe's read end, stdout, stderr)."""
+        try:
+            self.sock.sendmsg([b"F"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FDS.pack(*fds))])
+            return True
+        except OSError:
+            return False
+
+    def receive(self, timeout: float) -> tuple | None:
+        """The next message within `timeout` seconds, None if the forker is gone or said nothing."""
+        if not self._poll.poll(max(0, int(timeout * 1000))):
+            return None
+        try:
+            data = self.sock.recv(64)
+        except OSError:
+            return None
+        return _FORKER_MSG.unpack(data) if len(data) == _FORKER_MSG.size else None
+
+    def stop(self) -> None:
+        """Kill the forker and reap it (it may be reaped already)."""
+        _kill(self.pid)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        self.sock.close()
+
+
+def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _Child:
+    """A child (asked of `forker`; its pid once the forker said it) and the zygote's ends of its pipes."""
+
+    def __init__(self, forker: _Forker, req_r: int, resp_w: int, out_r: int, err_r: int) -> None:
+        self.forker, self.pid = forker, None
+        self.req_r, self.resp_w, self.out_r, self.err_r = req_r, resp_w, out_r, err_r
+
+
 class Zygote:
-    """Serves runs, one forked child each, and relays the children's tool calls."""
+    """Serves runs, one forked child each, and relays the children's tool calls.
+
+    The children are forked by the zygote's forker (see :func:`_forker_main`), never by the
+    zygote itself: a fork shares the forking process's memory with the child copy-on-write,
+    and the zygote writes hundreds of pages while its child runs (relaying, capturing,
+    cleaning up), each of which would then be copied, on every run.
+    """
 
     def __init__(self, chan_in: int, chan_out: int, pid_namespace: bool, scrub: list[str] = ()) -> None:
         self.chan_in, self.chan_out = chan_in, chan_out
@@ -535,6 +709,8 @@ class Zygote:
         self.inbuf, self.backlog = FrameBuffer(), []
         self.tools: dict[str, dict] = {}  # tools_key -> {name: function}
         self.spare: _Child | None = None  # forked ahead, waiting for the next job
+        self.forker: _Forker | None = None
+        self.leftovers: list[int] | None = None  # what the last clean-up killed (None: everyone, kill(-1))
 
     def send(self, msg: dict) -> None:
         _write_all(self.chan_out, encode_frame(msg))
@@ -542,15 +718,20 @@ class Zygote:
     def serve(self) -> None:
         self.send({"op": "ready", "pid": os.getpid(), "pid_namespace": self.pid_namespace,
                    "python": sys.version.split()[0], "protocol": PROTOCOL_VERSION, "runner": runner_digest()})
-        while True:
-            msg = _read_frame(self.chan_in, self.inbuf, self.backlog)
-            if msg is None or msg.get("op") == "exit":
-                return
-            if msg.get("op") == "run":
-                if not self.run(msg):  # the parent went away mid-run
+        try:
+            while True:
+                msg = _read_frame(self.chan_in, self.inbuf, self.backlog)
+                if msg is None or msg.get("op") == "exit":
                     return
-            elif msg.get("op") != "reply":  # a reply to a call of a run that already ended is dropped
-                raise ProtocolError(f"unexpected message {msg.get('op')!r} from the parent")
+                if msg.get("op") == "run":
+                    if not self.run(msg):  # the parent went away mid-run
+                        return
+                elif msg.get("op") != "reply":  # a reply to a call of a run that already ended is dropped
+                    raise ProtocolError(f"unexpected message {msg.get('op')!r} from the parent")
+        finally:
+            if self.spare is not None:
+                self._discard(self.spare)
+            self._drop_forker()
 
     def _learn_tools(self, job: dict) -> None:
         key = job.get("tools_key", "")
@@ -559,32 +740,103 @@ class Zygote:
                 raise ProtocolError(f"run names unknown tool set {key!r} without sending it")
             self.tools[key] = make_tool_functions(job["tools"], _call_tool)
 
-    def _spawn(self) -> _Child:
-        """Fork a child that sets itself up and waits for a job."""
+    # -- the forker ------------------------------------------------------------------------------
+    def _forker_for(self, key: str) -> _Forker:
+        """The forker, started anew if there is none or it was started before it knew tool set `key`."""
+        if self.forker is not None and key not in self.forker.tool_keys:
+            self._drop_forker()
+        if self.forker is None:
+            self.forker = _Forker(self.tools, pdeathsig=not self.pid_namespace)
+        return self.forker
+
+    def _drop_forker(self) -> None:
+        forker, self.forker = self.forker, None
+        if forker is not None:
+            forker.stop()
+
+    def _forker_message(self, timeout: float) -> tuple | None:
+        """The forker's next message within `timeout`; None (and the forker dropped) if it is gone or stuck."""
+        msg = self.forker.receive(timeout) if self.forker is not None else None
+        if msg is None:
+            self._drop_forker()
+        return msg
+
+    def _spawn(self, key: str) -> _Child:
+        """Ask the forker for a child that sets itself up and waits for a job.
+
+        The pid comes later (see :meth:`_forked`): the fork goes on while this process waits
+        for the next job.
+        """
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            _child_main(self.tools, req_w, resp_r, out_w, err_w)
-        for fd in (req_w, resp_r, out_w, err_w):
-            os.close(fd)
-        for fd in (req_r, resp_w, out_r, err_r):
+        ours, theirs = [req_r, resp_w, out_r, err_r], [req_w, resp_r, out_w, err_w]
+        try:
+            forker = self._forker_for(key)
+            if not forker.request(theirs):  # gone: start another, once
+                self._drop_forker()
+                forker = self._forker_for(key)
+                if not forker.request(theirs):
+                    raise RuntimeError("the forker does not take requests")
+        except BaseException:
+            _close(ours)
+            raise
+        finally:
+            _close(theirs)
+        for fd in ours:
             os.set_blocking(fd, False)
-        return _Child(pid, frozenset(self.tools), req_r, resp_w, out_r, err_r)
+        return _Child(forker, req_r, resp_w, out_r, err_r)
+
+    def _forked(self, child: _Child) -> bool:
+        """Whether `child` was forked (its pid known from its forker, which still runs)."""
+        if child.pid is None and child.forker is self.forker is not None:
+            msg = self._forker_message(FORKER_TIMEOUT)
+            if msg is not None and msg[0] == b"P":
+                child.pid = msg[1]
+            else:
+                self._drop_forker()
+        return child.pid is not None and child.forker is self.forker
+
+    def _reap_child(self, pid: int) -> int | None:
+        """Wait for child `pid` (killed or dying) to be reaped; its wait status if known."""
+        while self.forker is not None:
+            msg = self._forker_message(FORKER_TIMEOUT)
+            if msg is not None and msg[0] == b"S" and msg[1] == pid:
+                return msg[2]
+        try:  # the forker is gone: its child came to us
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return None
 
     def _take_child(self, job: dict) -> _Child:
         """The spare child if it can run `job` (it knows the tools and still lives), else a new one."""
+        key = job.get("tools_key", "")
         spare, self.spare = self.spare, None
         if spare is not None:
-            if job.get("tools_key", "") in spare.tool_keys and os.waitpid(spare.pid, os.WNOHANG)[0] == 0:
-                return spare
-            spare.discard()
-        return self._spawn()
+            if key in spare.forker.tool_keys and self._forked(spare) and not _readable(self.forker.fd):
+                return spare  # a forker that said nothing since the fork: the spare lives
+            self._discard(spare)
+        for _ in range(2):
+            child = self._spawn(key)
+            if self._forked(child):
+                return child
+            self._discard(child)
+        raise RuntimeError("the forker does not fork")
 
+    def _discard(self, child: _Child) -> None:
+        """Kill an unused child (it cannot run the job at hand), reap it, close its pipes.
+
+        A child whose forker went before it said the pid reads the end of its pipes and exits.
+        """
+        if self._forked(child):
+            _kill(child.pid)
+            self._reap_child(child.pid)
+        _close([child.req_r, child.resp_w, child.out_r, child.err_r])
+
+    # -- one run -------------------------------------------------------------------------------
     def run(self, job: dict) -> bool:
-        """One run: fork, relay, capture, time out, report, clean up. False if the parent is gone.
+        """One run: relay, capture, time out, report, clean up. False if the parent is gone.
 
         When the code reports normally, the report goes out first and the clean-up (the child's
         exit, leftovers killed, writable places scrubbed) follows, before the next run is read.
@@ -597,25 +849,22 @@ class Zygote:
         limit = int(job.get("output_limit", 10_000))
         child = self._take_child(job)
         pid, req_r, resp_w, out_r, err_r = child.pid, child.req_r, child.resp_w, child.out_r, child.err_r
-        try:
-            pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):  # old kernel or a seccomp filter: poll waitpid instead
-            pidfd = None
+        fds = [req_r, resp_w, out_r, err_r]
         captures = {out_r: _Capture(limit), err_r: _Capture(limit)}
         reqbuf = FrameBuffer()
         open_fds = {req_r, out_r, err_r}
-        to_child = bytearray(encode_frame({k: v for k, v in job.items() if k not in ("op", "tools")}))
+        to_child = bytearray(encode_trusted({k: v for k, v in job.items() if k not in ("op", "tools")}))
         pending = None  # id of the tool call the parent is answering
         calls = 0
         done = None
         verdict = problem = None  # why the run ended early: "timeout", "protocol", "parent_gone"
-        exit_status = None
+        exited, exit_status = False, None
         poller = select.poll()
         for fd in (self.chan_in, req_r, out_r, err_r):
             poller.register(fd, select.POLLIN)
         poller.register(resp_w, select.POLLOUT)  # the job, first
-        if pidfd is not None:
-            poller.register(pidfd, select.POLLIN)
+        forker_fd = self.forker.fd  # it reports the child's exit; if it goes, the child is ours to wait for
+        poller.register(forker_fd, select.POLLIN)
 
         def read_stream(fd: int) -> list[dict]:
             """Read what `fd` has: output to its capture, messages decoded. EOF closes it."""
@@ -636,15 +885,20 @@ class Zygote:
                 raise _Violation(str(e)) from None
 
         try:
-            while exit_status is None:
+            while not exited:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     verdict = "timeout"
                     break
-                wait = left if pidfd is not None else min(left, 0.01)
+                wait = left if forker_fd is not None else min(left, 0.01)
                 for fd, _ in poller.poll(int(wait * 1000) + 1):
-                    if fd == pidfd:
-                        exit_status = os.waitpid(pid, 0)[1]
+                    if fd == forker_fd:
+                        msg = self._forker_message(0)
+                        if msg is None:
+                            poller.unregister(forker_fd)
+                            forker_fd = None
+                        elif msg[0] == b"S" and msg[1] == pid:
+                            exited, exit_status = True, msg[2]
                     elif fd == resp_w:
                         try:
                             del to_child[:os.write(resp_w, to_child)]
@@ -667,8 +921,8 @@ class Zygote:
                             pending = None
                             if not to_child:
                                 poller.register(resp_w, select.POLLOUT)
-                            to_child += encode_frame({k: msg[k] for k in ("ok", "value", "error_type", "message")
-                                                      if k in msg})
+                            to_child += encode_trusted({k: msg[k] for k in ("ok", "value", "error_type", "message")
+                                                        if k in msg})
                     else:
                         for msg in read_stream(fd):
                             op = msg.get("op")
@@ -686,14 +940,19 @@ class Zygote:
                                 raise _Violation(f"unexpected {op!r} message")
                 if verdict:
                     break
-                if pidfd is None:
-                    wpid, status = os.waitpid(pid, os.WNOHANG)
+                if not open_fds:  # the child closed its pipes or is gone: it cannot report any more
+                    break
+                if forker_fd is None and not exited:
+                    try:
+                        wpid, status = os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:  # reaped by the forker before it went
+                        wpid, status = pid, None
                     if wpid:
-                        exit_status = status
+                        exited, exit_status = True, status
         except _Violation as v:
             verdict, problem = "protocol", str(v)
         except BaseException:
-            self._cleanup(pid, exit_status, [req_r, resp_w, out_r, err_r, pidfd])
+            self._cleanup(pid, exited, exit_status, fds)
             raise
 
         def report() -> dict:
@@ -716,17 +975,17 @@ class Zygote:
                 out.update(status="sandbox_error", error_type="SandboxError", error=_death(exit_status, job))
             return out
 
-        fds = [req_r, resp_w, out_r, err_r, pidfd]
+        key = job.get("tools_key", "")
         if verdict == "done":
             # The child flushed its output before reporting: all of it is in the pipes already.
             for fd in (out_r, err_r):
                 while fd in open_fds and _readable(fd):
                     read_stream(fd)
             self.send(report())
-            self._cleanup(pid, exit_status, fds)
-            self.spare = self._spawn()  # its fork and set-up overlap with the parent's work
+            self._cleanup(pid, exited, exit_status, fds)
+            self.spare = self._spawn(key)  # its fork and set-up overlap with the parent's work
             return True
-        exit_status = self._cleanup(pid, exit_status, [])
+        exit_status = self._cleanup(pid, exited, exit_status, [])
         # Every writer is gone now: read what is left in the pipes (bounded, to be safe).
         stop = time.monotonic() + 1.0
         while verdict in (None, "timeout") and open_fds and time.monotonic() < stop:
@@ -743,57 +1002,95 @@ class Zygote:
         if verdict == "parent_gone":
             return False
         self.send(report())
-        self.spare = self._spawn()
+        self.spare = self._spawn(key)
         return True
 
-    def _cleanup(self, pid: int, exit_status: int | None, fds: list) -> int:
+    # -- clean-up --------------------------------------------------------------------------------
+    def _cleanup(self, pid: int, exited: bool, exit_status: int | None, fds: list) -> int | None:
         """Kill the run's child and everything it left, scrub, close `fds`; the child's exit status."""
-        if exit_status is None:
+        if not exited:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            exit_status = os.waitpid(pid, 0)[1]
         self._kill_leftovers(pid)
+        if not exited:
+            exit_status = self._reap_child(pid)
+        self._reap_leftovers()
         self._scrub()
         _close(fds)
         return exit_status
 
     def _kill_leftovers(self, child: int) -> None:
-        """Kill every process the run left behind and reap them (the child is already reaped)."""
+        """Kill every process the run left behind but the forker (they are reaped after), and make
+        sure the forker runs (a run's code may have stopped it)."""
+        forker = self.forker.pid if self.forker is not None else None
+        self.leftovers = None
         if self.pid_namespace:
-            try:
-                os.kill(-1, signal.SIGKILL)  # PID 1 of its own namespace: everyone else in it
-            except ProcessLookupError:
+            try:  # most runs leave nothing: the child, killed before we look, can fork no more
+                if {int(p) for p in os.listdir("/proc") if p.isdigit()} <= {1, forker, child}:
+                    self.leftovers = []
+            except OSError:
                 pass
+            if self.leftovers is None:  # stop everyone else first, so that nothing forks while we look
+                try:
+                    os.kill(-1, signal.SIGSTOP)  # we are PID 1 of our own namespace: not us
+                    self.leftovers = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, forker)]
+                except (OSError, ValueError):  # no /proc to look in: kill everyone, the forker too
+                    self._drop_forker()
+                    _kill(-1)
+                    return
+                for p in self.leftovers:
+                    _kill(p)
         else:
             try:
                 os.killpg(child, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             for p in _descendants(os.getpid()):  # what left the process group (we are its subreaper)
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                if p != forker:
+                    _kill(p)
+        if forker is not None:
+            _kill(forker, signal.SIGCONT)  # it reaps the child and forks the next
+
+    def _reap_leftovers(self) -> None:
+        """Reap the killed leftovers; return when none is left (or after 2 s)."""
         stop = time.monotonic() + 2.0
         while True:
             try:
                 wpid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return  # no children left
+                return  # no children left (not even the forker)
             if wpid:
+                if self.forker is not None and wpid == self.forker.pid:  # a run's code killed it
+                    self._drop_forker()
                 continue
+            if not self._leftovers_remain():
+                return
             if time.monotonic() > stop:
                 return
             if not self.pid_namespace:  # new orphans may have come to us since the first sweep
+                forker = self.forker.pid if self.forker is not None else None
                 for p in _descendants(os.getpid()):
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+                    if p != forker:
+                        _kill(p)
             time.sleep(0.0002)
 
+    def _leftovers_remain(self) -> bool:
+        forker = self.forker.pid if self.forker is not None else None
+        if not self.pid_namespace:
+            return any(p != forker for p in _descendants(os.getpid()))
+        if self.leftovers is None:  # killed with kill(-1): wait until we have no child left at all
+            return True
+        for p in self.leftovers:  # stopped when listed, so nothing new can have appeared since
+            try:
+                os.kill(p, 0)
+                return True
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                return True
+        return False
 
     def _scrub(self) -> None:
         """Erase what the run left where the next run could find it: files, SysV IPC objects."""
@@ -827,8 +1124,17 @@ def _remove_sysv_ipc() -> None:
     found = []
     for kind in ("shm", "sem", "msg"):
         try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                ids = [int(line.split()[1]) for line in f.read().splitlines()[1:] if line.split()]
+            fd = os.open(f"/proc/sysvipc/{kind}", os.O_RDONLY)
+            try:
+                text = os.read(fd, 1 << 16)
+                while text.count(b"\n") > 1:  # a header line, then one per object: read them all
+                    more = os.read(fd, 1 << 16)
+                    if not more:
+                        break
+                    text += more
+            finally:
+                os.close(fd)
+            ids = [int(line.split()[1]) for line in text.splitlines()[1:] if line.split()]
         except (OSError, ValueError, IndexError):
             continue
         found += [(kind, i) for i in ids]
@@ -842,26 +1148,6 @@ def _remove_sysv_ipc() -> None:
             libc.semctl(ident, 0, 0)
         else:
             libc.msgctl(ident, 0, None)
-
-
-class _Child:
-    """A forked child and the zygote's ends of its pipes."""
-
-    def __init__(self, pid: int, tool_keys: frozenset, req_r: int, resp_w: int, out_r: int, err_r: int) -> None:
-        self.pid, self.tool_keys = pid, tool_keys
-        self.req_r, self.resp_w, self.out_r, self.err_r = req_r, resp_w, out_r, err_r
-
-    def discard(self) -> None:
-        """Kill an unused child (it cannot run the job at hand) and close its pipes."""
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
-        _close([self.req_r, self.resp_w, self.out_r, self.err_r])
 
 
 def _close(fds: list) -> None:
@@ -942,9 +1228,8 @@ def _warm_up() -> None:
     FrameBuffer().feed(encode_frame({"op": "warm", "args": {"a": [1.5, None, True]}}))
     make_tool_functions([{"name": "warm", "parameters": {"properties": {"a": {}, "b": {"default": 1}},
                                                          "required": ["a"]}}], _call_tool)
-    with open(os.devnull, "wb") as f:
-        stream = io.TextIOWrapper(io.FileIO(f.fileno(), "w", closefd=False), encoding="utf-8",
-                                  errors="backslashreplace", line_buffering=True)
+    marshal.loads(encode_trusted({"op": "warm", "value": [1.5, None, True, "x"]})[4:])
+    for stream in _STREAMS:  # fds 1 and 2 are /dev/null in the zygote; this sets up their encoders
         stream.write("warm\n")
         stream.flush()
     for which in (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_FSIZE, resource.RLIMIT_NPROC):
@@ -960,6 +1245,12 @@ def main(argv: list[str] | None = None) -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
+    global _STREAMS
+    _STREAMS = tuple(io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
+                                      errors="backslashreplace", line_buffering=True) for fd in (1, 2))
+    sys.stdout, sys.stderr = _STREAMS  # the runs' streams (fds 1 and 2 become a run's pipes in its child)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 ignores it then; the forker gives the runs Python's
     # Kill everything else with kill(-1) only where that is confined to our own PID namespace.
     pid_namespace = "--pid-namespace" in argv and os.getpid() == 1
     if not pid_namespace:
@@ -971,8 +1262,6 @@ def main(argv: list[str] | None = None) -> int:
     zygote = Zygote(chan_in, chan_out, pid_namespace, scrub)
     _snapshot_runtime()
     _warm_up()
-    import gc
-
     gc.collect()
     gc.freeze()  # fewer copy-on-write page faults in every forked child
     try:

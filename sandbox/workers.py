@@ -2,7 +2,7 @@
 
 A :class:`PipeWorker` is a local process (bubblewrap or plain) whose stdin and
 stdout are the channel; a :class:`DockerWorker` is a long-lived container
-whose attach stream is. Both offer ``send(msg, deadline)`` and
+whose attach stream is. Both offer ``send(msg, deadline)`` (or ``send_frame``) and
 ``recv(deadline)``, which never block past the deadline, and ``kill()``.
 """
 
@@ -64,7 +64,11 @@ class Worker:
 
     # -- framed messages ----------------------------------------------------
     def send(self, msg: dict, deadline: float) -> None:
-        view = memoryview(encode_frame(msg))
+        self.send_frame(encode_frame(msg), deadline)
+
+    def send_frame(self, frame: bytes, deadline: float) -> None:
+        """Send an already encoded frame (see :func:`encode_frame`)."""
+        view = memoryview(frame)
         while view:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -204,12 +208,12 @@ class DockerWorker(Worker):
             image, command=list(command), stdin_open=True, tty=False,
             network_disabled=True, network_mode="none", read_only=True, user="65534:65534",
             working_dir="/tmp", tmpfs={"/tmp": f"rw,nosuid,nodev,size={tmpfs_mb}m,mode=1777"},
-            mem_limit=mem, memswap_limit=mem, pids_limit=max_procs + 1, nano_cpus=int(cpus * 1e9),
+            mem_limit=mem, memswap_limit=mem, pids_limit=max_procs + 2, nano_cpus=int(cpus * 1e9),
             cap_drop=["ALL"], security_opt=["no-new-privileges"], ipc_mode="private", shm_size="16m",
             labels={"sca-sandbox": "worker"}, auto_remove=True,
             detach=False)  # with stdin_open: StdinOnce, so the runner sees EOF when we disconnect
         self.pid = None
-        self.limits = {"processes": f"docker pids_limit={max_procs + 1} per container",
+        self.limits = {"processes": f"docker pids_limit={max_procs + 2} per container",
                        "memory": f"docker mem_limit {mem} per container"}
         try:
             raw = client.api.attach_socket(self.container.id, params={"stdin": 1, "stdout": 1, "stderr": 1,

@@ -14,7 +14,7 @@ import warnings
 import pytest
 from _sandbox_util import INITIAL, StoreEnv, backend_or_skip
 
-from envs.base import Tool
+from envs.base import Tool, ToolError
 from sandbox import BACKENDS, RunResult, Sandbox, SandboxUnavailable, resolve_backend
 from sandbox.runner import MAX_FRAME, FrameBuffer, ProtocolError, encode_frame, make_tool_functions
 
@@ -264,6 +264,15 @@ def test_a_crashing_tool_is_a_tool_error(sb):
     assert (res.error_type, res.error) == ("ToolError", "KeyError: 'x'")
 
 
+def test_a_refusal_that_is_not_unicode_is_escaped(sb):
+    class Odd(StoreEnv):
+        def _call(self, name, args):
+            raise ToolError("bad \udc80 byte")
+
+    res = sb.run(Odd(), "answer = get_value('apples')")
+    assert (res.status, res.error_type, res.error) == ("error", "ToolError", "bad \\udc80 byte"), res
+
+
 def test_answer_must_be_json(sb, env):
     with pytest.raises(TypeError):
         sb.run(env, "pass", mode="evaluate", answer={1, 2})
@@ -312,12 +321,17 @@ def test_worker_killed_during_a_run_is_replaced(backend, env):
         assert ok(sb.run(env, "answer = get_value('apples')")).answer == 3
 
 
-def test_code_that_kills_its_zygote_is_reported(env):
-    # Outside a PID namespace the zygote is the code's parent and can be killed; bwrap and docker
-    # make it PID 1 of the namespace (see the hostile tests).
+@pytest.mark.parametrize("target", [
+    "os.getppid()",  # the forker
+    "int(open(f'/proc/{os.getppid()}/stat').read().rsplit(')', 1)[1].split()[1])",  # the zygote above it
+])
+def test_code_that_kills_its_forker_or_zygote_is_reported(env, target):
+    # Outside a PID namespace the code can kill the processes above it; bwrap and docker make the
+    # zygote PID 1 of the namespace and replace a killed forker (see the hostile tests).
     with open_sandbox("subprocess") as sb:
-        res = sb.run(env, "import os\nos.kill(os.getppid(), 9)\nimport time\ntime.sleep(2)")
-        assert res.status == "sandbox_error"
+        res = sb.run(env, f"import os\nos.kill({target}, 9)\nimport time\ntime.sleep(2)")
+        assert res.status == "sandbox_error", res  # the run died with its parent (or its worker went)
+        assert ("killed by SIGKILL" if target == "os.getppid()" else "replaced") in res.error
         assert ok(sb.run(env, "answer = 2")).answer == 2
 
 

@@ -210,15 +210,54 @@ def test_huge_output_is_truncated(sb, env):
 @pytest.mark.parametrize("attack", [
     "import os\nos.kill(os.getppid(), 9)",
     "import os\nos.kill(1, 9)",
+    "import os, signal\nfor s in (signal.SIGINT, signal.SIGTERM, signal.SIGSTOP, signal.SIGUSR1):\n    os.kill(1, s)",
     "import os, signal\nos.kill(-1, signal.SIGKILL)",
     "import os, signal\nfor p in os.listdir('/proc'):\n    if p.isdigit() and int(p) != os.getpid():\n"
     "        try:\n            os.kill(int(p), 9)\n        except OSError:\n            pass",
 ])
 def test_killing_the_parent_or_pid_1(sb, env, attack):
     res = sb.run(env, attack + "\nanswer = 'survived'")
-    assert res.status in ("ok", "error", "sandbox_error"), res
+    assert (res.status, res.answer) == ("ok", "survived"), res  # PID 1 is immune, the code's parent replaced
     assert os.getpid() > 0  # this test process is, of course, still here
     still_works(sb, env)
+
+
+@pytest.mark.parametrize("attack", [
+    "os.kill(os.getppid(), signal.SIGSTOP)",
+    "os.kill(os.getppid(), signal.SIGKILL)",
+    "os.kill(-1, signal.SIGSTOP)",
+])
+def test_stopping_or_killing_the_parent_costs_nothing(sb, env, attack):
+    # The code's parent forks the runs: stopped or killed, it is revived or replaced, and a crash
+    # after the attack is still reported as that crash (not as a timeout).
+    res = sb.run(env, f"import os, signal\n{attack}\nanswer = 'survived'")
+    assert (res.status, res.answer) == ("ok", "survived"), res
+    still_works(sb, env)
+    res = sb.run(env, f"import os, signal\n{attack}\nprint('bye', flush=True)\nos._exit(3)", timeout=30)
+    assert (res.status, res.stdout) == ("sandbox_error", "bye\n") and "exited with status 3" in res.error, res
+    still_works(sb, env)
+
+
+def test_a_leftover_that_keeps_stopping_the_parent(sb, env):
+    code = """
+import os, signal, time
+parent = os.getppid()
+if os.fork() == 0:
+    os.setsid()
+    while True:
+        for sig in (signal.SIGSTOP, signal.SIGINT, signal.SIGTERM):
+            try:
+                os.kill(parent, sig)
+            except OSError:
+                pass
+        time.sleep(0.0005)
+time.sleep(0.05)
+answer = 'done'
+"""
+    for _ in range(3):
+        res = sb.run(env, code)
+        assert (res.status, res.answer) == ("ok", "done"), res
+        still_works(sb, env)
 
 
 def test_cannot_reach_the_environment_through_python_internals(sb, env):
