@@ -799,7 +799,7 @@ class Zygote:
         return child.pid is not None and child.forker is self.forker
 
     def _reap_child(self, pid: int) -> int | None:
-        """Wait for child `pid` (killed or dying) to be reaped; its wait status if known."""
+        """Wait for child `pid` (killed or dying) to end; its wait status if known."""
         while self.forker is not None:
             msg = self._forker_message(FORKER_TIMEOUT)
             if msg is not None and msg[0] == b"S" and msg[1] == pid:
