@@ -106,21 +106,3 @@ CAT_TASK = RecordSchema(
     ),
     extra_checks=(check_known_env,),
 )
-
-#: the CaT checks of ``sca validate``, in the order CAT.md gives them
-VALIDATION_CHECKS = (
-    "compile",
-    "failure_case_count",
-    "noop_run",
-    "solution_run",
-    "failure_case_runs",
-)
-
-# -- a validated task: CaT + the `validation` object ---------------------------
-VALIDATED_TASK = RecordSchema(
-    name="validated CaT task",
-    fields=CAT_TASK.fields + (Field("validation", dict, doc="verdict of sca validate"),),
-    extra_checks=(check_known_env,),
-)
-
-SCHEMAS = {s.name: s for s in (CAT_TASK, VALIDATED_TASK)}

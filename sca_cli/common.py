@@ -5,7 +5,6 @@ rich is imported on first use only, so `sca --help` stays fast.
 
 from __future__ import annotations
 
-import sys
 from functools import lru_cache
 from typing import Any, NoReturn
 
@@ -58,6 +57,3 @@ def examples(*commands: str) -> str:
     """An epilog listing example command lines (kept unwrapped by click)."""
     return "Examples:\n\n\b\n" + "\n".join(f"  {c}" for c in commands)
 
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -348,9 +348,6 @@ class ProposeSummary:
     def yield_rate(self) -> float:
         return self.valid / self.episodes if self.episodes else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "yield": round(self.yield_rate, 4)}
-
 
 def _existing_instructions(path: str | None) -> set[str]:
     if not path or path == "-" or not Path(path).exists():

@@ -232,9 +232,6 @@ class ValidateSummary:
         done = self.accepted + self.rejected
         return done / self.seconds if self.seconds > 0 else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rate_per_s": round(self.rate, 2)}
-
 
 class _EnvPerThread:
     """Each worker thread keeps its own instance of each environment."""
@@ -286,7 +283,7 @@ def validate_file(
     loaded = load_records(input_path, CAT_TASK, skip_invalid=skip_invalid, on_skip=on_skip)
     summary = ValidateSummary(skipped_invalid=len(loaded.skipped), total_input=len(loaded.records))
     reasons: Counter[str] = Counter()
-    settings = {k: v for k, v in asdict(config).items()}
+    settings = asdict(config)
     with StageRun("validate", {"accepted": output, "rejected": rejected}, inputs=[loaded],
                   settings=settings, overwrite=overwrite) as run:
         todo = run.pending(loaded.records)
