@@ -66,6 +66,7 @@ def main() -> None:
     from envs import make_env
     from sandbox import Sandbox
     from stages.propose import ProposeConfig, propose_file
+    from sandbox.config import SandboxConfig
     from stages.validate import ValidateConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,7 +87,7 @@ def main() -> None:
         bare = (time.perf_counter() - t0) / 200
 
     cfg = ProposeConfig(env="retail", n=args.episodes, max_steps=5, concurrency=args.concurrency,
-                        validate=ValidateConfig(sandbox=args.sandbox, workers=workers))
+                        validate=ValidateConfig(SandboxConfig(backend=args.sandbox, workers=workers)))
     with tempfile.TemporaryDirectory() as tmp:
         s = propose_file(cfg, f"{tmp}/t.jsonl", model=InstantModel(), show_progress=False)
     steps = s.episodes * len(REPLIES)

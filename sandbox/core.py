@@ -21,8 +21,9 @@ from typing import Any
 
 from envs.base import ToolError, WriteForbiddenError
 from sandbox.backends import Backend, make_backend, resolve_backend
-from sandbox.result import RunResult, SandboxUnavailable, ToolCallRecord
-from sandbox.runner import encode_frame
+from sandbox.config import SandboxConfig
+from sandbox.result import STATUSES, RunResult, SandboxUnavailable, ToolCallRecord
+from sandbox.runner import MAX_DEPTH, MAX_TOOL_BYTES, MAX_TOOL_CALLS, encode_frame, json_depth
 from sandbox.workers import Worker, WorkerLost, WorkerTimeout
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,21 @@ class Sandbox:
     ...     res.status, res.answer, [c.name for c in res.tool_calls]
 
     `workers` is how many runs may go at once (one worker each, started when
-    first needed and reused); each run gets `timeout` seconds of wall clock,
-    `memory_mb` of address space per process, at most `max_procs` processes
-    and `output_limit` characters of stdout and of stderr.
+    first needed and reused); each run gets `timeout` seconds of wall clock
+    (tool calls included), `memory_mb` of address space per process, at most
+    `max_procs` processes, `output_limit` characters of stdout and of stderr,
+    `max_tool_calls` tool calls and `max_tool_bytes` bytes of tool arguments
+    and results, nested at most `max_depth` levels. See :class:`SandboxConfig`.
     """
 
     def __init__(self, backend: str = "auto", workers: int = 1, timeout: float = 10.0, memory_mb: int = 1024,
-                 max_procs: int = 64, output_limit: int = 10_000, image: str = "sca-sandbox:latest") -> None:
+                 max_procs: int = 64, output_limit: int = 10_000, image: str = "sca-sandbox:latest", *,
+                 max_tool_calls: int = MAX_TOOL_CALLS, max_tool_bytes: int = MAX_TOOL_BYTES,
+                 max_depth: int = MAX_DEPTH) -> None:
         for name, value in (("workers", workers), ("timeout", timeout), ("memory_mb", memory_mb),
-                            ("max_procs", max_procs), ("output_limit", output_limit)):
+                            ("max_procs", max_procs), ("output_limit", output_limit),
+                            ("max_tool_calls", max_tool_calls), ("max_tool_bytes", max_tool_bytes),
+                            ("max_depth", max_depth)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, not {value!r}")
         self.backend_name = resolve_backend(backend)
@@ -57,6 +64,9 @@ class Sandbox:
         self.memory_mb = int(memory_mb)
         self.max_procs = int(max_procs)
         self.output_limit = int(output_limit)
+        self.max_tool_calls = int(max_tool_calls)
+        self.max_tool_bytes = int(max_tool_bytes)
+        self.max_depth = int(max_depth)
         self.image = image
         self.workers = workers
         self._backend: Backend = make_backend(self.backend_name, self.memory_mb, self.max_procs, image)
@@ -78,6 +88,14 @@ class Sandbox:
         self.limits: dict[str, str] = dict(first.limits)
         self._idle.append(first)
         log.info("sandbox backend %s: %s", self.backend_name, "; ".join(f"{k}: {v}" for k, v in self.limits.items()))
+
+    @classmethod
+    def from_config(cls, config: SandboxConfig) -> Sandbox:
+        """The sandbox a :class:`SandboxConfig` describes."""
+        return cls(backend=config.backend, workers=config.workers, timeout=config.timeout,
+                   memory_mb=config.memory_mb, max_procs=config.max_procs, output_limit=config.output_limit,
+                   image=config.image, max_tool_calls=config.max_tool_calls,
+                   max_tool_bytes=config.max_tool_bytes, max_depth=config.max_depth)
 
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> Sandbox:
@@ -130,13 +148,15 @@ class Sandbox:
 
     # -- running -------------------------------------------------------------
     def run(self, env: Any, code: str, *, mode: str = "exec", answer: Any = None, read_only: bool = False,
-            timeout: float | None = None) -> RunResult:
+            timeout: float | None = None, keep_payloads: bool = True) -> RunResult:
         """Run `code` against `env` and report; never raises for anything the code does.
 
         ``mode="exec"`` reports the global ``answer`` the code leaves;
         ``mode="evaluate"`` runs the code, then ``evaluate(answer)`` (or
         ``evaluate()`` if it takes no parameter), read-only, and reports what
         it returned. The environment is not reset here: that is the caller's.
+        `keep_payloads`: keep each tool call's arguments and result in
+        :attr:`RunResult.tool_calls` (otherwise only names, sizes and refusals).
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -148,12 +168,15 @@ class Sandbox:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
         try:
             encode_frame({"answer": answer})
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:
             raise TypeError(f"answer must be a JSON value: {e}") from None
+        if json_depth(answer, self.max_depth) > self.max_depth:
+            raise TypeError(f"answer must be a JSON value nested at most {self.max_depth} levels")
         tools, key = _tool_specs(env)
         job = {"op": "run", "code": code, "mode": mode, "answer": answer, "tools_key": key,
                "timeout": timeout, "memory_mb": self.memory_mb, "max_procs": self.max_procs,
-               "output_limit": self.output_limit}
+               "output_limit": self.output_limit, "max_tool_calls": self.max_tool_calls,
+               "max_tool_bytes": self.max_tool_bytes, "max_depth": self.max_depth}
         started = time.monotonic()
         with self._slots:
             try:
@@ -163,87 +186,160 @@ class Sandbox:
                                  duration_s=time.monotonic() - started)
             healthy = False
             try:
-                result, healthy = self._run_on(worker, env, job, tools, read_only, timeout)
+                run = _Run(self, worker, env, job, tools, read_only, keep_payloads)
+                result, healthy = run.go()
             finally:
                 self._checkin(worker, healthy)
         result.duration_s = time.monotonic() - started
         return result
 
-    def _run_on(self, worker: Worker, env: Any, job: dict, tools: list[dict], read_only: bool,
-                timeout: float) -> tuple[RunResult, bool]:
-        """One run on one worker: the result, and whether the worker is still good to use."""
-        job = dict(job, run=next(self._run_ids), nproc_rlimit=worker.nproc_rlimit)
-        if job["tools_key"] not in worker.known_tools:
-            job["tools"] = tools
-        records: list[ToolCallRecord] = []
-        deadline = time.monotonic() + timeout + WATCHDOG_GRACE
-        try:
-            worker.send(job, deadline)
-            worker.known_tools.add(job["tools_key"])
-            while True:
-                msg = worker.recv(deadline)
-                op = msg.get("op")
-                if op == "call" and msg.get("run") == job["run"]:
-                    reply, record = self._serve_call(env, msg, read_only)
-                    records.append(record)
-                    worker.send_frame(reply, deadline)
-                elif op == "done" and msg.get("run") == job["run"]:
-                    worker.runs += 1
-                    return _result(msg, records), True
-                elif op == "fatal":
-                    raise WorkerLost(f"the runner failed: {msg.get('error', '')[-1000:]}")
-                else:
-                    raise WorkerLost(f"unexpected message from the worker: {str(msg)[:200]}")
-        except WorkerTimeout:
-            log.warning("sandbox worker (%s) hung past %.1f s; killing it", self.backend_name,
-                        timeout + WATCHDOG_GRACE)
-            return RunResult("timeout", tool_calls=records, error_type="Timeout",
-                             error=f"the sandbox did not answer within {timeout + WATCHDOG_GRACE:g} s "
-                                   "(the run's limit plus grace); its worker was killed and replaced"), False
-        except (WorkerLost, OSError) as e:
-            log.warning("sandbox worker (%s) lost: %s", self.backend_name, e)
-            return RunResult("sandbox_error", tool_calls=records, error_type="SandboxError",
-                             error=f"{e}; the worker was replaced"), False
 
-    def _serve_call(self, env: Any, msg: dict, read_only: bool) -> tuple[bytes, ToolCallRecord]:
-        """Run one tool call: the reply frame for the worker, and the call's record."""
-        name, args = msg["name"], msg["args"]
-        record = ToolCallRecord(name=name, args=args)
-        reply = {"op": "reply", "run": msg["run"], "id": msg["id"]}
+class _Run:
+    """The parent's side of one run on one worker: relays the tool calls, keeps the books.
+
+    Everything that comes from the worker is treated as hostile: a frame that does not decode,
+    a message out of shape or out of turn, a call beyond the budgets (which the sandbox itself
+    enforces first) ends the run as a ``sandbox_error`` and the worker is replaced.
+    """
+
+    def __init__(self, sandbox: Sandbox, worker: Worker, env: Any, job: dict, tools: list[dict], read_only: bool,
+                 keep_payloads: bool) -> None:
+        self.sb, self.worker, self.env = sandbox, worker, env
+        self.job = dict(job, run=next(sandbox._run_ids), nproc_rlimit=worker.nproc_rlimit)
+        if job["tools_key"] not in worker.known_tools:
+            self.job["tools"] = tools
+        self.read_only, self.keep = read_only, keep_payloads
+        self.records: list[ToolCallRecord] = []
+        self.calls = 0
+        self.bytes_left = sandbox.max_tool_bytes
+        self.tool_s = 0.0
+
+    def go(self) -> tuple[RunResult, bool]:
+        """The result, and whether the worker is still good to use."""
+        timeout = self.job["timeout"]
+        started = time.monotonic()
+        # The watchdog: the runner reports by the run's deadline plus a grace; time the tools take
+        # here counts in the run's own limit (the runner's clock runs on while it waits for us), so a
+        # slow tool ends the run as a timeout reported by the runner, not as a hung worker.
+        watchdog = started + timeout + WATCHDOG_GRACE
         try:
-            if env is None:
+            self.worker.send(self.job, watchdog)
+            self.worker.known_tools.add(self.job["tools_key"])
+            while True:
+                msg, size = self.worker.recv_sized(watchdog)
+                op = msg.get("op")
+                if op == "call" and msg.get("run") == self.job["run"]:
+                    reply = self._serve_call(msg, size)
+                    watchdog = max(watchdog, time.monotonic() + WATCHDOG_GRACE)
+                    self.worker.send_frame(reply, watchdog)
+                elif op == "done" and msg.get("run") == self.job["run"]:
+                    self.worker.runs += 1
+                    return self._result(msg), True
+                elif op == "fatal":
+                    raise WorkerLost(f"the runner failed: {str(msg.get('error', ''))[-1000:]}")
+                else:
+                    raise _Broken(f"unexpected message from the worker: {str(msg)[:200]}")
+        except WorkerTimeout:
+            log.warning("sandbox worker (%s) hung past %.1f s; killing it", self.sb.backend_name,
+                        timeout + WATCHDOG_GRACE)
+            return self._failed("timeout", "Timeout",
+                                f"the sandbox did not answer within {timeout + WATCHDOG_GRACE:g} s (the run's limit "
+                                "plus grace); its worker was killed and replaced"), False
+        except (WorkerLost, OSError) as e:
+            log.warning("sandbox worker (%s) lost: %s", self.sb.backend_name, e)
+            return self._failed("sandbox_error", "SandboxError", f"{e}; the worker was replaced"), False
+        except _Broken as e:
+            log.warning("sandbox worker (%s) broke the protocol: %s", self.sb.backend_name, e)
+            return self._failed("sandbox_error", "SandboxError",
+                                f"the sandbox sent something invalid ({e}); the worker was replaced"), False
+        except Exception as e:  # noqa: BLE001 - whatever the bytes did to our bookkeeping, the run ends here
+            log.warning("sandbox run failed in the parent: %r", e, exc_info=True)
+            return self._failed("sandbox_error", "SandboxError",
+                                f"the run's messages could not be handled ({type(e).__name__}); the worker was "
+                                "replaced"), False
+
+    def _failed(self, status: str, error_type: str, error: str) -> RunResult:
+        return RunResult(status, tool_calls=self.records, error_type=error_type, error=error, tool_s=self.tool_s)
+
+    def _serve_call(self, msg: dict, size: int) -> bytes:
+        """Check one call against the budgets, run it, and return the reply frame for the worker."""
+        name, args, call_id = msg.get("name"), msg.get("args"), msg.get("id")
+        if not isinstance(name, str) or len(name) > 200 or not isinstance(args, dict) or not isinstance(call_id, int):
+            raise _Broken("malformed tool call")
+        if json_depth(args, self.sb.max_depth) > self.sb.max_depth:
+            raise _Broken(f"tool call arguments nested deeper than {self.sb.max_depth} levels")
+        self.calls += 1
+        self.bytes_left -= size
+        if self.calls > self.sb.max_tool_calls or self.bytes_left < 0 or call_id != self.calls:
+            raise _Broken("a tool call beyond the run's budgets reached the parent")
+        record = ToolCallRecord(name=name, args=args if self.keep else None, arg_bytes=size)
+        self.records.append(record)
+        reply = {"op": "reply", "run": self.job["run"], "id": call_id}
+        t0 = time.monotonic()
+        try:
+            if self.env is None:
                 raise ToolError(f"unknown tool {name!r}: no environment")
-            value = env.call(name, args, allow_write=not read_only)
+            value = self.env.call(name, args, allow_write=not self.read_only)
             frame = encode_frame({**reply, "ok": True, "value": value})  # refuses what would break the channel
+            if json_depth(value, self.sb.max_depth) > self.sb.max_depth:
+                raise ToolError(f"the result of {name} is nested deeper than {self.sb.max_depth} levels")
         except WriteForbiddenError as e:
-            record.error = str(e)
-            return _refusal(reply, "WriteForbiddenError", record.error), record
+            frame = self._refusal(record, reply, "WriteForbiddenError", str(e))
         except ToolError as e:
-            record.error = str(e)
-            return _refusal(reply, "ToolError", record.error), record
+            frame = self._refusal(record, reply, "ToolError", str(e))
         except Exception as e:  # noqa: BLE001 - a tool that crashed refuses the call, like any refusal
             log.debug("tool %s raised %s", name, e, exc_info=True)
-            record.error = f"{type(e).__name__}: {e}"
-            return _refusal(reply, "ToolError", record.error), record
-        record.result = value
-        return frame, record
+            frame = self._refusal(record, reply, "ToolError", f"{type(e).__name__}: {e}")
+        else:
+            if len(frame) - 4 > self.bytes_left:
+                frame = self._refusal(
+                    record, reply, "BudgetExceeded",
+                    f"{name}(): its result of {len(frame) - 4:,} bytes exceeds what is left of the run's budget for "
+                    f"tool data ({max(0, self.bytes_left):,} of {self.sb.max_tool_bytes:,} bytes)")
+            elif self.keep:
+                record.result = value
+        record.seconds = time.monotonic() - t0
+        self.tool_s += record.seconds
+        record.result_bytes = len(frame) - 4
+        self.bytes_left -= record.result_bytes
+        return frame
 
-
-def _refusal(reply: dict, error_type: str, message: str) -> bytes:
-    """The frame refusing a call; a message that is not valid Unicode (lone surrogates) is escaped."""
-    try:
-        return encode_frame({**reply, "ok": False, "error_type": error_type, "message": message})
-    except ValueError:
+    @staticmethod
+    def _refusal(record: ToolCallRecord, reply: dict, error_type: str, message: str) -> bytes:
+        """The frame refusing a call (the message cut to a sane length, made valid Unicode)."""
+        if len(message) > 4000:
+            message = message[:4000] + f" [... {len(message) - 4000} more characters]"
         message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        record.error = message
         return encode_frame({**reply, "ok": False, "error_type": error_type, "message": message})
 
+    def _result(self, msg: dict) -> RunResult:
+        """The run's report, checked field by field."""
+        status = msg.get("status", "sandbox_error")
+        if status not in STATUSES:
+            raise _Broken(f"report with status {str(status)[:50]!r}")
+        text = {}
+        for key in ("stdout", "stderr", "answer_type", "value_type", "error_type", "error", "traceback"):
+            value = msg.get(key)
+            if value is not None and not isinstance(value, str):
+                raise _Broken(f"report field {key} is not text")
+            text[key] = value
+        for key in ("answer", "value"):
+            if json_depth(msg.get(key), self.sb.max_depth) > self.sb.max_depth:
+                raise _Broken(f"report field {key} nested deeper than {self.sb.max_depth} levels")
+        if msg.get("tool_calls", self.calls) != self.calls:
+            raise _Broken("the report counts other tool calls than were served")
+        refused = msg.get("refused_calls", 0)
+        return RunResult(
+            status=status, answer=msg.get("answer"), answer_type=text["answer_type"], value=msg.get("value"),
+            value_type=text["value_type"], stdout=text["stdout"] or "", stderr=text["stderr"] or "",
+            tool_calls=self.records, error_type=text["error_type"], error=text["error"],
+            traceback=text["traceback"], tool_s=self.tool_s,
+            refused_calls=refused if isinstance(refused, int) and not isinstance(refused, bool) else 0)
 
-def _result(msg: dict, records: list[ToolCallRecord]) -> RunResult:
-    return RunResult(
-        status=msg.get("status", "sandbox_error"), answer=msg.get("answer"), answer_type=msg.get("answer_type"),
-        value=msg.get("value"), value_type=msg.get("value_type"), stdout=msg.get("stdout", ""),
-        stderr=msg.get("stderr", ""), tool_calls=records, error_type=msg.get("error_type"),
-        error=msg.get("error"), traceback=msg.get("traceback"))
+
+class _Broken(Exception):
+    """The worker sent something it never should: the run ends, the worker is replaced."""
 
 
 #: tool sets already described, by the identities of their Tool objects (which each entry holds, so

@@ -69,11 +69,21 @@ import sys
 import time
 import traceback
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: largest frame either side accepts (a bigger one breaks the protocol)
 MAX_FRAME = 64 << 20
 #: largest JSON encoding of an answer or value a run may report
 MAX_ANSWER = 4 << 20
+#: deepest nesting of lists and objects in a tool call's arguments, an answer or a value (the
+#: default of a job's ``max_depth``): decoding and re-encoding deeper values recurses in C and
+#: in Python, and a trusted process must never have to
+MAX_DEPTH = 64
+#: default per-run budgets (a job's ``max_tool_calls`` and ``max_tool_bytes``): tool calls, and bytes
+#: of their JSON arguments and results together
+MAX_TOOL_CALLS = 2000
+MAX_TOOL_BYTES = 8 << 20
+#: longest error message and traceback a run reports (characters); the rest is cut with a marker
+MAX_ERROR_TEXT = 20_000
 #: largest file the code may write (RLIMIT_FSIZE)
 MAX_FILE = 64 << 20
 CODE_FILENAME = "<code>"
@@ -87,8 +97,16 @@ class ProtocolError(Exception):
 
 # --------------------------------------------------------------------------- framing
 def encode_frame(msg: dict) -> bytes:
-    """One frame: length prefix + compact JSON (NaN and Infinity are refused)."""
-    data = json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    """One frame: length prefix + compact JSON (NaN and Infinity are refused).
+
+    Text that is not valid Unicode (a lone surrogate, ``"\\udcff"``) is sent escaped; the
+    decoding side turns it into U+FFFD.
+    """
+    text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = json.dumps(msg, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
     if len(data) > MAX_FRAME:
         raise ValueError(f"message of {len(data)} bytes exceeds the {MAX_FRAME}-byte frame limit")
     return _HEADER.pack(len(data)) + data
@@ -102,6 +120,14 @@ class FrameBuffer:
         self._max = max_frame
 
     def feed(self, data: bytes) -> list[dict]:
+        return [msg for msg, _ in self.feed_sized(data)]
+
+    def feed_sized(self, data: bytes) -> list[tuple[dict, int]]:
+        """Like :meth:`feed`, with each frame's size in bytes.
+
+        Raises :class:`ProtocolError` for anything that is not a frame of a JSON object within
+        the size limit, whatever the bytes are (nesting too deep for the decoder included).
+        """
         self._buf += data
         out = []
         while len(self._buf) >= 4:
@@ -110,21 +136,89 @@ class FrameBuffer:
                 raise ProtocolError(f"frame of {size} bytes exceeds the {self._max}-byte limit")
             if len(self._buf) < 4 + size:
                 break
-            raw = bytes(self._buf[4:4 + size])
-            del self._buf[:4 + size]
             try:
-                msg = json.loads(raw.decode("utf-8"))
+                with memoryview(self._buf) as view:  # decode in place: no copy of a large frame's bytes
+                    text = str(view[4:4 + size], "utf-8")
+                del self._buf[:4 + size]
+                msg = json.loads(text)
+                if "\\ud" in text or "\\uD" in text:  # an escaped surrogate: maybe a lone one
+                    msg = clean_text(msg)
+                del text
             except (UnicodeDecodeError, ValueError) as e:
                 raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
+            except RecursionError:
+                raise ProtocolError("frame is nested too deeply to decode") from None
+            except MemoryError:
+                raise ProtocolError(f"frame of {size} bytes does not fit in memory when decoded") from None
             if not isinstance(msg, dict):
                 raise ProtocolError(f"frame is a JSON {type(msg).__name__}, not an object")
-            out.append(msg)
+            out.append((msg, size))
         return out
+
+    @property
+    def max_frame(self) -> int:
+        return self._max
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._max = int(value)
 
     @property
     def pending(self) -> int:
         """Bytes of an incomplete frame still waiting for the rest."""
         return len(self._buf)
+
+
+def _clean_str(s: str) -> str:
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:  # lone surrogates -> U+FFFD (pairs, if any, are joined)
+        return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def clean_text(value):
+    """`value` (decoded JSON) with every string made valid Unicode: a lone surrogate, which JSON
+    can carry escaped but UTF-8 cannot encode, becomes U+FFFD. Iterative (any nesting)."""
+    if isinstance(value, str):
+        return _clean_str(value)
+    if not isinstance(value, (list, dict)):
+        return value
+    root = [value]
+    todo = [(root, 0)]
+    while todo:
+        holder, key = todo.pop()
+        item = holder[key]
+        if isinstance(item, str):
+            holder[key] = _clean_str(item)
+        elif isinstance(item, list):
+            todo.extend((item, i) for i in range(len(item)))
+        elif isinstance(item, dict):
+            for k in list(item):
+                clean = _clean_str(k)
+                if clean != k:
+                    item[clean] = item.pop(k)
+                todo.append((item, clean))
+    return root[0]
+
+
+def json_depth(value, limit: int) -> int:
+    """How deeply `value` (decoded JSON) nests lists and objects, counting stops past `limit`.
+
+    Iterative, so any depth is measured without recursing: ``json_depth(x, limit) > limit``
+    says "too deep" without looking further.
+    """
+    deepest = 0
+    todo = [(value, 1)] if isinstance(value, (list, dict, tuple)) else []
+    while todo:
+        item, depth = todo.pop()
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        children = item.values() if isinstance(item, dict) else item
+        todo.extend((c, depth + 1) for c in children if isinstance(c, (list, dict, tuple)))
+    return deepest
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -196,7 +290,17 @@ class WriteForbiddenError(ToolError):
     """A write tool was called where only read tools are allowed (in ``evaluate``)."""
 
 
-for _cls in (ToolError, WriteForbiddenError):
+class BudgetExceeded(Exception):
+    """The run used up one of its budgets: tool calls, or bytes of tool arguments and results.
+
+    Not a :class:`ToolError`: a tool did not refuse, the code asked for too much.
+    """
+
+
+#: what a refusal's ``error_type`` raises in the code
+_REFUSALS = {"ToolError": ToolError, "WriteForbiddenError": WriteForbiddenError, "BudgetExceeded": BudgetExceeded}
+
+for _cls in (ToolError, WriteForbiddenError, BudgetExceeded):
     _cls.__module__ = "builtins"  # tracebacks say "ToolError: ...", as for a built-in exception
 
 
@@ -266,21 +370,33 @@ class _ChildChannel:
     def __init__(self, req_w: int, resp_r: int) -> None:
         self.req_w, self.resp_r = req_w, resp_r
         self.lock = _thread.allocate_lock()  # the code may call tools from several threads: one call at a time
+        self.max_depth, self.bytes_left = MAX_DEPTH, MAX_TOOL_BYTES
+
+    def budget(self, job: dict) -> None:
+        self.max_depth = int(job.get("max_depth", MAX_DEPTH))
+        self.bytes_left = int(job.get("max_tool_bytes", MAX_TOOL_BYTES))
 
     def call(self, name: str, args: dict):
+        # The checks here give honest code a clear error where it made the call; the zygote
+        # enforces the same limits whatever this process sends.
+        if json_depth(args, self.max_depth) > self.max_depth:
+            raise TypeError(f"{name}(): arguments nested deeper than {self.max_depth} levels")
         try:
             frame = encode_frame({"op": "call", "name": name, "args": args})
         except (TypeError, ValueError) as e:
             raise TypeError(f"{name}(): arguments must be JSON values ({e})") from None
+        if len(frame) - 4 > self.bytes_left:
+            raise BudgetExceeded(f"{name}(): arguments of {len(frame) - 4:,} bytes exceed what is left of the "
+                                 f"run's budget for tool data ({max(0, self.bytes_left):,} bytes)")
         with self.lock:
             _write_all(self.req_w, frame)
             reply = _read_trusted(self.resp_r)
         if reply is None:
             raise RuntimeError("the sandbox closed the tool channel")
+        self.bytes_left = reply.get("bytes_left", self.bytes_left)
         if reply.get("ok"):
             return reply.get("value")
-        cls = WriteForbiddenError if reply.get("error_type") == "WriteForbiddenError" else ToolError
-        raise cls(reply.get("message", ""))
+        raise _REFUSALS.get(reply.get("error_type"), ToolError)(reply.get("message", ""))
 
     def send(self, msg: dict) -> None:
         _write_all(self.req_w, encode_frame(msg))
@@ -314,7 +430,11 @@ def _set_fixed_limits() -> None:
     _setlimit(resource.RLIMIT_CORE, 0)
     _setlimit(resource.RLIMIT_FSIZE, MAX_FILE)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead
-    try:  # a run is the first victim of any out-of-memory kill (the forker second), never the zygote
+    # A run is the first victim of any out-of-memory kill (the forker second), never the zygote.
+    # The zygote is not dumpable, so its copy's /proc files belong to root: for the write, this
+    # process (which no run's code has touched yet) is dumpable for a moment.
+    _prctl(_PR_SET_DUMPABLE, 1)
+    try:
         fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
         try:
             os.write(fd, b"1000")
@@ -322,6 +442,8 @@ def _set_fixed_limits() -> None:
             os.close(fd)
     except OSError:
         pass
+    finally:
+        _prctl(_PR_SET_DUMPABLE, 0)
 
 
 def _set_limits(job: dict) -> None:
@@ -334,9 +456,27 @@ def _set_limits(job: dict) -> None:
         _setlimit(resource.RLIMIT_NPROC, int(job["max_procs"]))
 
 
-def _jsonable(value) -> tuple:
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type()), not by C
+_STATIC_TYPE_NAMES = frozenset({"NoneType", "ellipsis", "NotImplementedType", "function", "method", "module",
+                                "builtin_function_or_method", "generator", "coroutine", "code", "frame",
+                                "ToolError", "WriteForbiddenError", "BudgetExceeded"})
+
+
+def _type_name(value) -> str:
+    """The type's name, qualified with its module when a user class takes the name of a built-in
+    one: a class named ``bool`` is ``__main__.bool``, never ``bool``."""
+    cls = type(value)
+    name = type.__dict__["__qualname__"].__get__(cls)  # not a property the class could override
+    if not type.__dict__["__flags__"].__get__(cls) & _HEAPTYPE or getattr(builtins, name, cls) is cls \
+            and name not in _STATIC_TYPE_NAMES:
+        return name
+    module = type.__dict__["__module__"].__get__(cls)
+    return f"{module if isinstance(module, str) else '?'}.{name}"
+
+
+def _jsonable(value, max_depth: int = MAX_DEPTH) -> tuple:
     """(JSON value or repr string, type name, error) for an answer or a returned value."""
-    type_name = type(value).__name__
+    type_name = _type_name(value)
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
@@ -347,7 +487,13 @@ def _jsonable(value) -> tuple:
     if len(text) > MAX_ANSWER:
         return None, type_name, (f"the {type_name} is too large to report "
                                  f"({len(text)} bytes of JSON; limit {MAX_ANSWER})")
-    return json.loads(text), type_name, None
+    try:
+        decoded = json.loads(text)
+    except RecursionError:
+        decoded = None
+    if decoded is None and text != "null" or json_depth(decoded, max_depth) > max_depth:
+        return None, type_name, f"the {type_name} is nested deeper than {max_depth} levels"
+    return decoded, type_name, None
 
 
 def _user_frames(stack: traceback.StackSummary) -> traceback.StackSummary:
@@ -376,15 +522,17 @@ def _format_exception(exc: BaseException) -> str:
 
 
 def _arity(fn) -> int:
-    """How many parameters `fn` declares (plain functions without importing inspect)."""
+    """How many positional arguments `fn` takes (a ``*args`` counts as one); keyword-only
+    parameters and ``**kwargs`` are not positional and do not count."""
     code = getattr(fn, "__code__", None)
     if code is not None and not hasattr(fn, "__wrapped__") and not hasattr(fn, "__self__"):
-        varargs = bool(code.co_flags & 0x04) + bool(code.co_flags & 0x08)
-        return code.co_argcount + code.co_kwonlyargcount + varargs
+        return code.co_argcount + bool(code.co_flags & 0x04)
     import inspect
 
     try:
-        return len(inspect.signature(fn).parameters)
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                 inspect.Parameter.VAR_POSITIONAL)
+        return sum(p.kind in kinds for p in inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return 1
 
@@ -394,7 +542,8 @@ def _execute(job: dict, tools: dict) -> tuple[dict, object, BaseException | None
     code, mode = job["code"], job.get("mode", "exec")
     linecache.cache[CODE_FILENAME] = (len(code), None, code.splitlines(True), CODE_FILENAME)
     ns = {"__name__": "__main__", "__builtins__": builtins,
-          "ToolError": ToolError, "WriteForbiddenError": WriteForbiddenError, **tools}
+          "ToolError": ToolError, "WriteForbiddenError": WriteForbiddenError, "BudgetExceeded": BudgetExceeded,
+          **tools}
     value = raised = None
     try:
         compiled = compile(code, CODE_FILENAME, "exec")
@@ -416,27 +565,42 @@ def _execute(job: dict, tools: dict) -> tuple[dict, object, BaseException | None
 def _report(job: dict, ns: dict, value: object, raised: BaseException | None) -> dict:
     """The report fields of a finished run."""
     mode = job.get("mode", "exec")
+    depth = int(job.get("max_depth", MAX_DEPTH))
     report: dict = {"status": "ok"}
     if raised is not None:
         report.update(status="sandbox_error" if isinstance(raised, MemoryError) else "error",
-                      error_type=type(raised).__name__, error=_safe_str(raised),
-                      traceback=_format_exception(raised))
+                      error_type=_exception_name(raised), error=_cut(_safe_str(raised)),
+                      traceback=_cut(_format_exception(raised)))
         if isinstance(raised, MemoryError) and not report["error"]:
             report["error"] = f"out of memory (the limit is {job.get('memory_mb')} MiB)"
     elif mode == "evaluate":
-        report["value"], report["value_type"], err = _jsonable(value)
+        report["value"], report["value_type"], err = _jsonable(value, depth)
         if err:
             report.update(status="sandbox_error", error_type="SandboxError", error=err)
     if mode == "exec":
-        report["answer"], report["answer_type"], err = _jsonable(ns.get("answer"))
+        report["answer"], report["answer_type"], err = _jsonable(ns.get("answer"), depth)
         if err and report["status"] == "ok":
             report.update(status="sandbox_error", error_type="SandboxError", error=err)
     return report
 
 
+def _exception_name(e: BaseException) -> str:
+    """The exception's type name: plain for built-in exceptions and the sandbox's own (ToolError...),
+    qualified for any other class, so code cannot pass its own class off as a ToolError."""
+    cls = type(e)
+    if cls in _REFUSALS.values():
+        return cls.__name__
+    return _type_name(e)
+
+
+def _cut(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} more characters cut]"
+
+
 def _safe_str(e: BaseException) -> str:
     try:
-        return str(e)
+        text = str(e)
+        return text if isinstance(text, str) else "<str() returned no string>"
     except Exception:  # an exception whose __str__ raises
         return f"<{type(e).__name__}; str() failed>"
 
@@ -468,6 +632,7 @@ def _child_main(tool_sets: dict, req_w: int, resp_r: int, out_w: int, err_w: int
         job = _read_trusted(resp_r)
         if job is None:  # discarded unused
             os._exit(0)
+        _CHANNEL.budget(job)
         _set_limits(job)
         ns, value, raised = _execute(job, tool_sets[job.get("tools_key", "")])
         if os.getpid() != main_pid:  # a process the code forked ran to the end: only the run reports
@@ -527,7 +692,10 @@ def _reset_interpreter() -> None:
 # --------------------------------------------------------------------------- the zygote
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
+_PR_SET_SECCOMP = 22
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NO_NEW_PRIVS = 38
+_SECCOMP_MODE_FILTER = 2
 
 
 _LIBC = []
@@ -548,6 +716,147 @@ def _prctl_libc() -> bool:
 def _prctl(option: int, value: int) -> bool:
     """prctl(2); False where it cannot be called (it is hardening only)."""
     return _prctl_libc() and _LIBC[0].prctl(option, value, 0, 0, 0) == 0
+
+
+# --------------------------------------------------------------------------- seccomp
+# A run shares its uid with the zygote and the forker, so the kernel would let it change their
+# resource limits (prlimit), priority (setpriority), CPU affinity and scheduling, and I/O
+# priority: a later honest run in the same worker would then fail for reasons of an earlier run.
+# The forker installs this filter before it forks any child: those calls are refused unless they
+# name the calling process itself. Kernel keyrings (a store that outlives processes, shared by
+# every process of a uid) are refused entirely, as in Docker's default profile. (The zygote and
+# the forker are not dumpable, so their /proc files belong to root and ptrace-like access to them
+# is refused by the kernel itself.)
+
+#: architecture -> (AUDIT_ARCH value, syscall numbers)
+_SECCOMP_ARCHES = {
+    "x86_64": (0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "prlimit64": 302,
+                            "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
+                            "sched_setaffinity": 203, "sched_setattr": 314, "ioprio_set": 251}),
+    "aarch64": (0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "prlimit64": 261,
+                             "setpriority": 140, "sched_setparam": 118, "sched_setscheduler": 119,
+                             "sched_setaffinity": 122, "sched_setattr": 274, "ioprio_set": 30}),
+}
+_BPF_LD_ABS, _BPF_JEQ, _BPF_JGE, _BPF_RET = 0x20, 0x15, 0x35, 0x06
+_RET_ALLOW, _RET_KILL_PROCESS = 0x7FFF0000, 0x80000000
+_RET_EPERM, _RET_ENOSYS = 0x00050000 | 1, 0x00050000 | 38
+_X32_SYSCALL_BIT = 0x40000000
+_SECCOMP_FILTER: list = []  # the program for this machine, built once
+
+
+def _arg_low(i: int) -> int:
+    """Offset of the low 32 bits of syscall argument `i` in struct seccomp_data (little-endian)."""
+    return 16 + 8 * i
+
+
+def seccomp_program(machine: str) -> list[tuple[int, int, int, int]]:
+    """The filter as (code, jt, jf, k) instructions; KeyError for an architecture without one."""
+    audit_arch, nr = _SECCOMP_ARCHES[machine]
+    prog: list = []
+    fixups: list = []  # (instruction index, "jt"|"jf", label)
+
+    def emit(code, k, jt=None, jf=None):
+        for which, label in (("jt", jt), ("jf", jf)):
+            if label is not None:
+                fixups.append((len(prog), which, label))
+        prog.append([code, 0, 0, k])
+
+    labels: dict = {}
+    emit(_BPF_LD_ABS, 4)  # arch
+    emit(_BPF_JEQ, audit_arch, jf="kill")
+    emit(_BPF_LD_ABS, 0)  # syscall number
+    if machine == "x86_64":
+        emit(_BPF_JGE, _X32_SYSCALL_BIT, jt="enosys")
+    for name in ("add_key", "request_key", "keyctl"):
+        emit(_BPF_JEQ, nr[name], jt="eperm")
+    for name in ("prlimit64", "sched_setaffinity", "sched_setparam", "sched_setscheduler", "sched_setattr"):
+        emit(_BPF_JEQ, nr[name], jt="self_only")
+    emit(_BPF_JEQ, nr["setpriority"], jt="setpriority")
+    emit(_BPF_JEQ, nr["ioprio_set"], jt="ioprio_set")
+    emit(_BPF_RET, _RET_ALLOW)
+    labels["self_only"] = len(prog)  # the pid argument must be 0: the caller
+    emit(_BPF_LD_ABS, _arg_low(0))
+    emit(_BPF_JEQ, 0, jt="allow", jf="eperm")
+    labels["setpriority"] = len(prog)  # (PRIO_PROCESS, 0, prio) only
+    emit(_BPF_LD_ABS, _arg_low(0))
+    emit(_BPF_JEQ, 0, jf="eperm")
+    emit(_BPF_LD_ABS, _arg_low(1))
+    emit(_BPF_JEQ, 0, jt="allow", jf="eperm")
+    labels["ioprio_set"] = len(prog)  # (IOPRIO_WHO_PROCESS, 0, prio) only
+    emit(_BPF_LD_ABS, _arg_low(0))
+    emit(_BPF_JEQ, 1, jf="eperm")
+    emit(_BPF_LD_ABS, _arg_low(1))
+    emit(_BPF_JEQ, 0, jt="allow", jf="eperm")
+    for label, ret in (("allow", _RET_ALLOW), ("eperm", _RET_EPERM), ("enosys", _RET_ENOSYS),
+                       ("kill", _RET_KILL_PROCESS)):
+        labels[label] = len(prog)
+        emit(_BPF_RET, ret)
+    for index, which, label in fixups:
+        offset = labels[label] - index - 1
+        if not 0 <= offset <= 255:
+            raise ValueError("seccomp program jump out of range")
+        prog[index][1 if which == "jt" else 2] = offset
+    return [tuple(i) for i in prog]
+
+
+def install_seccomp() -> None:
+    """Install the filter in this process (inherited by every process it forks); OSError if it cannot."""
+    import ctypes
+
+    if not _SECCOMP_FILTER:
+        try:
+            _SECCOMP_FILTER.extend(seccomp_program(os.uname().machine))
+        except KeyError:
+            raise OSError(f"no seccomp filter for the {os.uname().machine} architecture") from None
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    program = (SockFilter * len(_SECCOMP_FILTER))(*(SockFilter(*i) for i in _SECCOMP_FILTER))
+    fprog = SockFprog(len(_SECCOMP_FILTER), program)
+    if not _prctl_libc():
+        raise OSError("libc cannot be loaded to install the seccomp filter")
+    libc = _LIBC[0]
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
+def _probe_seccomp() -> str:
+    """"ok" if the filter installs and refuses prlimit on another process; else why not.
+
+    Checked once per worker, in a throwaway child: the forker installs the same filter and
+    exits if it cannot (a worker never runs code without it where it was found to work).
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            install_seccomp()
+            try:
+                resource.prlimit(os.getppid(), resource.RLIMIT_CORE)
+                verdict = b"the filter did not refuse prlimit on another process"
+            except PermissionError:
+                verdict = b"ok"
+        except BaseException as e:  # noqa: BLE001
+            verdict = f"{type(e).__name__}: {e}".encode()[:500]
+        os.write(w, verdict)
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 1024)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return data.decode("utf-8", "replace") or "the probe died"
 
 
 class _Capture:
@@ -582,7 +891,7 @@ FORKER_TIMEOUT = 5.0
 _MAX_FD = 1 << 16
 
 
-def _forker_main(sock, tool_sets: dict, pdeathsig: bool) -> None:
+def _forker_main(sock, tool_sets: dict, pdeathsig: bool, seccomp: bool) -> None:
     """Body of the forker: for each request, fork a child on the four pipe ends it carries, report the
     child's pid, wait for the child and report its wait status. Never returns.
 
@@ -596,6 +905,8 @@ def _forker_main(sock, tool_sets: dict, pdeathsig: bool) -> None:
             _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the runs get Python's KeyboardInterrupt
         _set_fixed_limits()
+        if seccomp:
+            install_seccomp()  # or exit: the zygote then has no forker and the run fails loudly
         gc.freeze()
         space = _socket.CMSG_SPACE(_FDS.size)
         while True:
@@ -632,7 +943,7 @@ def _wait_status(info) -> int:
 class _Forker:
     """The zygote's side of its forker process (see :func:`_forker_main`)."""
 
-    def __init__(self, tools: dict, pdeathsig: bool) -> None:
+    def __init__(self, tools: dict, pdeathsig: bool, seccomp: bool) -> None:
         mine, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         self.tool_keys = frozenset(tools)
         pid = os.fork()
@@ -643,7 +954,7 @@ class _Forker:
                 os.closerange(keep + 1, _MAX_FD)
             except BaseException:  # noqa: BLE001
                 os._exit(1)
-            _forker_main(theirs, tools, pdeathsig)
+            _forker_main(theirs, tools, pdeathsig, seccomp)
             os._exit(1)
         theirs.close()
         self.pid, self.sock, self.fd = pid, mine, mine.fileno()
@@ -702,10 +1013,13 @@ class Zygote:
     cleaning up), each of which would then be copied, on every run.
     """
 
-    def __init__(self, chan_in: int, chan_out: int, pid_namespace: bool, scrub: list[str] = ()) -> None:
+    def __init__(self, chan_in: int, chan_out: int, pid_namespace: bool, scrub: list[str] = (),
+                 seccomp: str = "not probed") -> None:
         self.chan_in, self.chan_out = chan_in, chan_out
+        self.seccomp = seccomp  # "ok" when every run gets the seccomp filter, else why not
         self.pid_namespace = pid_namespace
         self.scrub = [d for d in scrub if os.path.isdir(d)]
+        self.scrub_stats = {d: os.stat(d) for d in self.scrub}  # mode and times to put back after each run
         self.inbuf, self.backlog = FrameBuffer(), []
         self.tools: dict[str, dict] = {}  # tools_key -> {name: function}
         self.spare: _Child | None = None  # forked ahead, waiting for the next job
@@ -717,7 +1031,8 @@ class Zygote:
 
     def serve(self) -> None:
         self.send({"op": "ready", "pid": os.getpid(), "pid_namespace": self.pid_namespace,
-                   "python": sys.version.split()[0], "protocol": PROTOCOL_VERSION, "runner": runner_digest()})
+                   "python": sys.version.split()[0], "protocol": PROTOCOL_VERSION, "runner": runner_digest(),
+                   "seccomp": self.seccomp, "uid": os.getuid()})
         try:
             while True:
                 msg = _read_frame(self.chan_in, self.inbuf, self.backlog)
@@ -746,7 +1061,7 @@ class Zygote:
         if self.forker is not None and key not in self.forker.tool_keys:
             self._drop_forker()
         if self.forker is None:
-            self.forker = _Forker(self.tools, pdeathsig=not self.pid_namespace)
+            self.forker = _Forker(self.tools, pdeathsig=not self.pid_namespace, seccomp=self.seccomp == "ok")
         return self.forker
 
     def _drop_forker(self) -> None:
@@ -855,7 +1170,11 @@ class Zygote:
         open_fds = {req_r, out_r, err_r}
         to_child = bytearray(encode_trusted({k: v for k, v in job.items() if k not in ("op", "tools")}))
         pending = None  # id of the tool call the parent is answering
-        calls = 0
+        calls = refused = 0
+        max_calls = int(job.get("max_tool_calls", MAX_TOOL_CALLS))
+        max_depth = int(job.get("max_depth", MAX_DEPTH))
+        budget = int(job.get("max_tool_bytes", MAX_TOOL_BYTES))
+        bytes_left = budget
         done = None
         verdict = problem = None  # why the run ended early: "timeout", "protocol", "parent_gone"
         exited, exit_status = False, None
@@ -866,8 +1185,8 @@ class Zygote:
         forker_fd = self.forker.fd  # it reports the child's exit; if it goes, the child is ours to wait for
         poller.register(forker_fd, select.POLLIN)
 
-        def read_stream(fd: int) -> list[dict]:
-            """Read what `fd` has: output to its capture, messages decoded. EOF closes it."""
+        def read_stream(fd: int) -> list[tuple[dict, int]]:
+            """Read what `fd` has: output to its capture, messages decoded (with their sizes). EOF closes it."""
             try:
                 data = os.read(fd, 1 << 16)
             except BlockingIOError:
@@ -880,9 +1199,20 @@ class Zygote:
                 captures[fd].feed(data)
                 return []
             try:
-                return reqbuf.feed(data)
+                return reqbuf.feed_sized(data)
             except ProtocolError as e:
                 raise _Violation(str(e)) from None
+
+        def to_code(reply: dict) -> None:
+            """Queue a reply for the child's pending call."""
+            if not to_child:
+                poller.register(resp_w, select.POLLOUT)
+            to_child.extend(encode_trusted(reply))
+
+        def refuse(message: str) -> None:
+            nonlocal refused
+            refused += 1
+            to_code({"ok": False, "error_type": "BudgetExceeded", "message": message, "bytes_left": bytes_left})
 
         try:
             while not exited:
@@ -913,26 +1243,36 @@ class Zygote:
                         if not data:
                             verdict = "parent_gone"
                             break
-                        for msg in self.inbuf.feed(data):
+                        for msg, size in self.inbuf.feed_sized(data):
                             if msg.get("op") != "reply":
                                 raise ProtocolError(f"unexpected message {msg.get('op')!r} during a run")
                             if msg.get("run") != run_id or pending is None or msg.get("id") != pending:
                                 continue  # the answer to a call of an earlier run
                             pending = None
-                            if not to_child:
-                                poller.register(resp_w, select.POLLOUT)
-                            to_child += encode_trusted({k: msg[k] for k in ("ok", "value", "error_type", "message")
-                                                        if k in msg})
+                            bytes_left -= size  # results count against the budget too (the parent checks it)
+                            reply = {k: msg[k] for k in ("ok", "value", "error_type", "message") if k in msg}
+                            to_code({**reply, "bytes_left": bytes_left})
                     else:
-                        for msg in read_stream(fd):
+                        for msg, size in read_stream(fd):
                             op = msg.get("op")
                             if op == "call" and pending is None and done is None:
                                 name, args = msg.get("name"), msg.get("args")
-                                if not isinstance(name, str) or not isinstance(args, dict):
+                                if not isinstance(name, str) or not isinstance(args, dict) or len(name) > 200:
                                     raise _Violation("malformed tool call")
-                                calls += 1
-                                pending = calls
-                                self.send({"op": "call", "run": run_id, "id": calls, "name": name, "args": args})
+                                if json_depth(args, max_depth) > max_depth:
+                                    raise _Violation(f"tool call arguments nested deeper than {max_depth} levels")
+                                if calls >= max_calls:
+                                    refuse(f"{name}(): the run has made {calls:,} tool calls, its budget "
+                                           f"(max_tool_calls {max_calls:,})")
+                                elif size > bytes_left:
+                                    refuse(f"{name}(): arguments of {size:,} bytes exceed what is left of the run's "
+                                           f"budget for tool data ({max(0, bytes_left):,} of {budget:,} bytes)")
+                                else:
+                                    calls += 1
+                                    bytes_left -= size
+                                    pending = calls
+                                    self.send({"op": "call", "run": run_id, "id": calls, "name": name, "args": args,
+                                               "bytes_left": bytes_left})
                             elif op == "done" and done is None:
                                 done = msg
                                 verdict = "done"
@@ -957,7 +1297,8 @@ class Zygote:
 
         def report() -> dict:
             out = {"op": "done", "run": run_id, "stdout": captures[out_r].text(),
-                   "stderr": captures[err_r].text(), "duration_s": time.monotonic() - started}
+                   "stderr": captures[err_r].text(), "duration_s": time.monotonic() - started,
+                   "tool_calls": calls, "tool_bytes": budget - bytes_left, "refused_calls": refused}
             if verdict == "timeout":
                 out.update(status="timeout", error_type="Timeout",
                            error=f"the code ran past the {timeout:g} s time limit")
@@ -965,12 +1306,7 @@ class Zygote:
                 out.update(status="sandbox_error", error_type="SandboxError",
                            error=f"the code broke the sandbox protocol: {problem}")
             elif done is not None:
-                for key in ("status", "answer", "answer_type", "value", "value_type", "error_type", "error",
-                            "traceback"):
-                    if key in done:
-                        out[key] = done[key]
-                if out.get("status") not in ("ok", "error", "sandbox_error"):
-                    out.update(status="sandbox_error", error_type="SandboxError", error="malformed report")
+                out.update(_checked_report(done, max_depth))
             else:
                 out.update(status="sandbox_error", error_type="SandboxError", error=_death(exit_status, job))
             return out
@@ -991,7 +1327,7 @@ class Zygote:
         while verdict in (None, "timeout") and open_fds and time.monotonic() < stop:
             for fd in list(open_fds):
                 try:
-                    for msg in read_stream(fd):
+                    for msg, _ in read_stream(fd):
                         if msg.get("op") == "done" and done is None and verdict is None:
                             done = msg
                 except _Violation:
@@ -1093,14 +1429,18 @@ class Zygote:
         return False
 
     def _scrub(self) -> None:
-        """Erase what the run left where the next run could find it: files, SysV IPC objects."""
+        """Erase what the run left where the next run could find it: the entries of the writable
+        places (/tmp, /dev/shm, /dev/mqueue: files, POSIX shared memory and message queues) and what
+        it set on those directories themselves (mode, extended attributes, times), and SysV IPC objects."""
         for d in self.scrub:
+            _reset_directory(d, self.scrub_stats[d])  # first: the run may have made it unreadable
             try:
                 names = os.listdir(d)
             except OSError:
-                continue
+                names = ()
             for name in names:
                 _remove(os.path.join(d, name))
+            _reset_directory(d, self.scrub_stats[d])
         if self.pid_namespace:  # a private IPC namespace: every object in it is the run's
             _remove_sysv_ipc()
 
@@ -1115,6 +1455,27 @@ def _remove(path: str) -> None:
             os.rmdir(path)
         else:
             os.unlink(path)
+    except OSError:
+        pass
+
+
+def _reset_directory(path: str, initial: os.stat_result) -> None:
+    """Put a scrubbed directory back as it was: a run that owns it can change its mode, its
+    times (a 64-bit message in atime) and its extended attributes, which outlive the files."""
+    try:
+        os.chmod(path, initial.st_mode & 0o7777)
+    except OSError:
+        pass  # not ours (docker's /tmp belongs to root): then the run could not change it either
+    try:
+        for name in os.listxattr(path):
+            try:
+                os.removexattr(path, name)
+            except OSError:
+                pass
+    except OSError:
+        pass
+    try:
+        os.utime(path, ns=(initial.st_atime_ns, initial.st_mtime_ns))
     except OSError:
         pass
 
@@ -1148,6 +1509,35 @@ def _remove_sysv_ipc() -> None:
             libc.semctl(ident, 0, 0)
         else:
             libc.msgctl(ident, 0, None)
+
+
+#: the fields of a child's report, with the types they must have
+_REPORT_TEXT = {"answer_type": 200, "value_type": 200, "error_type": 200, "error": MAX_ERROR_TEXT + 100,
+                "traceback": MAX_ERROR_TEXT + 100}
+
+
+def _checked_report(done: dict, max_depth: int) -> dict:
+    """The fields of a child's report, checked: the code runs in that process and may have
+    written the report itself. Anything out of shape becomes the run's sandbox error."""
+    out = {}
+    status = done.get("status")
+    if status not in ("ok", "error", "sandbox_error"):
+        return {"status": "sandbox_error", "error_type": "SandboxError", "error": "malformed report: bad status"}
+    out["status"] = status
+    for key, longest in _REPORT_TEXT.items():
+        value = done.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > longest:
+            return {"status": "sandbox_error", "error_type": "SandboxError", "error": f"malformed report: {key}"}
+        out[key] = value
+    for key in ("answer", "value"):
+        if key in done:
+            if json_depth(done[key], max_depth) > max_depth:
+                return {"status": "sandbox_error", "error_type": "SandboxError",
+                        "error": f"the {key} is nested deeper than {max_depth} levels"}
+            out[key] = done[key]
+    return out
 
 
 def _close(fds: list) -> None:
@@ -1259,7 +1649,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _install_site_builtins()
     scrub = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--scrub"]
-    zygote = Zygote(chan_in, chan_out, pid_namespace, scrub)
+    zygote = Zygote(chan_in, chan_out, pid_namespace, scrub, seccomp=_probe_seccomp())
     _snapshot_runtime()
     _warm_up()
     gc.collect()

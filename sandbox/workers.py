@@ -37,7 +37,7 @@ class Worker:
 
     def __init__(self) -> None:
         self._frames = FrameBuffer()
-        self._backlog: list[dict] = []
+        self._backlog: list[tuple[dict, int]] = []
         self.known_tools: set[str] = set()  # tool sets the runner has already built
         self.info: dict[str, Any] = {}  # the runner's "ready" message
         self.limits: dict[str, str] = {}
@@ -76,6 +76,11 @@ class Worker:
             view = view[self._write_some(view, left):]
 
     def recv(self, deadline: float) -> dict:
+        return self.recv_sized(deadline)[0]
+
+    def recv_sized(self, deadline: float) -> tuple[dict, int]:
+        """The next message and its size in bytes; WorkerTimeout past the deadline, WorkerLost if
+        the channel ends or carries anything but frames of JSON objects."""
         while not self._backlog:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -84,7 +89,7 @@ class Worker:
             if data is None:
                 raise WorkerLost(self._death_note())
             try:
-                self._backlog.extend(self._frames.feed(data))
+                self._backlog.extend(self._frames.feed_sized(data))
             except ProtocolError as e:
                 raise WorkerLost(f"garbage on the worker's channel: {e}") from None
         return self._backlog.pop(0)
@@ -119,14 +124,15 @@ class PipeWorker(Worker):
     """A local runner process (inside bwrap or not), its channel on stdin/stdout."""
 
     def __init__(self, backend: str, argv: list[str], *, cgroup: cgroups.WorkerCgroup | None = None,
-                 env: dict[str, str] | None = None, cwd: str | None = None, cleanup: list[str] = ()) -> None:
+                 env: dict[str, str] | None = None, cwd: str | None = None, cleanup: list[str] = (),
+                 join: bool = True) -> None:
         super().__init__()
         self.backend = backend
         self.cgroup = cgroup
         self._cleanup = list(cleanup)
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            cgroups.wrap_command(argv, cgroup), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            cgroups.wrap_command(argv, cgroup) if join else argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, close_fds=True, start_new_session=True, env=env, cwd=cwd)
         self.pid = self.proc.pid
         self._in, self._out = self.proc.stdout.fileno(), self.proc.stdin.fileno()

@@ -184,7 +184,10 @@ class RecordWriter:
                 f.truncate(good_end)
 
     def write(self, record: dict[str, Any]) -> None:
-        buf = dumps_record(record).encode("utf-8")
+        try:
+            buf = dumps_record(record).encode("utf-8")
+        except UnicodeEncodeError:  # text that is not valid Unicode (a lone surrogate): escaped, never lost
+            buf = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
         view = memoryview(buf)
         while view:  # one write call for a regular file; loop only for pipes
             n = os.write(self._fd, view)

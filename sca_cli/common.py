@@ -10,6 +10,8 @@ from typing import Any, NoReturn
 
 import typer
 
+from sandbox.config import BACKEND_NAMES, SandboxConfig
+
 EXIT_BAD_INPUT = 2
 
 
@@ -57,3 +59,28 @@ def examples(*commands: str) -> str:
     """An epilog listing example command lines (kept unwrapped by click)."""
     return "Examples:\n\n\b\n" + "\n".join(f"  {c}" for c in commands)
 
+
+
+# -- the sandbox flags, shared by every command that runs model-written code --------------------------
+# Defaults come from SandboxConfig: the one place they are set.
+_SANDBOX = SandboxConfig(workers=1)
+SANDBOX = typer.Option(_SANDBOX.backend, "--sandbox", help=" | ".join(BACKEND_NAMES) + " (subprocess: no isolation).")
+WORKERS = typer.Option(None, "--workers", min=1, help="Sandbox workers, runs at once [default: cores].")
+TIMEOUT = typer.Option(_SANDBOX.timeout, "--timeout", min=0.1,
+                       help="Seconds of wall clock for each run of code, tool calls included.")
+MEMORY_MB = typer.Option(_SANDBOX.memory_mb, "--memory-mb", min=64, help="Memory cap of each process of a run, MiB.")
+MAX_TOOL_CALLS = typer.Option(_SANDBOX.max_tool_calls, "--max-tool-calls", min=1, help="Tool calls allowed per run.")
+MAX_TOOL_BYTES = typer.Option(_SANDBOX.max_tool_bytes, "--max-tool-bytes", min=1024,
+                              help="Bytes of JSON tool arguments and results allowed per run.")
+
+
+def sandbox_config(backend: str, workers: int | None, timeout: float, memory_mb: int, max_tool_calls: int,
+                   max_tool_bytes: int) -> SandboxConfig:
+    """The SandboxConfig the sandbox flags describe (a one-line error, exit 2, if they are wrong)."""
+    if backend not in BACKEND_NAMES:
+        fail(f"--sandbox must be one of {', '.join(BACKEND_NAMES)}, not {backend!r}")
+    try:
+        return SandboxConfig(backend=backend, timeout=timeout, memory_mb=memory_mb, max_tool_calls=max_tool_calls,
+                             max_tool_bytes=max_tool_bytes).with_(workers=workers)
+    except ValueError as e:
+        fail(str(e))

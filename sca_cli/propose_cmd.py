@@ -6,7 +6,10 @@ from typing import List, Optional
 
 import typer
 
-from sca_cli.common import OVERWRITE, err_console, examples, fail
+from sca_cli.common import (
+    MAX_TOOL_BYTES, MAX_TOOL_CALLS, MEMORY_MB, OVERWRITE, SANDBOX, TIMEOUT, WORKERS, err_console, examples, fail,
+    sandbox_config,
+)
 
 EXAMPLES = examples(
     "sca propose --env retail --n 800 -o tasks.raw.jsonl --rejected episodes.failed.jsonl",
@@ -32,9 +35,12 @@ def propose(
     temperature: float = typer.Option(0.8, "--temperature", min=0.0),
     top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1),
-    sandbox: str = typer.Option("auto", "--sandbox", help="auto | docker | bwrap | subprocess."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Sandbox workers [default: cores]."),
-    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds allowed for each code run."),
+    sandbox: str = SANDBOX,
+    workers: Optional[int] = WORKERS,
+    timeout: float = TIMEOUT,
+    memory_mb: int = MEMORY_MB,
+    max_tool_calls: int = MAX_TOOL_CALLS,
+    max_tool_bytes: int = MAX_TOOL_BYTES,
     min_failure_cases: int = typer.Option(3, "--min-failure-cases", min=0),
     overwrite: bool = OVERWRITE,
 ) -> None:
@@ -52,9 +58,8 @@ def propose(
         fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if base_url and backend != "openai":
         fail("--base-url goes with --backend openai")
-    vcfg = ValidateConfig(sandbox=sandbox, timeout=timeout, min_failure_cases=min_failure_cases)
-    if workers:
-        vcfg.workers = workers
+    vcfg = ValidateConfig(sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
+                          min_failure_cases=min_failure_cases)
     config = ProposeConfig(env=env, n=n, max_episodes=max_episodes, max_steps=max_steps, concurrency=concurrency,
                            seed=seed, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                            validate=vcfg)

@@ -6,7 +6,10 @@ from typing import Optional
 
 import typer
 
-from sca_cli.common import OVERWRITE, SKIP_INVALID, err_console, examples, fail, warn
+from sca_cli.common import (
+    MAX_TOOL_BYTES, MAX_TOOL_CALLS, MEMORY_MB, OVERWRITE, SANDBOX, SKIP_INVALID, TIMEOUT, WORKERS, err_console,
+    examples, fail, sandbox_config, warn,
+)
 
 EXAMPLES = examples(
     "sca validate tasks.raw.jsonl -o tasks.jsonl --rejected tasks.rejected.jsonl",
@@ -19,11 +22,13 @@ def validate(
     input: str = typer.Argument(..., help="CaT tasks (JSONL); - for stdin."),
     output: str = typer.Option(..., "-o", "--output", help="Valid tasks go here (JSONL); - for stdout."),
     rejected: Optional[str] = typer.Option(None, "--rejected", help="Rejected tasks, with the reason, go here."),
-    sandbox: str = typer.Option("auto", "--sandbox", help="auto | docker | bwrap | subprocess (no isolation)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Tasks validated in parallel [default: cores]."),
-    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds allowed for each run of a task's code."),
+    sandbox: str = SANDBOX,
+    workers: Optional[int] = WORKERS,
+    timeout: float = TIMEOUT,
     min_failure_cases: int = typer.Option(3, "--min-failure-cases", min=0, help="Failure cases a task must have."),
-    memory_mb: int = typer.Option(1024, "--memory-mb", min=64, help="Memory cap of each run, MiB."),
+    memory_mb: int = MEMORY_MB,
+    max_tool_calls: int = MAX_TOOL_CALLS,
+    max_tool_bytes: int = MAX_TOOL_BYTES,
     skip_invalid: bool = SKIP_INVALID,
     overwrite: bool = OVERWRITE,
 ) -> None:
@@ -32,11 +37,8 @@ def validate(
     from sca.artifacts import InputError
     from stages.validate import REASONS, ValidateConfig, validate_file
 
-    if sandbox not in ("auto", "docker", "bwrap", "subprocess"):
-        fail(f"--sandbox must be auto, docker, bwrap or subprocess, not {sandbox!r}")
-    config = ValidateConfig(sandbox=sandbox, timeout=timeout, min_failure_cases=min_failure_cases, memory_mb=memory_mb)
-    if workers:
-        config.workers = workers
+    config = ValidateConfig(sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
+                            min_failure_cases=min_failure_cases)
     try:
         summary = validate_file(input, output, rejected=rejected, config=config, skip_invalid=skip_invalid,
                                 overwrite=overwrite, on_skip=lambda msg: warn(f"skipped {msg}"))

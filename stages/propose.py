@@ -303,7 +303,7 @@ def step_episode(ep: Episode, reply: str, sandbox: Any, config: ProposeConfig) -
         obs = f"FORMAT ERROR: {turn.error}. Reply with THOUGHT ... END THOUGHT, then ACTION ... END ACTION or ANSWER ... END ANSWER."
         ep.attempts.append({"step": ep.steps, "kind": "invalid", "error": turn.error})
     elif turn.kind == "action":
-        res = sandbox.run(ep.env, turn.code, mode="exec", timeout=config.validate.timeout)
+        res = sandbox.run(ep.env, turn.code, mode="exec", timeout=config.validate.timeout, keep_payloads=False)
         obs = format_observation(res, config.observation_limit)
         ep.attempts.append({"step": ep.steps, "kind": "action", "status": res.status,
                             "tool_calls": len(res.tool_calls)})
@@ -521,7 +521,6 @@ def propose_file(
 ) -> ProposeSummary:
     """`sca propose`: write valid tasks to `output`, failed episodes to `rejected`."""
     from envs import make_env
-    from sandbox import Sandbox
 
     make_env(config.env)  # an unknown environment fails here, before a model loads
     own_model = model is None
@@ -537,9 +536,8 @@ def propose_file(
                     if i.startswith(f"{config.env}-s{config.seed}-e")}
             already = run.writers["accepted"].resumed if "accepted" in run.writers else 0
             seen = set() if overwrite else _existing_instructions(output)
-            with Sandbox(backend=config.validate.sandbox, workers=max(1, min(config.validate.workers, config.concurrency)),
-                         timeout=config.validate.timeout, memory_mb=config.validate.memory_mb,
-                         output_limit=config.validate.output_limit) as sandbox:
+            with config.validate.sandbox.build(workers=min(config.validate.sandbox.workers,
+                                                           config.concurrency)) as sandbox:
                 run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
                 with progress(config.n, f"propose {config.env}", show_progress) as advance:
                     advance(min(already, config.n))

@@ -22,7 +22,6 @@ The first failed check ends the validation; its reason and traceback are what
 from __future__ import annotations
 
 import ast
-import os
 import threading
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from sandbox.config import SandboxConfig
 from sca.artifacts import load_records
 from sca.records import CAT_TASK
 from sca.runs import StageRun, progress
@@ -53,14 +53,15 @@ REASONS: dict[str, str] = {
 
 @dataclass
 class ValidateConfig:
-    """Options of `sca validate` (also used by `sca propose` for its answers)."""
+    """Options of `sca validate` (also used by `sca propose` for its answers): the sandbox
+    (backend, workers, per-run timeout, memory and budgets) and the CaT rule on failure cases."""
 
-    sandbox: str = "auto"  # auto | docker | bwrap | subprocess
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    timeout: float = 10.0  # seconds per run
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     min_failure_cases: int = 3
-    memory_mb: int = 1024
-    output_limit: int = 10_000
+
+    @property
+    def timeout(self) -> float:
+        return self.sandbox.timeout
 
 
 # -- one task ---------------------------------------------------------------------------------
@@ -102,7 +103,8 @@ def _check_compiles(task: dict[str, Any]) -> None:
 def _judge(env: Any, sandbox: Any, source: str, answer: Any, timeout: float, run_name: str,
            write_tools: set[str], runs: list[dict[str, Any]]) -> bool:
     """Run ``evaluate`` read-only after a run; return its verdict or reject the task."""
-    res = sandbox.run(env, source, mode="evaluate", answer=answer, read_only=True, timeout=timeout)
+    res = sandbox.run(env, source, mode="evaluate", answer=answer, read_only=True, timeout=timeout,
+                      keep_payloads=False)
     runs.append(_run_summary(f"evaluate after {run_name}", res))
     if res.status == "timeout":
         raise _Rejected("timeout", f"evaluate() after {run_name} ran past {timeout:g} s", res.traceback)
@@ -116,10 +118,10 @@ def _judge(env: Any, sandbox: Any, source: str, answer: Any, timeout: float, run
     if res.status != "ok":
         raise _Rejected("evaluate_error", f"evaluate() after {run_name} raised {res.error_type}: {res.error}",
                         res.traceback)
-    if res.value_type != "bool":
+    if res.verdict is None:  # only a real JSON true or false is a verdict, whatever the type is named
         raise _Rejected("evaluate_not_bool",
                         f"evaluate() after {run_name} returned {res.value_type} {res.value!r:.80}, not a bool")
-    return bool(res.value)
+    return res.verdict
 
 
 def _run_summary(name: str, res: Any) -> dict[str, Any]:
@@ -132,7 +134,7 @@ def _run_summary(name: str, res: Any) -> dict[str, Any]:
 def _exec(env: Any, sandbox: Any, source: str, timeout: float, run_name: str, allowed_errors: tuple[str, ...],
           error_reason: str, runs: list[dict[str, Any]]) -> Any:
     env.reset()
-    res = sandbox.run(env, source, mode="exec", timeout=timeout)
+    res = sandbox.run(env, source, mode="exec", timeout=timeout, keep_payloads=False)
     runs.append(_run_summary(run_name, res))
     if res.status == "timeout":
         raise _Rejected("timeout", f"{run_name} ran past {timeout:g} s", res.traceback)
@@ -259,7 +261,7 @@ def validate_records(records: list[dict[str, Any]], config: ValidateConfig, sand
         env = envs.get(task["env"])
         return {**task, "validation": {**validate_task(task, env, sandbox, config), "sandbox": sandbox.backend_name}}
 
-    workers = max(1, min(config.workers, len(records) or 1))
+    workers = max(1, min(config.sandbox.workers, len(records) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
         for result in pool.map(one, records):
             on_result(result)
@@ -277,8 +279,6 @@ def validate_file(
     on_skip: Callable[[str], None] | None = None,
 ) -> ValidateSummary:
     """Validate every task of `input_path`; valid ones to `output`, rejected ones to `rejected`."""
-    from sandbox import Sandbox
-
     config = config or ValidateConfig()
     loaded = load_records(input_path, CAT_TASK, skip_invalid=skip_invalid, on_skip=on_skip)
     summary = ValidateSummary(skipped_invalid=len(loaded.skipped), total_input=len(loaded.records))
@@ -289,9 +289,7 @@ def validate_file(
         todo = run.pending(loaded.records)
         summary.resumed = len(loaded.records) - len(todo)
         if todo:
-            with Sandbox(backend=config.sandbox, workers=max(1, min(config.workers, len(todo))),
-                         timeout=config.timeout, memory_mb=config.memory_mb,
-                         output_limit=config.output_limit) as sandbox:
+            with config.sandbox.build(workers=min(config.sandbox.workers, len(todo))) as sandbox:
                 summary.sandbox = sandbox.backend_name
                 run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
                 with progress(len(todo), "validate", show_progress) as advance:

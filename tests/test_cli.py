@@ -188,3 +188,107 @@ def test_envs_tasks_lists_splits_and_official_m3_tasks():
     assert r.exit_code == 2 and "unknown split 'nope'" in r.output
     r = run("envs", "tasks", "retail", "--m3tooleval-dir", str(fixture))
     assert r.exit_code == 2
+
+
+# -- the limits of `sca validate` reach the sandbox ------------------------------------------------
+def _question(id: str, solution: str, failures: int = 3) -> dict:
+    # Fatima Anderson has 3 orders; the solution answers 3 after doing `solution`
+    wrong = ["answer = 2\n", "answer = 4\n", "pass\n"]
+    return cat(id, "retail", "", "How many orders have I placed?", "def evaluate(answer):\n    return answer == 3\n",
+               solution + "answer = 3\n", *wrong[:failures])
+
+
+def test_validate_timeout_memory_and_failure_case_flags_reach_the_checks(tmp_path):
+    tasks = [
+        _question("slow", "import time\ntime.sleep(1.5)\n"),
+        _question("big", "block = bytearray(300 * 1024 * 1024)\n"),  # 300 MiB
+        _question("one-failure", "", failures=1),
+        _question("chatty", "for _ in range(4):\n    get_user_details(user_id='fatima_anderson_2157')\n"),
+        _question("bulky", "try:\n    get_user_details(user_id='x' * 5000)\nexcept ToolError:\n    pass\n"),
+    ]
+    src = write_jsonl(tmp_path / "raw.jsonl", tasks)
+
+    def verdicts(name, *flags):
+        out, rej = tmp_path / f"{name}.ok.jsonl", tmp_path / f"{name}.rej.jsonl"
+        r = run("validate", str(src), "-o", str(out), "--rejected", str(rej), "--sandbox", "bwrap", *flags)
+        assert r.exit_code == 0, r.output
+        got = {}
+        for path in (out, rej):
+            for line in path.read_text().splitlines():
+                v = json.loads(line)["validation"]
+                got[json.loads(line)["id"]] = "valid" if v["valid"] else (v["reason"], v["failed_check"])
+        return got
+
+    assert verdicts("tight", "--timeout", "1", "--memory-mb", "100", "--min-failure-cases", "1",
+                    "--max-tool-calls", "3", "--max-tool-bytes", "4096") == {
+        "slow": ("timeout", "solution_run"), "big": ("sandbox_error", "solution_run"), "one-failure": "valid",
+        "chatty": ("solution_error", "solution_run"), "bulky": ("solution_error", "solution_run")}
+    assert verdicts("default") == {
+        "slow": "valid", "big": "valid", "one-failure": ("failure_case_count", "failure_case_count"),
+        "chatty": "valid", "bulky": "valid"}
+    rejected = {json.loads(x)["id"]: json.loads(x)["validation"] for x in
+                (tmp_path / "tight.rej.jsonl").read_text().splitlines()}
+    assert rejected["slow"]["detail"] == "the solution ran past 1 s"
+    assert "100 MiB" in rejected["big"]["detail"]
+    assert "BudgetExceeded" in rejected["chatty"]["detail"] and "max_tool_calls 3" in rejected["chatty"]["detail"]
+    assert "BudgetExceeded" in rejected["bulky"]["detail"] and "4,096 bytes" in rejected["bulky"]["detail"]
+    meta = json.loads((tmp_path / "tight.ok.jsonl.meta.json").read_text())["settings"]
+    assert (meta["sandbox"]["timeout"], meta["sandbox"]["memory_mb"], meta["min_failure_cases"]) == (1.0, 100, 1)
+    assert (meta["sandbox"]["max_tool_calls"], meta["sandbox"]["max_tool_bytes"]) == (3, 4096)
+
+
+# -- `sca propose` refuses an unknown environment at once --------------------------------------------
+def test_propose_unknown_environment_is_one_line_exit_2(tmp_path):
+    out = tmp_path / "t.jsonl"
+    p = subprocess.run([sys.executable, "-m", "sca_cli.app", "propose", "--env", "mars", "-o", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2, p.stderr
+    from envs import env_names
+
+    assert p.stderr == f"error: unknown environment 'mars' (available: {', '.join(env_names())})\n"
+    assert p.stdout == ""
+    assert not out.exists() and not (tmp_path / "t.jsonl.meta.json").exists()
+
+
+# -- an environment from another package, through the `sca.envs` entry point ------------------------
+@pytest.fixture
+def plugin_env(tmp_path, monkeypatch):
+    """A distribution installed on sys.path whose entry point `store` is the tests' StoreEnv."""
+    import envs
+
+    site = tmp_path / "site"
+    dist = site / "sca_store_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sca-store-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[sca.envs]\nstore = _sandbox_util:StoreEnv\n")
+    monkeypatch.syspath_prepend(str(site))
+    envs._entry_points.cache_clear()
+    yield "store"
+    envs._entry_points.cache_clear()
+
+
+def test_environment_from_an_entry_point(plugin_env, tmp_path):
+    from _sandbox_util import StoreEnv
+    from envs import env_names, make_env
+
+    names = env_names()
+    assert names[-1] == "store" and "retail" in names  # after the built-in ones
+    assert isinstance(make_env("store"), StoreEnv)
+    r = run("envs", "--json")
+    assert r.exit_code == 0, r.output
+    assert {e["name"]: e["tools"] for e in json.loads(r.output)}["store"] == len(StoreEnv().tools())
+
+    tasks = [
+        cat("store-add", "store", "valid", "Add two apples.", "def evaluate():\n    return get_value('apples') == 5\n",
+            "increment('apples', 2)\n", "increment('apples')\n", "set_value('pears', 5)\n", "increment('nope', 2)\n"),
+        cat("store-trivial", "store", "noop_passes", "Keep the note.",
+            "def evaluate():\n    return get_value('note') == 'hello'\n", "pass\n", "pass\n", "pass\n", "pass\n"),
+    ]
+    src = write_jsonl(tmp_path / "raw.jsonl", tasks)
+    out, rej = tmp_path / "ok.jsonl", tmp_path / "rej.jsonl"
+    r = run("validate", str(src), "-o", str(out), "--rejected", str(rej), "--sandbox", "bwrap")
+    assert r.exit_code == 0, r.output
+    [ok] = [json.loads(x) for x in out.read_text().splitlines()]
+    [bad] = [json.loads(x) for x in rej.read_text().splitlines()]
+    assert ok["id"] == "store-add" and ok["validation"]["valid"] is True
+    assert bad["id"] == "store-trivial" and bad["validation"]["reason"] == "noop_passes"

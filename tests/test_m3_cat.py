@@ -9,6 +9,7 @@ import pytest
 from _scripted import ScriptedModel
 from cat_sets import cat
 from stages.propose import ProposeConfig, propose_file
+from sandbox.config import SandboxConfig
 from stages.validate import ValidateConfig, validate_task
 
 HEX_EVAL = "def evaluate(answer):\n    return isinstance(answer, str) and answer.strip().lower() == 'hi there'\n"
@@ -114,7 +115,7 @@ def test_scripted_challenger_episode(tmp_path, env_name, explore, task):
         2: answer_block(task),
     }
     cfg = ProposeConfig(env=env_name, n=1, max_steps=4, concurrency=1,
-                        validate=ValidateConfig(sandbox="bwrap", workers=1, timeout=5.0))
+                        validate=ValidateConfig(SandboxConfig(backend="bwrap", workers=1, timeout=5.0)))
     out = tmp_path / "t.jsonl"
     s = propose_file(cfg, str(out), model=ScriptedModel(lambda turn, conv: script[turn]), show_progress=False)
     assert s.valid == 1

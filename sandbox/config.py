@@ -1,0 +1,60 @@
+"""Every setting of a sandbox in one place: :class:`SandboxConfig`.
+
+Stages hold one and build their :class:`~sandbox.Sandbox` with :meth:`SandboxConfig.build`;
+the command line takes its defaults from here. Standard library only (``sca --help`` imports it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+#: the names ``--sandbox`` accepts
+BACKEND_NAMES = ("auto", "docker", "bwrap", "subprocess")
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass
+class SandboxConfig:
+    """How model-written code runs: which isolation, how many workers, and each run's limits.
+
+    Budgets are per run: a run that asks for more gets a ``BudgetExceeded`` error at the call
+    that goes over (it is the code's error, like any exception it raises).
+    """
+
+    backend: str = "auto"  # auto | docker | bwrap | subprocess
+    workers: int = field(default_factory=_cores)  # runs at once (one warm worker each)
+    timeout: float = 10.0  # seconds of wall clock per run, tool calls included
+    memory_mb: int = 1024  # address space per process of a run
+    max_procs: int = 64  # processes a run may have at once
+    output_limit: int = 10_000  # characters of stdout and of stderr kept per run
+    max_tool_calls: int = 2000  # tool calls per run
+    max_tool_bytes: int = 8 << 20  # bytes of JSON tool arguments and results per run, together
+    max_depth: int = 64  # nesting of lists/objects in tool arguments, answers and returned values
+    image: str = "sca-sandbox:latest"  # the docker backend's image
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"unknown sandbox backend {self.backend!r} (choose from {', '.join(BACKEND_NAMES)})")
+        for name in ("workers", "timeout", "memory_mb", "max_procs", "output_limit", "max_tool_calls",
+                     "max_tool_bytes", "max_depth"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"sandbox {name} must be a positive number, not {value!r}")
+
+    def with_(self, **changes: Any) -> SandboxConfig:
+        """A copy with some settings changed (None values are ignored: "keep the default")."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def build(self, workers: int | None = None):
+        """Start a :class:`~sandbox.Sandbox` with these settings (`workers` overrides the count)."""
+        from sandbox.core import Sandbox
+
+        return Sandbox.from_config(self if workers is None else replace(self, workers=max(1, workers)))
