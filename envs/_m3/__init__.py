@@ -5,8 +5,8 @@
 - ``toolkit``: tools as documented methods, argument checks;
 - ``benchmark``: our own task sets (JSONL files here) as ``BenchmarkTask`` objects,
   and the runner of their reference solutions;
-- ``official``: loader of the official M3ToolEval tasks from a CodeAct checkout
-  (through ``restricted``, an interpreter that runs none of that checkout's code).
+- ``official``: loader of the official M3ToolEval tasks from a CodeAct checkout: the
+  checkout's task modules run in the sandbox, only their JSON results come back.
 """
 
 from pathlib import Path
