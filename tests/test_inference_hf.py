@@ -17,7 +17,15 @@ from sca.inference import (
     default_model,
     load_model,
 )
-from sca.inference.base import check_conversations, cut_at_stop, request_seed
+from sca.inference.base import (
+    check_conversations,
+    context_generation,
+    cut_at_stop,
+    fits_context,
+    new_token_budget,
+    request_seed,
+)
+from sca.inference.hf import HFChatModel, model_context_length
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -67,6 +75,76 @@ def test_check_conversations_rejects_malformed_input():
     ):
         with pytest.raises((TypeError, ValueError)):
             check_conversations(bad)
+
+
+TOOL_CALL = {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+
+
+def test_check_conversations_accepts_tool_calls_and_tool_messages():
+    check_conversations(
+        [
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
+                {"role": "tool", "tool_call_id": "call_0", "content": "1"},
+                {"role": "assistant", "content": "", "tool_calls": [TOOL_CALL]},
+                {"role": "assistant", "tool_calls": [{"function": {"name": "g", "arguments": {"y": 2}}}]},
+                {"role": "tool", "content": "", "name": "g"},
+                {"role": "assistant", "content": "done", "tool_calls": []},
+            ]
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({"role": "user", "content": None, "tool_calls": [TOOL_CALL]}, "only assistant messages may have tool_calls"),
+        ({"role": "assistant", "content": None}, "None only on an assistant message with tool_calls"),
+        ({"role": "assistant", "content": None, "tool_calls": []}, "None only on an assistant message with tool_calls"),
+        ({"role": "tool", "content": None, "tool_call_id": "call_0"}, "'content' must be a str"),
+        ({"role": "tool", "content": "1", "tool_call_id": 7}, "'tool_call_id' must be a str"),
+        ({"role": "assistant", "content": "", "tool_calls": TOOL_CALL}, "tool_calls must be a list"),
+        ({"role": "assistant", "content": "", "tool_calls": ["f(x=1)"]}, "tool call 0: expected"),
+        ({"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": "{}"}]}, "tool call 0: expected"),
+        (
+            {"role": "assistant", "content": "", "tool_calls": [{**TOOL_CALL, "type": "code"}]},
+            "tool call 0: expected",
+        ),
+        (
+            {"role": "assistant", "content": "", "tool_calls": [TOOL_CALL, {"function": {"arguments": "{}"}}]},
+            "tool call 1: the function needs a non-empty 'name'",
+        ),
+        (
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": 3}}]},
+            "'arguments' must be JSON text",
+        ),
+        ({"role": "assistant", "content": "", "tool_calls": [{**TOOL_CALL, "id": 5}]}, "'id' must be a str"),
+    ],
+)
+def test_check_conversations_rejects_malformed_tool_messages(message, error):
+    with pytest.raises(ValueError, match=error) as info:
+        check_conversations([[{"role": "user", "content": "hi"}, message]])
+    assert "conversation 0, message 1" in str(info.value)
+
+
+def test_context_budget_helpers():
+    assert fits_context(99, 100) and not fits_context(100, 100) and fits_context(10**9, None)
+    assert new_token_budget(90, 32, 100) == 10
+    assert new_token_budget(10, 32, 100) == 32
+    assert new_token_budget(10, 32, None) == 32
+    assert context_generation(7) == Generation(text="", prompt_tokens=7, completion_tokens=0, finish_reason="context")
+
+
+def test_model_context_length_prefers_the_config_and_ignores_placeholder_limits():
+    from types import SimpleNamespace
+
+    tok = SimpleNamespace(model_max_length=4096)
+    assert model_context_length(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048)), tok) == 2048
+    assert model_context_length(SimpleNamespace(config=SimpleNamespace(n_positions=1024)), tok) == 1024
+    assert model_context_length(SimpleNamespace(config=SimpleNamespace()), tok) == 4096
+    huge = SimpleNamespace(model_max_length=int(1e30))  # what tokenizers say when they do not know
+    assert model_context_length(SimpleNamespace(config=SimpleNamespace()), huge) is None
 
 
 def test_request_seed_offsets_by_index():
@@ -266,6 +344,69 @@ def test_seeded_sampling_is_reproducible(model):
     first = model.generate(CONVERSATIONS, sp)
     assert model.generate(CONVERSATIONS, sp) == first
     assert all(g.completion_tokens > 0 for g in first)
+
+
+def test_token_ids_are_the_completion_tokens(model):
+    sp = SamplingParams(temperature=0, max_new_tokens=16)
+    gens = model.generate(CONVERSATIONS, sp)
+    stop = gens[1].text.split()[2]  # a word the poem writes early
+    cut = model.generate(CONVERSATIONS, SamplingParams(temperature=0, max_new_tokens=16, stop=[stop]))
+    tok = model.tokenizer
+    for gen, stops in [(g, []) for g in gens] + [(g, [stop]) for g in cut]:
+        assert isinstance(gen.token_ids, list) and len(gen.token_ids) == gen.completion_tokens
+        assert cut_at_stop(tok.decode(gen.token_ids, skip_special_tokens=True), stops)[0] == gen.text
+        assert gen.tool_calls is None
+    # the end-of-turn token is the last one when the answer ends by itself
+    assert gens[0].finish_reason == "stop" and gens[0].token_ids[-1] == tok.eos_token_id
+    assert gens[0].token_ids == plain_greedy_tokens(model, CONVERSATIONS[0], 16)
+    # a stop string: up to and including the token that completed it
+    assert cut[1].finish_reason == "stop" and stop in tok.decode(cut[1].token_ids)
+    assert stop not in tok.decode(cut[1].token_ids[:-1])
+    assert cut[1].token_ids == gens[1].token_ids[: len(cut[1].token_ids)]
+
+
+def test_context_length_comes_from_the_model_config(model, monkeypatch):
+    assert model.context_length == model.model.config.max_position_embeddings == 8192
+    assert model.info()["context_length"] == 8192
+    monkeypatch.setattr(model.model.config, "max_position_embeddings", 100)
+    assert HFChatModel.from_objects(model.model, model.tokenizer, name="short").context_length == 100
+    assert HFChatModel.from_objects(model.model, model.tokenizer, name="x", context_length=50).context_length == 50
+
+
+def ctx_needed(prompt_tokens: int) -> int:
+    return prompt_tokens + 6
+
+
+def test_prompts_beyond_the_context_are_not_generated_and_the_others_are_capped(model):
+    long_conv = [{"role": "user", "content": "Please summarise: " + "the cat sat on the mat. " * 20}]
+    convs = [CONVERSATIONS[0], long_conv, CONVERSATIONS[2], CONVERSATIONS[1]]
+    lengths = [len(model._encode(c, None, 0, None)) for c in convs]
+    capital, long_, count, poem = lengths
+    assert poem < capital < count < ctx_needed(count) < long_
+    ctx = ctx_needed(count)
+    tiny = HFChatModel.from_objects(model.model, model.tokenizer, name="tiny", context_length=ctx)
+    sp = SamplingParams(temperature=0, max_new_tokens=16)
+    gens = tiny.generate(convs, sp)
+    assert gens[1] == Generation(text="", prompt_tokens=long_, completion_tokens=0, finish_reason="context")
+    for gen, n in zip(gens, lengths):
+        assert gen.prompt_tokens == n
+        assert gen.finish_reason == "context" or n + gen.completion_tokens <= ctx
+    # the count may take 6 new tokens: capped, it runs out; the others fit as they are
+    assert (gens[2].completion_tokens, gens[2].finish_reason) == (6, "length")
+    assert gens[0].finish_reason == "stop" and "Paris" in gens[0].text
+    assert (gens[3].completion_tokens, gens[3].finish_reason) == (16, "length")
+    # Capping only ends answers earlier: each is the start of the uncapped answer, and the same
+    # as generating that conversation alone under the same cap.
+    full = dict(zip((0, 2, 3), model.generate([convs[i] for i in (0, 2, 3)], sp)))
+    assert full[2].completion_tokens > 6
+    for i in (0, 2, 3):
+        assert full[i].token_ids[: gens[i].completion_tokens] == gens[i].token_ids
+        budget = min(16, ctx - lengths[i])
+        [alone] = model.generate([convs[i]], SamplingParams(temperature=0, max_new_tokens=budget))
+        assert alone == gens[i]
+    # A prompt exactly as long as the context does not fit either.
+    exact = HFChatModel.from_objects(model.model, model.tokenizer, name="exact", context_length=capital)
+    assert exact.generate([convs[0]], sp)[0].finish_reason == "context"
 
 
 @pytest.mark.slow

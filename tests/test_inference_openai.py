@@ -13,6 +13,7 @@ import pytest
 
 from sca.inference import (
     BadRequest,
+    Generation,
     InferenceError,
     RequestTimeout,
     SamplingParams,
@@ -21,6 +22,7 @@ from sca.inference import (
 )
 from sca.inference.openai_compat import (
     OpenAIChatModel,
+    context_limits,
     normalize_base_url,
     parse_completion,
 )
@@ -32,9 +34,13 @@ class FakeServer:
     """An OpenAI-style chat server on 127.0.0.1 that answers ``echo:<server>:<last user message>``.
 
     `plan[message]` is a list of what to do on successive requests for that
-    message: an HTTP status to fail with, or ("sleep", seconds) before a normal
-    answer. Every request is recorded; `max_in_flight` is the most requests
-    handled at the same time.
+    message: an HTTP status to fail with, ("sleep", seconds) before a normal
+    answer, ("tool_calls", calls) to answer with those tool calls, or
+    ("status", code, message) to fail with that error message. Every request is
+    recorded; `max_in_flight` is the most requests handled at the same time.
+    With `context_length` set, a request whose words (its "tokens") plus
+    max_tokens exceed it gets vLLM's 400, and ``GET /models`` lists it as
+    ``max_model_len``.
     """
 
     def __init__(self, tag: str, delay: float = 0.0):
@@ -44,6 +50,7 @@ class FakeServer:
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.context_length: int | None = None
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -71,7 +78,10 @@ class FakeServer:
 
             def do_GET(self):
                 if self.path == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": "served-model", "object": "model"}]})
+                    card = {"id": "served-model", "object": "model"}
+                    if server.context_length:
+                        card["max_model_len"] = server.context_length
+                    self._send(200, {"object": "list", "data": [card]})
                 else:
                     self._send(404, {"error": "not found"})
 
@@ -84,7 +94,7 @@ class FakeServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
-                    prompt = body["messages"][-1]["content"]
+                    prompt = body["messages"][-1]["content"] or ""
                     steps = server.plan.get(prompt, [])
                     action = steps.pop(0) if steps else "ok"
                 try:
@@ -92,16 +102,38 @@ class FakeServer:
                     if isinstance(action, int):
                         self._send(action, {"error": {"message": f"planned failure {action}"}})
                         return
+                    if isinstance(action, tuple) and action[0] == "status":
+                        self._send(action[1], {"error": {"message": action[2]}})
+                        return
                     if isinstance(action, tuple) and action[0] == "sleep":
                         time.sleep(action[1])
+                    max_tokens = body.get("max_tokens", 100)
+                    n = sum(len((m.get("content") or "").split()) for m in body["messages"])
+                    if server.context_length and n + max_tokens > server.context_length:
+                        self._send(
+                            400,
+                            {
+                                "object": "error",
+                                "message": f"This model's maximum context length is {server.context_length} tokens. "
+                                f"However, you requested {n + max_tokens} tokens ({n} in the messages, "
+                                f"{max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                                "type": "BadRequestError",
+                                "code": 400,
+                            },
+                        )
+                        return
                     text = f"echo:{server.tag}:{prompt}"
-                    length = body.get("max_tokens", 100) < 5
+                    length = max_tokens < 5 or bool(server.context_length and n + max_tokens == server.context_length)
                     message = {"role": "assistant", "content": text}
+                    finish = "length" if length else "stop"
+                    if isinstance(action, tuple) and action[0] == "tool_calls":
+                        message = {"role": "assistant", "content": None, "tool_calls": action[1]}
+                        finish = "tool_calls"
                     payload = {
                         "id": "chatcmpl-1",
                         "object": "chat.completion",
                         "model": body["model"],
-                        "choices": [{"index": 0, "message": message, "finish_reason": "length" if length else "stop"}],
+                        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                     }
                     if "no-usage" not in prompt:
                         payload["usage"] = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
@@ -274,24 +306,121 @@ def test_generate_works_from_threads_and_inside_an_event_loop(server):
     assert asyncio.run(caller()) == "echo:A:from async"
 
 
-def test_parse_completion_handles_tool_calls_and_malformed_bodies():
-    data = {
-        "choices": [
-            {
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}],
-                },
-                "finish_reason": "tool_calls",
-            }
-        ]
+def completion(message: dict, finish: str | None) -> dict:
+    return {"choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+
+
+def test_parse_completion_reads_tool_calls_and_rejects_malformed_bodies():
+    call = {"id": "call_abc", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+    gen = parse_completion(completion({"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"), [])
+    assert (gen.text, gen.finish_reason, gen.tool_calls) == ("", "tool_calls", [call])
+    assert gen.token_ids is None
+    # Text beside the calls stays text; arguments sent as an object become JSON text; a missing id gets one.
+    bare = {"function": {"name": "g", "arguments": {"q": "é"}}}
+    gen = parse_completion(completion({"content": "Let me see.", "tool_calls": [call, bare]}, "stop"), [])
+    assert gen.text == "Let me see." and gen.finish_reason == "tool_calls"
+    assert gen.tool_calls[1] == {"id": "call_1", "type": "function", "function": {"name": "g", "arguments": '{"q": "é"}'}}
+    # Out of tokens is still "length"; no calls means no tool_calls.
+    assert parse_completion(completion({"content": "", "tool_calls": [call]}, "length"), []).finish_reason == "length"
+    assert parse_completion(completion({"content": "hi"}, "stop"), []).tool_calls is None
+    for bad in ({"choices": []}, completion({"content": "x", "tool_calls": [{"function": {}}]}, "tool_calls")):
+        with pytest.raises(InferenceError, match="malformed"):
+            parse_completion(bad, [])
+
+
+def test_tool_calls_come_back_and_prior_tool_messages_are_sent(server):
+    call = {"id": "call_9", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "vLLM"}'}}
+    server.plan["find it"] = [("tool_calls", [call])]
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    history = [
+        {"role": "user", "content": "find a"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "function": {"name": "lookup", "arguments": {"q": "a"}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "found a"},
+        {"role": "user", "content": "find it"},
+    ]
+    [gen] = OpenAIChatModel("m", base_urls=[server.url]).generate([history], SamplingParams(), tools=tools)
+    assert gen.tool_calls == [call] and gen.finish_reason == "tool_calls" and gen.text == ""
+    [request] = server.requests
+    body = request["body"]
+    assert body["tools"] == tools
+    assert body["messages"][1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "a"}'}}],
     }
-    gen = parse_completion(data, [])
-    assert json.loads(gen.text) == {"name": "f", "arguments": '{"x": 1}'}
-    assert gen.finish_reason == "stop"
-    with pytest.raises(InferenceError, match="malformed"):
-        parse_completion({"choices": []}, [])
+    assert body["messages"][2] == {"role": "tool", "tool_call_id": "c1", "content": "found a"}
+
+
+def test_a_prompt_beyond_the_context_is_a_context_generation_not_an_error(server):
+    server.context_length = 20
+    model = OpenAIChatModel("m", base_urls=[server.url], max_retries=3, **FAST_RETRY)
+    long_prompt = " ".join(["word"] * 30)
+    short, long_ = model.generate(convs("short one", long_prompt), SamplingParams(max_new_tokens=5))
+    assert short.text == "echo:A:short one" and short.finish_reason == "stop"
+    assert long_ == Generation(text="", prompt_tokens=32, completion_tokens=0, finish_reason="context")
+    assert model.context_length == 20  # learnt from the error
+    prompts = [r["body"]["messages"][-1]["content"] for r in server.requests]
+    assert prompts.count(long_prompt) == 1  # not retried
+
+
+def test_max_tokens_is_capped_when_only_the_completion_would_not_fit(server):
+    server.context_length = 20
+    model = OpenAIChatModel("m", base_urls=[server.url])
+    [gen] = model.generate(convs("ten words " * 5), SamplingParams(max_new_tokens=100))
+    # 12 words of prompt: the server refuses 100 new tokens, then gives the 8 left
+    assert [r["body"]["max_tokens"] for r in server.requests] == [100, 8]
+    assert gen.finish_reason == "length" and gen.text.startswith("echo:A:")
+
+
+def test_only_context_errors_become_context_generations(server):
+    server.plan["bad"] = [("status", 400, "temperature must be non-negative")]
+    server.plan["llama.cpp"] = [("status", 400, "the request exceeds the available context size, try increasing it")]
+    server.plan["not found"] = [("status", 404, "This model's maximum context length is 10 tokens")]
+    model = OpenAIChatModel("m", base_urls=[server.url], max_retries=0)
+    with pytest.raises(BadRequest, match="temperature"):
+        model.generate(convs("bad"), SamplingParams())
+    [gen] = model.generate(convs("llama.cpp"), SamplingParams())
+    assert (gen.finish_reason, gen.prompt_tokens) == ("context", 0)
+    with pytest.raises(BadRequest):  # a context message on another status is no context error
+        model.generate(convs("not found"), SamplingParams())
+
+
+@pytest.mark.parametrize(
+    ("message", "limits"),
+    [
+        (
+            (
+                "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens "
+                "(2000 in the messages, 100 in the completion)."
+            ),
+            (2048, 2000),
+        ),
+        (
+            (
+                "'max_tokens' or 'max_completion_tokens' is too large: 512. This model's maximum context "
+                "length is 2048 tokens and your request has 1800 input tokens (512 > 2048 - 1800)."
+            ),
+            (2048, 1800),
+        ),
+        ("This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.", (8192, 9000)),
+        ("The input (5000 tokens) is longer than the model's context length (4096 tokens).", (4096, 5000)),
+        ('{"message": "exceeds the available context size", "n_prompt_tokens": 5000, "n_ctx": 4096}', (4096, 5000)),
+        ("context_length_exceeded", (None, None)),
+        ("temperature must be >= 0", None),
+    ],
+)
+def test_context_limits_read_from_server_messages(message, limits):
+    assert context_limits(BadRequest("x", status=400, body=message)) == limits
+    assert context_limits(BadRequest("x", status=422, body=message)) is None
+
+
+def test_context_length_from_the_model_list(server):
+    server.context_length = 4096
+    model = load_model(backend="openai", base_urls=[server.url])
+    assert model.context_length is None
+    model.generate(convs("hi"), SamplingParams(max_new_tokens=5))
+    assert model.context_length == 4096 and model.info()["context_length"] == 4096
+    assert OpenAIChatModel("m", base_urls=[server.url], context_length=512).context_length == 512
 
 
 def test_base_urls_are_normalised():

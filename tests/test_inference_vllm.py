@@ -7,14 +7,21 @@ module shaped like vLLM's documented API (``LLM``, ``LLM.chat``,
 
 from __future__ import annotations
 
+import copy
+import json
 import sys
 import types
 from types import SimpleNamespace
 
 import pytest
 
-from sca.inference import BackendUnavailable, SamplingParams, load_model
-from sca.inference.vllm import VLLMChatModel, to_generation, vllm_sampling_kwargs
+from sca.inference import BackendUnavailable, Generation, SamplingParams, load_model
+from sca.inference.vllm import (
+    VLLMChatModel,
+    engine_context_length,
+    to_generation,
+    vllm_sampling_kwargs,
+)
 
 
 def request_output(text: str, n_prompt: int, n_completion: int, finish: str | None):
@@ -23,9 +30,14 @@ def request_output(text: str, n_prompt: int, n_completion: int, finish: str | No
 
 
 class FakeVLLM(types.ModuleType):
-    """A stand-in for the `vllm` package that records how it is called."""
+    """A stand-in for the `vllm` package that records how it is called.
 
-    def __init__(self):
+    With `tokenizer` set, engines give it out (``LLM.get_tokenizer``), know a
+    ``max_model_len`` (``llm_engine.model_config``), and answer with `reply`
+    (a function of the messages), tokenized for real.
+    """
+
+    def __init__(self, tokenizer=None, reply=None):
         super().__init__("vllm")
         fake = self
         self.engines: list[dict] = []
@@ -34,6 +46,31 @@ class FakeVLLM(types.ModuleType):
         class SamplingParams:
             def __init__(self, **kwargs):
                 self.kwargs = kwargs
+
+        class TokenizingLLM:
+            def __init__(self, **kwargs):
+                fake.engines.append(kwargs)
+                config = SimpleNamespace(max_model_len=kwargs.get("max_model_len", 8192))
+                self.llm_engine = SimpleNamespace(model_config=config)
+
+            def get_tokenizer(self):
+                return tokenizer
+
+            def chat(self, messages, sampling_params=None, use_tqdm=True, tools=None, add_generation_prompt=True):
+                fake.chat_calls.append({"messages": messages, "sampling_params": sampling_params, "tools": tools})
+                outputs = []
+                for conv in messages:
+                    text = tokenizer.apply_chat_template(conv, tools=tools, add_generation_prompt=True, tokenize=False)
+                    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+                    answer = tokenizer(reply(conv), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                    completion = SimpleNamespace(
+                        index=0,
+                        text=tokenizer.decode(answer, skip_special_tokens=True),
+                        token_ids=answer,
+                        finish_reason="stop",
+                    )
+                    outputs.append(SimpleNamespace(prompt_token_ids=prompt, outputs=[completion]))
+                return outputs
 
         class LLM:
             def __init__(self, **kwargs):
@@ -49,7 +86,7 @@ class FakeVLLM(types.ModuleType):
                 ]
 
         self.SamplingParams = SamplingParams
-        self.LLM = LLM
+        self.LLM = TokenizingLLM if tokenizer is not None else LLM
 
 
 @pytest.fixture
@@ -81,6 +118,8 @@ def test_output_conversion():
         "prompt_tokens": 12,
         "completion_tokens": 4,
         "finish_reason": "stop",
+        "token_ids": [0, 1, 2, 3],
+        "tool_calls": None,
     }
     assert to_generation(request_output("long", 5, 9, "length"), []).finish_reason == "length"
     assert to_generation(request_output("", 5, 0, "abort"), []).finish_reason == "error"
@@ -116,8 +155,101 @@ def test_generate_sends_the_whole_batch_to_chat(fake_vllm):
     assert call["messages"] == convs and call["tools"] == tools and call["use_tqdm"] is False
     assert [p.kwargs["seed"] for p in call["sampling_params"]] == [1, 2, 3]
     assert all(p.kwargs["max_tokens"] == 50 for p in call["sampling_params"])
+    assert all(g.tool_calls is None and g.token_ids == [0, 1, 2] for g in gens)  # no tokenizer: plain text
     assert [g.text for g in gens] == ["answer to q0", "answer to q1", "answer to q2"]
     assert [g.prompt_tokens for g in gens] == [10, 11, 12]
     assert model.generate([], SamplingParams()) == []
     model.close()
     assert model.llm is None
+
+
+def test_sampling_mapping_caps_max_tokens():
+    assert vllm_sampling_kwargs(SamplingParams(max_new_tokens=100), 0, max_tokens=7)["max_tokens"] == 7
+
+
+def test_engine_context_length_is_found_where_vllm_keeps_it():
+    config = SimpleNamespace(max_model_len=4096)
+    assert engine_context_length(SimpleNamespace(llm_engine=SimpleNamespace(model_config=config))) == 4096
+    assert engine_context_length(SimpleNamespace(model_config=config)) == 4096
+    assert engine_context_length(SimpleNamespace()) is None
+
+
+# -- with a real tokenizer (the default model's) behind the fake engine ------------------------------------
+
+HERMES_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>\n"
+    "Call tools as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}"
+    "</tool_call>{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from sca.inference import default_model_path
+
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
+    tok = copy.deepcopy(tok)
+    tok.chat_template = HERMES_TEMPLATE
+    return tok
+
+
+def test_context_is_checked_before_sending_and_max_tokens_capped(monkeypatch, tokenizer):
+    fake = FakeVLLM(tokenizer, reply=lambda conv: "ok")
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    convs = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "user", "content": "word " * 300}],
+        [{"role": "user", "content": "word " * 20}],
+    ]
+    n = [len(tokenizer(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False))["input_ids"]) for c in convs]
+    ctx = n[2] + 10
+    model = VLLMChatModel("org/model", max_model_len=ctx)
+    assert model.context_length == ctx and model.info()["context_length"] == ctx
+    gens = model.generate(convs, SamplingParams(max_new_tokens=50, seed=3))
+    assert gens[1] == Generation(text="", prompt_tokens=n[1], completion_tokens=0, finish_reason="context")
+    [call] = fake.chat_calls
+    assert call["messages"] == [convs[0], convs[2]]  # the long one is never sent
+    assert [p.kwargs["max_tokens"] for p in call["sampling_params"]] == [min(50, ctx - n[0]), 10]
+    assert [p.kwargs["seed"] for p in call["sampling_params"]] == [3, 5]  # seeds keep their conversation's index
+    for i in (0, 2):
+        assert gens[i].text == "ok" and gens[i].prompt_tokens == n[i]
+        assert gens[i].token_ids[-1] == tokenizer.eos_token_id and gens[i].completion_tokens == 2
+    # Nothing fits: the engine is not called at all.
+    assert model.generate([convs[1]], SamplingParams())[0].finish_reason == "context"
+    assert len(fake.chat_calls) == 1
+
+
+def test_tool_calls_are_parsed_with_the_family_of_the_chat_template(monkeypatch, tokenizer):
+    answer = 'On it.\n<tool_call>{"name": "lookup", "arguments": {"q": "naïve"}}</tool_call>'
+    fake = FakeVLLM(tokenizer, reply=lambda conv: answer if conv[-1]["role"] == "user" else "Done.")
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    call = {"id": "call_0", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "a"}'}}
+    convs = [
+        [{"role": "user", "content": "find it"}],
+        [
+            {"role": "user", "content": "find a"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "found"},
+        ],
+    ]
+    model = VLLMChatModel("org/model")
+    assert model.family() == "hermes"
+    first, second = model.generate(convs, SamplingParams(max_new_tokens=100), tools=tools)
+    assert first.text == "On it." and first.finish_reason == "tool_calls"
+    [parsed] = first.tool_calls
+    assert parsed["id"] == "call_0" and parsed["function"]["name"] == "lookup"
+    assert json.loads(parsed["function"]["arguments"]) == {"q": "naïve"}
+    assert (second.text, second.tool_calls, second.finish_reason) == ("Done.", None, "stop")
+    # The engine got the tools, and the earlier call with its arguments as an object for the template.
+    [sent] = fake.chat_calls
+    assert sent["tools"] == tools
+    assert sent["messages"][1][1]["tool_calls"][0]["function"]["arguments"] == {"q": "a"}
+    assert sent["messages"][1][1]["content"] == ""
+    # Without tools, the same answer stays text.
+    [plain] = model.generate(convs[:1], SamplingParams(max_new_tokens=100))
+    assert plain.tool_calls is None and plain.text == answer

@@ -4,11 +4,18 @@ Conversations are rendered with the tokenizer's own chat template, sorted by
 length (less padding), left-padded into batches of `batch_size`, and generated
 together. Token counts are exact: prompt tokens without padding, completion
 tokens up to and including the end-of-turn token or the token that completed
-a stop string.
+a stop string; `Generation.token_ids` are those very tokens.
+
+A prompt that does not fit the model's context gets finish_reason "context"
+without generating, and `max_new_tokens` is capped so that prompt plus
+completion never exceed it. With `tools`, the chat template shows them to the
+model and its answer is split into text and tool calls by the parser of the
+model's family (:mod:`sca.inference.toolcalls`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from pathlib import Path
 from typing import Any
@@ -19,7 +26,16 @@ from sca.inference.base import (
     InferenceError,
     SamplingParams,
     check_conversations,
+    context_generation,
     cut_at_stop,
+    fits_context,
+    new_token_budget,
+)
+from sca.inference.toolcalls import (
+    FAMILIES,
+    detect_family,
+    extract_tool_calls,
+    template_messages,
 )
 
 
@@ -31,6 +47,11 @@ class HFChatModel(ChatModel):
     `dtype` is "auto" (bfloat16 on GPU, float32 on CPU) or a torch dtype name.
     `num_threads`, if given, sets torch's CPU thread count for the whole
     process (1 is much faster than the default on a CPU shared with other work).
+    `context_length`: the longest prompt plus completion, in tokens (default: the
+    model config's ``max_position_embeddings``, else the tokenizer's
+    ``model_max_length`` when it is a real limit). `tool_family`: how the model
+    writes tool calls (see :data:`sca.inference.toolcalls.FAMILIES`; default:
+    detected from the chat template).
     """
 
     backend = "hf"
@@ -45,6 +66,8 @@ class HFChatModel(ChatModel):
         dtype: str = "auto",
         trust_remote_code: bool = False,
         num_threads: int | None = None,
+        context_length: int | None = None,
+        tool_family: str | None = None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,18 +80,57 @@ class HFChatModel(ChatModel):
         tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch_dtype, trust_remote_code=trust_remote_code)
         lm.to(device)
-        self._setup(lm, tokenizer, name=name or _short_name(model), path=str(model), batch_size=batch_size)
+        self._setup(
+            lm,
+            tokenizer,
+            name=name or _short_name(model),
+            path=str(model),
+            batch_size=batch_size,
+            context_length=context_length,
+            tool_family=tool_family,
+        )
 
     @classmethod
-    def from_objects(cls, model: Any, tokenizer: Any, *, name: str, batch_size: int = 16) -> HFChatModel:
+    def from_objects(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        batch_size: int = 16,
+        context_length: int | None = None,
+        tool_family: str | None = None,
+    ) -> HFChatModel:
         """Wrap a model and tokenizer already in memory (e.g. right after training)."""
         self = cls.__new__(cls)
-        self._setup(model, tokenizer, name=name, path=None, batch_size=batch_size)
+        self._setup(
+            model,
+            tokenizer,
+            name=name,
+            path=None,
+            batch_size=batch_size,
+            context_length=context_length,
+            tool_family=tool_family,
+        )
         return self
 
-    def _setup(self, model: Any, tokenizer: Any, *, name: str, path: str | None, batch_size: int) -> None:
+    def _setup(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        path: str | None,
+        batch_size: int,
+        context_length: int | None,
+        tool_family: str | None,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if context_length is not None and context_length < 1:
+            raise ValueError(f"context_length must be >= 1, got {context_length}")
+        if tool_family is not None and tool_family not in FAMILIES:
+            raise ValueError(f"unknown tool_family {tool_family!r}; choose one of {', '.join(FAMILIES)}")
         if not getattr(tokenizer, "chat_template", None):
             raise InferenceError(f"the tokenizer of {name} has no chat template")
         self.name = name
@@ -87,6 +149,9 @@ class HFChatModel(ChatModel):
         if pad is None:
             pad = model.generation_config.pad_token_id
         self._pad_id = pad if pad is not None else self._eos_ids[0]
+        self.context_length = context_length or model_context_length(model, tokenizer)
+        #: None: detected from the chat template on each call (see :func:`~sca.inference.toolcalls.detect_family`)
+        self.tool_family = tool_family
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -99,29 +164,61 @@ class HFChatModel(ChatModel):
         import torch
 
         check_conversations(conversations)
-        prompts = [self._encode(conv, tools, i) for i, conv in enumerate(conversations)]
-        # Longest first: similar lengths share a batch, and memory trouble shows up at once.
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        family = self.family() if tools else None
+        prompts = [self._encode(conv, tools, i, family) for i, conv in enumerate(conversations)]
         results: list[Generation | None] = [None] * len(prompts)
+        budget: dict[int, int] = {}
+        for i, prompt in enumerate(prompts):
+            if fits_context(len(prompt), self.context_length):
+                budget[i] = new_token_budget(len(prompt), sampling.max_new_tokens, self.context_length)
+            else:
+                results[i] = context_generation(len(prompt))
+        # Longest first: similar lengths share a batch, and memory trouble shows up at once.
+        order = sorted(budget, key=lambda i: -len(prompts[i]))
+        # A batch shares one max_new_tokens: prompts capped by the context (the longest, so the
+        # first in order) batch only with prompts of the same cap, so no row ever runs past the
+        # context and batching never changes an answer.
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and len(batches[-1]) < self.batch_size and budget[batches[-1][0]] == budget[i]:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            for i, gen in zip(chunk, self._generate_batch([prompts[i] for i in chunk], sampling)):
+        for chunk in batches:
+            gens = self._generate_batch([prompts[i] for i in chunk], sampling, budget[chunk[0]])
+            for i, gen in zip(chunk, gens):
+                if family is not None:
+                    gen = self._with_tool_calls(gen, sampling.stop, family)
                 results[i] = gen
         return results  # type: ignore[return-value]
 
-    def _encode(self, conversation: list[dict], tools: list[dict] | None, index: int) -> list[int]:
+    def family(self) -> str:
+        """The tool-call family used to parse answers: `tool_family`, else detected from the chat template."""
+        return self.tool_family or detect_family(self.tokenizer, self.path or self.name)
+
+    def _with_tool_calls(self, gen: Generation, stop: list[str], family: str) -> Generation:
+        text, calls = extract_tool_calls(self.tokenizer, gen.token_ids, gen.text, stop, family)
+        if not calls:
+            return gen
+        reason = "tool_calls" if gen.finish_reason == "stop" else gen.finish_reason
+        return dataclasses.replace(gen, text=text, tool_calls=calls, finish_reason=reason)
+
+    def _encode(self, conversation: list[dict], tools: list[dict] | None, index: int, family: str | None) -> list[int]:
         try:
             text = self.tokenizer.apply_chat_template(
-                conversation, tools=tools or None, add_generation_prompt=True, tokenize=False
+                template_messages(conversation, family),
+                tools=tools or None,
+                add_generation_prompt=True,
+                tokenize=False,
             )
         except Exception as e:  # jinja raises its own errors, e.g. for unsupported roles
             raise InferenceError(f"chat template of {self.name} failed on conversation {index}: {e}") from e
         # The template already writes any BOS/special tokens it wants.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Generation]:
+    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingParams, max_new: int) -> list[Generation]:
         import torch
         from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -136,7 +233,7 @@ class HFChatModel(ChatModel):
 
         # A fresh config: only our sampling parameters count, not the checkpoint's defaults.
         config = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens,
+            max_new_tokens=max_new,
             do_sample=not sampling.greedy,
             temperature=None if sampling.greedy else sampling.temperature,
             top_p=None if sampling.greedy else sampling.top_p,
@@ -167,9 +264,17 @@ class HFChatModel(ChatModel):
             text, cut = cut_at_stop(text, sampling.stop)
             if cut:
                 reason = "stop"
-            elif reason == "length" and n < sampling.max_new_tokens:
+            elif reason == "length" and n < max_new:
                 raise InferenceError(f"generation of row {row} ended after {n} tokens for no known reason")
-            gens.append(Generation(text=text, prompt_tokens=len(prompt), completion_tokens=n, finish_reason=reason))
+            gens.append(
+                Generation(
+                    text=text,
+                    prompt_tokens=len(prompt),
+                    completion_tokens=n,
+                    finish_reason=reason,
+                    token_ids=tokens[:n],
+                )
+            )
         return gens
 
     # -- bookkeeping --------------------------------------------------------------------------
@@ -182,6 +287,7 @@ class HFChatModel(ChatModel):
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "device": str(self.model.device),
             "batch_size": self.batch_size,
+            "context_length": self.context_length,
         }
 
     def close(self) -> None:
@@ -230,6 +336,32 @@ class _StopStrings:
                     self.stopped_at[row] = new.shape[1]
             done.append(self.stopped_at[row] is not None)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+#: tokenizers say model_max_length = 1e30 (or so) when they do not know; real limits are far smaller
+_SANE_LENGTH = 10_000_000
+
+
+def model_context_length(model: Any, tokenizer: Any) -> int | None:
+    """The context length a transformers model declares, or None.
+
+    The model config's ``max_position_embeddings`` (or its older names), else
+    the tokenizer's ``model_max_length`` when it is a real limit.
+    """
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        try:
+            config = config.get_text_config()
+        except (AttributeError, TypeError, ValueError):
+            config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _SANE_LENGTH:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < _SANE_LENGTH:
+        return value
+    return None
 
 
 def _pick_device(device: str) -> str:

@@ -7,6 +7,12 @@ requests are retried with exponential backoff and jitter when retrying can
 help (timeouts, lost connections, HTTP 429 and 5xx) and never otherwise (other
 4xx). :meth:`OpenAIChatModel.generate` is synchronous: it runs its own event
 loop, so it works from any thread.
+
+A 400 saying the prompt exceeds the model's context is no error: when the
+server says the prompt fits but prompt plus ``max_tokens`` does not, the
+request is sent once more with ``max_tokens`` cut to the room left; else that
+conversation gets finish_reason "context". Native tool calls in the answer
+become `Generation.tool_calls` (finish_reason "tool_calls").
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,9 +40,11 @@ from sca.inference.base import (
     SamplingParams,
     ServerError,
     check_conversations,
+    context_generation,
     cut_at_stop,
     request_seed,
 )
+from sca.inference.toolcalls import openai_messages
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,9 @@ class OpenAIChatModel(ChatModel):
     request that fails for good; "return" gives that conversation a
     Generation with finish_reason "error" and logs why. `extra_body`: more
     JSON fields for every request (e.g. ``{"top_k": 20}`` for vLLM).
+    `context_length`: the model's context in tokens, if known (learnt from
+    ``GET /models`` (vLLM's ``max_model_len``) or from the server's
+    context-length errors otherwise); informational, the server enforces it.
     """
 
     backend = "openai"
@@ -77,6 +89,7 @@ class OpenAIChatModel(ChatModel):
         max_backoff: float = 30.0,
         on_error: str = "raise",
         extra_body: dict[str, Any] | None = None,
+        context_length: int | None = None,
     ):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -97,6 +110,7 @@ class OpenAIChatModel(ChatModel):
         self.max_backoff = max_backoff
         self.on_error = on_error
         self.extra_body = dict(extra_body or {})
+        self.context_length = context_length
         key = api_key or next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._turn = itertools.count()
@@ -128,6 +142,7 @@ class OpenAIChatModel(ChatModel):
             "concurrency": self.concurrency,
             "timeout": self.timeout,
             "max_retries": self.max_retries,
+            "context_length": self.context_length,
         }
 
     def request_body(
@@ -136,7 +151,7 @@ class OpenAIChatModel(ChatModel):
         """The JSON body sent for conversation `index` of a call."""
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": list(conversation),
+            "messages": openai_messages(conversation),
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "max_tokens": sampling.max_new_tokens,
@@ -178,22 +193,52 @@ class OpenAIChatModel(ChatModel):
     ) -> Generation:
         async with gate:
             try:
-                data = await self._request(client, "POST", "/chat/completions", body)
+                data = await self._complete(client, body)
             except InferenceError as e:
                 if self.on_error == "raise":
                     raise
                 log.warning("request failed, returning an empty generation: %s", e)
                 return Generation(text="", prompt_tokens=0, completion_tokens=0, finish_reason="error")
+        if isinstance(data, Generation):
+            return data
         return parse_completion(data, sampling.stop)
+
+    async def _complete(self, client: httpx.AsyncClient, body: dict[str, Any]) -> Any:
+        """The completion's JSON, or a "context" Generation when the prompt does not fit."""
+        try:
+            return await self._request(client, "POST", "/chat/completions", body)
+        except BadRequest as e:
+            limits = context_limits(e)
+            if limits is None:
+                raise
+            context, prompt = limits
+            if context and self.context_length is None:
+                self.context_length = context
+            room = context - prompt if context and prompt is not None else None
+            if room is None or room < 1 or int(body.get("max_tokens") or 0) <= room:
+                return context_generation(prompt or 0)
+        # The prompt fits; the completion may take only what is left of the context.
+        try:
+            return await self._request(client, "POST", "/chat/completions", {**body, "max_tokens": room})
+        except BadRequest as e:
+            limits = context_limits(e)
+            if limits is None:
+                raise
+            return context_generation(prompt)
 
     async def _server_model(self, client: httpx.AsyncClient) -> str:
         data = await self._request(client, "GET", "/models", None)
         try:
-            return str(data["data"][0]["id"])
+            first = data["data"][0]
+            name = str(first["id"])
         except (KeyError, IndexError, TypeError) as e:
             raise InferenceError(
                 "no model given and the server lists none; pass --model", body=json.dumps(data)[:_SNIPPET]
             ) from e
+        limit = first.get("max_model_len") if isinstance(first, dict) else None
+        if self.context_length is None and isinstance(limit, int) and limit > 0:
+            self.context_length = limit
+        return name
 
     async def _request(self, client: httpx.AsyncClient, method: str, path: str, body: dict | None) -> Any:
         """One call with retries; each attempt goes to the next server in turn."""
@@ -248,28 +293,29 @@ class OpenAIChatModel(ChatModel):
 def parse_completion(data: Any, stop: list[str]) -> Generation:
     """A ``chat.completion`` response body as a :class:`Generation`.
 
-    Native tool calls, if the server returns any, are appended to the text as
-    one JSON object per line, so no output is lost.
+    Native tool calls become `tool_calls` (arguments as JSON text; ids kept,
+    or ``call_<n>`` where the server gave none), and the finish reason
+    "tool_calls" unless the answer ran out of tokens.
     """
     try:
         choice = data["choices"][0]
         message = choice["message"]
         text = message.get("content") or ""
-        tool_calls = message.get("tool_calls") or []
+        raw_calls = message.get("tool_calls") or []
         reason = choice.get("finish_reason")
-    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        tool_calls = [_tool_call(call, k) for k, call in enumerate(raw_calls)]
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
         raise InferenceError("malformed chat completion", body=json.dumps(data)[:_SNIPPET]) from e
-    for call in tool_calls:
-        fn = call.get("function", {}) if isinstance(call, dict) else {}
-        text += ("\n" if text else "") + json.dumps({"name": fn.get("name"), "arguments": fn.get("arguments")})
+    if not isinstance(text, str):
+        raise InferenceError("malformed chat completion: content is not text", body=json.dumps(data)[:_SNIPPET])
     text, cut = cut_at_stop(text, stop)
-    if cut:
-        finish = "stop"
-    elif reason == "length":
-        finish = "length"
-    elif reason in ("content_filter", "error", "abort"):
+    if reason in ("content_filter", "error", "abort"):
         finish = "error"
-    else:  # "stop", "tool_calls", "eos", None from minimal servers...
+    elif reason == "length" and not cut:
+        finish = "length"
+    elif tool_calls or reason == "tool_calls":
+        finish = "tool_calls"
+    else:  # "stop", "eos", None from minimal servers, or a stop string the server ignored
         finish = "stop"
     usage = data.get("usage") or {}
     return Generation(
@@ -277,6 +323,59 @@ def parse_completion(data: Any, stop: list[str]) -> Generation:
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         finish_reason=finish,
+        tool_calls=tool_calls or None,
+    )
+
+
+def _tool_call(call: Any, index: int) -> dict:
+    """One tool call of a response in the OpenAI shape, arguments as JSON text."""
+    fn = call["function"]
+    name = fn["name"]
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"tool call without a name: {call!r}")
+    args = fn.get("arguments")
+    if not isinstance(args, str):
+        args = json.dumps(args if args is not None else {}, ensure_ascii=False)
+    call_id = call.get("id")
+    return {
+        "id": call_id if isinstance(call_id, str) and call_id else f"call_{index}",
+        "type": "function",
+        "function": {"name": name, "arguments": args},
+    }
+
+
+#: what servers say when the prompt (plus max_tokens) exceeds the model's context: OpenAI, vLLM, SGLang,
+#: llama.cpp, TGI...
+_CONTEXT_ERROR = re.compile(
+    r"context[_ ]length[_ ]exceeded|maximum context length|context (?:length|size|window)"
+    r"|max_model_len|maximum model length|maximum (?:sequence|input|prompt) length|exceeds? the (?:available )?context",
+    re.IGNORECASE,
+)
+_CONTEXT_LIMIT = re.compile(
+    r"(?:maximum context length|context length|context size|context window|max_model_len|maximum model length)"
+    r"\D{0,20}?(\d+)|\"n_ctx\"\s*:\s*(\d+)",
+    re.IGNORECASE,
+)
+_PROMPT_LENGTH = re.compile(
+    r"(\d+) in the messages|messages resulted in (\d+) tokens|(\d+) input tokens|prompt \(length (\d+)\)"
+    r"|input \((\d+) tokens\)|prompt (?:has|contains|is) (\d+) tokens|\"n_prompt_tokens\"\s*:\s*(\d+)",
+    re.IGNORECASE,
+)
+
+
+def context_limits(error: InferenceError) -> tuple[int | None, int | None] | None:
+    """For a 400 saying the context is exceeded, the ``(context length, prompt tokens)`` it names; else None.
+
+    Either number is None where the message does not give it.
+    """
+    body = error.body or ""
+    if error.status != 400 or not _CONTEXT_ERROR.search(body):
+        return None
+    limit = _CONTEXT_LIMIT.search(body)
+    prompt = _PROMPT_LENGTH.search(body)
+    return (
+        int(next(g for g in limit.groups() if g)) if limit else None,
+        int(next(g for g in prompt.groups() if g)) if prompt else None,
     )
 
 
