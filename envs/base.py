@@ -184,10 +184,21 @@ class Environment(ABC):
     def splits(self) -> list[str]:
         return sorted({t.split for t in self._tasks()})
 
-    # -- prompts -----------------------------------------------------------
+    # -- prompts and the environment's own rules ----------------------------
+    #: one more rule for the challenger's prompt: what makes a good task here (may be empty)
+    challenger_guidance: str = ""
+
     def challenger_context(self, rng: Any) -> dict[str, Any]:
         """Extra facts for the challenger's prompt (e.g. a sampled user id)."""
         return {}
+
+    def finalize_instruction(self, instruction: str) -> str:
+        """A valid task's instruction as the executor (or the simulated user) will get it.
+
+        Called by ``sca propose`` after validation; the original is kept in the task's
+        ``meta.original_instruction``. Default: unchanged.
+        """
+        return instruction
 
     def summary(self) -> dict[str, Any]:
         tools = self.tools()

@@ -23,7 +23,13 @@ from envs.base import ToolError, WriteForbiddenError
 from sandbox.backends import Backend, make_backend, resolve_backend
 from sandbox.config import SandboxConfig
 from sandbox.result import STATUSES, RunResult, SandboxUnavailable, ToolCallRecord
-from sandbox.runner import MAX_DEPTH, MAX_TOOL_BYTES, MAX_TOOL_CALLS, encode_frame, json_depth
+from sandbox.runner import (
+    MAX_DEPTH,
+    MAX_TOOL_BYTES,
+    MAX_TOOL_CALLS,
+    encode_frame,
+    json_depth,
+)
 from sandbox.workers import Worker, WorkerLost, WorkerTimeout
 
 log = logging.getLogger(__name__)
@@ -183,7 +189,7 @@ class Sandbox:
                 worker = self._checkout()
             except SandboxUnavailable as e:
                 return RunResult("sandbox_error", error_type="SandboxError", error=f"no worker: {e}",
-                                 duration_s=time.monotonic() - started)
+                                 duration_s=time.monotonic() - started, infra=True)
             healthy = False
             try:
                 run = _Run(self, worker, env, job, tools, read_only, keep_payloads)
@@ -259,7 +265,8 @@ class _Run:
                                 "replaced"), False
 
     def _failed(self, status: str, error_type: str, error: str) -> RunResult:
-        return RunResult(status, tool_calls=self.records, error_type=error_type, error=error, tool_s=self.tool_s)
+        return RunResult(status, tool_calls=self.records, error_type=error_type, error=error, tool_s=self.tool_s,
+                         infra=True)
 
     def _serve_call(self, msg: dict, size: int) -> bytes:
         """Check one call against the budgets, run it, and return the reply frame for the worker."""

@@ -54,6 +54,10 @@ class RunResult:
     duration_s: float = 0.0
     tool_s: float = 0.0  # of duration_s, the time spent in tools in the trusted process
     refused_calls: int = 0  # tool calls the sandbox refused for the run's budgets
+    #: the sandbox itself failed (no worker, a worker lost, hung or broken), not the code: a run to
+    #: retry, never a verdict on the code. Errors of the code (its exceptions, its memory, a protocol
+    #: it broke) are not infrastructure failures.
+    infra: bool = False
 
     @property
     def ok(self) -> bool:

@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from sca import __version__
 from sca.records import RecordError, RecordSchema
@@ -50,11 +50,8 @@ class Loaded:
 def _read_bytes(path: str) -> bytes:
     if path == STDIO:
         return sys.stdin.buffer.read()
+    _read_bytes_check(path)
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{path}: no such file")
-    if p.is_dir():
-        raise InputError(f"{path}: is a directory, expected a JSONL file")
     try:
         return p.read_bytes()
     except OSError as e:
@@ -78,10 +75,18 @@ def load_records(
     name = "<stdin>" if path == STDIO else path
     data = _read_bytes(path)
     loaded = Loaded(path=name, records=[], sha256=hashlib.sha256(data).hexdigest())
-    seen: dict[str, int] = {}
     report = on_skip or (lambda msg: print(f"skipped: {msg}", file=sys.stderr))
+    for record in _checked(enumerate(data.split(b"\n"), start=1), name, schema, skip_invalid, report, loaded):
+        loaded.records.append(record)
+    return loaded
 
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+
+def _checked(lines: Iterable[tuple[int, bytes]], name: str, schema: RecordSchema, skip_invalid: bool,
+             report: Callable[[str], None], loaded: Loaded) -> Iterator[dict[str, Any]]:
+    """The valid records of numbered raw lines; bad lines raise or are reported into `loaded.skipped`."""
+    seen: set[Any] = set()
+    first: dict[Any, int] = {}
+    for lineno, raw in lines:
         if not raw.strip():
             continue
         loaded.lines += 1
@@ -90,7 +95,7 @@ def load_records(
             schema.check(record)
             rid = record.get(schema.id_field)
             if rid in seen:
-                raise RecordError(schema.id_field, f"duplicate id {rid!r} (first on line {seen[rid]})")
+                raise RecordError(schema.id_field, f"duplicate id {rid!r} (first on line {first.get(rid, '?')})")
         except (RecordError, _BadLine) as e:
             msg = f"{name}:{lineno}: {e}"
             if not skip_invalid:
@@ -98,9 +103,71 @@ def load_records(
             loaded.skipped.append(msg)
             report(msg)
             continue
-        seen[rid] = lineno
-        loaded.records.append(record)
-    return loaded
+        seen.add(rid)
+        if len(first) < 1_000_000:
+            first[rid] = lineno
+        yield record
+
+
+class StreamedInput:
+    """A JSONL input read twice without being held in memory: :meth:`scan` checks every line
+    before any work starts (so bad input still stops a stage at once), then iterating yields the
+    valid records one at a time. Standard input, which cannot be read twice, is held in memory.
+    """
+
+    def __init__(self, path: str | Path, schema: RecordSchema, *, skip_invalid: bool = False,
+                 on_skip: Callable[[str], None] | None = None):
+        self.path = str(path)
+        self.name = "<stdin>" if self.path == STDIO else self.path
+        self.schema, self.skip_invalid = schema, skip_invalid
+        self.report = on_skip or (lambda msg: print(f"skipped: {msg}", file=sys.stderr))
+        self._stdin: bytes | None = None
+        self.info = Loaded(path=self.name, records=[], sha256="")
+        self.count = 0
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        if self.path == STDIO:
+            if self._stdin is None:
+                self._stdin = sys.stdin.buffer.read()
+            yield from enumerate(self._stdin.split(b"\n"), start=1)
+            return
+        _read_bytes_check(self.path)
+        try:
+            with open(self.path, "rb") as f:
+                for lineno, raw in enumerate(f, start=1):
+                    yield lineno, raw.rstrip(b"\n")
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot read: {e.strerror}") from None
+
+    def scan(self) -> StreamedInput:
+        """Check every line (raising :class:`InputError` at the first bad one unless skipping); count."""
+        digest = hashlib.sha256()
+        info = Loaded(path=self.name, records=[], sha256="")
+
+        def hashed() -> Iterator[tuple[int, bytes]]:
+            for lineno, raw in self._lines():
+                digest.update(raw + b"\n")
+                yield lineno, raw
+
+        self.count = sum(1 for _ in _checked(hashed(), self.name, self.schema, self.skip_invalid, self.report, info))
+        info.sha256 = digest.hexdigest()
+        self.info = info
+        return self
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        quiet = Loaded(path=self.name, records=[], sha256="")
+        return _checked(self._lines(), self.name, self.schema, True, lambda msg: None, quiet)
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": self.name, "sha256": self.info.sha256, "records": self.count, "skipped": len(self.info.skipped)}
+
+
+def _read_bytes_check(path: str) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{path}: no such file")
+    if p.is_dir():
+        raise InputError(f"{path}: is a directory, expected a JSONL file")
 
 
 class _BadLine(Exception):

@@ -2,7 +2,7 @@
 
 Records stay plain dicts (so fields a stage does not know pass through
 untouched); a :class:`RecordSchema` names the fields a stage relies on and
-checks them. The CaT task follows ``shared/spec/CAT.md`` exactly.
+checks them. The CaT task follows ``docs/CAT.md`` exactly; the trajectory, ``docs/TRAJECTORY.md``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def check_known_env(record: dict[str, Any]) -> None:
         raise RecordError("env", f"unknown environment {record['env']!r} (available: {', '.join(names)})")
 
 
-# -- the CaT task (shared/spec/CAT.md) ----------------------------------------
+# -- the CaT task (docs/CAT.md) ----------------------------------------
 CAT_TASK = RecordSchema(
     name="CaT task",
     fields=(
@@ -105,4 +105,71 @@ CAT_TASK = RecordSchema(
         Field("meta", dict, required=False, doc="anything else, carried through untouched"),
     ),
     extra_checks=(check_known_env,),
+)
+
+
+def check_trajectory(record: dict[str, Any]) -> None:
+    """What a reader of trajectories relies on beyond the field types."""
+    messages = record["messages"]
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+            raise RecordError(f"messages[{i}]", "expected an object with role system, user, assistant or tool")
+        if not isinstance(m.get("content"), str) and not (m.get("role") == "assistant" and m.get("tool_calls")):
+            raise RecordError(f"messages[{i}].content", "expected a string")
+    if not messages or messages[0].get("role") != "system":
+        raise RecordError("messages", "the first message must be the system prompt")
+    reward = record.get("reward")
+    if reward not in (0, 1, None) or isinstance(reward, float) and reward not in (0.0, 1.0):
+        raise RecordError("reward", f"expected 0, 1 or null, got {reward!r}")
+    if record["id"] != f"{record['task_id']}#{record['trial']}":
+        raise RecordError("id", f"expected {record['task_id']}#{record['trial']}, got {record['id']!r}")
+    ids = record.get("assistant_token_ids")
+    if ids is not None:
+        assistants = sum(1 for m in messages if m.get("role") == "assistant")
+        if not isinstance(ids, list) or len(ids) != assistants:
+            raise RecordError("assistant_token_ids", f"expected a list of {assistants} entries (one per assistant message)")
+        for i, row in enumerate(ids):
+            if row is not None and (not isinstance(row, list) or not all(isinstance(t, int) for t in row)):
+                raise RecordError(f"assistant_token_ids[{i}]", "expected a list of integers or null")
+
+
+# -- the trajectory (docs/TRAJECTORY.md): what sca rollout writes, sca train reads --------------
+TRAJECTORY = RecordSchema(
+    name="trajectory",
+    fields=(
+        Field("id", str, non_empty=True, doc="<task_id>#<trial>"),
+        Field("task_id", str, non_empty=True),
+        Field("trial", int),
+        Field("env", str, non_empty=True),
+        Field("instruction", str),
+        Field("messages", list, non_empty=True, doc="OpenAI-style chat messages, the system prompt first"),
+        Field("tool_calls", list, required=False),
+        Field("final_answer", str, required=False),
+        Field("reward", int, required=False, doc="0, 1, or null for an infrastructure failure"),
+        Field("evaluation", dict, required=False),
+        Field("termination", str, required=False),
+        Field("infra_error", dict, required=False),
+        Field("steps", int, required=False),
+        Field("action_format", str, required=False),
+        Field("assistant_token_ids", list, required=False),
+        Field("tokens", dict, required=False),
+        Field("timings", dict, required=False),
+        Field("models", dict, required=False),
+        Field("meta", dict, required=False),
+    ),
+    extra_checks=(check_trajectory,),
+)
+
+#: every way an episode of the executor ends
+TERMINATIONS = ("final_answer", "user_stop", "max_steps", "context_limit", "error")
+
+# -- an eval result: a trajectory scored by a benchmark's own scorer ----------------------------
+EVAL_RESULT = RecordSchema(
+    name="eval result",
+    fields=TRAJECTORY.fields + (
+        Field("split", str, required=False),
+        Field("scorer", str, required=False, doc="tau2 | m3_tolerant | evaluate"),
+        Field("scorer_detail", dict, required=False),
+    ),
+    extra_checks=(check_trajectory,),
 )

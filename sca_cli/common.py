@@ -11,6 +11,8 @@ from typing import Any, NoReturn
 import typer
 
 from sandbox.config import BACKEND_NAMES, SandboxConfig
+from sca.inference.config import BACKEND_NAMES as MODEL_BACKENDS
+from sca.inference.config import ModelConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -82,5 +84,50 @@ def sandbox_config(backend: str, workers: int | None, timeout: float, memory_mb:
     try:
         return SandboxConfig(backend=backend, timeout=timeout, memory_mb=memory_mb, max_tool_calls=max_tool_calls,
                              max_tool_bytes=max_tool_bytes).with_(workers=workers)
+    except ValueError as e:
+        fail(str(e))
+
+
+# -- model flags: a role's model, backend, servers and sampling ----------------------------------------
+# Each command passes its stage's default ModelConfig, so the defaults shown are the stage's own.
+
+
+def model_flag(prefix: str = "", what: str = "") -> Any:
+    return typer.Option(None, f"--{prefix}model",
+                        help=f"{what}HF name or local path (hf, vllm) or served name (openai) "
+                             "[default: bundled SmolLM2-135M-Instruct].")
+
+
+def backend_flag(default: ModelConfig, prefix: str = "") -> Any:
+    return typer.Option(default.backend, f"--{prefix}backend", help=" | ".join(MODEL_BACKENDS) + ".")
+
+
+def base_url_flag(prefix: str = "") -> Any:
+    return typer.Option(None, f"--{prefix}base-url",
+                        help="OpenAI-compatible server (with the openai backend); repeat to share load round-robin.")
+
+
+def temperature_flag(default: ModelConfig, prefix: str = "") -> Any:
+    return typer.Option(default.temperature, f"--{prefix}temperature", min=0.0, help="Sampling temperature (0: greedy).")
+
+
+def top_p_flag(default: ModelConfig, prefix: str = "") -> Any:
+    return typer.Option(default.top_p, f"--{prefix}top-p", min=0.0, max=1.0)
+
+
+def max_new_tokens_flag(default: ModelConfig, prefix: str = "") -> Any:
+    return typer.Option(default.max_new_tokens, f"--{prefix}max-new-tokens", min=1, help="Tokens per reply at most.")
+
+
+def model_config(model: str | None, backend: str, base_urls: list[str] | None, temperature: float, top_p: float,
+                 max_new_tokens: int, flag: str = "--") -> ModelConfig:
+    """The ModelConfig the model flags describe (a one-line error, exit 2, if they are wrong)."""
+    if backend not in MODEL_BACKENDS:
+        fail(f"{flag}backend must be one of {', '.join(MODEL_BACKENDS)}, not {backend!r}")
+    if base_urls and backend != "openai":
+        fail(f"{flag}base-url goes with {flag}backend openai")
+    try:
+        return ModelConfig(model=model, backend=backend, base_urls=list(base_urls or []), temperature=temperature,
+                           top_p=top_p, max_new_tokens=max_new_tokens)
     except ValueError as e:
         fail(str(e))

@@ -6,10 +6,29 @@ from typing import List, Optional
 
 import typer
 
+from sca.inference.config import challenger_defaults
 from sca_cli.common import (
-    MAX_TOOL_BYTES, MAX_TOOL_CALLS, MEMORY_MB, OVERWRITE, SANDBOX, TIMEOUT, WORKERS, err_console, examples, fail,
+    MAX_TOOL_BYTES,
+    MAX_TOOL_CALLS,
+    MEMORY_MB,
+    OVERWRITE,
+    SANDBOX,
+    TIMEOUT,
+    WORKERS,
+    backend_flag,
+    base_url_flag,
+    err_console,
+    examples,
+    fail,
+    max_new_tokens_flag,
+    model_config,
+    model_flag,
     sandbox_config,
+    temperature_flag,
+    top_p_flag,
 )
+
+_CHALLENGER = challenger_defaults()
 
 EXAMPLES = examples(
     "sca propose --env retail --n 800 -o tasks.raw.jsonl --rejected episodes.failed.jsonl",
@@ -25,16 +44,16 @@ def propose(
     n: int = typer.Option(800, "--n", min=1, help="Valid tasks wanted."),
     output: str = typer.Option(..., "-o", "--output", help="Valid tasks (CaT JSONL); - for stdout."),
     rejected: Optional[str] = typer.Option(None, "--rejected", help="Failed episodes, with transcripts, go here."),
-    model: Optional[str] = typer.Option(None, "--model", help="HF name or local path (hf, vllm) or served name (openai) [default: bundled SmolLM2-135M-Instruct]."),
-    backend: str = typer.Option("hf", "--backend", help="hf | vllm | openai."),
-    base_url: Optional[List[str]] = typer.Option(None, "--base-url", help="OpenAI-compatible server; repeat to share load round-robin."),
+    model: Optional[str] = model_flag(),
+    backend: str = backend_flag(_CHALLENGER),
+    base_url: Optional[List[str]] = base_url_flag(),
     max_steps: int = typer.Option(15, "--max-steps", min=1, help="Replies per episode (the paper's cap is 15)."),
     max_episodes: Optional[int] = typer.Option(None, "--max-episodes", min=1, help="Give up after this many episodes [default: 20 x n]."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Episodes stepping together (one batched generation per step)."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampling and of the users sampled for tasks."),
-    temperature: float = typer.Option(0.8, "--temperature", min=0.0),
-    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
-    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1),
+    temperature: float = temperature_flag(_CHALLENGER),
+    top_p: float = top_p_flag(_CHALLENGER),
+    max_new_tokens: int = max_new_tokens_flag(_CHALLENGER),
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
     timeout: float = TIMEOUT,
@@ -48,24 +67,19 @@ def propose(
     from envs import UnknownEnvironmentError, env_names
     from sandbox import SandboxUnavailable
     from sca.artifacts import InputError
-    from sca.inference import BACKENDS, InferenceError
+    from sca.inference import InferenceError
     from stages.propose import ProposeConfig, propose_file
     from stages.validate import ValidateConfig
 
     if env not in env_names():
         fail(f"unknown environment {env!r} (available: {', '.join(env_names())})")
-    if backend not in BACKENDS:
-        fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if base_url and backend != "openai":
-        fail("--base-url goes with --backend openai")
     vcfg = ValidateConfig(sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
                           min_failure_cases=min_failure_cases)
+    mcfg = model_config(model, backend, base_url, temperature, top_p, max_new_tokens)
     config = ProposeConfig(env=env, n=n, max_episodes=max_episodes, max_steps=max_steps, concurrency=concurrency,
-                           seed=seed, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                           validate=vcfg)
+                           seed=seed, model=mcfg, validate=vcfg)
     try:
-        summary = propose_file(config, output, rejected=rejected, model_name=model, backend=backend,
-                               base_urls=base_url or None, overwrite=overwrite)
+        summary = propose_file(config, output, rejected=rejected, overwrite=overwrite)
     except (InputError, UnknownEnvironmentError) as e:
         fail(str(e))
     except SandboxUnavailable as e:

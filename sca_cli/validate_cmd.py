@@ -7,8 +7,19 @@ from typing import Optional
 import typer
 
 from sca_cli.common import (
-    MAX_TOOL_BYTES, MAX_TOOL_CALLS, MEMORY_MB, OVERWRITE, SANDBOX, SKIP_INVALID, TIMEOUT, WORKERS, err_console,
-    examples, fail, sandbox_config, warn,
+    MAX_TOOL_BYTES,
+    MAX_TOOL_CALLS,
+    MEMORY_MB,
+    OVERWRITE,
+    SANDBOX,
+    SKIP_INVALID,
+    TIMEOUT,
+    WORKERS,
+    err_console,
+    examples,
+    fail,
+    sandbox_config,
+    warn,
 )
 
 EXAMPLES = examples(

@@ -12,10 +12,10 @@ turn writes ``THOUGHT: ... END THOUGHT`` and then either
   ``sca validate`` (:func:`stages.validate.validate_task`); if it fails, the
   reason and traceback go back to the challenger to revise.
 
-The episode ends at a valid task or after ``max_steps`` turns. Episodes run
-concurrently and step together: each step, every live episode's next turn is
-generated in one batched call. Valid tasks are written as episodes finish;
-the run stops when ``n`` tasks are valid or ``max_episodes`` have run.
+The episode ends at a valid task or after ``max_steps`` turns. Episodes run on the
+shared episode engine (:mod:`sca.engine`): every step, each live episode's next turn
+is generated in one batched call. Valid tasks are written as episodes finish; the run
+stops when ``n`` tasks are valid or ``max_episodes`` have run.
 """
 
 from __future__ import annotations
@@ -23,15 +23,22 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
-import textwrap
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from sca.engine import Episode, Role, run_episodes
+from sca.inference.config import ModelConfig, challenger_defaults
+from sca.protocol import (
+    STOP,
+    complete_reply,
+    format_observation,
+    parse_reply,
+    parse_task,
+    tool_listing,
+)
 from sca.runs import StageRun, progress
 from stages.validate import ValidateConfig, feedback, validate_task
 
@@ -48,19 +55,14 @@ class ProposeConfig:
     max_steps: int = 15  # the paper's cap per episode
     concurrency: int = 8  # episodes stepping together (one batched generate per step)
     seed: int = 0
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 1024
+    model: ModelConfig = field(default_factory=challenger_defaults)
     observation_limit: int = 4000  # characters of an observation shown to the challenger
-    remove_order_ids: bool = True  # retail: the executor must find the order itself (paper)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
 
     @property
     def episode_budget(self) -> int:
         return self.max_episodes if self.max_episodes is not None else 20 * self.n
 
-
-STOP = ["END ACTION", "END ANSWER"]
 
 # -- the prompt -----------------------------------------------------------------------------------
 
@@ -98,7 +100,10 @@ Python code of a plausible near miss that evaluate() must reject
 END ANSWER
 
 If the task asks a question, define `evaluate(answer)` instead: it receives the value the
-solution (or a failure case) left in `answer`.
+solution (or a failure case) left in `answer`. An agent will type its answer as text: a number,
+a word, or a JSON list or object, read back as that value; in customer-service environments the
+answer is the agent's last message to the customer, as text. evaluate(answer) must accept the
+solution's answer in that form.
 """
 
 RULES = """\
@@ -118,15 +123,6 @@ TAU_RULES = """\
 - Before answering, run your solution and your evaluation function yourself in an ACTION.
 - The instruction is what the user tells the agent; the agent must follow the policy above.
 """
-
-
-def tool_listing(env: Any) -> str:
-    """Each tool as its signature, kind and description (the challenger's manual)."""
-    blocks = []
-    for t in env.tools():
-        desc = textwrap.indent(t.description.strip(), "    ")
-        blocks.append(f"{t.signature()}  [{t.kind}]\n{desc}")
-    return "\n\n".join(blocks)
 
 
 def context_lines(context: dict[str, Any], skip: str = "") -> str:
@@ -155,7 +151,7 @@ def challenger_prompt(env: Any, context: dict[str, Any]) -> str:
     ]
     if env.policy.strip():
         parts.append(f"# Policy the agent must follow\n{env.policy.strip()}")
-    guidance = getattr(env, "challenger_guidance", "")
+    guidance = env.challenger_guidance
     rules = RULES + (TAU_RULES if env.user_facing else "") + (f"- {guidance.strip()}\n" if guidance else "")
     parts.append("# How to reply\n" + FORMAT + "\n" + rules)
     ctx = context_lines(context, skip=guidance)
@@ -168,14 +164,13 @@ def first_user_message(max_steps: int) -> str:
     return f"Begin. You have {max_steps} replies in all; explore first, then answer."
 
 
-# -- parsing a turn ---------------------------------------------------------------------------------
-
-_TAG = {name: re.compile(rf"<{name}>(.*?)</{name}>", re.S) for name in
-        ("instruction", "evaluation_function", "solution", "failure_case")}
+# -- a turn ------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Turn:
+    """A challenger reply as the challenger's protocol reads it."""
+
     kind: str  # "action" | "answer" | "invalid"
     thought: str = ""
     code: str = ""  # action
@@ -183,195 +178,115 @@ class Turn:
     error: str = ""  # invalid: what is wrong with the format
 
 
-def clean_code(src: str) -> str:
-    """Strip Markdown fences and common indentation from a code block."""
-    s = src.strip("\n")
-    fence = re.match(r"^\s*```[a-zA-Z0-9_+-]*\s*\n(.*?)\n?\s*```\s*$", s, re.S)
-    if fence:
-        s = fence.group(1)
-    return textwrap.dedent(s).strip("\n") + "\n"
-
-
 def parse_turn(text: str) -> Turn:
-    """Read a challenger reply: THOUGHT, then ACTION or ANSWER (tolerant of missing END markers)."""
-    thought = ""
-    m = re.search(r"THOUGHT:(.*?)(END THOUGHT|ACTION:|ANSWER:|$)", text, re.S)
-    if m:
-        thought = m.group(1).strip()
-    a_pos, q_pos = text.find("ACTION:"), text.find("ANSWER:")
-    if a_pos < 0 and q_pos < 0:
-        return Turn("invalid", thought, error="the reply has neither an ACTION nor an ANSWER")
-    if a_pos >= 0 and (q_pos < 0 or a_pos < q_pos):
-        body = text[a_pos + len("ACTION:"):]
-        body = body.split("END ACTION", 1)[0]
-        code = clean_code(body)
-        if not code.strip():
-            return Turn("invalid", thought, error="the ACTION is empty")
-        return Turn("action", thought, code=code)
-    body = text[q_pos + len("ANSWER:"):].split("END ANSWER", 1)[0]
-    found = {name: [x for x in rx.findall(body)] for name, rx in _TAG.items()}
-    missing = [name for name in ("instruction", "evaluation_function", "solution") if not found[name]]
-    if missing:
-        return Turn("invalid", thought, error="the ANSWER lacks " + ", ".join(f"<{m}>" for m in missing))
-    task = {
-        "instruction": " ".join(found["instruction"][0].split()),
-        "evaluation_function": clean_code(found["evaluation_function"][0]),
-        "solution": clean_code(found["solution"][0]),
-        "failure_cases": [clean_code(x) for x in found["failure_case"]],
-    }
-    return Turn("answer", thought, task=task)
-
-
-def complete_reply(text: str) -> str:
-    """Put back the END marker a stop string cut off, so the transcript reads whole."""
-    a, q = text.rfind("ACTION:"), text.rfind("ANSWER:")
-    if a < 0 and q < 0:
-        return text
-    marker = "END ACTION" if a > q else "END ANSWER"
-    return text if text.rstrip().endswith(marker) else text.rstrip() + "\n" + marker
-
-
-_ORDER_ID = re.compile(r"\s*#W\d{7}\b")
-
-
-def remove_order_ids(instruction: str) -> str:
-    """Drop retail order numbers (``#W1234567``) from an instruction, as the paper does."""
-    out = _ORDER_ID.sub("", instruction)
-    out = re.sub(r"\s+([,.;:!?])", r"\1", out)
-    return re.sub(r"\s{2,}", " ", out).strip()
+    """A challenger reply: an ACTION to run, an ANSWER with the CaT parts, or a format error."""
+    reply = parse_reply(text)
+    if reply.kind == "action":
+        if reply.error:
+            return Turn("invalid", reply.thought, error=reply.error)
+        return Turn("action", reply.thought, code=reply.code)
+    if reply.kind == "answer":
+        parts = parse_task(reply.body)
+        if parts.error:
+            return Turn("invalid", reply.thought, error=parts.error)
+        return Turn("answer", reply.thought, task=parts.task)
+    return Turn("invalid", reply.thought, error="the reply has neither an ACTION nor an ANSWER")
 
 
 def normalise(instruction: str) -> str:
     """The form in which two instructions count as the same (case, spaces, punctuation)."""
+    import re
+
     return " ".join(re.sub(r"[^\w\s]", " ", instruction.lower()).split())
 
 
 # -- one episode ------------------------------------------------------------------------------------
 
 
-def format_observation(res: Any, limit: int) -> str:
-    parts = []
-    if res.stdout:
-        parts.append(res.stdout.rstrip())
-    if res.status == "ok":
-        if res.answer is not None:
-            parts.append(f"answer = {json.dumps(res.answer, ensure_ascii=False)[:500]}")
-        if not parts:
-            parts.append("(the code ran and printed nothing)")
-    elif res.status == "timeout":
-        parts.append("The code ran past the time limit and was stopped.")
-    else:
-        parts.append((res.traceback or f"{res.error_type}: {res.error}").rstrip())
-    text = "\n".join(parts)
-    if len(text) > limit:
-        text = text[:limit] + f"\n... ({len(text) - limit} more characters cut)"
-    return "OBSERVATION:\n" + text
+@dataclass(eq=False)
+class ChallengerEpisode(Episode):
+    """One challenger episode on the engine: explore with ACTIONs, answer, revise until valid."""
 
-
-@dataclass
-class Episode:
-    index: int
-    env: Any
-    context: dict[str, Any]
-    messages: list[dict[str, str]]
+    index: int = 0
+    env: Any = None
+    context: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    config: ProposeConfig | None = None
+    sandbox: Any = None
     steps: int = 0
     status: str = "running"  # running | valid | failed
     reason: str = ""
     task: dict[str, Any] | None = None
     validation: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    generate_s: float = 0.0
     sandbox_s: float = 0.0
-    started: float = field(default_factory=time.monotonic)
-    ended: float = 0.0
+    turn: Turn | None = None  # received, waiting for act()
 
-    @property
-    def done(self) -> bool:
-        return self.status != "running"
+    def conversation(self) -> list[dict[str, str]]:
+        return self.messages
 
-
-def step_episode(ep: Episode, reply: str, sandbox: Any, config: ProposeConfig) -> None:
-    """Take one challenger reply: run its action or check its answer; extend the transcript."""
-    ep.steps += 1
-    ep.messages.append({"role": "assistant", "content": complete_reply(reply)})
-    turn = parse_turn(reply)
-    t0 = time.monotonic()
-    left = config.max_steps - ep.steps
-    if turn.kind == "invalid":
-        obs = f"FORMAT ERROR: {turn.error}. Reply with THOUGHT ... END THOUGHT, then ACTION ... END ACTION or ANSWER ... END ANSWER."
-        ep.attempts.append({"step": ep.steps, "kind": "invalid", "error": turn.error})
-    elif turn.kind == "action":
-        res = sandbox.run(ep.env, turn.code, mode="exec", timeout=config.validate.timeout, keep_payloads=False)
-        obs = format_observation(res, config.observation_limit)
-        ep.attempts.append({"step": ep.steps, "kind": "action", "status": res.status,
-                            "tool_calls": len(res.tool_calls)})
-    else:
-        task = {"id": f"episode-{ep.index}", "env": ep.env.name, **(turn.task or {})}
-        validation = validate_task(task, ep.env, sandbox, config.validate)
-        ep.attempts.append({"step": ep.steps, "kind": "answer", "valid": validation["valid"],
-                            "reason": validation["reason"]})
-        ep.task, ep.validation = task, validation
-        if validation["valid"]:
-            ep.status = "valid"
-            ep.sandbox_s += time.monotonic() - t0
-            ep.ended = time.monotonic()
+    def receive(self, generation: Any) -> None:
+        if generation.finish_reason == "context":
+            self._end("failed", "context_limit")
             return
-        obs = "VALIDATION: " + feedback(validation) + "\nThe environment was reset. Revise the task and answer again."
-    ep.sandbox_s += time.monotonic() - t0
-    if left <= 0:
-        ep.status, ep.reason = "failed", ("invalid_answer" if ep.task else "max_steps")
-        ep.ended = time.monotonic()
-        return
-    ep.messages.append({"role": "user", "content": f"{obs}\n\n({left} replies left)"})
+        self.steps += 1
+        self.messages.append({"role": "assistant", "content": complete_reply(generation.text)})
+        self.turn = parse_turn(generation.text)
 
+    def fail(self, kind: str, message: str) -> None:
+        self.attempts.append({"step": self.steps, "kind": "error", "error": message})
+        self._end("failed", f"{kind}_error")
 
-# -- the whole run -------------------------------------------------------------------------------------
+    def _end(self, status: str, reason: str = "") -> None:
+        self.status, self.reason = status, reason
+        self.finish()
 
-
-@dataclass
-class ProposeSummary:
-    episodes: int = 0
-    valid: int = 0
-    failed: int = 0
-    duplicates: int = 0
-    resumed_valid: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    generate_s: float = 0.0
-    sandbox_s: float = 0.0
-
-    @property
-    def yield_rate(self) -> float:
-        return self.valid / self.episodes if self.episodes else 0.0
-
-
-def _existing_instructions(path: str | None) -> set[str]:
-    if not path or path == "-" or not Path(path).exists():
-        return set()
-    seen = set()
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            seen.add(normalise(json.loads(line)["instruction"]))
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn line; the writer cuts it
-    return seen
+    def act(self) -> None:
+        """Run the action or check the answer; extend the transcript."""
+        turn, self.turn = self.turn, None
+        if turn is None:
+            return
+        config = self.config
+        t0 = time.monotonic()
+        left = config.max_steps - self.steps
+        if turn.kind == "invalid":
+            obs = (f"FORMAT ERROR: {turn.error}. Reply with THOUGHT ... END THOUGHT, then ACTION ... END ACTION "
+                   "or ANSWER ... END ANSWER.")
+            self.attempts.append({"step": self.steps, "kind": "invalid", "error": turn.error})
+        elif turn.kind == "action":
+            res = self.sandbox.run(self.env, turn.code, mode="exec", keep_payloads=False)
+            obs = format_observation(res, config.observation_limit)
+            self.attempts.append({"step": self.steps, "kind": "action", "status": res.status,
+                                  "tool_calls": len(res.tool_calls)})
+        else:
+            task = {"id": f"episode-{self.index}", "env": self.env.name, **(turn.task or {})}
+            validation = validate_task(task, self.env, self.sandbox, config.validate)
+            self.attempts.append({"step": self.steps, "kind": "answer", "valid": validation["valid"],
+                                  "reason": validation["reason"]})
+            self.task, self.validation = task, validation
+            self.sandbox_s += time.monotonic() - t0
+            if validation["valid"]:
+                self._end("valid")
+                return
+            obs = "VALIDATION: " + feedback(validation) + "\nThe environment was reset. Revise the task and answer again."
+        self.sandbox_s += time.monotonic() - t0
+        if left <= 0:
+            self._end("failed", "invalid_answer" if self.task else "max_steps")
+            return
+        self.messages.append({"role": "user", "content": f"{obs}\n\n({left} replies left)"})
 
 
 def episode_id(env: str, seed: int, index: int) -> str:
     return f"{env}-s{seed}-e{index:05d}"
 
 
-def task_record(ep: Episode, config: ProposeConfig, model_info: dict[str, Any], prompt_sha: str) -> dict[str, Any]:
+def task_record(ep: ChallengerEpisode, config: ProposeConfig, model_info: dict[str, Any],
+                prompt_sha: str) -> dict[str, Any]:
     """The CaT record of a finished episode (valid tasks; failed ones carry what they had)."""
     task = ep.task or {}
-    instruction = task.get("instruction", "")
-    original = instruction
-    if config.remove_order_ids and ep.env.name == "retail":
-        instruction = remove_order_ids(instruction)
+    original = task.get("instruction", "")
+    instruction = ep.env.finalize_instruction(original) if ep.status == "valid" else original
+    tokens = ep.role_tokens.get("challenger", {"prompt": 0, "completion": 0})
     record = {
         "id": episode_id(ep.env.name, config.seed, ep.index),
         "env": ep.env.name,
@@ -392,13 +307,62 @@ def task_record(ep: Episode, config: ProposeConfig, model_info: dict[str, Any], 
         **({"original_instruction": original} if original != instruction else {}),
         "steps": ep.steps,
         "attempts": ep.attempts,
-        "tokens": {"prompt": ep.prompt_tokens, "completion": ep.completion_tokens},
-        "timings": {"generate_s": round(ep.generate_s, 3), "sandbox_s": round(ep.sandbox_s, 3),
+        "tokens": dict(tokens),
+        "timings": {"generate_s": round(ep.role_seconds.get("challenger", 0.0), 3),
+                    "sandbox_s": round(ep.sandbox_s, 3),
                     "total_s": round((ep.ended or time.monotonic()) - ep.started, 3)},
         "system_prompt_sha256": prompt_sha,
         "transcript": ep.messages[1:],  # the system prompt is the same for every episode but its assignment
     }
     return record
+
+
+# -- the whole run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProposeSummary:
+    """What a propose run did, read off the run's counts (the one place they are kept)."""
+
+    episodes: int = 0
+    valid: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    resumed_valid: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    generate_s: float = 0.0
+    sandbox_s: float = 0.0
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, Any]) -> ProposeSummary:
+        return cls(
+            episodes=counts.get("episodes", 0), valid=counts.get("accepted", 0),
+            failed=counts.get("failed", 0), duplicates=counts.get("duplicates", 0),
+            resumed_valid=counts.get("resumed_valid", 0),
+            reasons={k.split(":", 1)[1]: v for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
+                     if k.startswith("reason:")},
+            prompt_tokens=counts.get("prompt_tokens", 0), completion_tokens=counts.get("completion_tokens", 0),
+            seconds=counts.get("seconds", 0.0), generate_s=counts.get("generate_s", 0.0),
+            sandbox_s=counts.get("sandbox_s", 0.0))
+
+    @property
+    def yield_rate(self) -> float:
+        return self.valid / self.episodes if self.episodes else 0.0
+
+
+def _existing_instructions(path: str | None) -> set[str]:
+    if not path or path == "-" or not Path(path).exists():
+        return set()
+    seen = set()
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            seen.add(normalise(json.loads(line)["instruction"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn line; the writer cuts it
+    return seen
 
 
 def run_propose(
@@ -407,6 +371,7 @@ def run_propose(
     sandbox: Any,
     *,
     on_finished: Callable[[str, dict[str, Any]], None],
+    counts: Counter | None = None,
     skip_indices: set[int] = frozenset(),  # type: ignore[assignment]
     already_valid: int = 0,
     seen_instructions: set[str] | None = None,
@@ -415,96 +380,71 @@ def run_propose(
     """Run challenger episodes until `config.n` tasks are valid or the episode budget is spent.
 
     `on_finished(role, record)` receives each finished episode: role ``"accepted"``
-    for a new valid task, ``"rejected"`` otherwise (failed or duplicate).
+    for a new valid task, ``"rejected"`` otherwise (failed or duplicate). `counts`
+    (the stage run's counts) is where every figure is kept; the summary is read off it.
     """
     from envs import make_env
-    from sca.inference import SamplingParams
 
-    summary = ProposeSummary(resumed_valid=already_valid)
-    reasons: Counter[str] = Counter()
+    counts = Counter() if counts is None else counts
+    counts["resumed_valid"] = already_valid
     seen = set(seen_instructions or ())
     probe = make_env(config.env)
     seen |= {normalise(t.instruction) for t in probe.tasks(split="test")} if "test" in probe.splits() else set()
     model_info = model.info()
-    valid = already_valid
-    next_index = 0
-    started_episodes = len(skip_indices)
-    live: list[Episode] = []
-    call = 0
-    t_start = time.monotonic()
+    state = {"valid": already_valid, "next": 0, "started": len(skip_indices), "live": 0}
     prompt_shas: dict[int, str] = {}
+    t_start = time.monotonic()
 
-    def start_episode() -> Episode:
-        nonlocal next_index, started_episodes
-        while next_index in skip_indices:
-            next_index += 1
-        idx = next_index
-        next_index += 1
-        started_episodes += 1
+    def next_episode() -> ChallengerEpisode | None:
+        if state["valid"] + state["live"] >= config.n or state["started"] >= config.episode_budget:
+            return None
+        while state["next"] in skip_indices:
+            state["next"] += 1
+        idx = state["next"]
+        state["next"] += 1
+        state["started"] += 1
+        state["live"] += 1
         env = make_env(config.env)
         context = env.challenger_context(random.Random(config.seed * 1_000_003 + idx))
         system = challenger_prompt(env, context)
         prompt_shas[idx] = hashlib.sha256(system.encode()).hexdigest()
-        return Episode(idx, env, context, [{"role": "system", "content": system},
+        return ChallengerEpisode(next_role="challenger", index=idx, env=env, context=context, config=config,
+                                 sandbox=sandbox,
+                                 messages=[{"role": "system", "content": system},
                                            {"role": "user", "content": first_user_message(config.max_steps)}])
 
-    def finish(ep: Episode) -> None:
-        nonlocal valid
-        summary.episodes += 1
-        summary.prompt_tokens += ep.prompt_tokens
-        summary.completion_tokens += ep.completion_tokens
-        summary.generate_s += ep.generate_s
-        summary.sandbox_s += ep.sandbox_s
+    def finish(ep: ChallengerEpisode) -> None:
+        state["live"] -= 1
+        counts["episodes"] += 1
+        tokens = ep.role_tokens.get("challenger", {})
+        counts["prompt_tokens"] += tokens.get("prompt", 0)
+        counts["completion_tokens"] += tokens.get("completion", 0)
+        counts["generate_s"] += ep.role_seconds.get("challenger", 0.0)
+        counts["sandbox_s"] += ep.sandbox_s
         record = task_record(ep, config, model_info, prompt_shas.pop(ep.index))
         if ep.status == "valid":
             key = normalise(record["instruction"])
             if key in seen:
-                summary.duplicates += 1
-                reasons["duplicate"] += 1
+                counts["duplicates"] += 1
+                counts["reason:duplicate"] += 1
                 record["meta"]["status"] = "duplicate"
                 on_finished("rejected", record)
                 return
             seen.add(key)
-            valid += 1
-            summary.valid += 1
+            state["valid"] += 1
             on_finished("accepted", record)
             advance(1)
         else:
-            summary.failed += 1
+            counts["failed"] += 1
             reason = ep.reason if ep.reason != "invalid_answer" else f"invalid_answer:{ep.validation['reason']}"
-            reasons[reason] += 1
+            counts[f"reason:{reason}"] += 1
             on_finished("rejected", record)
 
-    sampling_base = dict(temperature=config.temperature, top_p=config.top_p,
-                         max_new_tokens=config.max_new_tokens, stop=STOP)
-    workers = max(1, getattr(sandbox, "workers", 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="propose") as pool:
-        while True:
-            while (len(live) < config.concurrency and valid + len(live) < config.n
-                   and started_episodes < config.episode_budget):
-                live.append(start_episode())
-            if not live:
-                break
-            t0 = time.monotonic()
-            gens = model.generate([ep.messages for ep in live],
-                                  SamplingParams(**sampling_base, seed=config.seed * 7919 + call))
-            call += 1
-            dt = (time.monotonic() - t0) / len(live)
-            for ep, gen in zip(live, gens):
-                ep.prompt_tokens += gen.prompt_tokens
-                ep.completion_tokens += gen.completion_tokens
-                ep.generate_s += dt
-            list(pool.map(lambda pair: step_episode(pair[0], pair[1].text, sandbox, config), zip(live, gens)))
-            still = []
-            for ep in live:
-                if ep.done:
-                    finish(ep)
-                else:
-                    still.append(ep)
-            live = still
-    summary.reasons = dict(reasons.most_common())
-    summary.seconds = time.monotonic() - t_start
-    return summary
+    role = Role("challenger", model, config.model.sampling(stop=STOP))
+    run_episodes(next_episode, {"challenger": role}, concurrency=config.concurrency, on_finish=finish,
+                 workers=max(1, getattr(sandbox, "workers", 1)), seed=config.seed * 7919)
+    counts["seconds"] = time.monotonic() - t_start
+    return ProposeSummary.from_counts(counts)
 
 
 def propose_file(
@@ -513,22 +453,21 @@ def propose_file(
     *,
     rejected: str | None = None,
     model: Any = None,
-    model_name: str | None = None,
-    backend: str = "hf",
-    base_urls: list[str] | None = None,
     overwrite: bool = False,
     show_progress: bool | None = None,
 ) -> ProposeSummary:
-    """`sca propose`: write valid tasks to `output`, failed episodes to `rejected`."""
+    """`sca propose`: write valid tasks to `output`, failed episodes to `rejected`.
+
+    `model`: a ChatModel already open (a test double, a model shared with other work);
+    by default the one ``config.model`` names is loaded and closed at the end.
+    """
     from envs import make_env
 
     make_env(config.env)  # an unknown environment fails here, before a model loads
     own_model = model is None
     if own_model:
-        from sca.inference import load_model
-
-        model = load_model(model_name, backend, base_urls=base_urls)
-    settings = {**asdict(config), "model": model.info(), "stop": STOP}
+        model = config.model.load()
+    settings = {**asdict(config), "model_info": model.info(), "stop": STOP}
     try:
         with StageRun("propose", {"accepted": output, "rejected": rejected}, settings=settings,
                       overwrite=overwrite) as run:
@@ -541,13 +480,11 @@ def propose_file(
                 run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
                 with progress(config.n, f"propose {config.env}", show_progress) as advance:
                     advance(min(already, config.n))
-                    summary = run_propose(config, model, sandbox, on_finished=run.write, skip_indices=skip,
-                                          already_valid=already, seen_instructions=seen, advance=advance)
-            run.counts.update({"episodes": summary.episodes, "duplicates": summary.duplicates,
-                               "prompt_tokens": summary.prompt_tokens,
-                               "completion_tokens": summary.completion_tokens})
-            run.counts.update({f"reason:{k}": v for k, v in summary.reasons.items()})
+                    run_propose(config, model, sandbox, on_finished=run.write, counts=run.counts, skip_indices=skip,
+                                already_valid=already, seen_instructions=seen, advance=advance)
+            counts = dict(run.counts)
+            counts["seconds"] = run.elapsed
     finally:
         if own_model:
             model.close()
-    return summary
+    return ProposeSummary.from_counts(counts)

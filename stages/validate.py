@@ -1,4 +1,4 @@
-"""`sca validate`: the Code-as-Task filter of ``shared/spec/CAT.md``, exactly.
+"""`sca validate`: the Code-as-Task filter of the CaT contract (``docs/CAT.md``), exactly.
 
 For each task, in CAT.md's order, with the environment reset before every run:
 
@@ -8,10 +8,14 @@ For each task, in CAT.md's order, with the environment reset before every run:
 3. ``noop_run``: on the untouched state ``evaluate`` returns False;
 4. ``solution_run``: the solution runs without an uncaught exception, then
    ``evaluate`` returns True;
-5. ``failure_case_runs``: each failure case runs (a ``ToolError`` escaping it
+5. ``answer_round_trip``: if ``evaluate`` takes the answer, it still returns True
+   for the solution's answer turned into the text an agent would write and back
+   (:func:`sca.protocol.answer_from_text`): a task an executor could pass only by
+   handing over a Python object is rejected (``answer_not_typeable``);
+6. ``failure_case_runs``: each failure case runs (a ``ToolError`` escaping it
    is allowed, any other exception is not), then ``evaluate`` returns False.
 
-Every ``evaluate`` call (check 6 of CAT.md) runs in a fresh namespace, may
+Every ``evaluate`` call runs in a fresh namespace, may
 call read tools only, must return a ``bool`` and finish in time; breaking any
 of that fails the check in which it happened with its own reason.
 
@@ -22,15 +26,16 @@ The first failed check ends the validation; its reason and traceback are what
 from __future__ import annotations
 
 import ast
+import json
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from sandbox.config import SandboxConfig
 from sca.artifacts import load_records
+from sca.protocol import answer_from_text, answer_to_text
 from sca.records import CAT_TASK
 from sca.runs import StageRun, progress
 
@@ -46,6 +51,7 @@ REASONS: dict[str, str] = {
     "evaluate_writes": "evaluate() called a write tool",
     "evaluate_not_bool": "evaluate() returned something other than a bool",
     "evaluate_error": "evaluate() raised an exception",
+    "answer_not_typeable": "evaluate() accepts the solution's answer but not the same answer typed by an agent",
     "timeout": "a run went past the time limit",
     "sandbox_error": "the sandbox lost the run (crash, memory, killed worker)",
 }
@@ -73,7 +79,8 @@ class _Rejected(Exception):
         self.reason, self.detail, self.traceback = reason, detail, traceback
 
 
-def _check_compiles(task: dict[str, Any]) -> None:
+def _check_compiles(task: dict[str, Any]) -> bool:
+    """Every code string compiles; returns whether evaluate takes the answer."""
     sources = [("evaluation_function", task["evaluation_function"]), ("solution", task["solution"])]
     sources += [(f"failure_cases[{i}]", src) for i, src in enumerate(task["failure_cases"])]
     for name, src in sources:
@@ -87,17 +94,24 @@ def _check_compiles(task: dict[str, Any]) -> None:
         except (ValueError, RecursionError, MemoryError) as e:
             raise _Rejected("compile", f"{name} does not compile: {type(e).__name__}: {e}") from None
         if name == "evaluation_function":
-            defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "evaluate"]
-            if not defs:
-                raise _Rejected("compile", "evaluation_function does not define evaluate() at top level")
-            fn = defs[-1]
-            if isinstance(fn, ast.AsyncFunctionDef):
-                raise _Rejected("compile", "evaluate must be a plain function, not async")
-            a = fn.args
-            positional = len(a.posonlyargs) + len(a.args)
-            required = positional - len(a.defaults)
-            if required > 1 or a.kwonlyargs and any(d is None for d in a.kw_defaults):
-                raise _Rejected("compile", "evaluate must take no parameter or one (the answer)")
+            takes_answer = _evaluate_signature(tree)
+    return takes_answer
+
+
+def _evaluate_signature(tree: ast.Module) -> bool:
+    """Check that the module defines evaluate() or evaluate(answer); whether it takes the answer."""
+    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "evaluate"]
+    if not defs:
+        raise _Rejected("compile", "evaluation_function does not define evaluate() at top level")
+    fn = defs[-1]
+    if isinstance(fn, ast.AsyncFunctionDef):
+        raise _Rejected("compile", "evaluate must be a plain function, not async")
+    a = fn.args
+    positional = len(a.posonlyargs) + len(a.args)
+    required = positional - len(a.defaults)
+    if required > 1 or a.kwonlyargs and any(d is None for d in a.kw_defaults):
+        raise _Rejected("compile", "evaluate must take no parameter or one (the answer)")
+    return positional > 0 or a.vararg is not None
 
 
 def _judge(env: Any, sandbox: Any, source: str, answer: Any, timeout: float, run_name: str,
@@ -163,7 +177,7 @@ def validate_task(task: dict[str, Any], env: Any, sandbox: Any, config: Validate
         checks.append({"check": name, "ok": True, **({"detail": detail} if detail else {})})
 
     try:
-        _check_compiles(task)
+        takes_answer = _check_compiles(task)
         passed("compile")
 
         current = "failure_case_count"
@@ -183,6 +197,21 @@ def validate_task(task: dict[str, Any], env: Any, sandbox: Any, config: Validate
         if not _judge(env, sandbox, evaluate_src, answer, timeout, "the solution", write_tools, runs):
             raise _Rejected("solution_fails", "evaluate() returns False after the solution ran")
         passed(current)
+
+        current = "answer_round_trip"  # the answer as an executor would give it (docs/CAT.md, "The answer")
+        if not takes_answer or answer is None:
+            passed(current, "evaluate() takes no answer" if not takes_answer else "the solution gives no answer")
+        else:
+            text = answer_to_text(answer)
+            typed = answer_from_text(text, env.user_facing)
+            if _canonical(typed) != _canonical(answer) and not _judge(
+                    env, sandbox, evaluate_src, typed, timeout, "the solution, with its answer typed", write_tools,
+                    runs):
+                raise _Rejected("answer_not_typeable",
+                                f"evaluate() accepts the solution's answer {answer!r:.100} but not {typed!r:.100}, "
+                                f"which an agent's reply {text!r:.100} becomes; an agent gives its answer as text "
+                                "(docs/CAT.md, 'The answer')")
+            passed(current, "" if _canonical(typed) == _canonical(answer) else f"typed as {typed!r:.100}")
 
         current = "failure_case_runs"
         for i, src in enumerate(task["failure_cases"]):
@@ -204,6 +233,21 @@ def validate_task(task: dict[str, Any], env: Any, sandbox: Any, config: Validate
             "seconds": round(time.monotonic() - started, 4)}
 
 
+def _canonical(value: Any) -> str:
+    """JSON text that tells values apart by type as well (1, 1.0, True and "1" all differ)."""
+    def tag(v: Any) -> Any:
+        if isinstance(v, bool) or v is None:
+            return ["b", v]
+        if isinstance(v, (int, float)):
+            return ["n", type(v).__name__, v]
+        if isinstance(v, list):
+            return ["l", [tag(x) for x in v]]
+        if isinstance(v, dict):
+            return ["d", {k: tag(x) for k, x in v.items()}]
+        return ["s", v]
+    return json.dumps(tag(value), sort_keys=True)
+
+
 def feedback(validation: dict[str, Any]) -> str:
     """The validation verdict as text for the challenger (reason, detail, traceback)."""
     if validation["valid"]:
@@ -220,6 +264,8 @@ def feedback(validation: dict[str, Any]) -> str:
 
 @dataclass
 class ValidateSummary:
+    """What a validate run did, read off the run's counts (the one place they are kept)."""
+
     accepted: int = 0
     rejected: int = 0
     resumed: int = 0
@@ -228,6 +274,15 @@ class ValidateSummary:
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     sandbox: str = ""
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, Any], sandbox: str = "") -> ValidateSummary:
+        return cls(accepted=counts.get("accepted", 0), rejected=counts.get("rejected", 0),
+                   resumed=counts.get("resumed", 0), skipped_invalid=counts.get("skipped_invalid", 0),
+                   total_input=counts.get("input", 0),
+                   reasons={k.split(":", 1)[1]: v for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
+                            if k.startswith("reason:")},
+                   seconds=counts.get("seconds", 0.0), sandbox=sandbox)
 
     @property
     def rate(self) -> float:
@@ -281,16 +336,17 @@ def validate_file(
     """Validate every task of `input_path`; valid ones to `output`, rejected ones to `rejected`."""
     config = config or ValidateConfig()
     loaded = load_records(input_path, CAT_TASK, skip_invalid=skip_invalid, on_skip=on_skip)
-    summary = ValidateSummary(skipped_invalid=len(loaded.skipped), total_input=len(loaded.records))
-    reasons: Counter[str] = Counter()
     settings = asdict(config)
+    backend = ""
     with StageRun("validate", {"accepted": output, "rejected": rejected}, inputs=[loaded],
                   settings=settings, overwrite=overwrite) as run:
+        run.counts["input"] = len(loaded.records)
+        run.counts["skipped_invalid"] = len(loaded.skipped)
         todo = run.pending(loaded.records)
-        summary.resumed = len(loaded.records) - len(todo)
+        run.counts["resumed"] = len(loaded.records) - len(todo)
         if todo:
             with config.sandbox.build(workers=min(config.sandbox.workers, len(todo))) as sandbox:
-                summary.sandbox = sandbox.backend_name
+                backend = sandbox.backend_name
                 run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
                 with progress(len(todo), "validate", show_progress) as advance:
                     def done(record: dict[str, Any]) -> None:
@@ -298,15 +354,12 @@ def validate_file(
                         if v["valid"]:
                             run.write("accepted", record)
                         else:
-                            reasons[v["reason"]] += 1
+                            run.counts[f"reason:{v['reason']}"] += 1
                             run.write("rejected", record)
                         advance()
 
                     validate_records(todo, config, sandbox, done)
-        summary.accepted = run.counts["accepted"]
-        summary.rejected = run.counts["rejected"]
-        summary.reasons = dict(reasons.most_common())
-        summary.seconds = run.elapsed
-        run.counts.update({f"reason:{k}": v for k, v in reasons.items()})
-        run.counts["skipped_invalid"] = summary.skipped_invalid
+        counts = dict(run.counts)
+        counts["seconds"] = run.elapsed
+    summary = ValidateSummary.from_counts(counts, sandbox=backend)
     return summary

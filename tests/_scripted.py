@@ -29,3 +29,18 @@ class ScriptedModel(ChatModel):
 
     def info(self):
         return {"model": self.name, "backend": self.backend}
+
+
+class ScriptedRoles(ScriptedModel):
+    """One scripted model playing both the executor and the simulated user: a conversation whose
+    system prompt is the simulated user's goes to `user`, any other to `agent`."""
+
+    def __init__(self, agent, user=None):
+        super().__init__(self._route)
+        self.agent, self.user = agent, user or (lambda turn, conv: "###STOP###")
+        self.conversations = []
+
+    def _route(self, turn, conv):
+        self.conversations.append([dict(m) for m in conv])  # as it was when asked
+        is_user = "# Your scenario" in conv[0]["content"]
+        return (self.user if is_user else self.agent)(turn, conv)

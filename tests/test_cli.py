@@ -192,10 +192,10 @@ def test_envs_tasks_lists_splits_and_official_m3_tasks():
 
 # -- the limits of `sca validate` reach the sandbox ------------------------------------------------
 def _question(id: str, solution: str, failures: int = 3) -> dict:
-    # Fatima Anderson has 3 orders; the solution answers 3 after doing `solution`
-    wrong = ["answer = 2\n", "answer = 4\n", "pass\n"]
-    return cat(id, "retail", "", "How many orders have I placed?", "def evaluate(answer):\n    return answer == 3\n",
-               solution + "answer = 3\n", *wrong[:failures])
+    # Fatima Anderson has 3 orders; the solution says "3" (a message to the user) after doing `solution`
+    wrong = ["answer = '2'\n", "answer = '4'\n", "pass\n"]
+    return cat(id, "retail", "", "How many orders have I placed?", "def evaluate(answer):\n    return answer == '3'\n",
+               solution + "answer = '3'\n", *wrong[:failures])
 
 
 def test_validate_timeout_memory_and_failure_case_flags_reach_the_checks(tmp_path):

@@ -8,9 +8,10 @@ import pytest
 
 from _scripted import ScriptedModel
 from stages.propose import (
-    ProposeConfig, challenger_prompt, normalise, parse_turn, propose_file, remove_order_ids,
+    ProposeConfig, challenger_prompt, normalise, parse_turn, propose_file,
 )
 from sandbox.config import SandboxConfig
+from envs.retail import remove_order_ids
 from stages.validate import ValidateConfig
 
 ORDER = "#W2974929"  # Fatima Anderson's pending skateboard order

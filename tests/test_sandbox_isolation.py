@@ -214,6 +214,7 @@ def test_hostile_frames_end_the_run_not_the_parent(sb, env, name):
     res = sb.run(env, raw_frames(RAW_FRAMES[name]))
     assert res.status == "sandbox_error", res
     assert res.error_type == "SandboxError" and res.error, res
+    assert not res.infra  # the code broke the protocol: its own error, not the sandbox's
     # caught inside the sandbox, by the zygote, before anything reached this process
     assert res.error.startswith(("the code broke the sandbox protocol", "malformed report", "the answer is nested")), res
     ok = sb.run(env, "answer = get_value('apples')")
@@ -475,6 +476,7 @@ def test_a_hostile_worker_cannot_make_the_parent_raise(name, monkeypatch, tmp_pa
         t0 = time.monotonic()
         res = sb.run(env, "answer = 1")
         assert res.status == "sandbox_error" and res.error, res
+        assert res.infra  # the sandbox failed, not the code: a run to retry, never a verdict
         assert time.monotonic() - t0 < 5, "the parent waited for its watchdog instead of seeing the violation"
         if name in ("deep-call", "deep-answer", "not-json"):
             assert "garbage on the worker's channel" in res.error, res

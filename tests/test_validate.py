@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cat_sets import AIRLINE_TASKS, ALL_TASKS, ORDER, RETAIL_TASKS, write_jsonl
+from cat_sets import AIRLINE_TASKS, ALL_TASKS, ORDER, RETAIL_TASKS, cat, write_jsonl
 from sandbox.config import SandboxConfig
 from stages.validate import REASONS, ValidateConfig, feedback, validate_file, validate_task
 
@@ -29,7 +29,7 @@ def sandbox(request):
 def envs():
     from envs import make_env
 
-    return {name: make_env(name) for name in ("retail", "airline")}
+    return {name: make_env(name) for name in ("retail", "airline", "calculation")}
 
 
 @pytest.mark.parametrize("task", ALL_TASKS, ids=[t["id"] for t in ALL_TASKS])
@@ -43,7 +43,7 @@ def test_each_check(task, sandbox, envs):
     assert env.state_hash() == initial  # the stage leaves the environment as it found it
     if v["valid"]:
         assert [c["check"] for c in v["checks"]] == [
-            "compile", "failure_case_count", "noop_run", "solution_run", "failure_case_runs"]
+            "compile", "failure_case_count", "noop_run", "solution_run", "answer_round_trip", "failure_case_runs"]
         assert all(c["ok"] for c in v["checks"])
     else:
         assert v["checks"][-1]["ok"] is False and v["checks"][-1]["reason"] == expect
@@ -180,7 +180,10 @@ def test_a_run_that_kills_its_own_process_is_a_sandbox_error(sandbox, envs):
     assert _runs(v)[-1] == ("failure case 1", "sandbox_error", 0)
 
 
-QUESTION = "ret-valid-answer"  # evaluate(answer) == 3; the solution counts Fatima's 3 orders
+# a question where the answer is a number an agent types as is: the length of "abc" (calculation)
+QUESTION = cat("calc-question", "calculation", "valid", "How long is the string abc?",
+               "def evaluate(answer):\n    return answer == 3\n", "answer = string_length(string='abc')\n",
+               "answer = 2\n", "answer = 4\n", "pass\n")
 
 
 @pytest.mark.parametrize("evaluate, expect", [
@@ -199,7 +202,7 @@ QUESTION = "ret-valid-answer"  # evaluate(answer) == 3; the solution counts Fati
     ("def evaluate(**kw):\n    return kw == {} and False\n", "solution_fails"),
 ])
 def test_arity_of_evaluate(sandbox, envs, evaluate, expect):
-    v = validate_task(_task(QUESTION, evaluation_function=evaluate), envs["retail"], sandbox)
+    v = validate_task({**QUESTION, "evaluation_function": evaluate}, envs["calculation"], sandbox)
     assert ("valid" if v["valid"] else v["reason"]) == expect, v
     if expect == "compile":
         assert v["failed_check"] == "compile" and v["runs"] == []

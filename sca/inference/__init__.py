@@ -11,19 +11,38 @@ libraries are imported only when a backend is loaded.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sca.inference.base import (
-    BackendUnavailable,
-    BadRequest,
-    ChatModel,
-    Generation,
-    InferenceError,
-    RequestTimeout,
-    SamplingParams,
-    ServerError,
-)
-from sca.inference.default_model import DEFAULT_MODEL_NAME, default_model_path
+if TYPE_CHECKING:
+    from sca.inference.base import (
+        BackendUnavailable,
+        BadRequest,
+        ChatModel,
+        Generation,
+        InferenceError,
+        RequestTimeout,
+        SamplingParams,
+        ServerError,
+    )
+    from sca.inference.default_model import DEFAULT_MODEL_NAME, default_model_path
+
+_WHERE = {name: "sca.inference.base" for name in (
+    "BackendUnavailable", "BadRequest", "ChatModel", "Generation", "InferenceError", "RequestTimeout",
+    "SamplingParams", "ServerError")}
+_WHERE.update({"DEFAULT_MODEL_NAME": "sca.inference.default_model", "default_model_path": "sca.inference.default_model"})
+
+
+def __getattr__(name: str) -> Any:
+    """The names of the submodules, loaded on first use (``sca.inference.config`` is imported by
+    the command line at start-up and must not pull in the rest)."""
+    if name in _WHERE:
+        import importlib
+
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sca.inference' has no attribute {name!r}")
+
 
 BACKENDS = ("hf", "vllm", "openai")
 
@@ -68,6 +87,8 @@ def load_model(
         from sca.inference.openai_compat import OpenAIChatModel
 
         return OpenAIChatModel(model, base_urls=base_urls, **kwargs)
+
+    from sca.inference.default_model import DEFAULT_MODEL_NAME, default_model_path
 
     name = kwargs.pop("name", None)
     if model is None:

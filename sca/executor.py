@@ -1,0 +1,345 @@
+"""The executor: an agent that solves a task over many turns, on the shared episode engine.
+
+Used by ``sca rollout`` (CaT tasks, scored by their own ``evaluate``), ``sca eval`` (benchmark
+tasks, scored by the benchmark's scorer) and GRPO training. As in the paper, every reply is
+``THOUGHT: ... END THOUGHT`` and then either ``ACTION: <python> END ACTION`` (run in the
+sandbox against this episode's own environment state, which persists across its steps; the
+observation is what the code printed, ``answer``, or the error) or plain text: a message to
+the user where the environment has one (the simulated user answers), the final answer
+elsewhere. With ``action_format="json"`` the model calls the tools natively instead (its chat
+template's function calling, or the server's ``tools`` API) and each call goes straight to
+the environment.
+
+An episode ends on the final answer, on the user's ``###STOP###``, at ``max_steps`` executor
+replies, at the model's context limit, or on an error; then it is scored, and the reason is
+recorded. A failure outside the executor (a backend still failing after retries, the sandbox
+losing a worker) is an infrastructure failure: typed, recorded, reward None.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from sca import user_sim
+from sca.engine import Episode
+from sca.protocol import (
+    OBSERVATION,
+    STOP,
+    answer_from_text,
+    complete_reply,
+    format_observation,
+    parse_reply,
+    tool_listing,
+)
+
+ACTION_FORMATS = ("code", "json")
+AGENT, USER = "agent", "user"
+
+
+@dataclass
+class ExecutorConfig:
+    """How the executor runs (the model settings are the stage's ModelConfigs)."""
+
+    max_steps: int = 15  # executor replies per episode: the paper's cap
+    action_format: str = "code"  # code | json
+    observation_limit: int = 4000  # characters of an observation shown to the executor
+
+    def __post_init__(self) -> None:
+        if self.action_format not in ACTION_FORMATS:
+            raise ValueError(f"action_format must be one of {', '.join(ACTION_FORMATS)}, not {self.action_format!r}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, not {self.max_steps}")
+
+
+def executor_stop(config: ExecutorConfig) -> list[str]:
+    """The executor's stop strings: the end of an action (none for native function calling)."""
+    return list(STOP) if config.action_format == "code" else []
+
+
+def system_prompt(env: Any, config: ExecutorConfig) -> str:
+    """The executor's system prompt: the environment, its tools and policy, the reply format."""
+    parts = [f"You are an agent that helps by using tools. {env.description}"]
+    if config.action_format == "code":
+        parts.append("# Tools\nEach tool is a Python function; call it in an ACTION. It returns plain JSON values "
+                     "(dicts, lists, strings, numbers), or raises ToolError with the reason it refused.\n\n"
+                     + tool_listing(env))
+    if env.policy.strip():
+        parts.append(f"# Policy\n{env.policy.strip()}")
+    if env.user_facing:
+        end = ("a message to the customer in plain text, with no ACTION. The customer answers it; the "
+               "conversation ends when the customer is done.")
+    else:
+        end = ("your final answer and nothing else: a number, a word, or a JSON list or object, with no "
+               "explanation. The episode ends with it.")
+    if config.action_format == "code":
+        fmt = ("# How to reply\nStart every reply with\nTHOUGHT: your reasoning END THOUGHT\nand then give either\n"
+               "ACTION:\n<Python code that calls tools; print() what you need to see>\nEND ACTION\n"
+               "(the code runs at once; what it changes in the environment stays changed; you then see what it "
+               f"printed, the value of `answer` if it set one, or the error), or {end}")
+    else:
+        fmt = ("# How to reply\nStart every reply with\nTHOUGHT: your reasoning END THOUGHT\nthen call tools through "
+               f"function calls when you need them (you then see their results), or give {end}")
+    parts.append(f"{fmt}\nYou have at most {config.max_steps} replies.")
+    return "\n\n".join(parts)
+
+
+#: scores a finished episode: (reward 0/1, the evaluation's detail), or raises InfraFailure
+Scorer = Callable[["ExecutorEpisode"], "tuple[int, dict[str, Any]]"]
+
+
+class InfraFailure(Exception):
+    """The trial failed for a reason outside the executor; `kind` is "sandbox" or "inference"."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def evaluate_scorer(evaluation_function: str) -> Scorer:
+    """The CaT scorer: the task's own ``evaluate`` in the sandbox, read-only, on the final state,
+    with the executor's final text converted as the contract says (docs/CAT.md, "The answer").
+
+    Reward 1 only for a real ``True``. Whatever the executor's state made ``evaluate`` do
+    (raise, run out of time or memory, return a non-bool) is reward 0; only a sandbox that
+    lost the run is an infrastructure failure.
+    """
+
+    def score(ep: ExecutorEpisode) -> tuple[int, dict[str, Any]]:
+        ep.answer = answer_from_text(ep.final_answer, ep.env.user_facing)
+        t0 = time.monotonic()
+        res = ep.sandbox.run(ep.env, evaluation_function, mode="evaluate", answer=_bounded(ep.answer, ep.sandbox),
+                             read_only=True, keep_payloads=False)
+        ep.sandbox_s += time.monotonic() - t0
+        detail = {"status": res.status, "verdict": res.verdict, "value_type": res.value_type,
+                  "error_type": res.error_type, "error": res.error, "traceback": res.traceback,
+                  "seconds": round(res.duration_s, 4), "tool_calls": len(res.tool_calls)}
+        if res.infra:
+            raise InfraFailure("sandbox", f"evaluate: {res.error}")
+        return (1 if res.verdict is True else 0), detail
+
+    return score
+
+
+def _bounded(answer: Any, sandbox: Any) -> Any:
+    """The answer, or its text when it is nested too deeply to hand to the sandbox."""
+    from sandbox.runner import json_depth
+
+    limit = getattr(sandbox, "max_depth", 64)
+    return answer if json_depth(answer, limit) <= limit else json.dumps(answer)
+
+
+@dataclass(eq=False)
+class ExecutorEpisode(Episode):
+    """One trial of one task: the executor's conversation, its actions, the user, the score."""
+
+    task_id: str = ""
+    trial: int = 0
+    instruction: str = ""
+    env: Any = None
+    sandbox: Any = None
+    config: ExecutorConfig = field(default_factory=ExecutorConfig)
+    scorer: Scorer | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)  # the executor's view
+    user_messages: list[dict[str, str]] = field(default_factory=list)  # the simulated user's view
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    assistant_token_ids: list[list[int] | None] = field(default_factory=list)
+    steps: int = 0
+    final_answer: str | None = None
+    answer: Any = None
+    termination: str = ""
+    infra_error: dict[str, str] | None = None
+    reward: int | None = None
+    evaluation: dict[str, Any] | None = None
+    sandbox_s: float = 0.0
+    pending: Any = None  # the action received, to run in act()
+
+    @classmethod
+    def start(cls, *, task_id: str, trial: int, instruction: str, env: Any, sandbox: Any, config: ExecutorConfig,
+              scorer: Scorer, user_instruction: str | None = None) -> ExecutorEpisode:
+        """A new episode. In user-facing environments the simulated user speaks first, given
+        `user_instruction` (default: the instruction) as its scenario; elsewhere the instruction is
+        the executor's first user message."""
+        ep = cls(task_id=task_id, trial=trial, instruction=instruction, env=env, sandbox=sandbox, config=config,
+                 scorer=scorer)
+        ep.messages = [{"role": "system", "content": system_prompt(env, config)}]
+        if env.user_facing:
+            ep.user_messages = [{"role": "system", "content": user_sim.system_prompt(user_instruction or instruction)},
+                                {"role": "user", "content": user_sim.GREETING}]
+            ep.next_role = USER
+        else:
+            ep.messages.append({"role": "user", "content": instruction})
+            ep.next_role = AGENT
+        return ep
+
+    # -- the engine's hooks --------------------------------------------------------------------------
+    def conversation(self) -> list[dict[str, Any]]:
+        return self.messages if self.next_role == AGENT else self.user_messages
+
+    def receive(self, generation: Any) -> None:
+        if generation.finish_reason == "error":
+            self._infra("inference", f"the {self.next_role} model failed for this conversation")
+        elif generation.finish_reason == "context":
+            self._end("context_limit")
+        elif self.next_role == USER:
+            self._user_said(generation.text)
+        else:
+            self._agent_said(generation)
+
+    def act(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None and not self.termination:
+            t0 = time.monotonic()
+            if self.config.action_format == "code":
+                self._run_action(pending)
+            else:
+                self._call_tools(pending)
+            self.sandbox_s += time.monotonic() - t0
+            if not self.termination:
+                if self.steps >= self.config.max_steps:
+                    self._end("max_steps")
+                else:
+                    self.next_role = AGENT
+        if self.termination and not self.done:
+            self._score()
+
+    def fail(self, kind: str, message: str) -> None:
+        self._infra(kind, message)
+        self.finish()
+
+    # -- turns ---------------------------------------------------------------------------------------
+    def _agent_said(self, generation: Any) -> None:
+        self.steps += 1
+        self.assistant_token_ids.append(list(generation.token_ids) if generation.token_ids is not None else None)
+        if self.config.action_format == "json" and generation.tool_calls:
+            self.messages.append({"role": "assistant", "content": generation.text or "",
+                                  "tool_calls": generation.tool_calls})
+            self.pending = generation.tool_calls
+            return
+        text = complete_reply(generation.text) if self.config.action_format == "code" else generation.text
+        self.messages.append({"role": "assistant", "content": text})
+        reply = parse_reply(generation.text) if self.config.action_format == "code" else None
+        if reply is not None and reply.kind == "action":
+            self.pending = reply.code if not reply.error else ""
+            return
+        said = (reply.body if reply.kind == "answer" else reply.text) if reply is not None else _after_thought(text)
+        self.final_answer = said
+        if self.env.user_facing:
+            self.user_messages.append({"role": "user", "content": said})
+            if self.steps >= self.config.max_steps:
+                self._end("max_steps")
+            else:
+                self.next_role = USER
+        else:
+            self._end("final_answer")
+
+    def _user_said(self, text: str) -> None:
+        text = text.strip()
+        self.user_messages.append({"role": "assistant", "content": text})
+        self.messages.append({"role": "user", "content": text})
+        if user_sim.stop_token(text):
+            self._end("user_stop")
+        else:
+            self.next_role = AGENT
+
+    def _run_action(self, code: str) -> None:
+        if not code.strip():
+            observation = f"{OBSERVATION}\nThe ACTION is empty: write Python code between ACTION: and END ACTION."
+        else:
+            res = self.sandbox.run(self.env, code, mode="exec", keep_payloads=True)
+            if res.infra:
+                self._infra("sandbox", f"action: {res.error}")
+                return
+            index = len(self.messages) - 1
+            for call in res.tool_calls:
+                self.tool_calls.append({"message": index, "name": call.name, "arguments": call.args,
+                                        "result": call.result, "error": call.error})
+            observation = format_observation(res, self.config.observation_limit)
+        self.messages.append({"role": "user", "content": observation})
+
+    def _call_tools(self, calls: list[dict[str, Any]]) -> None:
+        from envs.base import ToolError
+
+        index = len(self.messages) - 1
+        for call in calls:
+            fn = call.get("function") or {}
+            name, raw = fn.get("name", ""), fn.get("arguments", "{}")
+            error = result = None
+            try:
+                args = json.loads(raw) if isinstance(raw, str) else raw
+                if not isinstance(args, dict):
+                    raise ToolError("the arguments must be a JSON object")
+                result = self.env.call(name, args)
+            except (ToolError, ValueError) as e:
+                args = raw if not isinstance(raw, str) else _try_json(raw)
+                error = f"{type(e).__name__}: {e}" if not isinstance(e, ToolError) else str(e)
+            except Exception as e:  # noqa: BLE001 - a tool that crashed refuses the call
+                args, error = _try_json(raw), f"{type(e).__name__}: {e}"
+            self.tool_calls.append({"message": index, "name": name, "arguments": args, "result": result,
+                                    "error": error})
+            content = f"Error: {error}" if error else json.dumps(result, ensure_ascii=False)
+            if len(content) > self.config.observation_limit:
+                content = content[:self.config.observation_limit] + " ... (cut)"
+            self.messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": content})
+
+    # -- the end -------------------------------------------------------------------------------------
+    def _end(self, reason: str) -> None:
+        if not self.termination:
+            self.termination = reason
+
+    def _infra(self, kind: str, message: str) -> None:
+        self.infra_error = {"kind": kind, "message": message[:2000]}
+        self.termination = self.termination or "error"
+
+    def _score(self) -> None:
+        if self.infra_error is None and self.scorer is not None:
+            try:
+                self.reward, self.evaluation = self.scorer(self)
+            except InfraFailure as e:
+                self._infra(e.kind, str(e))
+        self.finish()
+
+    # -- the record ----------------------------------------------------------------------------------
+    def record(self, models: dict[str, Any]) -> dict[str, Any]:
+        """The trajectory record (docs/TRAJECTORY.md)."""
+        tokens = {role: dict(t) for role, t in self.role_tokens.items()}
+        return {
+            "id": f"{self.task_id}#{self.trial}",
+            "task_id": self.task_id,
+            "trial": self.trial,
+            "env": self.env.name,
+            "instruction": self.instruction,
+            "messages": self.messages,
+            "tool_calls": self.tool_calls,
+            "final_answer": self.final_answer,
+            "answer": self.answer,
+            "reward": None if self.infra_error else self.reward,
+            "evaluation": self.evaluation,
+            "termination": self.termination,
+            "infra_error": self.infra_error,
+            "steps": self.steps,
+            "action_format": self.config.action_format,
+            "assistant_token_ids": self.assistant_token_ids,
+            "tokens": {"executor": tokens.get(AGENT, {"prompt": 0, "completion": 0}),
+                       "user": tokens.get(USER, {"prompt": 0, "completion": 0})},
+            "timings": {"generate_s": round(self.role_seconds.get(AGENT, 0.0), 3),
+                        "user_s": round(self.role_seconds.get(USER, 0.0), 3),
+                        "sandbox_s": round(self.sandbox_s, 3),
+                        "total_s": round((self.ended or time.monotonic()) - self.started, 3)},
+            "models": models,
+        }
+
+
+def _after_thought(text: str) -> str:
+    return parse_reply(text).text if "THOUGHT:" in text else text.strip()
+
+
+def _try_json(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw

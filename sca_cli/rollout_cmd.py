@@ -1,0 +1,126 @@
+"""`sca rollout`: the executor solves CaT tasks, k trials each, scored by each task's own code."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from sca.inference.config import executor_defaults
+from sca_cli.common import (
+    MAX_TOOL_BYTES,
+    MAX_TOOL_CALLS,
+    MEMORY_MB,
+    OVERWRITE,
+    SANDBOX,
+    SKIP_INVALID,
+    TIMEOUT,
+    WORKERS,
+    backend_flag,
+    base_url_flag,
+    err_console,
+    examples,
+    fail,
+    max_new_tokens_flag,
+    model_config,
+    model_flag,
+    sandbox_config,
+    temperature_flag,
+    top_p_flag,
+    warn,
+)
+
+_EXECUTOR = executor_defaults()
+
+EXAMPLES = examples(
+    "sca rollout tasks.jsonl -o trajectories.jsonl --k 16",
+    "sca rollout tasks.jsonl -o traj.jsonl --backend vllm --model meta-llama/Llama-3.1-8B-Instruct",
+    "sca rollout tasks.jsonl -o traj.jsonl --backend openai --base-url http://gpu1:8000/v1 --model llama-8b "
+    "--user-backend openai --user-base-url http://gpu2:8000/v1 --user-model llama-70b",
+    "sca rollout tasks.jsonl -o traj.jsonl --retry-failed      # rerun the infrastructure failures",
+    "sca rollout tasks.jsonl -o traj.jsonl --k 2 --max-new-tokens 64   # bundled model, CPU",
+)
+
+
+def rollout(
+    tasks: str = typer.Argument(..., help="Valid CaT tasks (JSONL, e.g. from sca validate); - for stdin."),
+    output: str = typer.Option(..., "-o", "--output", help="Trajectories (JSONL), one per (task, trial); - for stdout."),
+    k: int = typer.Option(16, "--k", min=1, help="Trials per task."),
+    model: Optional[str] = model_flag(what="Executor: "),
+    backend: str = backend_flag(_EXECUTOR),
+    base_url: Optional[List[str]] = base_url_flag(),
+    user_model: Optional[str] = typer.Option(None, "--user-model", help="Simulated user's model [default: the executor's]."),
+    user_backend: Optional[str] = typer.Option(None, "--user-backend", help="Simulated user's backend [default: the executor's]."),
+    user_base_url: Optional[List[str]] = typer.Option(None, "--user-base-url", help="Simulated user's server(s) [default: the executor's]."),
+    user_temperature: Optional[float] = typer.Option(None, "--user-temperature", min=0.0, help="[default: the executor's]"),
+    action_format: str = typer.Option("code", "--action-format", help="code (THOUGHT/ACTION blocks, as in the paper) | json (native function calling)."),
+    max_steps: int = typer.Option(15, "--max-steps", min=1, help="Executor replies per episode (the paper's cap is 15)."),
+    temperature: float = temperature_flag(_EXECUTOR),
+    top_p: float = top_p_flag(_EXECUTOR),
+    max_new_tokens: int = max_new_tokens_flag(_EXECUTOR),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Episodes live at once (one batched generation per role per step)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling."),
+    sandbox: str = SANDBOX,
+    workers: Optional[int] = WORKERS,
+    timeout: float = TIMEOUT,
+    memory_mb: int = MEMORY_MB,
+    max_tool_calls: int = MAX_TOOL_CALLS,
+    max_tool_bytes: int = MAX_TOOL_BYTES,
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun the trials recorded as infrastructure failures."),
+    skip_invalid: bool = SKIP_INVALID,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Solve every task K times with the executor (and a simulated user where the environment has one)."""
+    from sandbox import SandboxUnavailable
+    from sca.artifacts import InputError
+    from sca.executor import ACTION_FORMATS, ExecutorConfig
+    from sca.inference import InferenceError
+    from stages.rollout import RolloutConfig, rollout_file
+
+    if action_format not in ACTION_FORMATS:
+        fail(f"--action-format must be one of {', '.join(ACTION_FORMATS)}, not {action_format!r}")
+    executor = model_config(model, backend, base_url, temperature, top_p, max_new_tokens)
+    user = None
+    if user_model or user_backend or user_base_url or user_temperature is not None:
+        ub = user_backend or executor.backend
+        user = model_config(user_model if user_model else executor.model, ub,
+                            user_base_url if user_base_url else (executor.base_urls if ub == executor.backend else None),
+                            executor.temperature if user_temperature is None else user_temperature, executor.top_p,
+                            executor.max_new_tokens, flag="--user-")
+    config = RolloutConfig(k=k, concurrency=concurrency, seed=seed, executor=executor, user=user,
+                           episode=ExecutorConfig(max_steps=max_steps, action_format=action_format),
+                           sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
+                           retry_failed=retry_failed)
+    try:
+        s = rollout_file(tasks, output, config, overwrite=overwrite, skip_invalid=skip_invalid,
+                         on_skip=lambda msg: warn(f"skipped {msg}"))
+    except InputError as e:
+        fail(str(e))
+    except SandboxUnavailable as e:
+        fail(f"sandbox unavailable: {e}")
+    except InferenceError as e:
+        fail(f"model: {e}", code=1)
+
+    from rich.table import Table
+
+    t = Table(title="sca rollout", title_justify="left", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_column()
+    if s.resumed:
+        t.add_row("trajectories, earlier runs", str(s.resumed), "resumed")
+    t.add_row("trajectories", str(s.trajectories), f"{k} trials per task")
+    t.add_row("tasks", str(s.tasks), f"solved by none {s.solved_none}, some {s.solved_some}, all {s.solved_all}")
+    t.add_row("mean reward", f"{s.mean_reward:.3f}", f"{s.rewarded} of {s.scored} scored trials")
+    t.add_row("Pass@1", f"{100 * s.pass1:.1f}%", "mean over tasks of the success rate")
+    t.add_row(f"Pass@{k}", f"{100 * s.pass_k:.1f}%", "unbiased estimator, same trials")
+    t.add_row("infrastructure failures", str(s.infra_failures),
+              ", ".join(f"{kind} {n}" for kind, n in sorted(s.infra.items())) + ("; rerun with --retry-failed" if s.infra_failures else ""))
+    for reason, n in sorted(s.terminations.items(), key=lambda kv: -kv[1]):
+        t.add_row(f"  ended: {reason}", str(n), "")
+    tok = s.tokens
+    t.add_row("tokens", f"{sum(tok.values()):,}",
+              f"executor {tok.get('executor_prompt', 0):,} prompt + {tok.get('executor_completion', 0):,} generated; "
+              f"user {tok.get('user_prompt', 0):,} + {tok.get('user_completion', 0):,}")
+    t.add_row("time", f"{s.seconds:.1f} s", f"generation {s.generate_s:.1f} s, sandbox {s.sandbox_s:.1f} s")
+    err_console.print(t)

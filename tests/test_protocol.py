@@ -1,0 +1,110 @@
+"""The reply protocol (one parser for the challenger and the executor) and the answer conversion."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sca.protocol import (
+    answer_from_text,
+    answer_to_text,
+    clean_code,
+    complete_reply,
+    format_observation,
+    parse_reply,
+    parse_task,
+)
+
+
+def test_an_action_with_or_without_markers():
+    r = parse_reply("THOUGHT: look END THOUGHT\nACTION:\n```python\n  x = 1\n  print(x)\n```\nEND ACTION")
+    assert (r.kind, r.thought, r.code) == ("action", "look", "x = 1\nprint(x)\n")
+    r = parse_reply("THOUGHT: look END THOUGHT\nACTION:\nprint(1)\n")  # cut by the stop string
+    assert (r.kind, r.code) == ("action", "print(1)\n")
+    r = parse_reply("ACTION:\nprint(2)")  # no THOUGHT: not an error
+    assert (r.kind, r.thought, r.code) == ("action", "", "print(2)\n")
+    r = parse_reply("THOUGHT: x END THOUGHT\nACTION:\n\nEND ACTION")
+    assert r.kind == "action" and r.error == "the ACTION is empty"
+
+
+def test_plain_text_is_a_message_or_a_final_answer():
+    assert parse_reply("THOUGHT: done END THOUGHT\n  Your order is cancelled.  ").text == "Your order is cancelled."
+    assert parse_reply("Just the answer").text == "Just the answer"
+    r = parse_reply("THOUGHT: I will say hello\nHello there")  # a THOUGHT never closed: all of it is the text
+    assert r.kind == "text" and r.text == "I will say hello\nHello there"
+
+
+def test_an_answer_and_its_task_parts():
+    body = ("<instruction>Do   it\nnow</instruction><evaluation_function>def evaluate():\n    return True"
+            "</evaluation_function><solution>pass</solution><failure_case>x = 1</failure_case>")
+    r = parse_reply(f"THOUGHT: t END THOUGHT\nANSWER:\n{body}\nEND ANSWER")
+    assert r.kind == "answer" and r.body.startswith("<instruction>")
+    parts = parse_task(r.body)
+    assert parts.error == "" and parts.task["instruction"] == "Do it now"
+    assert parts.task["failure_cases"] == ["x = 1\n"] and parts.task["solution"] == "pass\n"
+    assert parse_task("<instruction>x</instruction>").error == "the ANSWER lacks <evaluation_function>, <solution>"
+
+
+def test_an_action_before_an_answer_wins():
+    assert parse_reply("ACTION:\nprint(1)\nEND ACTION\nANSWER: 3").kind == "action"
+    assert parse_reply("ANSWER: 3 END ANSWER ACTION: x").kind == "answer"
+
+
+def test_complete_reply_puts_back_the_cut_marker():
+    assert complete_reply("THOUGHT: t END THOUGHT\nACTION:\nprint(1)\n") == "THOUGHT: t END THOUGHT\nACTION:\nprint(1)\nEND ACTION"
+    assert complete_reply("ANSWER: <x>") == "ANSWER: <x>\nEND ANSWER"
+    assert complete_reply("ACTION:\nx\nEND ACTION") == "ACTION:\nx\nEND ACTION"
+    assert complete_reply("plain words") == "plain words"
+
+
+def test_clean_code():
+    assert clean_code("\n    a = 1\n    b = 2\n") == "a = 1\nb = 2\n"
+    assert clean_code("```\nprint(1)\n```") == "print(1)\n"
+
+
+class _Res:
+    def __init__(self, status, stdout="", answer=None, traceback=None, error_type=None, error=None):
+        self.status, self.stdout, self.answer = status, stdout, answer
+        self.traceback, self.error_type, self.error = traceback, error_type, error
+
+
+def test_observations():
+    assert format_observation(_Res("ok", "hi\n", answer=[1]), 100) == "OBSERVATION:\nhi\nanswer = [1]"
+    assert format_observation(_Res("ok"), 100) == "OBSERVATION:\n(the code ran and printed nothing)"
+    assert format_observation(_Res("timeout"), 100).endswith("ran past the time limit and was stopped.")
+    assert format_observation(_Res("error", traceback="Traceback...\nKeyError: 'x'\n"), 100).endswith("KeyError: 'x'")
+    assert format_observation(_Res("error", error_type="E", error="m"), 100) == "OBSERVATION:\nE: m"
+    assert format_observation(_Res("ok", "x" * 50), 10) == "OBSERVATION:\n" + "x" * 10 + "\n... (40 more characters cut)"
+
+
+@pytest.mark.parametrize("text, value", [
+    ("3", 3), (" 2.5 ", 2.5), ("-4", -4), ("[1, 2]", [1, 2]), ('{"a": 1}', {"a": 1}), ('"x"', "x"),
+    ("true", True), ("null", None), ("True", True), ("None", None), ("'x'", "x"), ("(1, 2)", [1, 2]),
+    ("{'a': (1, 2)}", {"a": [1, 2]}), ("olleh", "olleh"), ("42 USD", "42 USD"), ("", ""),
+    ("```json\n[9, 1]\n```", [9, 1]), ("```\n7\n```", 7), ("NaN", "NaN"), ("Infinity", "Infinity"),
+    ("1e999", "1e999"), ("{1, 2}", "{1, 2}"), ("b'x'", "b'x'"), ("{1: 2}", "{1: 2}"), ("3j", "3j"),
+    ("[1, float('nan')]", "[1, float('nan')]"), ("The answer is 4", "The answer is 4"),
+])
+def test_answer_from_text_outside_user_facing_environments(text, value):
+    got = answer_from_text(text)
+    assert got == value and type(got) is type(value)
+
+
+def test_in_user_facing_environments_the_answer_is_the_text():
+    assert answer_from_text("  3  ", user_facing=True) == "3"
+    assert answer_from_text("[1, 2]", user_facing=True) == "[1, 2]"
+    assert answer_from_text(None) is None
+
+
+@pytest.mark.parametrize("value", [3, 2.5, [1, "a", None], {"k": [True, False]}, "olleh", None, -0.0])
+def test_answers_round_trip_outside_user_facing_environments(value):
+    back = answer_from_text(answer_to_text(value))
+    assert back == value and type(back) is type(value)
+    assert not (isinstance(back, float) and math.isnan(back))
+
+
+def test_strings_that_look_like_values_do_not_round_trip():
+    # an executor types 3 for the string "3": the contract's check 5 (answer_round_trip) catches such tasks
+    assert answer_from_text(answer_to_text("3")) == 3
+    assert answer_from_text(answer_to_text("true")) is True

@@ -1,0 +1,340 @@
+"""`sca rollout`: the executor over many turns, the simulated user, scoring by the task's own code,
+infrastructure failures, resume; on the shared episode engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from _sandbox_util import backend_or_skip
+from _scripted import ScriptedModel, ScriptedRoles
+from _servers import ReplayServer
+from cat_sets import RETAIL_TASKS, cat, write_jsonl
+from typer.testing import CliRunner
+
+from sandbox.config import SandboxConfig
+from sca.executor import ExecutorConfig
+from sca.records import TRAJECTORY
+from sca_cli.app import app
+from stages.rollout import RolloutConfig, rollout_file
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDER = "#W2974929"
+CANCEL_TASK = next(t for t in RETAIL_TASKS if t["id"] == "ret-valid-cancel")  # cancel ORDER, "no longer needed"
+
+LOOK = f'THOUGHT: look the order up END THOUGHT\nACTION:\nprint(get_order_details(order_id="{ORDER}")["status"])\n'
+CANCEL = (f'THOUGHT: cancel it END THOUGHT\nACTION:\ncancel_pending_order(order_id="{ORDER}", '
+          'reason="no longer needed")\n')
+WRONG = (f'THOUGHT: cancel it END THOUGHT\nACTION:\ncancel_pending_order(order_id="{ORDER}", '
+         'reason="ordered by mistake")\n')
+DONE = "THOUGHT: it is done END THOUGHT\nYour order is cancelled."
+
+
+def customer(turn, conv):
+    return "Hi, I want to cancel my skateboard order, I no longer need it." if turn == 0 else "Thanks! ###STOP###"
+
+
+def config(**over):
+    base = dict(k=2, concurrency=4, sandbox=SandboxConfig(backend="bwrap", workers=2))
+    base.update(over)
+    return RolloutConfig(**base)
+
+
+def read(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(autouse=True)
+def _bwrap():
+    backend_or_skip("bwrap")
+
+
+def run(tmp_path, tasks, model, name="out", **over):
+    src = write_jsonl(tmp_path / f"{name}.tasks.jsonl", tasks)
+    out = tmp_path / f"{name}.jsonl"
+    summary = rollout_file(str(src), str(out), config(**over), executor_model=model, user_model=model,
+                           show_progress=False)
+    return summary, read(out)
+
+
+def test_a_scripted_executor_and_user_solve_a_retail_task(tmp_path):
+    model = ScriptedRoles(lambda turn, conv: [LOOK, CANCEL, DONE][turn], customer)
+    summary, records = run(tmp_path, [CANCEL_TASK], model)
+    assert [r["id"] for r in sorted(records, key=lambda r: r["id"])] == ["ret-valid-cancel#0", "ret-valid-cancel#1"]
+    for r in records:
+        TRAJECTORY.check(r)
+        assert (r["reward"], r["termination"], r["steps"], r["infra_error"]) == (1, "user_stop", 3, None)
+        roles = [m["role"] for m in r["messages"]]
+        assert roles == ["system", "user", "assistant", "user", "assistant", "user", "assistant", "user"]
+        assert "cancel_pending_order(order_id: str, reason: str)" in r["messages"][0]["content"]  # the tools
+        assert r["messages"][1]["content"].startswith("Hi, I want to cancel")  # the simulated user spoke first
+        assert r["messages"][2]["content"].endswith("END ACTION")  # the stop-cut marker put back
+        assert r["messages"][3]["content"] == "OBSERVATION:\npending"
+        assert r["messages"][5]["content"] == "OBSERVATION:\n(the code ran and printed nothing)"
+        assert r["messages"][7]["content"] == "Thanks! ###STOP###"
+        assert [(c["message"], c["name"]) for c in r["tool_calls"]] == [(2, "get_order_details"),
+                                                                        (4, "cancel_pending_order")]
+        assert r["tool_calls"][1]["arguments"] == {"order_id": ORDER, "reason": "no longer needed"}
+        assert r["tool_calls"][1]["result"]["status"] == "cancelled"
+        assert r["final_answer"] == "Your order is cancelled." and r["answer"] == "Your order is cancelled."
+        assert r["evaluation"]["status"] == "ok" and r["evaluation"]["verdict"] is True
+        assert r["tokens"]["executor"]["prompt"] == 300 and r["tokens"]["user"]["prompt"] == 200
+        assert r["models"]["executor"]["model"] == "scripted" and r["models"]["user"]["model"] == "scripted"
+        assert r["models"]["executor"]["sampling"]["stop"] == ["END ACTION", "END ANSWER"]
+        assert len(r["assistant_token_ids"]) == 3  # one per assistant message (None: the double gives none)
+    # the user never sees the executor's actions or observations, and speaks as "assistant" in its own view
+    user_views = [c for c in model.conversations if "# Your scenario" in c[0]["content"]]
+    assert user_views[0][1] == {"role": "user", "content": "Hi! How can I help you today?"}
+    assert all("OBSERVATION" not in m["content"] and "ACTION" not in m["content"] for c in user_views for m in c)
+    assert user_views[-1][-1] == {"role": "user", "content": "Your order is cancelled."}
+    assert "Cancel your pending skateboard order" in user_views[0][0]["content"] or \
+        CANCEL_TASK["instruction"] in user_views[0][0]["content"]
+    assert (summary.tasks, summary.scored, summary.rewarded, summary.solved_all) == (1, 2, 2, 1)
+    assert summary.pass1 == 1.0 and summary.terminations == {"user_stop": 2}
+
+
+def test_each_episode_has_its_own_state(tmp_path):
+    """Trial 0 cancels with the wrong reason, trial 1 with the right one: if the two shared a state,
+    trial 1's cancellation would fail (already cancelled) and both would score the same."""
+    def agent(turn, conv):
+        wrong = "WRONG" in conv[1]["content"]
+        return [WRONG if wrong else CANCEL, DONE][turn]
+
+    def user(turn, conv):
+        trial = conv[0]["content"]
+        return "WRONG please cancel" if turn == 0 and _count(trial) else ("please cancel" if turn == 0 else "###STOP###")
+
+    calls = {"n": 0}
+
+    def _count(_):
+        calls["n"] += 1
+        return calls["n"] == 1  # the first conversation to start is told to do it wrong
+
+    model = ScriptedRoles(agent, user)
+    summary, records = run(tmp_path, [CANCEL_TASK], model, concurrency=2)
+    assert sorted(r["reward"] for r in records) == [0, 1]
+    assert summary.solved_some == 1 and summary.mean_reward == 0.5
+
+
+def test_failing_and_step_limit(tmp_path):
+    failing = ScriptedRoles(lambda turn, conv: [WRONG, DONE][turn], customer)
+    summary, records = run(tmp_path, [CANCEL_TASK], failing, name="fail", k=1)
+    assert (records[0]["reward"], records[0]["termination"]) == (0, "user_stop")
+    assert records[0]["evaluation"]["verdict"] is False
+    looping = ScriptedRoles(lambda turn, conv: LOOK, customer)
+    summary, records = run(tmp_path, [CANCEL_TASK], looping, name="loop", k=1,
+                           episode=ExecutorConfig(max_steps=4))
+    r = records[0]
+    assert (r["reward"], r["termination"], r["steps"]) == (0, "max_steps", 4)
+    assert sum(m["role"] == "assistant" for m in r["messages"]) == 4
+    assert r["messages"][-1]["content"] == "OBSERVATION:\npending"  # the last action ran, then the episode ended
+    assert summary.terminations == {"max_steps": 1}
+
+
+def test_the_default_step_cap_is_fifteen(tmp_path):
+    looping = ScriptedRoles(lambda turn, conv: LOOK, customer)
+    _, records = run(tmp_path, [CANCEL_TASK], looping, k=1)
+    assert (records[0]["termination"], records[0]["steps"]) == ("max_steps", 15)
+
+
+# -- answers: the conversion of the CaT contract, in validation and rollout alike -------------------------
+CALC = [
+    cat("calc-number", "calculation", "valid", "How long is the string abcd?",
+        "def evaluate(answer):\n    return answer == 4\n", "answer = string_length(string='abcd')\n",
+        "answer = 3\n", "answer = 5\n", "pass\n"),
+    cat("calc-list", "calculation", "valid", "Give the largest and the smallest of 3, 9, 1 as a list.",
+        "def evaluate(answer):\n    return answer == [9, 1]\n",
+        "answer = [maximum_value(values=[3, 9, 1]), minimum_value(values=[3, 9, 1])]\n",
+        "answer = [1, 9]\n", "answer = 9\n", "pass\n"),
+    cat("calc-string", "calculation", "valid", "Reverse the string hello.",
+        "def evaluate(answer):\n    return answer == 'olleh'\n", "answer = reverse_string(string='hello')\n",
+        "answer = 'hello'\n", "answer = 'olle'\n", "pass\n"),
+    cat("calc-digits-as-text", "calculation", "answer_not_typeable", "Write the number four as digits, as text.",
+        "def evaluate(answer):\n    return answer == '4'\n", "answer = '4'\n",
+        "answer = '5'\n", "answer = 'four'\n", "pass\n"),
+]
+FINALS = {"calc-number": "THOUGHT: it is 4 END THOUGHT\n4", "calc-list": "THOUGHT: done END THOUGHT\n```json\n[9, 1]\n```",
+          "calc-string": "THOUGHT: reversed END THOUGHT\n'olleh'", "calc-digits-as-text": "THOUGHT: easy END THOUGHT\n4"}
+
+
+def test_answers_are_converted_the_same_way_in_validation_and_rollout(tmp_path):
+    from stages.validate import ValidateConfig, validate_file
+
+    src = write_jsonl(tmp_path / "calc.jsonl", CALC)
+    validate_file(str(src), str(tmp_path / "ok.jsonl"), rejected=str(tmp_path / "rej.jsonl"),
+                  config=ValidateConfig(SandboxConfig(backend="bwrap", workers=1)), show_progress=False)
+    verdicts = {r["id"]: "valid" if r["validation"]["valid"] else r["validation"]["reason"]
+                for r in read(tmp_path / "ok.jsonl") + read(tmp_path / "rej.jsonl")}
+    assert verdicts == {t["id"]: t["meta"]["expect"] for t in CALC}
+
+    def agent(turn, conv):
+        return FINALS[next(t["id"] for t in CALC if t["instruction"] == conv[1]["content"])]
+
+    _, records = run(tmp_path, CALC, ScriptedModel(agent), k=1)
+    got = {r["task_id"]: (r["answer"], r["reward"], r["termination"]) for r in records}
+    assert got == {"calc-number": (4, 1, "final_answer"), "calc-list": ([9, 1], 1, "final_answer"),
+                   "calc-string": ("olleh", 1, "final_answer"), "calc-digits-as-text": (4, 0, "final_answer")}
+
+
+# -- infrastructure failures -------------------------------------------------------------------------
+def test_a_sandbox_crash_is_an_infrastructure_failure_and_is_retried(tmp_path, monkeypatch):
+    """The worker running trial 0's action is killed from outside: that trial is recorded with reward
+    None and the kind of failure, counted apart, and --retry-failed runs it again."""
+    built = []
+    real_build = SandboxConfig.build
+
+    def build(self, workers=None):
+        sb = real_build(self, workers)
+        built.append(sb)
+        return sb
+
+    monkeypatch.setattr(SandboxConfig, "build", build)
+    slow = 'THOUGHT: wait END THOUGHT\nACTION:\nimport time\ntime.sleep(3)\n'
+    model = ScriptedRoles(lambda turn, conv: [slow, CANCEL, DONE][turn], customer)
+    killed = threading.Event()
+
+    def killer():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not killed.is_set():
+            busy = list(built[0]._busy) if built else []
+            if busy:
+                time.sleep(0.3)
+                os.killpg(busy[0].pid, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=killer, daemon=True).start()
+    summary, records = run(tmp_path, [CANCEL_TASK], model, k=2, concurrency=1)
+    assert killed.is_set()
+    failed = [r for r in records if r["infra_error"]]
+    assert len(failed) == 1 and failed[0]["reward"] is None and failed[0]["termination"] == "error"
+    assert failed[0]["infra_error"]["kind"] == "sandbox"
+    assert summary.infra_failures == 1 and summary.scored == 1 and summary.infra == {"sandbox": 1}
+    # --retry-failed reruns it (no kill this time): every trial now scored, each id once
+    summary, records = run(tmp_path, [CANCEL_TASK], model, k=2, concurrency=1, retry_failed=True)
+    assert sorted(r["id"] for r in records) == ["ret-valid-cancel#0", "ret-valid-cancel#1"]
+    assert all(r["reward"] == 1 for r in records)
+    assert summary.infra_failures == 0 and summary.scored == 2
+
+
+def test_a_sandbox_lost_during_evaluate_is_an_infrastructure_failure(tmp_path, monkeypatch):
+    built = []
+    real_build = SandboxConfig.build
+    monkeypatch.setattr(SandboxConfig, "build", lambda self, workers=None: built.append(real_build(self, workers))
+                        or built[-1])
+    slow_evaluate = {**CANCEL_TASK, "id": "slow-eval",
+                     "evaluation_function": "import time\ndef evaluate():\n    time.sleep(3)\n    return True\n"}
+    model = ScriptedRoles(lambda turn, conv: DONE, customer)
+
+    def killer():
+        for _ in range(1500):
+            busy = list(built[0]._busy) if built else []
+            if busy:
+                time.sleep(0.3)
+                os.killpg(busy[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=killer, daemon=True).start()
+    summary, records = run(tmp_path, [slow_evaluate], model, k=1, concurrency=1)
+    r = records[0]
+    assert r["reward"] is None and r["infra_error"]["kind"] == "sandbox", r
+    assert r["infra_error"]["message"].startswith("evaluate: ") and r["termination"] == "user_stop"
+    assert summary.infra_failures == 1 and summary.scored == 0
+
+
+def test_in_user_facing_environments_the_answer_is_the_last_message(tmp_path):
+    question = {**CANCEL_TASK, "id": "how-many", "evaluation_function": "def evaluate(answer):\n    return answer == '3'\n"}
+    model = ScriptedRoles(lambda turn, conv: "THOUGHT: counted END THOUGHT\n3", customer)
+    _, records = run(tmp_path, [question], model, k=1)
+    assert (records[0]["final_answer"], records[0]["answer"], records[0]["reward"]) == ("3", "3", 1)
+
+
+def test_a_backend_failing_for_good_is_an_infrastructure_failure(tmp_path):
+    from sca.inference import ServerError
+
+    class Down(ScriptedModel):
+        def generate(self, conversations, sampling, tools=None):
+            raise ServerError("the server kept failing")
+
+    _, records = run(tmp_path, [CANCEL_TASK], Down(None), k=1)
+    assert records[0]["reward"] is None and records[0]["infra_error"]["kind"] == "inference"
+    assert "kept failing" in records[0]["infra_error"]["message"]
+
+
+# -- resume, and the command line -------------------------------------------------------------------
+def _replay_reply(messages):
+    if "# Your scenario" in messages[0]["content"]:
+        return customer(sum(m["role"] == "assistant" for m in messages), messages)
+    return [LOOK, CANCEL, DONE][sum(m["role"] == "assistant" for m in messages)]
+
+
+def test_a_killed_rollout_resumes_per_task_and_trial(tmp_path):
+    tasks = [{**CANCEL_TASK, "id": f"t{i}"} for i in range(4)]
+    src = write_jsonl(tmp_path / "tasks.jsonl", tasks)
+    out = tmp_path / "traj.jsonl"
+    server = ReplayServer(_replay_reply, delay=0.05)
+    cmd = [sys.executable, "-m", "sca_cli.app", "rollout", str(src), "-o", str(out), "--k", "3", "--concurrency", "2",
+           "--backend", "openai", "--model", "m", "--base-url", server.url, "--sandbox", "bwrap", "--workers", "1"]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, cwd=ROOT)
+        deadline = time.monotonic() + 120
+        while (not out.exists() or len(out.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        before = len(read(out))
+        assert 3 <= before < 12
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert again.returncode == 0, again.stderr
+    finally:
+        server.close()
+    records = read(out)
+    assert sorted(r["id"] for r in records) == sorted(f"t{i}#{j}" for i in range(4) for j in range(3))
+    assert all(r["reward"] == 1 for r in records)
+    meta = json.loads((tmp_path / "traj.jsonl.meta.json").read_text())
+    assert meta["counts"]["resumed"] == before and meta["status"] == "finished"
+    assert "trajectories" in again.stderr and "Pass@3" in again.stderr
+
+
+def test_cli_bad_input_and_flags(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "env": "retail"}\n')
+    r = CliRunner().invoke(app, ["rollout", str(bad), "-o", str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 2 and "bad.jsonl:1: instruction: missing required field" in r.output
+    r = CliRunner().invoke(app, ["rollout", str(bad), "-o", str(tmp_path / "o.jsonl"), "--action-format", "xml"])
+    assert r.exit_code == 2 and "--action-format must be one of code, json" in r.output
+    r = CliRunner().invoke(app, ["rollout", str(bad), "-o", str(tmp_path / "o.jsonl"), "--user-base-url", "http://x"])
+    assert r.exit_code == 2 and "--user-base-url goes with --user-backend openai" in r.output
+    r = CliRunner().invoke(app, ["rollout", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "o.jsonl")])
+    assert r.exit_code == 2 and "no such file" in r.output
+
+
+@pytest.mark.slow
+def test_the_default_model_on_cpu_writes_complete_records(tmp_path):
+    tasks = [CANCEL_TASK, CALC[0]]
+    src = write_jsonl(tmp_path / "t.jsonl", tasks)
+    out = tmp_path / "traj.jsonl"
+    r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--k", "1", "--max-steps", "2",
+                                 "--max-new-tokens", "32", "--sandbox", "bwrap", "--concurrency", "2"])
+    assert r.exit_code == 0, r.output
+    records = read(out)
+    assert sorted(x["task_id"] for x in records) == sorted(t["id"] for t in tasks)
+    for x in records:
+        TRAJECTORY.check(x)
+        assert x["reward"] in (0, 1) and x["termination"] in ("final_answer", "user_stop", "max_steps", "context_limit")
+        assert x["models"]["executor"]["model"] == "SmolLM2-135M-Instruct"
+        assert x["tokens"]["executor"]["completion"] > 0
+        ids = [t for t in x["assistant_token_ids"] if t is not None]
+        assert len(x["assistant_token_ids"]) == sum(m["role"] == "assistant" for m in x["messages"])
+        if hasattr(__import__("sca.inference.base", fromlist=["Generation"]).Generation, "token_ids"):
+            assert ids and all(len(t) > 0 for t in ids)
