@@ -19,6 +19,7 @@ losing a worker) is an infrastructure failure: typed, recorded, reward None.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -69,8 +70,8 @@ def system_prompt(env: Any, config: ExecutorConfig) -> str:
     if env.policy.strip():
         parts.append(f"# Policy\n{env.policy.strip()}")
     if env.user_facing:
-        end = ("a message to the customer in plain text, with no ACTION. The customer answers it; the "
-               "conversation ends when the customer is done.")
+        end = ("a message to the customer in plain text" + (", with no ACTION" if config.action_format == "code" else "")
+               + ". The customer answers it; the conversation ends when the customer is done.")
     else:
         end = ("your final answer and nothing else: a number, a word, or a JSON list or object, with no "
                "explanation. The episode ends with it.")
@@ -155,6 +156,7 @@ class ExecutorEpisode(Episode):
     evaluation: dict[str, Any] | None = None
     sandbox_s: float = 0.0
     pending: Any = None  # the action received, to run in act()
+    meta: dict[str, Any] = field(default_factory=dict)  # the caller's own (not written in the record)
 
     @classmethod
     def start(cls, *, task_id: str, trial: int, instruction: str, env: Any, sandbox: Any, config: ExecutorConfig,
@@ -343,3 +345,36 @@ def _try_json(raw: Any) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw
+
+
+def drop_infra_failures(path: str) -> int:
+    """Remove the trials recorded as infrastructure failures from an output file (so they run
+    again), atomically; the number removed."""
+    if path == "-" or not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                record = json.loads(raw)
+                failed = record.get("reward") is None and record.get("infra_error")
+            except (ValueError, AttributeError):
+                failed = False  # a torn or foreign line: the writer deals with it
+            if failed:
+                dropped += 1
+            else:
+                kept.append(raw)
+    if dropped:
+        tmp = f"{path}.retry.tmp"
+        with open(tmp, "wb") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
+
+
+def models_info(executor_config: Any, user_config: Any, episode: ExecutorConfig, executor: Any,
+                user: Any | None) -> dict[str, Any]:
+    """Both roles' models (what the backends say of them) and sampling, as records keep them."""
+    info = {"executor": {**executor.info(), "sampling": executor_config.sampling(executor_stop(episode)).to_dict()}}
+    info["user"] = {**user.info(), "sampling": user_config.sampling().to_dict()} if user is not None else None
+    return info

@@ -19,9 +19,13 @@ EXIT_BAD_INPUT = 2
 
 @lru_cache(maxsize=None)
 def _console(stderr: bool) -> Any:
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # A terminal sets its own width; a log file or a pipe gets tables wide enough not to wrap.
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 160)
 
 
 class _LazyConsole:
@@ -131,3 +135,36 @@ def model_config(model: str | None, backend: str, base_urls: list[str] | None, t
                            top_p=top_p, max_new_tokens=max_new_tokens)
     except ValueError as e:
         fail(str(e))
+
+
+# -- the executor's flags, shared by `sca rollout` and `sca eval` ----------------------------------------
+USER_MODEL = typer.Option(None, "--user-model", help="Simulated user's model [default: the executor's].")
+USER_BACKEND = typer.Option(None, "--user-backend", help="Simulated user's backend [default: the executor's].")
+USER_BASE_URL = typer.Option(None, "--user-base-url", help="Simulated user's server(s) [default: the executor's].")
+USER_TEMPERATURE = typer.Option(None, "--user-temperature", min=0.0, help="[default: the executor's]")
+ACTION_FORMAT = typer.Option("code", "--action-format",
+                             help="code (THOUGHT/ACTION blocks, as in the paper) | json (native function calling).")
+MAX_STEPS = typer.Option(15, "--max-steps", min=1, help="Executor replies per episode (the paper's cap is 15).")
+CONCURRENCY = typer.Option(8, "--concurrency", min=1,
+                           help="Episodes live at once (one batched generation per role per step).")
+
+
+def executor_configs(model: str | None, backend: str, base_url: list[str] | None, temperature: float, top_p: float,
+                     max_new_tokens: int, user_model: str | None, user_backend: str | None,
+                     user_base_url: list[str] | None, user_temperature: float | None, action_format: str,
+                     max_steps: int) -> tuple[ModelConfig, ModelConfig | None, Any]:
+    """The executor's ModelConfig, the simulated user's (None: the executor's) and the ExecutorConfig
+    that the flags describe (a one-line error, exit 2, if they are wrong)."""
+    from sca.executor import ACTION_FORMATS, ExecutorConfig
+
+    if action_format not in ACTION_FORMATS:
+        fail(f"--action-format must be one of {', '.join(ACTION_FORMATS)}, not {action_format!r}")
+    executor = model_config(model, backend, base_url, temperature, top_p, max_new_tokens)
+    user = None
+    if user_model or user_backend or user_base_url or user_temperature is not None:
+        ub = user_backend or executor.backend
+        urls = user_base_url if user_base_url else (executor.base_urls if ub == executor.backend else None)
+        user = model_config(user_model or executor.model, ub, urls,
+                            executor.temperature if user_temperature is None else user_temperature, executor.top_p,
+                            executor.max_new_tokens, flag="--user-")
+    return executor, user, ExecutorConfig(max_steps=max_steps, action_format=action_format)

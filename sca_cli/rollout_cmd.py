@@ -8,6 +8,9 @@ import typer
 
 from sca.inference.config import executor_defaults
 from sca_cli.common import (
+    ACTION_FORMAT,
+    CONCURRENCY,
+    MAX_STEPS,
     MAX_TOOL_BYTES,
     MAX_TOOL_CALLS,
     MEMORY_MB,
@@ -15,14 +18,18 @@ from sca_cli.common import (
     SANDBOX,
     SKIP_INVALID,
     TIMEOUT,
+    USER_BACKEND,
+    USER_BASE_URL,
+    USER_MODEL,
+    USER_TEMPERATURE,
     WORKERS,
     backend_flag,
     base_url_flag,
     err_console,
     examples,
+    executor_configs,
     fail,
     max_new_tokens_flag,
-    model_config,
     model_flag,
     sandbox_config,
     temperature_flag,
@@ -49,16 +56,16 @@ def rollout(
     model: Optional[str] = model_flag(what="Executor: "),
     backend: str = backend_flag(_EXECUTOR),
     base_url: Optional[List[str]] = base_url_flag(),
-    user_model: Optional[str] = typer.Option(None, "--user-model", help="Simulated user's model [default: the executor's]."),
-    user_backend: Optional[str] = typer.Option(None, "--user-backend", help="Simulated user's backend [default: the executor's]."),
-    user_base_url: Optional[List[str]] = typer.Option(None, "--user-base-url", help="Simulated user's server(s) [default: the executor's]."),
-    user_temperature: Optional[float] = typer.Option(None, "--user-temperature", min=0.0, help="[default: the executor's]"),
-    action_format: str = typer.Option("code", "--action-format", help="code (THOUGHT/ACTION blocks, as in the paper) | json (native function calling)."),
-    max_steps: int = typer.Option(15, "--max-steps", min=1, help="Executor replies per episode (the paper's cap is 15)."),
+    user_model: Optional[str] = USER_MODEL,
+    user_backend: Optional[str] = USER_BACKEND,
+    user_base_url: Optional[List[str]] = USER_BASE_URL,
+    user_temperature: Optional[float] = USER_TEMPERATURE,
+    action_format: str = ACTION_FORMAT,
+    max_steps: int = MAX_STEPS,
     temperature: float = temperature_flag(_EXECUTOR),
     top_p: float = top_p_flag(_EXECUTOR),
     max_new_tokens: int = max_new_tokens_flag(_EXECUTOR),
-    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Episodes live at once (one batched generation per role per step)."),
+    concurrency: int = CONCURRENCY,
     seed: int = typer.Option(0, "--seed", help="Seed of sampling."),
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
@@ -73,22 +80,13 @@ def rollout(
     """Solve every task K times with the executor (and a simulated user where the environment has one)."""
     from sandbox import SandboxUnavailable
     from sca.artifacts import InputError
-    from sca.executor import ACTION_FORMATS, ExecutorConfig
     from sca.inference import InferenceError
     from stages.rollout import RolloutConfig, rollout_file
 
-    if action_format not in ACTION_FORMATS:
-        fail(f"--action-format must be one of {', '.join(ACTION_FORMATS)}, not {action_format!r}")
-    executor = model_config(model, backend, base_url, temperature, top_p, max_new_tokens)
-    user = None
-    if user_model or user_backend or user_base_url or user_temperature is not None:
-        ub = user_backend or executor.backend
-        user = model_config(user_model if user_model else executor.model, ub,
-                            user_base_url if user_base_url else (executor.base_urls if ub == executor.backend else None),
-                            executor.temperature if user_temperature is None else user_temperature, executor.top_p,
-                            executor.max_new_tokens, flag="--user-")
-    config = RolloutConfig(k=k, concurrency=concurrency, seed=seed, executor=executor, user=user,
-                           episode=ExecutorConfig(max_steps=max_steps, action_format=action_format),
+    executor, user, episode = executor_configs(model, backend, base_url, temperature, top_p, max_new_tokens,
+                                               user_model, user_backend, user_base_url, user_temperature,
+                                               action_format, max_steps)
+    config = RolloutConfig(k=k, concurrency=concurrency, seed=seed, executor=executor, user=user, episode=episode,
                            sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
                            retry_failed=retry_failed)
     try:

@@ -12,7 +12,6 @@ a rerun resumes per (task, trial); ``retry_failed`` reruns the infrastructure fa
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,8 +25,10 @@ from sca.executor import (
     USER,
     ExecutorConfig,
     ExecutorEpisode,
+    drop_infra_failures,
     evaluate_scorer,
     executor_stop,
+    models_info,
 )
 from sca.inference.config import ModelConfig, executor_defaults
 from sca.records import CAT_TASK
@@ -118,31 +119,6 @@ class RolloutSummary:
         return s
 
 
-def drop_infra_failures(path: str) -> int:
-    """Remove the trials recorded as infrastructure failures from an output file (so they run
-    again), atomically; the number removed."""
-    if path == STDIO or not Path(path).exists():
-        return 0
-    kept, dropped = [], 0
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                record = json.loads(raw)
-                failed = record.get("reward") is None and record.get("infra_error")
-            except (ValueError, AttributeError):
-                failed = False  # a torn or foreign line: the writer deals with it
-            if failed:
-                dropped += 1
-            else:
-                kept.append(raw)
-    if dropped:
-        tmp = f"{path}.retry.tmp"
-        with open(tmp, "wb") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
-    return dropped
-
-
 def _tally_existing(path: str, tallies: dict[str, TaskTally], counts: Counter) -> None:
     """Per-task tallies and counts of the trajectories an earlier run wrote (streamed)."""
     if path == STDIO or not Path(path).exists():
@@ -167,12 +143,6 @@ def _count(record: dict[str, Any], tallies: dict[str, TaskTally], counts: Counte
     tally.c += int(record["reward"] == 1)
 
 
-def models_info(config: RolloutConfig, executor: Any, user: Any | None) -> dict[str, Any]:
-    info = {"executor": {**executor.info(), "sampling": config.executor.sampling(executor_stop(config.episode)).to_dict()}}
-    info["user"] = ({**user.info(), "sampling": config.user_model.sampling().to_dict()} if user is not None else None)
-    return info
-
-
 def run_rollout(tasks: Iterator[dict[str, Any]], config: RolloutConfig, executor: Any, user: Any | None, sandbox: Any, *,
                 done_ids: set[str], on_record: Any, counts: Counter, tallies: dict[str, TaskTally],
                 tools: list[dict] | None = None, advance: Any = lambda n=1: None) -> None:
@@ -182,7 +152,7 @@ def run_rollout(tasks: Iterator[dict[str, Any]], config: RolloutConfig, executor
     (``--action-format json``: the tasks are then of one environment)."""
     from envs import make_env
 
-    models = models_info(config, executor, user)
+    models = models_info(config.executor, config.user_model, config.episode, executor, user)
 
     def episodes() -> Iterator[ExecutorEpisode]:
         for task in tasks:
@@ -274,8 +244,9 @@ def rollout_file(
             if todo > 0:
                 with config.sandbox.build(workers=min(config.sandbox.workers, config.concurrency)) as sandbox:
                     run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
-                    run.meta.data["settings"]["models"] = models_info(config, executor_model,
-                                                                      user_model if needs_user else None)
+                    run.meta.data["settings"]["models"] = models_info(
+                        config.executor, config.user_model, config.episode, executor_model,
+                        user_model if needs_user else None)
                     with progress(todo, "rollout", show_progress) as advance:
                         run_rollout(iter(source), config, executor_model, user_model if needs_user else None,
                                     sandbox, done_ids=run.done_ids, on_record=lambda r: run.write("trajectories", r),

@@ -144,6 +144,51 @@ def test_the_default_step_cap_is_fifteen(tmp_path):
     assert (records[0]["termination"], records[0]["steps"]) == ("max_steps", 15)
 
 
+def test_native_function_calling(tmp_path):
+    """--action-format json: the model's tool calls go to the environment; each gets a tool message."""
+    from sca.inference.base import Generation
+
+    def call(i, name, args):
+        return {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+
+    class Native(ScriptedRoles):
+        def generate(self, conversations, sampling, tools=None):
+            out = []
+            for conv in conversations:
+                if "# Your scenario" in conv[0]["content"]:
+                    out += super().generate([conv], sampling, tools)
+                    continue
+                self.tools_seen = tools
+                turn = sum(m["role"] == "assistant" for m in conv)
+                if turn == 0:
+                    out.append(Generation("THOUGHT: look it up and cancel END THOUGHT", 5, 5, "tool_calls", tool_calls=[
+                        call(0, "get_order_details", {"order_id": ORDER}),
+                        call(1, "cancel_pending_order", {"order_id": ORDER, "reason": "no longer needed"})]))
+                elif turn == 1:
+                    out.append(Generation("", 5, 5, "tool_calls", tool_calls=[call(2, "get_order_details", {"x": 1})]))
+                else:
+                    out.append(Generation("THOUGHT: done END THOUGHT\nYour order is cancelled.", 5, 5, "stop"))
+            return out
+
+    model = Native(None, customer)
+    summary, records = run(tmp_path, [CANCEL_TASK], model, k=1, episode=ExecutorConfig(action_format="json"))
+    r = records[0]
+    TRAJECTORY.check(r)
+    assert (r["reward"], r["termination"], r["action_format"]) == (1, "user_stop", "json")
+    assert {t["function"]["name"] for t in model.tools_seen} >= {"get_order_details", "cancel_pending_order"}
+    roles = [m["role"] for m in r["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "tool", "assistant", "tool", "assistant", "user"]
+    assert r["messages"][2]["tool_calls"][1]["function"]["name"] == "cancel_pending_order"
+    assert [m.get("tool_call_id") for m in r["messages"] if m["role"] == "tool"] == ["call_0", "call_1", "call_2"]
+    assert json.loads(r["messages"][3]["content"])["status"] == "pending"
+    assert r["messages"][6]["content"].startswith("Error: get_order_details() got an unexpected keyword argument")
+    assert [(c["message"], c["name"], c["error"] is None) for c in r["tool_calls"]] == [
+        (2, "get_order_details", True), (2, "cancel_pending_order", True), (5, "get_order_details", False)]
+    assert "ACTION" not in r["messages"][0]["content"]  # the json prompt offers no ACTION blocks...
+    assert "get_order_details(order_id: str)" not in r["messages"][0]["content"]  # ...nor the Python signatures
+    assert r["models"]["executor"]["sampling"]["stop"] == []
+
+
 # -- answers: the conversion of the CaT contract, in validation and rollout alike -------------------------
 CALC = [
     cat("calc-number", "calculation", "valid", "How long is the string abcd?",
@@ -324,8 +369,8 @@ def test_the_default_model_on_cpu_writes_complete_records(tmp_path):
     tasks = [CANCEL_TASK, CALC[0]]
     src = write_jsonl(tmp_path / "t.jsonl", tasks)
     out = tmp_path / "traj.jsonl"
-    r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--k", "1", "--max-steps", "2",
-                                 "--max-new-tokens", "32", "--sandbox", "bwrap", "--concurrency", "2"])
+    r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--k", "1", "--max-steps", "1",
+                                 "--max-new-tokens", "24", "--sandbox", "bwrap", "--concurrency", "2"])
     assert r.exit_code == 0, r.output
     records = read(out)
     assert sorted(x["task_id"] for x in records) == sorted(t["id"] for t in tasks)

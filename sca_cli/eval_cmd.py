@@ -1,0 +1,142 @@
+"""`sca eval`: the executor on the real benchmarks, scored by their official scorers."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from sca.inference.config import executor_defaults
+from sca_cli.common import (
+    ACTION_FORMAT,
+    CONCURRENCY,
+    MAX_STEPS,
+    MAX_TOOL_BYTES,
+    MAX_TOOL_CALLS,
+    MEMORY_MB,
+    OVERWRITE,
+    SANDBOX,
+    TIMEOUT,
+    USER_BACKEND,
+    USER_BASE_URL,
+    USER_MODEL,
+    USER_TEMPERATURE,
+    WORKERS,
+    backend_flag,
+    base_url_flag,
+    err_console,
+    examples,
+    executor_configs,
+    fail,
+    max_new_tokens_flag,
+    model_flag,
+    sandbox_config,
+    temperature_flag,
+    top_p_flag,
+)
+
+_EXECUTOR = executor_defaults()
+
+EXAMPLES = examples(
+    "sca eval --env retail --split test --trials 4 -o results.jsonl",
+    "sca eval --env all --model ckpt/ --backend vllm --trials 4 -o results.jsonl --user-backend openai "
+    "--user-base-url http://judge:8000/v1 --user-model gpt-4o",
+    "sca eval --env airline --drop-noop-solvable -o air.jsonl            # as the paper did",
+    "sca eval --env calculation --m3tooleval-dir ~/src/code-act -o calc.jsonl   # the official 48 tasks",
+    "sca eval --env calculation --limit 2 --trials 1 --max-new-tokens 64 -o smoke.jsonl   # bundled model, CPU",
+)
+
+
+def eval_(
+    env: List[str] = typer.Option(["retail"], "--env", help="Benchmark environment(s): calculation, web_browsing, retail, airline, or all; repeat for several."),
+    split: str = typer.Option("test", "--split", help="Benchmark split (tau2: test, train; ours: test)."),
+    output: str = typer.Option(..., "-o", "--output", help="Per-trial results (JSONL); a summary JSON goes beside it."),
+    trials: int = typer.Option(4, "--trials", min=1, help="Trials per task (the paper: 4)."),
+    k: Optional[int] = typer.Option(None, "--k", min=1, help="Pass@k's k [default: trials]."),
+    model: Optional[str] = model_flag(what="Executor: "),
+    backend: str = backend_flag(_EXECUTOR),
+    base_url: Optional[List[str]] = base_url_flag(),
+    user_model: Optional[str] = USER_MODEL,
+    user_backend: Optional[str] = USER_BACKEND,
+    user_base_url: Optional[List[str]] = USER_BASE_URL,
+    user_temperature: Optional[float] = USER_TEMPERATURE,
+    action_format: str = ACTION_FORMAT,
+    max_steps: int = MAX_STEPS,
+    temperature: float = temperature_flag(_EXECUTOR),
+    top_p: float = top_p_flag(_EXECUTOR),
+    max_new_tokens: int = max_new_tokens_flag(_EXECUTOR),
+    concurrency: int = CONCURRENCY,
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling and of the bootstrap."),
+    drop_noop_solvable: bool = typer.Option(False, "--drop-noop-solvable",
+                                            help="Leave out the tau2 tasks that pass with no action (as the paper did in airline)."),
+    m3tooleval_dir: Optional[str] = typer.Option(None, "--m3tooleval-dir",
+                                                 help="The official M3ToolEval tasks from a CodeAct checkout, for calculation and web_browsing."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N tasks of each environment."),
+    sandbox: str = SANDBOX,
+    workers: Optional[int] = WORKERS,
+    timeout: float = TIMEOUT,
+    memory_mb: int = MEMORY_MB,
+    max_tool_calls: int = MAX_TOOL_CALLS,
+    max_tool_bytes: int = MAX_TOOL_BYTES,
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun the trials recorded as infrastructure failures."),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Measure Pass@1 / Pass@k on the benchmarks (tau2's evaluator, M3ToolEval's tasks), with confidence intervals."""
+    from envs._m3.official import OfficialTaskError
+    from sandbox import SandboxUnavailable
+    from sca.artifacts import InputError
+    from sca.inference import InferenceError
+    from stages.eval import EvalConfig, eval_file
+
+    executor, user, episode = executor_configs(model, backend, base_url, temperature, top_p, max_new_tokens,
+                                               user_model, user_backend, user_base_url, user_temperature,
+                                               action_format, max_steps)
+    try:
+        config = EvalConfig(envs=list(env), split=split, trials=trials, k=k, concurrency=concurrency, seed=seed,
+                            executor=executor, user=user, episode=episode,
+                            sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
+                            drop_noop_solvable=drop_noop_solvable, m3tooleval_dir=m3tooleval_dir, limit=limit,
+                            retry_failed=retry_failed)
+    except ValueError as e:
+        fail(str(e))
+    try:
+        summary = eval_file(config, output, overwrite=overwrite)
+    except (InputError, OfficialTaskError) as e:
+        fail(str(e))
+    except SandboxUnavailable as e:
+        fail(f"sandbox unavailable: {e}")
+    except InferenceError as e:
+        fail(f"model: {e}", code=1)
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    """One table: each environment's Pass@1 / Pass@k / pass^k with 95% intervals, and the paper's row."""
+    from rich.table import Table
+
+    k = summary["k"]
+    paper = summary.get("paper")
+    t = Table(title=f"sca eval: {summary.get('model')}, {summary['trials']} trials per task, split {summary['split']}",
+              title_justify="left")
+    for col in ("environment", "tasks", "trials", "Pass@1", f"Pass@{k}", f"pass^{k}", "excluded"):
+        t.add_column(col, justify="left" if col == "environment" else "right")
+    if paper:
+        t.add_column(f"paper ({paper['model']}) Pass@1 / Pass@4", justify="right")
+
+    def pct(value, ci):
+        return f"{100 * value:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+    for env, m in summary["envs"].items():
+        dropped = summary.get("dropped_noop_solvable", {}).get(env)
+        name = env + (f" (-{dropped} no-op)" if dropped else "")
+        if "pass1" not in m:
+            row = [name, str(m.get("tasks", 0)), "0", "-", "-", "-", str(m.get("excluded", 0))]
+        else:
+            row = [name, str(m["tasks"]), str(m["trials"]), pct(m["pass1"], m["pass1_ci"]),
+                   pct(m["pass_k"], m["pass_k_ci"]), pct(m["pass_hat_k"], m["pass_hat_k_ci"]), str(m["excluded"])]
+        if paper:
+            ref = paper["table1"].get(env)
+            row.append(f"{ref['pass1']:.1f} / {ref['pass4']:.1f}" if ref else "-")
+        t.add_row(*row)
+    err_console.print(t)
+    err_console.print("95% intervals: bootstrap over tasks. Excluded: infrastructure failures (reward null).")

@@ -1,0 +1,67 @@
+"""`sca report`: tables on the terminal, plots and one Markdown page from the stages' outputs."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+import typer
+
+from sca_cli.common import err_console, examples, fail, warn
+
+EXAMPLES = examples(
+    "sca report runs/retail/                                  # every *.jsonl in it, train logs below it",
+    "sca report tasks.raw.jsonl tasks.jsonl traj.jsonl -o report/",
+    "sca report eval/base.jsonl eval/rft.jsonl ckpt/rft/train_log.jsonl",
+    "sca report eval/ --compare eval/base.jsonl eval/rft.jsonl   # B against A, paired by task",
+)
+
+
+def report(
+    inputs: Optional[List[str]] = typer.Argument(
+        None, metavar="RUN_OR_FILE",
+        help="Outputs of sca propose / validate / rollout / eval, train_log.jsonl files, or directories of them."),
+    output: str = typer.Option("report", "-o", "--output", help="Directory for README.md and the PNG plots."),
+    compare: Optional[Tuple[str, str]] = typer.Option(
+        None, "--compare", metavar="A B", help="Two eval results files: B against A, paired by task, per environment."),
+    k: Optional[int] = typer.Option(None, "--k", min=1,
+                                    help="k of Pass@k and pass^k [default: the run's k, else its most trials per task]."),
+    n_boot: int = typer.Option(2000, "--n-boot", min=1, help="Bootstrap resamples of every confidence interval."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of the permutation test."),
+) -> None:
+    """Report on runs: validation funnel, rewards per task, Pass@k per environment, training curves."""
+    from sca.artifacts import InputError
+    from stages.report import Table
+    from stages.report import report as make_report
+
+    try:
+        rep = make_report(list(inputs or []), output, compare=compare, k=k, n_boot=n_boot, seed=seed)
+    except InputError as e:
+        fail(str(e))
+
+    from rich.rule import Rule
+
+    for heading, items in rep.sections:
+        if heading == "Notes":
+            continue  # printed below, as warnings
+        err_console.print(Rule(heading, align="left"))
+        for item in items:
+            if isinstance(item, Table):
+                if item.terminal:
+                    err_console.print(_rich_table(item))
+            elif isinstance(item, str) and item.startswith("* "):
+                err_console.print(item[2:], soft_wrap=True, markup=False)
+    for note in rep.notes:
+        warn(note)
+    err_console.print(f"wrote {rep.readme} ({len(rep.tables)} tables, {len(rep.plots)} plots)", soft_wrap=True,
+                      markup=False)
+
+
+def _rich_table(t: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=t.title, title_justify="left", caption=t.note or None, caption_justify="left")
+    for col in t.columns:
+        table.add_column(col, overflow="fold")
+    for row in t.rows:
+        table.add_row(*[str(c) for c in row])
+    return table

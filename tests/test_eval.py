@@ -1,0 +1,192 @@
+"""`sca eval`: the executor on the benchmarks, scored by their official scorers (tau2's evaluator,
+the M3ToolEval-style tolerant scorer), with Pass@k and bootstrap intervals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _sandbox_util import backend_or_skip
+from _scripted import ScriptedRoles
+from _servers import ReplayServer
+from typer.testing import CliRunner
+
+from sandbox.config import SandboxConfig
+from sca.records import EVAL_RESULT
+from sca_cli.app import app
+from stages.eval import EvalConfig, eval_file
+
+
+@pytest.fixture(autouse=True)
+def _bwrap():
+    backend_or_skip("bwrap")
+
+
+def read(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def config(**over):
+    base = dict(trials=1, concurrency=8, sandbox=SandboxConfig(backend="bwrap", workers=2))
+    base.update(over)
+    return EvalConfig(**base)
+
+
+# -- M3ToolEval-style environments: the reference solutions pass, wrong answers fail --------------------
+def solver(env_name):
+    """An executor that runs each task's reference solution in an ACTION, then gives its answer."""
+    from envs import make_env
+
+    by_instruction = {t.instruction: t for t in make_env(env_name).tasks("test")}
+
+    def agent(turn, conv):
+        task = by_instruction[conv[1]["content"]]
+        if turn == 0:
+            return f"THOUGHT: solve it END THOUGHT\nACTION:\n{task.data['solution']}\nprint(repr(answer))\n"
+        printed = conv[-1]["content"].split("\n")[1].strip()  # the OBSERVATION's first line: repr(answer)
+        return f"THOUGHT: done END THOUGHT\n{printed}"
+
+    return agent
+
+
+@pytest.mark.parametrize("env_name", ["calculation", "web_browsing"])
+def test_reference_solutions_score_one_and_wrong_answers_zero(tmp_path, env_name):
+    out = tmp_path / "r.jsonl"
+    summary = eval_file(config(envs=[env_name], trials=2), str(out), executor_model=ScriptedRoles(solver(env_name)),
+                        show_progress=False)
+    records = read(out)
+    from envs import make_env
+
+    assert len(records) == 2 * len(make_env(env_name).tasks("test"))
+    for r in records:
+        EVAL_RESULT.check(r)
+        assert r["scorer"] == "m3_tolerant" and r["split"] == "test" and r["task_id"].startswith(f"{env_name}/")
+        assert r["reward"] == 1, (r["task_id"], r["final_answer"], r["evaluation"])
+    m = summary["envs"][env_name]
+    assert m["pass1"] == 1.0 and m["pass_k"] == 1.0 and m["tasks"] == len(records) // 2 and m["trials"] == len(records)
+    wrong = ScriptedRoles(lambda turn, conv: "THOUGHT: guess END THOUGHT\n-1")
+    summary = eval_file(config(envs=[env_name], limit=5), str(tmp_path / "w.jsonl"), executor_model=wrong,
+                        show_progress=False)
+    assert summary["envs"][env_name]["pass1"] == 0.0
+    assert all(r["reward"] == 0 and r["answer"] == -1 for r in read(tmp_path / "w.jsonl"))
+
+
+def test_resume_per_task_and_trial_and_the_summary_file(tmp_path):
+    out = tmp_path / "r.jsonl"
+    first = eval_file(config(envs=["calculation"], limit=3, trials=2), str(out),
+                      executor_model=ScriptedRoles(solver("calculation")), show_progress=False)
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:-2]) + "\n" + lines[-1][:10])  # two results lost, the last line torn
+    model = ScriptedRoles(solver("calculation"))
+    again = eval_file(config(envs=["calculation"], limit=3, trials=2), str(out), executor_model=model,
+                      show_progress=False)
+    records = read(out)
+    assert sorted(r["id"] for r in records) == sorted(f"calculation/{t}#{j}" for t in
+                                                      {r["benchmark_task_id"] for r in records} for j in range(2))
+    assert len(records) == 6 and len([c for c in model.conversations if len(c) == 2]) == 2  # only the lost two ran
+    saved = json.loads((tmp_path / "r.jsonl.summary.json").read_text())
+    assert saved["envs"] == again["envs"] == first["envs"]
+    assert saved["trials"] == 2 and saved["k"] == 2 and "paper" not in saved  # not a model the paper measured
+    meta = json.loads((tmp_path / "r.jsonl.meta.json").read_text())
+    assert meta["stage"] == "eval" and meta["summary"]["calculation"]["pass1"] == 1.0
+
+
+def test_cli_table_and_the_papers_row_for_the_same_model(tmp_path):
+    server = ReplayServer(lambda messages: "THOUGHT: guess END THOUGHT\n0")
+    try:
+        r = CliRunner().invoke(app, ["eval", "--env", "calculation", "--limit", "2", "--trials", "2",
+                                     "--backend", "openai", "--base-url", server.url,
+                                     "--model", "meta-llama/Llama-3.1-8B-Instruct", "--sandbox", "bwrap",
+                                     "-o", str(tmp_path / "r.jsonl")])
+    finally:
+        server.close()
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "r.jsonl.summary.json").read_text())
+    assert summary["paper"]["model"] == "Llama-3.1-8B-Instruct"
+    assert summary["paper"]["table1"]["calculation"] == {"pass1": 20.3, "pass4": 43.8}
+    assert "Pass@2" in r.output and "20.3 / 43.8" in r.output
+
+
+def test_cli_errors(tmp_path):
+    r = CliRunner().invoke(app, ["eval", "--env", "chess", "-o", str(tmp_path / "r.jsonl")])
+    assert r.exit_code == 2 and "no benchmark for chess" in r.output
+    r = CliRunner().invoke(app, ["eval", "--env", "calculation", "--split", "dev", "-o", str(tmp_path / "r.jsonl")])
+    assert r.exit_code == 2 and "calculation: no split 'dev'" in r.output
+    r = CliRunner().invoke(app, ["eval", "--env", "retail", "--trials", "2", "--k", "3", "-o", str(tmp_path / "r.jsonl")])
+    assert r.exit_code == 2 and "k must be between 1 and trials" in r.output
+
+
+# -- TauBench: tau2's own evaluator, through sca eval ----------------------------------------------------
+def gold_replayer(domain):
+    """An executor that replays each tau2 task's gold actions in one ACTION, then says every piece of
+    required information; the scripted user names the task in its first message."""
+    from envs import make_env
+
+    tasks = {t.id: t.data for t in make_env(domain).tasks("test")}
+
+    def user(turn, conv):
+        task_id = conv[0]["content"].split("TASK-ID ", 1)[1].split()[0] if "TASK-ID " in conv[0]["content"] else "?"
+        return f"I need help with task {task_id}." if turn == 0 else "Thank you. ###STOP###"
+
+    def agent(turn, conv):
+        task_id = conv[1]["content"].split("task ", 1)[1].rstrip(".")
+        criteria = tasks[task_id]["evaluation_criteria"]
+        if turn == 0:
+            calls = "\n".join(f"try:\n    {a['name']}(**{a['arguments']!r})\nexcept ToolError as e:\n    print(e)"
+                              for a in criteria.get("actions") or [])
+            return f"THOUGHT: do it END THOUGHT\nACTION:\n{calls or 'pass'}\n"
+        info = "; ".join(criteria.get("communicate_info") or []) or "All done."
+        return f"THOUGHT: tell the user END THOUGHT\n{info}"
+
+    return agent, user
+
+
+def idle(domain):
+    def user(turn, conv):
+        return "Please help me." if turn == 0 else "###STOP###"
+
+    return (lambda turn, conv: "THOUGHT: nothing to do END THOUGHT\nI cannot help with that."), user
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("domain", ["retail", "airline"])
+def test_tau2s_evaluator_scores_gold_replays_one_and_doing_nothing_zero(tmp_path, monkeypatch, domain):
+    """Every test task: replaying the gold actions and saying the required information scores 1;
+    doing nothing scores 0 on every task that needs an action (and 1 on the tasks tau2 itself scores
+    1 without any, which --drop-noop-solvable leaves out)."""
+    from envs import make_env
+    from sca import user_sim
+    from sca.tau2_scoring import noop_solvable
+
+    tasks = make_env(domain).tasks("test")
+    by_instruction = {t.instruction.strip(): t.id for t in tasks}
+    real = user_sim.system_prompt
+    # the scripted user learns its task id from its own scenario (the real user gets the scenario only)
+    monkeypatch.setattr(user_sim, "system_prompt",
+                        lambda instruction: real(instruction) + f"\nTASK-ID {by_instruction[instruction.strip()]} ")
+    agent, user = gold_replayer(domain)
+    out = tmp_path / "gold.jsonl"
+    summary = eval_file(config(envs=[domain], concurrency=8), str(out), executor_model=ScriptedRoles(agent, user),
+                        show_progress=False)
+    records = read(out)
+    assert len(records) == len(tasks)
+    failures = [(r["benchmark_task_id"], r["scorer_detail"]) for r in records if r["reward"] != 1]
+    assert not failures, failures[:2]
+    assert all(r["scorer"] == "tau2" and r["scorer_detail"]["tau2"]["reward_basis"] for r in records)
+    assert summary["envs"][domain]["pass1"] == 1.0
+
+    agent, user = idle(domain)
+    out = tmp_path / "idle.jsonl"
+    summary = eval_file(config(envs=[domain], concurrency=8), str(out), executor_model=ScriptedRoles(agent, user),
+                        show_progress=False)
+    rewards = {r["benchmark_task_id"]: r["reward"] for r in read(out)}
+    expected = {t.id: int(noop_solvable(domain, t.data)) for t in tasks}
+    assert rewards == expected
+    needs_action = [t.id for t in tasks if t.data["evaluation_criteria"].get("actions")]
+    assert needs_action and all(rewards[i] == 0 for i in needs_action if not expected[i])
+    noop = sum(expected.values())
+    summary = eval_file(config(envs=[domain], drop_noop_solvable=True), str(tmp_path / "drop.jsonl"),
+                        executor_model=ScriptedRoles(agent, user), show_progress=False)
+    assert summary["dropped_noop_solvable"] == {domain: noop}
+    assert summary["envs"][domain]["tasks"] == len(tasks) - noop and summary["envs"][domain]["pass1"] == 0.0
