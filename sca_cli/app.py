@@ -9,7 +9,15 @@ from __future__ import annotations
 import typer
 
 from sca import __version__
-from sca_cli import envs_cmd, eval_cmd, propose_cmd, report_cmd, rollout_cmd, validate_cmd
+from sca_cli import (
+    envs_cmd,
+    eval_cmd,
+    propose_cmd,
+    report_cmd,
+    rollout_cmd,
+    train_cmd,
+    validate_cmd,
+)
 
 app = typer.Typer(
     name="sca",
@@ -45,6 +53,7 @@ def _root(
 app.add_typer(envs_cmd.app, name="envs")
 app.command("propose", epilog=propose_cmd.EXAMPLES)(propose_cmd.propose)
 app.command("validate", epilog=validate_cmd.EXAMPLES)(validate_cmd.validate)
+app.command("train", epilog=train_cmd.EXAMPLES)(train_cmd.train)
 app.command("rollout", epilog=rollout_cmd.EXAMPLES)(rollout_cmd.rollout)
 app.command("eval", epilog=eval_cmd.EXAMPLES)(eval_cmd.eval_)
 app.command("report", epilog=report_cmd.EXAMPLES)(report_cmd.report)

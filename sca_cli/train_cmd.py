@@ -1,0 +1,116 @@
+"""`sca train`: train a checkpoint on the trajectories of `sca rollout` (RFT, SFT or DPO, with TRL)."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import typer
+
+from sca_cli.common import OVERWRITE, SKIP_INVALID, err_console, examples, fail, warn
+
+EXAMPLES = examples(
+    "sca train trajectories.jsonl -o ckpt --algo rft --preset paper",
+    "sca train trajectories.jsonl -o ckpt --algo dpo --model meta-llama/Llama-3.1-8B-Instruct --lora --merge-lora",
+    "sca train trajectories.jsonl -o ckpt --algo sft --epochs 2 --lr 2e-5 --batch-size 16 --max-length 8192",
+    "sca train trajectories.jsonl -o ckpt --algo rft --config trl.yaml --set warmup_steps=10 --set lr_scheduler_type=cosine",
+    "accelerate launch --config_file examples/accelerate/zero3.yaml -m sca_cli.app train t.jsonl -o ckpt --algo rft",
+)
+
+ALGOS = ("rft", "sft", "dpo")
+
+
+def train(
+    trajectories: str = typer.Argument(..., help="Trajectories (JSONL, docs/TRAJECTORY.md); - for stdin."),
+    output: str = typer.Option(..., "-o", "--output", help="Checkpoint directory to write."),
+    algo: str = typer.Option(..., "--algo", help="rft: SFT on reward-1 trajectories (the paper) | sft: SFT on "
+                                                 "every rewarded one (distillation) | dpo: reward-1 vs reward-0 "
+                                                 "pairs of a task."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model: HF name or local path [default: the "
+                                                              "bundled SmolLM2-135M-Instruct]."),
+    lora: bool = typer.Option(False, "--lora", help="Train a LoRA adapter (needs peft)."),
+    merge_lora: bool = typer.Option(False, "--merge-lora", help="Merge the adapter into the model at the end "
+                                                                "(implies --lora): a plain checkpoint."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="paper: the paper's hyperparameters (RFT lr 1e-5, "
+                                                                "batch 8, 6 epochs, 16k context; DPO lr 2e-7, "
+                                                                "beta 0.1)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", min=0, help="Epochs (num_train_epochs)."),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0, help="Peak learning rate (learning_rate)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+                                             help="Examples per optimizer step over all GPUs (global_batch_size)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=1,
+                                             help="Tokens per example; longer ones are cut (start kept)."),
+    token_ids: Optional[str] = typer.Option(None, "--token-ids", help="check (default): generated token ids must "
+                                                                      "match re-tokenizing | use: train on them | "
+                                                                      "ignore."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML file of TRL options (SFTConfig/DPOConfig "
+                                                                "fields, and ours)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="key=value: any config option; repeatable; "
+                                                                 "applied last."),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="none | tensorboard | wandb (comma-separated "
+                                                                      "for several)."),
+    skip_invalid: bool = SKIP_INVALID,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Train a model on trajectories with TRL; the loss covers the assistant's own tokens only."""
+    from sca.artifacts import InputError
+    from stages.train import PLANNED
+
+    if algo not in ALGOS and algo not in PLANNED:
+        fail(f"--algo must be one of {', '.join(ALGOS)}, not {algo!r}")
+    options: dict[str, Any] = {
+        "model_name_or_path": model, "num_train_epochs": epochs, "learning_rate": lr,
+        "global_batch_size": batch_size, "max_length": max_length, "token_ids": token_ids,
+        "lora": True if lora or merge_lora else None, "merge_lora": True if merge_lora else None,
+        "report_to": [r.strip() for r in report_to.split(",") if r.strip()] if report_to else None,
+    }
+    from stages.train import train as run_train
+
+    try:
+        summary = run_train(
+            trajectories, output, algo=algo, preset=preset, config_file=config, options=options, sets=set_ or [],
+            overwrite=overwrite, skip_invalid=skip_invalid, on_skip=lambda msg: warn(f"skipped {msg}"),
+            on_status=lambda msg: err_console.print(f"[dim]sca train: {msg}[/]"),
+        )
+    except InputError as e:
+        fail(str(e))
+    if summary.main_process:  # one table for a distributed run
+        _print_summary(summary)
+
+
+def _print_summary(s: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"sca train --algo {s.algo}", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_column()
+    table.add_row("records", str(s.records), "")
+    table.add_row("examples used", str(s.examples), "pairs" if s.algo == "dpo" else "trajectories")
+    for reason, n in s.skipped.items():
+        table.add_row("  skipped", str(n), reason)
+    for note, n in s.notes.items():
+        table.add_row(f"  {note}", str(n), "")
+    if s.truncated:
+        table.add_row("  truncated", str(s.truncated), f"cut at max_length {s.settings.get('max_length')}")
+    table.add_row("tokens", str(s.tokens), f"{s.trained_tokens} trained (assistant), per epoch")
+    p = s.parity
+    if p.get("checked"):
+        how = {"check": "all reproduced", "use": "trained on the generated ids"}.get(s.settings.get("token_ids"), "")
+        table.add_row("token ids", f"{p['checked'] - p['mismatched']}/{p['checked']}",
+                      f"assistant turns matching re-tokenization; {how}")
+    table.add_row("steps", str(s.steps), f"{s.epochs:g} epochs, batch {_batch(s.settings)}")
+    if s.final_loss is not None:
+        first = f"from {s.first_loss:.4f}" if s.first_loss is not None else ""
+        table.add_row("final loss", f"{s.final_loss:.4f}", first)
+    rate = f"{s.tokens_per_s:.0f} tokens/s" if s.tokens_per_s else ""
+    table.add_row("time", f"{s.train_seconds:.1f} s", f"training ({rate}); {s.wall_seconds:.1f} s in all")
+    what = "merged LoRA" if s.merged else "LoRA adapter (needs the base model)" if s.lora else "full model"
+    table.add_row("checkpoint", s.output_dir, what)
+    err_console.print(table)
+
+
+def _batch(settings: dict[str, Any]) -> str:
+    per = settings.get("per_device_train_batch_size") or 1
+    acc = settings.get("gradient_accumulation_steps") or 1
+    world = settings.get("world_size") or 1
+    return f"{per * acc * world} ({per} x {acc} accumulation x {world} processes)"
