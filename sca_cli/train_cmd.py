@@ -1,4 +1,5 @@
-"""`sca train`: train a checkpoint on the trajectories of `sca rollout` (RFT, SFT or DPO, with TRL)."""
+"""`sca train`: train a checkpoint on the trajectories of `sca rollout` (RFT, SFT, DPO), or online on
+tasks (GRPO), with TRL."""
 
 from __future__ import annotations
 
@@ -6,7 +7,22 @@ from typing import Any, List, Optional
 
 import typer
 
-from sca_cli.common import OVERWRITE, SKIP_INVALID, err_console, examples, fail, warn
+from sca_cli.common import (
+    OVERWRITE,
+    SANDBOX,
+    SKIP_INVALID,
+    TIMEOUT,
+    USER_BACKEND,
+    USER_BASE_URL,
+    USER_MODEL,
+    WORKERS,
+    err_console,
+    examples,
+    fail,
+    model_config,
+    sandbox_config,
+    warn,
+)
 
 EXAMPLES = examples(
     "sca train trajectories.jsonl -o ckpt --algo rft --preset paper",
@@ -14,17 +30,29 @@ EXAMPLES = examples(
     "sca train trajectories.jsonl -o ckpt --algo sft --epochs 2 --lr 2e-5 --batch-size 16 --max-length 8192",
     "sca train trajectories.jsonl -o ckpt --algo rft --config trl.yaml --set warmup_steps=10 --set lr_scheduler_type=cosine",
     "accelerate launch --config_file examples/accelerate/zero3.yaml -m sca_cli.app train t.jsonl -o ckpt --algo rft",
+    "sca train tasks.jsonl -o ckpt --algo grpo --k 8 --preset paper   # online: episodes played during training",
 )
 
-ALGOS = ("rft", "sft", "dpo")
+ALGOS = ("rft", "sft", "dpo", "grpo")
 
 
 def train(
-    trajectories: str = typer.Argument(..., help="Trajectories (JSONL, docs/TRAJECTORY.md); - for stdin."),
+    trajectories: str = typer.Argument(..., help="Trajectories (JSONL, docs/TRAJECTORY.md); for --algo grpo, CaT "
+                                                 "tasks. - for stdin."),
     output: str = typer.Option(..., "-o", "--output", help="Checkpoint directory to write."),
     algo: str = typer.Option(..., "--algo", help="rft: SFT on reward-1 trajectories (the paper) | sft: SFT on "
                                                  "every rewarded one (distillation) | dpo: reward-1 vs reward-0 "
-                                                 "pairs of a task."),
+                                                 "pairs of a task | grpo: online, K live episodes per task."),
+    k: Optional[int] = typer.Option(None, "--k", min=2, help="grpo: episodes per task and step (num_generations) "
+                                                             "[default 8]."),
+    max_steps_per_episode: Optional[int] = typer.Option(None, "--episode-max-steps", min=1,
+                                                        help="grpo: executor replies per episode [default 15]."),
+    user_model: Optional[str] = USER_MODEL,
+    user_backend: Optional[str] = USER_BACKEND,
+    user_base_url: Optional[List[str]] = USER_BASE_URL,
+    sandbox: str = SANDBOX,
+    workers: Optional[int] = WORKERS,
+    timeout: float = TIMEOUT,
     model: Optional[str] = typer.Option(None, "--model", help="Base model: HF name or local path [default: the "
                                                               "bundled SmolLM2-135M-Instruct]."),
     lora: bool = typer.Option(False, "--lora", help="Train a LoRA adapter (needs peft)."),
@@ -53,16 +81,22 @@ def train(
 ) -> None:
     """Train a model on trajectories with TRL; the loss covers the assistant's own tokens only."""
     from sca.artifacts import InputError
-    from stages.train import PLANNED
 
-    if algo not in ALGOS and algo not in PLANNED:
+    if algo not in ALGOS:
         fail(f"--algo must be one of {', '.join(ALGOS)}, not {algo!r}")
+    if algo != "grpo" and (k is not None or max_steps_per_episode is not None):
+        fail("--k and --episode-max-steps go with --algo grpo")
+    user = None
+    if algo == "grpo" and (user_model or user_backend or user_base_url):
+        user = model_config(user_model, user_backend or "hf", user_base_url, 0.7, 1.0, 256, flag="--user-")
     options: dict[str, Any] = {
         "model_name_or_path": model, "num_train_epochs": epochs, "learning_rate": lr,
         "global_batch_size": batch_size, "max_length": max_length, "token_ids": token_ids,
         "lora": True if lora or merge_lora else None, "merge_lora": True if merge_lora else None,
         "report_to": [r.strip() for r in report_to.split(",") if r.strip()] if report_to else None,
     }
+    if algo == "grpo":
+        options.update(num_generations=k, episode_max_steps=max_steps_per_episode)
     from stages.train import train as run_train
 
     try:
@@ -70,6 +104,7 @@ def train(
             trajectories, output, algo=algo, preset=preset, config_file=config, options=options, sets=set_ or [],
             overwrite=overwrite, skip_invalid=skip_invalid, on_skip=lambda msg: warn(f"skipped {msg}"),
             on_status=lambda msg: err_console.print(f"[dim]sca train: {msg}[/]"),
+            sandbox=sandbox_config(sandbox, workers, timeout, 1024, 2000, 8 << 20), user=user,
         )
     except InputError as e:
         fail(str(e))

@@ -78,8 +78,8 @@ logging step: step, epoch, loss, learning_rate, grad_norm, tokens_per_s, elapsed
 ``train_summary.json`` (command, inputs with hashes, settings, counts, times).
 
 Adding an algorithm is adding an :class:`Algorithm` to ``ALGORITHMS`` and, for a new kind of
-trainer, a runner to ``_RUNNERS``. ``grpo`` (``PLANNED``) is the next one: it trains on tasks,
-not trajectories, with rewards from episodes that the episode engine runs.
+trainer, a runner to ``_RUNNERS``. ``grpo`` is online (``ONLINE``, :mod:`stages.train_grpo`): it
+trains on tasks, not trajectories, with rewards from episodes our engine plays during training.
 """
 
 from __future__ import annotations
@@ -259,18 +259,16 @@ ALGORITHMS: dict[str, Algorithm] = {
     "dpo": Algorithm("dpo", "dpo", select_dpo, "DPO on (reward 1, reward 0) pairs of the same task"),
 }
 
-#: algorithms designed for but not built yet, with what they are waiting for
-PLANNED: dict[str, str] = {
-    "grpo": "GRPO trains on tasks with rewards from live episodes and needs the episode engine (sca rollout's)",
-}
+#: online algorithms: they train on tasks, with rewards from episodes played during training
+ONLINE = {"grpo": "GRPO on tasks: each group is K live episodes of the model in training (stages/train_grpo.py)"}
 
 
 def get_algorithm(name: str) -> Algorithm:
     if name in ALGORITHMS:
         return ALGORITHMS[name]
-    if name in PLANNED:
-        raise InputError(f"--algo {name} is not available yet: {PLANNED[name]}")
-    raise InputError(f"unknown --algo {name!r} (choose one of {', '.join(ALGORITHMS)})")
+    if name in ONLINE:
+        return Algorithm(name, name, lambda records, config=None: Selection(records=[]), ONLINE[name])
+    raise InputError(f"unknown --algo {name!r} (choose one of {', '.join([*ALGORITHMS, *ONLINE])})")
 
 
 # -- presets and config building ---------------------------------------------------------------
@@ -281,6 +279,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "rft": {"learning_rate": 1e-5, "global_batch_size": 8, "num_train_epochs": 6, "max_length": 16384},
         "sft": {"learning_rate": 1e-5, "global_batch_size": 8, "num_train_epochs": 6, "max_length": 16384},
         "dpo": {"learning_rate": 2e-7, "beta": 0.1, "max_length": 16384},
+        "grpo": {"learning_rate": 1e-6, "beta": 0.001, "epsilon": 0.1},
     },
 }
 
@@ -331,7 +330,7 @@ def _post_init(self: Any, parent: type) -> None:
         raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
     if self.global_batch_size is not None and self.global_batch_size < 1:
         raise ValueError(f"global_batch_size must be >= 1, got {self.global_batch_size}")
-    if self.truncation_mode != "keep_start":
+    if getattr(self, "truncation_mode", "keep_start") != "keep_start":
         raise ValueError("truncation_mode must be keep_start: sca train keeps the start of long conversations")
     # transformers 5 renamed gradient_checkpointing* to activation_checkpointing*; either name works here
     for old, new in (("gradient_checkpointing", "activation_checkpointing"),
@@ -383,8 +382,10 @@ def _heavy() -> dict[str, Any]:
     """Classes that subclass TRL/transformers ones, built on first use (importing TRL takes seconds)."""
     import torch
     from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer, SFTConfig
+    from trl import DPOConfig, DPOTrainer, GRPOConfig, SFTConfig
     from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from stages.train_grpo import GRPO_EXTRA_FIELDS
 
     def make_config(name: str, parent: type, extra: tuple, doc: str) -> type:
         ns: dict[str, Any] = {"__annotations__": {}, "__doc__": doc, "__module__": __name__}
@@ -392,6 +393,8 @@ def _heavy() -> dict[str, Any]:
             ns["__annotations__"][fname] = ftype
             ns[fname] = field(default=default, metadata={"help": help_})
         for fname, default in _SHARED_DEFAULTS.items():
+            if fname not in parent.__dataclass_fields__:  # GRPOConfig has no max_length (its episodes set it)
+                continue
             ftype = parent.__dataclass_fields__[fname].type
             ns["__annotations__"][fname] = ftype | None if default is None and isinstance(ftype, type) else ftype
             ns[fname] = field(default=default, metadata=dict(parent.__dataclass_fields__[fname].metadata))
@@ -407,6 +410,11 @@ def _heavy() -> dict[str, Any]:
     dpo_config = make_config(
         "DPOTrainConfig", DPOConfig, _DPO_EXTRA_FIELDS,
         "Options of `sca train --algo dpo`: TRL's DPOConfig with our fields (SCA_FIELDS) and defaults.",
+    )
+    grpo_config = make_config(
+        "GRPOTrainConfig", GRPOConfig, GRPO_EXTRA_FIELDS,
+        "Options of `sca train --algo grpo`: TRL's GRPOConfig with our fields (SCA_FIELDS, the episode's) and "
+        "defaults.",
     )
 
     class MaskedPreferenceCollator(DataCollatorForPreference):
@@ -446,10 +454,12 @@ def _heavy() -> dict[str, Any]:
         EXTRA = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
                  "logps/chosen": "logps_chosen", "logps/rejected": "logps_rejected"}
 
-        def __init__(self, path: Path, append: bool = False, echo: Callable[[dict], None] | None = None):
+        def __init__(self, path: Path, append: bool = False, echo: Callable[[dict], None] | None = None,
+                     extra: Callable[[], dict] | None = None):
             self.path = Path(path)
             self.append = append
             self.echo = echo
+            self.extra = extra  # more fields for each line (GRPO: groups, uniform groups, rewards)
             self.lines: list[dict[str, Any]] = []
             self.final: dict[str, Any] = {}
             self._t0 = self._t_last = 0.0
@@ -484,6 +494,11 @@ def _heavy() -> dict[str, Any]:
             for k, name in self.EXTRA.items():
                 if k in logs:
                     line[name] = logs[k]
+            for k in ("reward", "reward_std", "frac_reward_zero_std", "kl"):
+                if k in logs:
+                    line[k] = logs[k]
+            if self.extra is not None:
+                line.update(self.extra())
             line["elapsed_s"] = round(now - self._t0, 3)
             self.lines.append(line)
             if state.is_world_process_zero:
@@ -493,14 +508,16 @@ def _heavy() -> dict[str, Any]:
                     self.echo(line)
 
     return {
-        "sft": sft_config, "dpo": dpo_config, "SFTTrainConfig": sft_config, "DPOTrainConfig": dpo_config,
+        "sft": sft_config, "dpo": dpo_config, "grpo": grpo_config, "SFTTrainConfig": sft_config,
+        "DPOTrainConfig": dpo_config, "GRPOTrainConfig": grpo_config,
         "MaskedPreferenceCollator": MaskedPreferenceCollator, "PretokenizedDPOTrainer": PretokenizedDPOTrainer,
         "TrainLog": TrainLog,
     }
 
 
 def __getattr__(name: str) -> Any:  # stages.train.SFTTrainConfig etc., built on first use
-    if name in ("SFTTrainConfig", "DPOTrainConfig", "MaskedPreferenceCollator", "PretokenizedDPOTrainer", "TrainLog"):
+    if name in ("SFTTrainConfig", "DPOTrainConfig", "GRPOTrainConfig", "MaskedPreferenceCollator",
+                "PretokenizedDPOTrainer", "TrainLog"):
         return _heavy()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -1096,8 +1113,15 @@ def train(
     on_skip: Callable[[str], None] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_status: Callable[[str], None] | None = None,
+    sandbox: Any = None,
+    user: Any = None,
 ) -> TrainSummary:
     """Train on a trajectory file and write a checkpoint to `output_dir`.
+
+    ``algo="grpo"`` trains on a CaT task file instead, with episodes played during training
+    (:mod:`stages.train_grpo`): `sandbox` (a :class:`~sandbox.SandboxConfig`) runs their actions
+    and rewards, `user` (a :class:`~sca.inference.config.ModelConfig`, default the model in
+    training) plays the simulated user of retail and airline.
 
     `config`: a ready config (``config_class(algo)``); otherwise one is built by
     :func:`build_config` from `preset`, `config_file`, `options` and `sets`. `on_log` gets each
@@ -1108,6 +1132,15 @@ def train(
     main = int(os.environ.get("RANK", "0") or 0) == 0  # torchrun / accelerate launch set RANK
     status = on_status if on_status is not None and main else (lambda msg: None)
     algorithm = get_algorithm(algo)
+    if algo in ONLINE:
+        from sandbox.config import SandboxConfig
+        from stages.train_grpo import load_tasks, run_grpo
+
+        if config is None:
+            load_tasks(str(trajectories), None)  # bad input fails here, before the slow imports
+            config = build_config(algo, output_dir, preset=preset, config_file=config_file, options=options, sets=sets)
+        return run_grpo(str(trajectories), output_dir, config, sandbox=(sandbox or SandboxConfig()).build(),
+                        user_config=user, overwrite=overwrite, on_log=on_log if main else None, on_status=status)
     out = Path(output_dir)
     loaded: Loaded = load_records(trajectories, TRAJECTORY, skip_invalid=skip_invalid, on_skip=on_skip)
     algorithm.select(loaded.records, config)  # bad input fails here, before the slow imports

@@ -241,6 +241,7 @@ class HFChatModel(ChatModel):
             eos_token_id=self._eos_ids,
             pad_token_id=self._pad_id,
             bos_token_id=self.model.generation_config.bos_token_id,
+            use_cache=True,  # a model set up for training (gradient checkpointing) turns its cache off
         )
         stopper = _StopStrings(self.tokenizer, sampling.stop, width, self._eos_ids) if sampling.stop else None
         with torch.inference_mode():

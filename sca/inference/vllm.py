@@ -93,6 +93,17 @@ class VLLMChatModel(ChatModel):
         self.tool_family = tool_family
         self.context_length = engine_context_length(self.llm) or engine_kwargs.get("max_model_len")
 
+    @classmethod
+    def from_llm(cls, llm: Any, *, name: str, tool_family: str | None = None) -> VLLMChatModel:
+        """Wrap a ``vllm.LLM`` made elsewhere (TRL's colocated engine during GRPO, whose weights TRL
+        keeps in sync); :meth:`close` leaves it to its owner."""
+        self = cls.__new__(cls)
+        self.name, self.path, self.engine_args = name, None, {}
+        self.llm, self.tool_family = llm, tool_family
+        self.context_length = engine_context_length(llm)
+        self._borrowed = True
+        return self
+
     def generate(
         self,
         conversations: list[list[dict]],
@@ -171,7 +182,7 @@ class VLLMChatModel(ChatModel):
         return info
 
     def close(self) -> None:
-        if getattr(self, "llm", None) is None:
+        if getattr(self, "llm", None) is None or getattr(self, "_borrowed", False):
             return
         self.llm = None
         gc.collect()

@@ -1,0 +1,295 @@
+"""GRPO on CaT tasks: TRL's GRPOTrainer, its rollouts produced by our episode engine.
+
+``sca train TASKS --algo grpo --k K``: each task of the input is a GRPO prompt; for every prompt
+TRL asks for K completions, and each completion is one whole multi-turn episode of **our**
+executor (the same engine, executor, simulated user, sandbox and ``evaluate`` reward as
+``sca rollout``), played by the model being trained. TRL's ``rollout_func`` hook gets the
+prompts; we run the episodes, then hand TRL, per episode:
+
+* ``prompt_ids``: the conversation's tokens up to the executor's first reply (system prompt,
+  first user message, the generation prompt), rendered by the chat template;
+* ``completion_ids``: everything after, with ``env_mask`` 1 exactly on the tokens the model
+  generated (the assistant turns, by the same turn-by-turn encoder and checks as ``sca train
+  --algo rft``, trained on the token ids the model produced) and 0 on observations, the simulated
+  user's messages and the template's own tokens, so the policy gradient never touches them;
+* the reward: 1 if the task's ``evaluate`` returned True on the final state, else 0. An
+  infrastructure failure scores 0 with an all-zero mask (it trains nothing) and is counted.
+
+TRL does the rest (group-normalised advantages, clipping, KL to the reference, its loss).
+Groups whose K rewards are all equal teach nothing: they are counted per generation batch
+(``groups_uniform`` in the training log), and ``skip_uniform_from=ROLLOUT.jsonl`` leaves out,
+before training, the tasks that an earlier rollout solved in none or all of its trials.
+
+Generation runs on the trainer's own model through the ``hf`` backend (weights are current by
+construction). With ``use_vllm`` TRL keeps its vLLM engine's weights in sync before each
+rollout; the engine then generates through that vLLM engine (``sca.inference.vllm``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from sca.artifacts import InputError, StreamedInput
+from sca.records import CAT_TASK
+
+#: the extra fields of the GRPO config (besides SCA_FIELDS): (name, type, default, help)
+GRPO_EXTRA_FIELDS: tuple[tuple[str, Any, Any, str], ...] = (
+    ("episode_max_steps", "int", 15, "Executor replies per episode (the paper's cap is 15)."),
+    ("action_format", "str", "code", "code (THOUGHT/ACTION blocks) | json (native function calling)."),
+    ("episode_max_new_tokens", "int", 512, "Tokens per executor reply at most."),
+    ("skip_uniform_from", "str | None", None,
+     "A rollout file (sca rollout): leave out the tasks it solved in none or all of their trials."),
+)
+
+
+def load_tasks(path: str, skip_uniform_from: str | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The CaT tasks to train on, and what was left out and why."""
+    source = StreamedInput(path, CAT_TASK).scan()
+    tasks = list(source)
+    notes: dict[str, int] = {}
+    if skip_uniform_from:
+        tallies: dict[str, list[int]] = {}
+        p = Path(skip_uniform_from)
+        if not p.exists():
+            raise InputError(f"{skip_uniform_from}: no such file")
+        with open(p, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    r = json.loads(raw)
+                    reward = r.get("reward")
+                    task_id = r["task_id"]
+                except (ValueError, KeyError, AttributeError):
+                    raise InputError(f"{skip_uniform_from}:{lineno}: not a trajectory record") from None
+                if reward is None:
+                    continue
+                t = tallies.setdefault(task_id, [0, 0])
+                t[0] += 1
+                t[1] += int(reward == 1)
+        uniform = {tid for tid, (n, c) in tallies.items() if n and c in (0, n)}
+        kept = [t for t in tasks if t["id"] not in uniform]
+        notes["left out: solved by none or all trials of the earlier rollout"] = len(tasks) - len(kept)
+        tasks = kept
+    if not tasks:
+        raise InputError(f"{path}: no task to train on" + (" after leaving out uniform ones" if skip_uniform_from else ""))
+    return tasks, notes
+
+
+class EpisodeRollouts:
+    """TRL's ``rollout_func``: our engine plays each prompt's episode with the model in training."""
+
+    def __init__(self, tasks: list[dict[str, Any]], tokenizer: Any, config: Any, sandbox: Any, user_config: Any,
+                 stats: Counter, eos_ids: list[int]):
+        from sca.executor import ExecutorConfig
+
+        self.tasks = {t["id"]: t for t in tasks}
+        self.tokenizer = tokenizer
+        self.config = config
+        self.sandbox = sandbox
+        self.user_config = user_config
+        self.stats = stats
+        self.eos_ids = eos_ids
+        self.episode = ExecutorConfig(max_steps=config.episode_max_steps, action_format=config.action_format)
+        self.calls = 0
+        self._user_model = None
+
+    def _policy(self, trainer: Any) -> Any:
+        """The model in training as a ChatModel (vLLM when TRL generates with vLLM, else transformers)."""
+        from sca.inference.hf import HFChatModel
+
+        if getattr(trainer, "use_vllm", False) and getattr(getattr(trainer, "vllm_generation", None), "llm", None):
+            from sca.inference.vllm import VLLMChatModel
+
+            return VLLMChatModel.from_llm(trainer.vllm_generation.llm, name="policy")
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        return HFChatModel.from_objects(model, self.tokenizer, name="policy", batch_size=max(1, len(self.tasks)))
+
+    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        import torch
+
+        from envs import make_env
+        from sca.engine import Role, run_episodes
+        from sca.executor import (
+            AGENT,
+            USER,
+            ExecutorEpisode,
+            evaluate_scorer,
+            executor_stop,
+        )
+        from sca.inference.base import SamplingParams
+
+        policy = self._policy(trainer)
+        if self.user_config is not None and self._user_model is None:
+            self._user_model = self.user_config.load()
+        keys = [self._key(p) for p in prompts]
+        episodes = []
+        for i, key in enumerate(keys):
+            task = self.tasks[key]
+            episodes.append(ExecutorEpisode.start(task_id=key, trial=i, instruction=task["instruction"],
+                                                  env=make_env(task["env"]), sandbox=self.sandbox,
+                                                  config=self.episode,
+                                                  scorer=evaluate_scorer(task["evaluation_function"])))
+        source = iter(episodes)
+        sampling = SamplingParams(temperature=max(float(self.config.temperature), 1e-5) if self.config.temperature else 0,
+                                  top_p=float(getattr(self.config, "top_p", 1.0) or 1.0),
+                                  max_new_tokens=self.config.episode_max_new_tokens,
+                                  stop=executor_stop(self.episode))
+        tools = None
+        if self.episode.action_format == "json":
+            tools = [t.openai_schema() for t in episodes[0].env.tools()]
+        roles = {AGENT: Role(AGENT, policy, sampling, tools=tools),
+                 USER: Role(USER, self._user_model or policy, SamplingParams(temperature=0.7, max_new_tokens=256))}
+        model = getattr(policy, "model", None)
+        was_training = bool(getattr(model, "training", False))
+        if model is not None:
+            model.eval()
+        t0 = time.monotonic()
+        try:
+            with torch.no_grad():
+                run_episodes(lambda: next(source, None), roles, concurrency=len(episodes), on_finish=lambda ep: None,
+                             workers=max(1, getattr(self.sandbox, "workers", 1)),
+                             seed=self.config.seed * 7919 + 1000 * self.calls)
+        finally:
+            if model is not None and was_training:
+                model.train()
+        self.calls += 1
+        out = self._to_trl(episodes)
+        self._count_groups(keys, out["sca_reward"])
+        self.stats["episodes"] += len(episodes)
+        self.stats["rollout_s"] += time.monotonic() - t0
+        return out
+
+    @staticmethod
+    def _key(prompt: Any) -> str:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+            return str(prompt[-1].get("content", ""))
+        return str(prompt)
+
+    def _to_trl(self, episodes: list[Any]) -> dict[str, Any]:
+        """Each finished episode as TRL's prompt ids, completion ids, env mask and reward."""
+        from stages.train import ChatEncoder, verify_mask
+        from stages.train import InputError as _E
+
+        encoder = ChatEncoder(self.tokenizer, "use", self.eos_ids)
+        prompt_ids, completion_ids, masks, rewards = [], [], [], []
+        for ep in episodes:
+            record = {"id": f"{ep.task_id}#{ep.trial}", "messages": ep.messages,
+                      "assistant_token_ids": ep.assistant_token_ids}
+            reward = ep.reward if ep.infra_error is None else None
+            try:
+                enc = encoder.encode(record, where=f"episode {record['id']}")
+                if any(enc.mask):
+                    verify_mask(self.tokenizer, enc, where=f"episode {record['id']}")
+            except _E as e:
+                self.stats["episodes_not_encodable"] += 1
+                self.stats["last_encoding_error"] = str(e)[:300]
+                enc = None
+            if enc is None or not any(enc.mask):
+                # nothing the model generated can be trained: the prompt, one token, masked out
+                text = self.tokenizer.apply_chat_template(ep.messages[:2], tokenize=False, add_generation_prompt=True)
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                prompt_ids.append(ids)
+                completion_ids.append([self.eos_ids[0]])
+                masks.append([0])
+                rewards.append(0.0)
+                self.stats["episodes_without_trained_tokens"] += 1
+                if reward is None:
+                    self.stats["infra_failures"] += 1
+                continue
+            first = enc.mask.index(1)
+            prompt_ids.append(enc.input_ids[:first])
+            completion_ids.append(enc.input_ids[first:])
+            masks.append(enc.mask[first:])
+            if reward is None:  # an infrastructure failure: reward 0, nothing trained
+                self.stats["infra_failures"] += 1
+                masks[-1] = [0] * len(masks[-1])
+                rewards.append(0.0)
+            else:
+                rewards.append(float(reward))
+                self.stats["rewarded"] += int(reward == 1)
+            self.stats[f"termination:{ep.termination}"] += 1
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None, "env_mask": masks,
+                "sca_reward": rewards}
+
+    def _count_groups(self, keys: list[str], rewards: list[float]) -> None:
+        groups: dict[str, list[float]] = {}
+        for key, reward in zip(keys, rewards):
+            groups.setdefault(key, []).append(reward)
+        for values in groups.values():
+            self.stats["groups"] += 1
+            if len(set(values)) == 1:
+                self.stats["groups_uniform"] += 1
+
+
+def episode_reward(prompts: Any = None, completions: Any = None, sca_reward: list[float] | None = None,
+                   **kwargs: Any) -> list[float]:
+    """The reward function TRL calls: the rewards our episodes earned (forwarded by rollout_func)."""
+    return list(sca_reward or [])
+
+
+def run_grpo(tasks_path: str, output_dir: str | Path, config: Any, *, sandbox: Any, user_config: Any = None,
+             overwrite: bool = False, on_log: Callable[[dict], None] | None = None,
+             on_status: Callable[[str], None] | None = None) -> Any:
+    """Train with GRPO; returns a :class:`stages.train.TrainSummary`."""
+    from stages import train as T
+
+    status = on_status or (lambda msg: None)
+    started, wall0 = T._now(), time.monotonic()
+    out = Path(output_dir)
+    tasks, notes = load_tasks(tasks_path, config.skip_uniform_from)
+    from envs import make_env
+
+    for name in sorted({t["env"] for t in tasks}):
+        make_env(name)
+    T._check_output(out, overwrite, bool(getattr(config, "resume_from_checkpoint", None)))
+    T._check_report_to(config)
+    model = T._model_path(config)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+    status("loading the model")
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=config.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    eos = T.eos_token_ids(model)
+    stats: Counter = Counter()
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": t["id"]}]} for t in tasks])
+    with sandbox as sb:
+        rollouts = EpisodeRollouts(tasks, tokenizer, config, sb, user_config, stats, eos)
+        log = T._heavy()["TrainLog"](out / "train_log.jsonl", echo=on_log, extra=lambda: {
+            "groups": stats["groups"], "groups_uniform": stats["groups_uniform"], "episodes": stats["episodes"],
+            "rewarded": stats["rewarded"], "infra_failures": stats["infra_failures"]})
+        trainer = GRPOTrainer(model=model, reward_funcs=[episode_reward], args=config, train_dataset=dataset,
+                              processing_class=tokenizer, peft_config=T._peft_config(config), callbacks=[log],
+                              rollout_func=rollouts)
+        status("training")
+        result = trainer.train()
+        status("saving")
+        merged = False
+        if config.lora and config.merge_lora:
+            trainer.save_model(str(out / "adapter"))
+            if trainer.is_world_process_zero():
+                T._merge_lora(model, out / "adapter", out, tokenizer, config.trust_remote_code)
+            merged = True
+        else:
+            trainer.save_model(str(out))
+    losses = [line["loss"] for line in log.lines if "loss" in line]
+    train_seconds = float(log.final.get("train_runtime", result.metrics.get("train_runtime", 0.0)))
+    notes.update({k: v for k, v in stats.items() if isinstance(v, int)})
+    summary = T.TrainSummary(
+        algo="grpo", model=model, output_dir=str(out), records=len(tasks), examples=stats["episodes"],
+        notes=notes, steps=trainer.state.global_step, epochs=round(float(trainer.state.epoch or 0.0), 4),
+        first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
+        train_seconds=round(train_seconds, 3), wall_seconds=round(time.monotonic() - wall0, 3),
+        lora=bool(config.lora), merged=merged, settings=T._settings("grpo", config, model, None),
+        main_process=trainer.is_world_process_zero())
+    if trainer.is_world_process_zero():
+        T._write_summary(out, summary, StreamedInput(tasks_path, CAT_TASK).scan(), config, started)
+    return summary
