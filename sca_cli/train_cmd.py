@@ -82,6 +82,9 @@ def train(
     """Train a model on trajectories with TRL; the loss covers the assistant's own tokens only."""
     from sca.artifacts import InputError
 
+    if algo == "ppo":
+        fail("--algo ppo is not offered: TRL 1.16 has no PPO trainer, and sca re-implements no trainer "
+             "(README: 'Why there is no PPO'); GRPO is the online algorithm TRL runs on our episodes")
     if algo not in ALGOS:
         fail(f"--algo must be one of {', '.join(ALGOS)}, not {algo!r}")
     if algo != "grpo" and (k is not None or max_steps_per_episode is not None):

@@ -540,8 +540,11 @@ def test_malformed_record_is_a_one_line_error_naming_file_and_line(tmp_path):
 def test_bad_options_are_one_line_errors(tmp_path):
     assert "unknown option 'learnig_rate'" in one_line_error(
         cli("train", TINY, "-o", tmp_path / "c", "--algo", "rft", "--set", "learnig_rate=1"))
-    assert "--algo must be one of" in one_line_error(cli("train", TINY, "-o", tmp_path / "c", "--algo", "ppo"))
-    assert "not available yet" in one_line_error(cli("train", TINY, "-o", tmp_path / "c", "--algo", "grpo"))
+    assert "--algo must be one of" in one_line_error(cli("train", TINY, "-o", tmp_path / "c", "--algo", "ppp"))
+    assert "TRL 1.16 has no PPO trainer" in one_line_error(cli("train", TINY, "-o", tmp_path / "c", "--algo", "ppo"))
+    # grpo trains on tasks: a trajectory file is not one
+    assert one_line_error(cli("train", TINY, "-o", tmp_path / "c", "--algo", "grpo")).endswith(
+        "tiny.jsonl:1: evaluation_function: missing required field")
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "config.json").write_text("{}")
     assert "already holds a checkpoint" in one_line_error(cli("train", TINY, "-o", tmp_path / "c", "--algo", "rft"))
