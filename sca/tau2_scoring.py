@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import lru_cache
 from typing import Any
 
 from sca.protocol import OBSERVATION, parse_reply
@@ -95,8 +96,17 @@ def tau2_reward(domain: str, task_data: dict[str, Any], messages: list[Any], use
 
 def noop_solvable(domain: str, task_data: dict[str, Any]) -> bool:
     """Whether tau2 scores the task 1 when the agent does nothing and the user stops."""
+    import json
+
+    return _noop_solvable(domain, json.dumps(task_data, sort_keys=True))
+
+
+@lru_cache(maxsize=None)
+def _noop_solvable(domain: str, task_json: str) -> bool:
+    import json
+
     _registry, m, *_ = _tau2()
-    reward, _ = tau2_reward(domain, task_data, [m.UserMessage(role="user", content="###STOP###")], True)
+    reward, _ = tau2_reward(domain, json.loads(task_json), [m.UserMessage(role="user", content="###STOP###")], True)
     return reward == 1.0
 
 
