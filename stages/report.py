@@ -1099,7 +1099,7 @@ def _compare(a: Source, b: Source, k: int, *, n_boot: int, seed: int) -> list[Co
     rows: list[CompareRow] = []
     for key in sorted(ea.keys() | eb.keys(), key=lambda kv: (_env_key(kv[0]), kv[1] or "")):
         env, split = key
-        for metric in ("pass1", "pass_k"):
+        for metric in ("pass1", "pass_k") if k > 1 else ("pass1",):  # with k = 1, Pass@k is Pass@1
             if key not in ea or key not in eb:
                 rows.append(CompareRow(env, split, metric, None, f"only in {a.name if key in ea else b.name}"))
                 continue
