@@ -247,6 +247,9 @@ def run_grpo(tasks_path: str, output_dir: str | Path, config: Any, *, sandbox: A
         make_env(name)
     T._check_output(out, overwrite, bool(getattr(config, "resume_from_checkpoint", None)))
     T._check_report_to(config)
+    if config.use_vllm and config.vllm_mode != "colocate":
+        raise InputError(f"vllm_mode={config.vllm_mode}: our episodes generate through a vLLM engine in this process; "
+                         "use vllm_mode=colocate (or use_vllm=false: the trainer's own weights through transformers)")
     model = T._model_path(config)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 

@@ -105,6 +105,15 @@ def test_bad_input_is_one_line(tmp_path):
     assert r.exit_code == 2 and "--k and --episode-max-steps go with --algo grpo" in r.output
 
 
+def test_vllm_server_mode_is_refused_before_training(tmp_path):
+    """TRL's server mode would leave our episodes generating elsewhere than the engine TRL syncs."""
+    r = CliRunner().invoke(app, ["train", str(write(tmp_path / "t.jsonl", TASKS)), "-o", str(tmp_path / "c"),
+                                 "--algo", "grpo", "--sandbox", "subprocess", "--set", "use_vllm=true",
+                                 "--set", "vllm_mode=server"])
+    assert r.exit_code == 2 and "vllm_mode=server" in r.output and "colocate" in r.output
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.slow
 def test_a_few_grpo_steps_on_live_episodes(tmp_path):
     backend_or_skip("bwrap")
