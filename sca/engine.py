@@ -17,6 +17,7 @@ The engine knows nothing of the protocol, sandboxes or environments: episodes do
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,13 @@ class Episode:
     role_tokens: dict[str, dict[str, int]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     ended: float = 0.0
+    _turns: int = 0  # generations this episode has received (any role)
+
+    def seed_key(self) -> str:
+        """What identifies this episode across runs (e.g. task id and trial): the sampling seed
+        of each of its turns derives from it, so a resumed or larger run never repeats the seeds
+        another trial had. Subclasses override it; the default identifies nothing."""
+        return ""
 
     def conversation(self) -> list[dict]:
         raise NotImplementedError
@@ -72,6 +80,7 @@ class Episode:
         self.ended = time.monotonic()
 
     def _account(self, role: str, generation: Any, seconds: float) -> None:
+        self._turns += 1
         self.role_seconds[role] = self.role_seconds.get(role, 0.0) + seconds
         tokens = self.role_tokens.setdefault(role, {"prompt": 0, "completion": 0})
         tokens["prompt"] += int(getattr(generation, "prompt_tokens", 0) or 0)
@@ -105,8 +114,9 @@ def run_episodes(
     when it says None while nothing is live). For an iterator: ``lambda: next(it, None)``.
 
     `roles` maps a role name to its :class:`Role`. `workers` threads run the episodes'
-    :meth:`Episode.act`. With `seed`, the k-th generate call of the run samples with seed
-    ``seed + k`` (reproducible given the same batches). A backend error that is not an
+    :meth:`Episode.act`. With `seed`, each generate call samples with :func:`call_seed` of the
+    episodes in its batch (reproducible given the same batches; never the seed of another
+    trial, in this run or a resumed one). A backend error that is not an
     :class:`~sca.inference.InferenceError` propagates (a bug, not a failure to record).
     """
     from sca.inference import InferenceError
@@ -116,7 +126,6 @@ def run_episodes(
     stats = EngineStats()
     started = time.monotonic()
     live: list[Episode] = []
-    calls = 0
 
     def finish_ready() -> None:
         nonlocal live
@@ -147,8 +156,7 @@ def run_episodes(
                 role = roles.get(name)
                 if role is None:
                     raise KeyError(f"an episode asks for role {name!r}; roles: {', '.join(roles)}")
-                sampling = role.sampling if seed is None else replace(role.sampling, seed=seed + calls)
-                calls += 1
+                sampling = role.sampling if seed is None else replace(role.sampling, seed=call_seed(seed, name, group))
                 t0 = time.monotonic()
                 try:
                     gens = role.model.generate([ep.conversation() for ep in group], sampling, tools=role.tools)
@@ -174,3 +182,12 @@ def run_episodes(
             finish_ready()
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def call_seed(seed: int, role: str, group: list[Episode]) -> int:
+    """The sampling seed of one generate call: a hash of the run's seed, the role, and each
+    episode's :meth:`~Episode.seed_key` and turn. Backends give conversation i of a call
+    ``seed + i``; a counter (``seed + k`` for the k-th call) would hand the same seeds to
+    different episodes in the next call and to the first calls of a resumed run."""
+    key = "\x1f".join([str(seed), role, *(f"{ep.seed_key()}@{ep._turns}" for ep in group)])
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % (2**31 - 2**20)

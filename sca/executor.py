@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from sandbox.runner import json_depth
 from sca import user_sim
 from sca.engine import Episode
 from sca.protocol import (
@@ -38,6 +39,7 @@ from sca.protocol import (
 
 ACTION_FORMATS = ("code", "json")
 AGENT, USER = "agent", "user"
+MAX_ARGS_DEPTH = 64  # how deeply a native tool call's arguments may nest (as the sandbox allows)
 
 
 @dataclass
@@ -111,9 +113,14 @@ def evaluate_scorer(evaluation_function: str) -> Scorer:
     def score(ep: ExecutorEpisode) -> tuple[int, dict[str, Any]]:
         ep.answer = answer_from_text(ep.final_answer, ep.env.user_facing)
         t0 = time.monotonic()
-        res = ep.sandbox.run(ep.env, evaluation_function, mode="evaluate", answer=_bounded(ep.answer, ep.sandbox),
-                             read_only=True, keep_payloads=False)
-        ep.sandbox_s += time.monotonic() - t0
+        try:
+            res = ep.sandbox.run(ep.env, evaluation_function, mode="evaluate", answer=_bounded(ep.answer, ep.sandbox),
+                                 read_only=True, keep_payloads=False)
+        except (TypeError, ValueError) as e:  # the executor's answer is no value the sandbox can pass on
+            ep.answer = None
+            return 0, {"status": "bad_answer", "verdict": None, "error_type": type(e).__name__, "error": str(e)[:500]}
+        finally:
+            ep.sandbox_s += time.monotonic() - t0
         detail = {"status": res.status, "verdict": res.verdict, "value_type": res.value_type,
                   "error_type": res.error_type, "error": res.error, "traceback": res.traceback,
                   "seconds": round(res.duration_s, 4), "tool_calls": len(res.tool_calls)}
@@ -126,8 +133,6 @@ def evaluate_scorer(evaluation_function: str) -> Scorer:
 
 def _bounded(answer: Any, sandbox: Any) -> Any:
     """The answer, or its text when it is nested too deeply to hand to the sandbox."""
-    from sandbox.runner import json_depth
-
     limit = getattr(sandbox, "max_depth", 64)
     return answer if json_depth(answer, limit) <= limit else json.dumps(answer)
 
@@ -177,6 +182,9 @@ class ExecutorEpisode(Episode):
         return ep
 
     # -- the engine's hooks --------------------------------------------------------------------------
+    def seed_key(self) -> str:
+        return f"{self.task_id}#{self.trial}"
+
     def conversation(self) -> list[dict[str, Any]]:
         return self.messages if self.next_role == AGENT else self.user_messages
 
@@ -270,15 +278,15 @@ class ExecutorEpisode(Episode):
             name, raw = fn.get("name", ""), fn.get("arguments", "{}")
             error = result = None
             try:
-                args = json.loads(raw) if isinstance(raw, str) else raw
+                args = _try_json(raw)
                 if not isinstance(args, dict):
-                    raise ToolError("the arguments must be a JSON object")
+                    raise ToolError("the arguments must be a JSON object" + (
+                        f" nested at most {MAX_ARGS_DEPTH} levels" if isinstance(raw, str) and args is raw else ""))
                 result = self.env.call(name, args)
-            except (ToolError, ValueError) as e:
-                args = raw if not isinstance(raw, str) else _try_json(raw)
-                error = f"{type(e).__name__}: {e}" if not isinstance(e, ToolError) else str(e)
+            except ToolError as e:
+                error = str(e)
             except Exception as e:  # noqa: BLE001 - a tool that crashed refuses the call
-                args, error = _try_json(raw), f"{type(e).__name__}: {e}"
+                error = f"{type(e).__name__}: {e}"
             self.tool_calls.append({"message": index, "name": name, "arguments": args, "result": result,
                                     "error": error})
             content = f"Error: {error}" if error else json.dumps(result, ensure_ascii=False)
@@ -339,12 +347,15 @@ def _after_thought(text: str) -> str:
 
 
 def _try_json(raw: Any) -> Any:
+    """Native tool-call arguments as JSON, or the raw text when they are no JSON a record can keep
+    (malformed, or nested deeper than MAX_ARGS_DEPTH: a bomb that would crash whoever reads it)."""
     if not isinstance(raw, str):
-        return raw
+        return raw if json_depth(raw, MAX_ARGS_DEPTH) <= MAX_ARGS_DEPTH else f"(arguments nested deeper than {MAX_ARGS_DEPTH} levels)"
     try:
-        return json.loads(raw)
-    except ValueError:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
         return raw
+    return value if json_depth(value, MAX_ARGS_DEPTH) <= MAX_ARGS_DEPTH else raw
 
 
 def drop_infra_failures(path: str) -> int:

@@ -57,12 +57,20 @@ def clean_code(src: str) -> str:
 
 
 def parse_reply(text: str) -> Reply:
-    """Read a reply: THOUGHT, then ACTION, ANSWER or plain text (tolerant of missing END markers)."""
+    """Read a reply: THOUGHT, then ACTION, ANSWER or plain text (tolerant of missing END markers).
+
+    An ``ACTION:`` or ``ANSWER:`` inside a THOUGHT that is closed by END THOUGHT is part of the
+    thought ("I will check the order in an ACTION: ..."), not the reply's action or answer.
+    """
     thought = ""
     m = re.search(r"THOUGHT:(.*?)(END THOUGHT|ACTION:|ANSWER:|$)", text, re.S)
+    after = 0  # where the reply's ACTION or ANSWER may start
     if m:
         thought = m.group(1).strip()
-    a_pos, q_pos = text.find("ACTION:"), text.find("ANSWER:")
+        closed = re.search(r"THOUGHT:(.*?)END THOUGHT", text, re.S)
+        if closed is not None:
+            thought, after = closed.group(1).strip(), closed.end()
+    a_pos, q_pos = text.find("ACTION:", after), text.find("ANSWER:", after)
     if a_pos >= 0 and (q_pos < 0 or a_pos < q_pos):
         code = clean_code(text[a_pos + len("ACTION:"):].split("END ACTION", 1)[0])
         return Reply("action", thought, code=code, error="" if code.strip() else "the ACTION is empty")
@@ -185,6 +193,7 @@ def answer_from_text(text: str | None, user_facing: bool = False) -> Any:
 
 
 _NOT_JSON = object()
+_MAX_INT_BITS = 4000 * 3  # about 3600 decimal digits: below Python's 4300-digit limit on int <-> str
 
 
 def _finite(value: Any) -> bool:
@@ -199,8 +208,10 @@ def _finite(value: Any) -> bool:
 
 def _jsonable(value: Any) -> Any:
     """A Python literal as the JSON value it stands for, or _NOT_JSON (sets, bytes, complex, NaN...)."""
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, int):  # a hex literal can be an int too long to write in decimal
+        return value if value.bit_length() <= _MAX_INT_BITS else _NOT_JSON
     if isinstance(value, float):
         return value if math.isfinite(value) else _NOT_JSON
     if isinstance(value, (list, tuple)):

@@ -222,6 +222,9 @@ class ChallengerEpisode(Episode):
     sandbox_s: float = 0.0
     turn: Turn | None = None  # received, waiting for act()
 
+    def seed_key(self) -> str:
+        return f"{self.env.name}-e{self.index}"
+
     def conversation(self) -> list[dict[str, str]]:
         return self.messages
 

@@ -119,15 +119,18 @@ class RolloutSummary:
         return s
 
 
-def _tally_existing(path: str, tallies: dict[str, TaskTally], counts: Counter) -> None:
-    """Per-task tallies and counts of the trajectories an earlier run wrote (streamed)."""
+def _tally_existing(path: str, tallies: dict[str, TaskTally], counts: Counter, task_ids: set[str], k: int) -> None:
+    """Per-task tallies and counts of the trajectories an earlier run wrote (streamed), for this
+    run's tasks and trials only: the file may also hold other tasks, or more trials, of earlier runs."""
     if path == STDIO or not Path(path).exists():
         return
     with open(path, "rb") as f:
         for raw in f:
             try:
                 r = json.loads(raw)
-                _count(r, tallies, counts)
+                trial = r["trial"]
+                if r["task_id"] in task_ids and isinstance(trial, int) and 0 <= trial < k:
+                    _count(r, tallies, counts)
             except (ValueError, AttributeError, TypeError, KeyError):
                 continue
 
@@ -206,8 +209,10 @@ def rollout_file(
     config = config or RolloutConfig()
     source = StreamedInput(tasks_path, CAT_TASK, skip_invalid=skip_invalid, on_skip=on_skip).scan()
     envs_used: set[str] = set()
+    task_ids: set[str] = set()
     for task in source:
         envs_used.add(task["env"])
+        task_ids.add(task["id"])
     for name in sorted(envs_used):
         make_env(name)  # every environment loads before any model does
     tools = None
@@ -238,9 +243,9 @@ def rollout_file(
                       overwrite=overwrite) as run:
             counts = run.counts
             if not overwrite:
-                _tally_existing(output, tallies, counts)
+                _tally_existing(output, tallies, counts, task_ids, config.k)
             counts["retried"] = retried
-            todo = source.count * config.k - len(run.done_ids)
+            todo = sum(f"{task_id}#{trial}" not in run.done_ids for task_id in task_ids for trial in range(config.k))
             if todo > 0:
                 with config.sandbox.build(workers=min(config.sandbox.workers, config.concurrency)) as sandbox:
                     run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name

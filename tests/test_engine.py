@@ -39,6 +39,9 @@ class PingPong(Episode):
     threads: set = field(default_factory=set)
     failed: str = ""
 
+    def seed_key(self):
+        return f"pp{self.index}"
+
     def conversation(self):
         return [{"role": "user", "content": str(self.index)}] * (len(self.said) + 1)
 
@@ -104,8 +107,47 @@ def test_seeds_vary_per_call_and_tools_are_passed():
                           "user": Role("user", Counting("u"), SamplingParams())},
                  concurrency=3, on_finish=lambda ep: None, seed=100)
     seeds = [c[1] for c in agent.calls]
-    assert len(set(seeds)) == len(seeds) and min(seeds) >= 100
+    assert len(set(seeds)) == len(seeds)
     assert all(c[2] == tools for c in agent.calls)
+
+
+class SeedLog(Counting):
+    """Records the seed each conversation gets, as backends that seed requests do (seed + index)."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.per_conversation = []
+
+    def generate(self, conversations, sampling, tools=None):
+        self.per_conversation += [sampling.seed + i for i in range(len(conversations))]
+        return super().generate(conversations, sampling, tools)
+
+
+def _seeds(indices, concurrency, seed=7):
+    agent = SeedLog("a")
+    it = iter([PingPong(index=i, turns=3) for i in indices])
+    run_episodes(lambda: next(it, None), {"agent": Role("agent", agent, SamplingParams()),
+                                          "user": Role("user", Counting("u"), SamplingParams())},
+                 concurrency=concurrency, on_finish=lambda ep: None, seed=seed)
+    return agent.per_conversation
+
+
+def test_no_two_conversations_share_a_seed_across_calls():
+    # a counter (seed + k for the k-th call) gives conversation 1 of call k the seed of
+    # conversation 0 of call k+1: two episodes would sample alike
+    seeds = _seeds(range(6), concurrency=3)
+    assert len(seeds) == 6 * 3 and len(set(seeds)) == len(seeds)
+
+
+def test_a_resumed_run_does_not_repeat_the_first_runs_seeds():
+    first = _seeds(range(3), concurrency=3)
+    resumed = _seeds(range(3, 6), concurrency=3)  # the trials the first run did not do
+    assert not set(first) & set(resumed)
+    assert _seeds(range(3), concurrency=3) == first  # the same run again: the same seeds
+
+
+def test_the_run_seed_changes_every_seed():
+    assert not set(_seeds(range(3), 3, seed=1)) & set(_seeds(range(3), 3, seed=2))
 
 
 def test_a_failing_backend_fails_that_calls_episodes_only():

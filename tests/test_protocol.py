@@ -108,3 +108,19 @@ def test_strings_that_look_like_values_do_not_round_trip():
     # an executor types 3 for the string "3": the contract's check 5 (answer_round_trip) catches such tasks
     assert answer_from_text(answer_to_text("3")) == 3
     assert answer_from_text(answer_to_text("true")) is True
+
+
+def test_markers_inside_a_closed_thought_are_part_of_the_thought():
+    r = parse_reply("THOUGHT: I could run an ACTION: or give the ANSWER: now END THOUGHT\nYour order is cancelled.")
+    assert (r.kind, r.text) == ("text", "Your order is cancelled.")
+    assert r.thought == "I could run an ACTION: or give the ANSWER: now"
+    r = parse_reply("THOUGHT: no ACTION: yet END THOUGHT\nACTION:\nprint(1)\nEND ACTION")
+    assert (r.kind, r.code) == ("action", "print(1)\n")
+    r = parse_reply("THOUGHT: check first\nACTION:\nprint(2)\n")  # a THOUGHT never closed: ACTION ends it
+    assert (r.kind, r.thought, r.code) == ("action", "check first", "print(2)\n")
+
+
+def test_an_int_too_long_to_write_in_decimal_stays_text():
+    huge = "0x" + "f" * 5000  # a Python literal whose value json cannot write (Python's 4300-digit limit)
+    assert answer_from_text(huge) == huge
+    assert answer_from_text("0xff") == 255

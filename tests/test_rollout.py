@@ -228,6 +228,53 @@ def test_answers_are_converted_the_same_way_in_validation_and_rollout(tmp_path):
                    "calc-string": ("olleh", 1, "final_answer"), "calc-digits-as-text": (4, 0, "final_answer")}
 
 
+def test_an_answer_or_tool_call_no_record_can_hold_cannot_crash_the_rollout(tmp_path):
+    """A hex literal too long to write in decimal as the final answer, and native tool calls whose
+    arguments are nesting bombs: the trials are scored (0), the records are written and readable."""
+    from sca.inference.base import Generation
+
+    bomb = "[" * 50_000 + "]" * 50_000
+    deep = json.dumps({"order_id": json.loads("[" * 70 + "]" * 70)})
+
+    class Hostile(ScriptedModel):
+        def generate(self, conversations, sampling, tools=None):
+            out = []
+            for conv in conversations:
+                turn = sum(m["role"] == "assistant" for m in conv)
+                if conv[1]["content"].startswith("How long") or turn > 0:
+                    out.append(Generation("THOUGHT: huge END THOUGHT\n0x" + "f" * 5000, 5, 5, "stop"))
+                else:
+                    out.append(Generation("", 5, 5, "tool_calls", tool_calls=[
+                        {"id": "a", "type": "function", "function": {"name": "string_length", "arguments": bomb}},
+                        {"id": "b", "type": "function", "function": {"name": "string_length", "arguments": deep}}]))
+            return out
+
+    tasks = [CALC[0], {**CALC[0], "id": "calc-2", "instruction": "Give the length of abcd."}]
+    _, records = run(tmp_path, tasks, Hostile(None), k=1, episode=ExecutorConfig(action_format="json"))
+    by_id = {r["task_id"]: r for r in records}
+    assert set(by_id) == {"calc-number", "calc-2"}
+    assert all(r["reward"] == 0 and r["infra_error"] is None for r in records)
+    assert by_id["calc-number"]["answer"] == "0x" + "f" * 5000  # text: no int a record could hold
+    calls = by_id["calc-2"]["tool_calls"]
+    assert [c["error"] for c in calls] == ["the arguments must be a JSON object nested at most 64 levels"] * 2
+    assert calls[0]["arguments"] == bomb and calls[1]["arguments"] == deep  # kept as text
+    for line in (tmp_path / "out.jsonl").read_text().splitlines():
+        json.loads(line)
+
+
+def test_a_rerun_with_more_tasks_runs_them_and_counts_only_this_runs_trials(tmp_path):
+    """The output already holds 3 trials each of 2 tasks; a rerun with 4 tasks and k=1 must run the 2
+    new tasks (6 done ids > 4 wanted must not read as "nothing to do") and summarise 4 tasks x 1 trial."""
+    model = ScriptedRoles(lambda turn, conv: [LOOK, CANCEL, DONE][turn], customer)
+    tasks = [{**CANCEL_TASK, "id": f"t{i}"} for i in range(4)]
+    summary, _ = run(tmp_path, tasks[:2], model, k=3, name="out")
+    assert (summary.tasks, summary.scored) == (2, 6)
+    summary, records = run(tmp_path, tasks, model, k=1, name="out")
+    assert sorted(r["id"] for r in records) == ["t0#0", "t0#1", "t0#2", "t1#0", "t1#1", "t1#2", "t2#0", "t3#0"]
+    assert (summary.tasks, summary.scored, summary.rewarded) == (4, 4, 4)
+    assert summary.terminations == {"user_stop": 4}
+
+
 # -- infrastructure failures -------------------------------------------------------------------------
 def test_a_sandbox_crash_is_an_infrastructure_failure_and_is_retried(tmp_path, monkeypatch):
     """The worker running trial 0's action is killed from outside: that trial is recorded with reward
