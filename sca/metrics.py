@@ -437,6 +437,8 @@ class Comparison:
     confidence: float
     diffs: dict[str, float]  # task_id -> B - A
     verdict: str
+    short_tasks: int = 0  # pass_k / pass_hat_k: paired tasks with fewer than k valid trials in a run,
+    #                       compared at k' = the fewer trials, on both sides
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict (the interval becomes a two-item list)."""
@@ -495,7 +497,9 @@ def compare(
     Both runs are scored per task with :func:`task_scores`; tasks are paired
     by task_id, and tasks scored in only one run are dropped (and counted).
     For each paired task the difference B - A of ``metric`` ("pass1",
-    "pass_k" or "pass_hat_k") is taken. Reported:
+    "pass_k" or "pass_hat_k") is taken; Pass@k and pass^k of a task use the
+    same k' = min(k, n_A, n_B) in both runs (counted in ``short_tasks`` when
+    k' < k). Reported:
 
     * ``mean_diff``, the mean of the differences;
     * ``ci``, a paired percentile bootstrap interval of that mean (tasks
@@ -522,8 +526,18 @@ def compare(
     common = sorted(by_a.keys() & by_b.keys())
     if not common:
         raise ValueError(f"the two runs share no scored task ({len(by_a)} in A, {len(by_b)} in B)")
-    col_a = [getattr(by_a[t], metric) for t in common]
-    col_b = [getattr(by_b[t], metric) for t in common]
+    if metric == "pass1":
+        col_a = [by_a[t].pass1 for t in common]
+        col_b = [by_b[t].pass1 for t in common]
+        short = 0
+    else:
+        # a task with fewer valid trials in one run than k (infrastructure failures) is compared
+        # at the same k' on both sides: Pass@4 against Pass@2 would favour the run with more trials
+        fn = pass_at_k if metric == "pass_k" else pass_hat_k
+        ks = {t: min(k, by_a[t].n, by_b[t].n) for t in common}
+        col_a = [fn(by_a[t].n, by_a[t].c, ks[t]) for t in common]
+        col_b = [fn(by_b[t].n, by_b[t].c, ks[t]) for t in common]
+        short = sum(kk < k for kk in ks.values())
     diffs = [b - a for a, b in zip(col_a, col_b)]
     mean_diff = _mean(diffs)
     (ci,) = _bootstrap_cis([diffs], n_boot, random.Random(seed), confidence)
@@ -550,5 +564,8 @@ def compare(
         significant=p < alpha and not ci[0] <= 0 <= ci[1],
         confidence=confidence,
         diffs=dict(zip(common, diffs)),
-        verdict=_verdict(name_a, name_b, label, mean_diff, ci, p, len(common), confidence),
+        verdict=_verdict(name_a, name_b, label, mean_diff, ci, p, len(common), confidence) + (
+            f" {short} of the {len(common)} tasks had fewer than {k} valid trials in a run: each was compared "
+            "at its fewer trials in both runs." if short else ""),
+        short_tasks=short,
     )

@@ -42,3 +42,30 @@ def zero_shot_row(model_name: str | None) -> tuple[str, dict[str, tuple[float, f
         if _norm(name) == last:
             return name, row
     return None
+
+
+#: the benchmarks behind Table 1: tau2's test split (retail, airline) and the official M3ToolEval tasks
+TAU_ENVS = ("retail", "airline")
+M3_ENVS = ("calculation", "web_browsing")
+
+
+def not_comparable(env: str, *, split: str | None, official_m3: bool, drop_noop_solvable: bool | None,
+                   limit: int | None, trials: int | None) -> str | None:
+    """None where an evaluation of `env` measured what the paper's Table 1 did, else why not. The
+    paper: every task of tau-bench's test split (airline without the tasks solved by doing nothing)
+    and of the official M3ToolEval set, 4 trials per task."""
+    if env in TAU_ENVS:
+        if split != "test":
+            return f"split {split!r}: the paper evaluated the test split"
+        if env == "airline" and not drop_noop_solvable:
+            return "the paper left out the airline tasks solved by doing nothing (--drop-noop-solvable)"
+    elif env in M3_ENVS:
+        if not official_m3:
+            return "our held-out tasks: the paper used the official M3ToolEval tasks (--m3tooleval-dir)"
+    else:
+        return "not a benchmark of the paper"
+    if limit:
+        return f"--limit {limit}: a subset of the tasks"
+    if trials is not None and trials < 4:
+        return f"{trials} trials: the paper's Pass@4 needs 4"
+    return None

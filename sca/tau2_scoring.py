@@ -43,8 +43,11 @@ def _tau2():
 
 
 def tau2_messages(domain: str, messages: list[dict[str, Any]], tool_calls: list[dict[str, Any]],
-                  action_format: str = "code") -> list[Any]:
-    """Our executor conversation (and its recorded tool calls) as tau2's messages."""
+                  action_format: str = "code", mismatches: list[dict[str, Any]] | None = None) -> list[Any]:
+    """Our executor conversation (and its recorded tool calls) as tau2's messages.
+
+    `mismatches`, if given, receives each replayed call whose answer from tau2's environment
+    differs from what our environment answered during the episode (a drift between the two)."""
     registry, m, *_ = _tau2()
     env = registry.get_env_constructor(domain)()
     by_message: dict[int, list[dict[str, Any]]] = {}
@@ -69,8 +72,12 @@ def tau2_messages(domain: str, messages: list[dict[str, Any]], tool_calls: list[
                 args = call.get("arguments") if isinstance(call.get("arguments"), dict) else {}
                 tau_calls.append(m.ToolCall(id=f"call_{n}", name=call["name"], arguments=args, requestor="assistant"))
             out.append(m.AssistantMessage(role="assistant", content=None, tool_calls=tau_calls))
-            for tc in tau_calls:
-                out.append(env.get_response(tc))
+            for tc, call in zip(tau_calls, calls):
+                response = env.get_response(tc)
+                out.append(response)
+                if mismatches is not None and not _same_answer(call, response):
+                    mismatches.append({"name": call["name"], "ours": _short(call.get("error") or call.get("result")),
+                                       "tau2": _short(response.content)})
             continue
         if action_format == "code":
             reply = parse_reply(content)
@@ -80,6 +87,30 @@ def tau2_messages(domain: str, messages: list[dict[str, Any]], tool_calls: list[
         if said.strip():
             out.append(m.AssistantMessage(role="assistant", content=said))
     return out
+
+
+def _same_answer(call: dict[str, Any], response: Any) -> bool:
+    """Whether tau2's answer to a replayed call is the one our environment gave."""
+    import json
+
+    if bool(call.get("error")) != bool(response.error):
+        return False
+    if response.error:
+        return True  # both refused; the wording of a refusal is each environment's own
+    content = response.content or ""
+    try:
+        theirs = json.loads(content)
+    except ValueError:
+        theirs = content
+    ours = call.get("result")
+    return theirs == ours or content == ours
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def tau2_reward(domain: str, task_data: dict[str, Any], messages: list[Any], user_stopped: bool) -> tuple[float, dict]:
@@ -115,8 +146,15 @@ def tau2_scorer(domain: str, task_data: dict[str, Any]):
 
     def score(ep: Any) -> tuple[int, dict[str, Any]]:
         ep.answer = ep.final_answer
-        messages = tau2_messages(domain, ep.messages, ep.tool_calls, ep.config.action_format)
-        reward, detail = tau2_reward(domain, task_data, messages, ep.termination == "user_stop")
-        return int(reward == 1.0), {"scorer": "tau2", "status": "ok", "reward": reward, "tau2": detail}
+        mismatches: list[dict[str, Any]] = []
+        try:
+            messages = tau2_messages(domain, ep.messages, ep.tool_calls, ep.config.action_format, mismatches)
+            reward, detail = tau2_reward(domain, task_data, messages, ep.termination == "user_stop")
+        except Exception as e:  # noqa: BLE001 - what the episode did made tau2 fail: the trial fails
+            log.warning("tau2 could not score %s#%s: %s: %s", ep.task_id, ep.trial, type(e).__name__, e)
+            return 0, {"scorer": "tau2", "status": "scorer_error", "reward": 0.0,
+                       "error": f"{type(e).__name__}: {str(e)[:1000]}", "replay_mismatches": mismatches[:20]}
+        return int(reward == 1.0), {"scorer": "tau2", "status": "ok", "reward": reward, "tau2": detail,
+                                    "replay_mismatches": mismatches[:20]}
 
     return score

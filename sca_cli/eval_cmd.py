@@ -140,3 +140,5 @@ def print_summary(summary: dict) -> None:
         t.add_row(*row)
     err_console.print(t)
     err_console.print("95% intervals: bootstrap over tasks. Excluded: infrastructure failures (reward null).")
+    for env, why in (paper or {}).get("not_comparable", {}).items():
+        err_console.print(f"no paper figure beside {env}: {why}")

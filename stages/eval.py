@@ -149,27 +149,50 @@ def benchmark_tasks(config: EvalConfig) -> tuple[list[BenchTask], dict[str, int]
     return out, dropped
 
 
-def summarize_results(path: str, config: EvalConfig, envs: list[str]) -> dict[str, Any]:
-    """The metrics of every environment from the results file (resumed records included)."""
+def paper_benchmark_envs(config: EvalConfig) -> dict[str, str | None]:
+    """For each environment of the run: None where it evaluates what the paper's Table 1 did, else
+    why its numbers are not comparable (:func:`sca.paper.not_comparable`)."""
+    from sca.paper import not_comparable
+
+    return {env: not_comparable(env, split=config.split, official_m3=bool(config.m3tooleval_dir),
+                                drop_noop_solvable=config.drop_noop_solvable, limit=config.limit,
+                                trials=config.trials) for env in config.envs}
+
+
+def summarize_results(results: list[dict[str, Any]], config: EvalConfig, envs: list[str]) -> dict[str, Any]:
+    """The metrics of every environment from this run's results (env, task_id, trial, reward)."""
     from sca.metrics import summarize
 
     by_env: dict[str, list[dict[str, Any]]] = {e: [] for e in envs}
-    if path != STDIO and Path(path).exists():
-        with open(path, "rb") as f:
-            for raw in f:
-                try:
-                    r = json.loads(raw)
-                except ValueError:
-                    continue
-                if r.get("env") in by_env:
-                    by_env[r["env"]].append({"task_id": r["task_id"], "trial": r["trial"], "reward": r.get("reward")})
+    for r in results:
+        by_env[r["env"]].append(r)
     out = {}
-    for env, results in by_env.items():
-        if not any(r["reward"] is not None for r in results):
-            out[env] = {"tasks": len({r["task_id"] for r in results}), "trials": 0,
-                        "excluded": sum(r["reward"] is None for r in results), "note": "no scored trial"}
+    for env, rs in by_env.items():
+        if not any(r["reward"] is not None for r in rs):
+            out[env] = {"tasks": len({r["task_id"] for r in rs}), "trials": 0,
+                        "excluded": sum(r["reward"] is None for r in rs), "note": "no scored trial"}
             continue
-        out[env] = summarize(results, k=config.pass_k, n_boot=config.n_boot, seed=config.seed).to_dict()
+        out[env] = summarize(rs, k=config.pass_k, n_boot=config.n_boot, seed=config.seed).to_dict()
+    return out
+
+
+def _earlier_results(path: str, wanted: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The results an earlier run left in `path` for the (task, trial) ids of this run (`wanted`:
+    id -> environment); the file may hold other tasks, splits or trials, which are not this run's."""
+    out: dict[str, dict[str, Any]] = {}
+    if path == STDIO or not Path(path).exists():
+        return out
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                r = json.loads(raw)
+                env = wanted.get(r["id"])
+                if env is not None and r["task_id"] == r["id"].rsplit("#", 1)[0]:
+                    reward = r.get("reward")
+                    out[r["id"]] = {"env": env, "task_id": r["task_id"], "trial": r["trial"],
+                                    "reward": reward if reward in (0, 1) else None}
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
     return out
 
 
@@ -197,21 +220,32 @@ def eval_file(config: EvalConfig, output: str, *, executor_model: Any = None, us
         settings = {**asdict(config), "retried_infra_failures": retried, "dropped_noop_solvable": dropped,
                     "models": models}
         with StageRun("eval", {"results": output}, settings=settings, overwrite=overwrite) as run:
+            wanted = {f"{t.task_id}#{trial}": t.env_name for t in tasks for trial in range(config.trials)}
+            results = {} if overwrite else _earlier_results(output, wanted)
             todo = [(t, trial) for t in tasks for trial in range(config.trials)
                     if f"{t.task_id}#{trial}" not in run.done_ids]
+
+            def write(record: dict[str, Any]) -> None:
+                run.write("results", record)
+                results[record["id"]] = {"env": record["env"], "task_id": record["task_id"],
+                                         "trial": record["trial"], "reward": record["reward"]}
+
             if todo:
                 with config.sandbox.build(workers=min(config.sandbox.workers, config.concurrency)) as sandbox:
                     run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
                     with progress(len(todo), "eval", show_progress) as advance:
                         _run(todo, config, executor_model, user_model if needs_user else None, sandbox, models,
-                             lambda r: run.write("results", r), run.counts, advance)
+                             write, run.counts, advance)
             summary = {"trials": config.trials, "k": config.pass_k, "split": config.split,
                        "model": models["executor"].get("model"), "models": models,
-                       "dropped_noop_solvable": dropped, "envs": summarize_results(output, config, config.envs)}
+                       "dropped_noop_solvable": dropped, "envs": summarize_results(list(results.values()), config, config.envs)}
             paper = paper_row(models["executor"].get("model") or config.executor.model)
             if paper:
-                summary["paper"] = {"model": paper[0], "table1": {e: {"pass1": v[0], "pass4": v[1]}
-                                                                  for e, v in paper[1].items()}}
+                comparable = paper_benchmark_envs(config)
+                summary["paper"] = {"model": paper[0],
+                                    "table1": {e: {"pass1": v[0], "pass4": v[1]} for e, v in paper[1].items()
+                                               if e in comparable and comparable[e] is None},
+                                    "not_comparable": {e: why for e, why in comparable.items() if why}}
             run.meta.data["summary"] = summary["envs"]
     finally:
         for model in own:

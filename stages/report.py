@@ -291,7 +291,8 @@ def _slim(kind: str, record: dict[str, Any], lineno: int) -> dict[str, Any]:
         return {"task_id": record["task_id"], "trial": record["trial"], "reward": record["reward"],
                 "env": record["env"], "termination": record.get("termination") or "unknown",
                 "infra_kind": (infra.get("kind") or "unknown") if isinstance(infra, dict) else None,
-                "split": record.get("split"),
+                "split": record.get("split"), "scorer": record.get("scorer"),
+                "benchmark_task_id": record.get("benchmark_task_id"),
                 "model": executor.get("model") if isinstance(executor, dict) else None}
     return dict(record)
 
@@ -727,6 +728,7 @@ class PassRow:
     k: int
     summary: metrics.Summary
     paper: tuple[float, float] | None  # the paper's Table 1 (Pass@1, Pass@4) in %, for Llama-3.1-8B-Instruct
+    not_comparable: str | None = None  # a run of that model on another benchmark than the paper's: why
 
 
 def _env_key(env: str) -> tuple[int, str]:
@@ -749,9 +751,31 @@ def build_pass_rows(src: Source, k: int, *, n_boot: int, seed: int) -> tuple[lis
         except ValueError as e:
             notes.append(f"{src.name}, {env}: {e}")
             continue
+        why = _not_the_papers_benchmark(src, env, split, recs) if paper else None
         rows.append(PassRow(run=src.name, file=src.label, model=src.model, env=env, split=split, k=k,
-                            summary=summary, paper=PAPER_TABLE1.get(env) if paper else None))
+                            summary=summary, paper=PAPER_TABLE1.get(env) if paper and why is None else None,
+                            not_comparable=why))
+        if why:
+            notes.append(f"{src.name}, {env}: no paper figure beside it: {why}")
     return rows, notes
+
+
+def _not_the_papers_benchmark(src: Source, env: str, split: str | None, recs: list[dict[str, Any]]) -> str | None:
+    """Why an eval run's results on `env` are not the benchmark of the paper's Table 1 (None if they
+    are): from its records (scorer, benchmark ids, trials per task) and its meta's settings."""
+    from sca.paper import M3_ENVS, TAU_ENVS, not_comparable
+
+    settings = (src.meta or {}).get("settings") or {}
+    if env in TAU_ENVS and any(r.get("scorer") != "tau2" for r in recs):
+        return "not scored by tau2's evaluator"
+    ids = [r.get("benchmark_task_id") for r in recs]
+    official = all(isinstance(i, str) and i.startswith("m3/") for i in ids) and env in M3_ENVS
+    per_task = Counter(r["task_id"] for r in recs)
+    trials = settings.get("trials") if isinstance(settings.get("trials"), int) else max(per_task.values())
+    return not_comparable(env, split=split, official_m3=official,
+                          drop_noop_solvable=bool(settings.get("drop_noop_solvable")),
+                          limit=settings.get("limit") if isinstance(settings.get("limit"), int) else None,
+                          trials=trials)
 
 
 @dataclass

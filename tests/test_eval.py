@@ -92,20 +92,65 @@ def test_resume_per_task_and_trial_and_the_summary_file(tmp_path):
     assert meta["stage"] == "eval" and meta["summary"]["calculation"]["pass1"] == 1.0
 
 
-def test_cli_table_and_the_papers_row_for_the_same_model(tmp_path):
+def _cli_eval(tmp_path, name, *args):
     server = ReplayServer(lambda messages: "THOUGHT: guess END THOUGHT\n0")
     try:
-        r = CliRunner().invoke(app, ["eval", "--env", "calculation", "--limit", "2", "--trials", "2",
-                                     "--backend", "openai", "--base-url", server.url,
-                                     "--model", "meta-llama/Llama-3.1-8B-Instruct", "--sandbox", "bwrap",
-                                     "-o", str(tmp_path / "r.jsonl")])
+        return CliRunner().invoke(app, ["eval", *args, "--backend", "openai", "--base-url", server.url,
+                                        "--model", "meta-llama/Llama-3.1-8B-Instruct", "--sandbox", "bwrap",
+                                        "-o", str(tmp_path / name)])
     finally:
         server.close()
+
+
+def test_cli_table_and_the_papers_row_only_where_the_benchmark_is_the_papers(tmp_path):
+    fixture = Path(__file__).parent / "fixtures" / "m3tooleval"
+    r = _cli_eval(tmp_path, "m3.jsonl", "--env", "calculation", "--m3tooleval-dir", str(fixture), "--trials", "4")
     assert r.exit_code == 0, r.output
-    summary = json.loads((tmp_path / "r.jsonl.summary.json").read_text())
+    summary = json.loads((tmp_path / "m3.jsonl.summary.json").read_text())
     assert summary["paper"]["model"] == "Llama-3.1-8B-Instruct"
-    assert summary["paper"]["table1"]["calculation"] == {"pass1": 20.3, "pass4": 43.8}
-    assert "Pass@2" in r.output and "20.3 / 43.8" in r.output
+    assert summary["paper"]["table1"] == {"calculation": {"pass1": 20.3, "pass4": 43.8}}
+    assert summary["paper"]["not_comparable"] == {}
+    assert "Pass@4" in r.output and "20.3 / 43.8" in r.output and "no paper figure" not in r.output
+    # our held-out tasks, a subset, 2 trials: the paper measured none of that; say why, show no figure
+    r = _cli_eval(tmp_path, "held.jsonl", "--env", "calculation", "--limit", "2", "--trials", "2")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "held.jsonl.summary.json").read_text())
+    assert summary["paper"]["table1"] == {}
+    assert summary["paper"]["not_comparable"]["calculation"].startswith("our held-out tasks")
+    assert "Pass@2" in r.output and "20.3" not in r.output
+    assert "no paper figure beside calculation: our held-out tasks" in " ".join(r.output.split())
+
+
+def test_which_runs_the_papers_table_1_compares_with():
+    from stages.eval import paper_benchmark_envs
+
+    m3 = "/some/checkout"
+    assert paper_benchmark_envs(EvalConfig(envs=["retail", "calculation", "web_browsing"], m3tooleval_dir=m3)) == {
+        "retail": None, "calculation": None, "web_browsing": None}
+    why = paper_benchmark_envs(EvalConfig(envs=["all"], split="train", limit=3, trials=2))
+    assert why["retail"].startswith("split 'train'") and why["airline"].startswith("split 'train'")
+    assert why["calculation"].startswith("our held-out") and why["web_browsing"].startswith("our held-out")
+    assert paper_benchmark_envs(EvalConfig(envs=["airline"]))["airline"].startswith("the paper left out")
+    assert paper_benchmark_envs(EvalConfig(envs=["airline"], drop_noop_solvable=True)) == {"airline": None}
+    assert paper_benchmark_envs(EvalConfig(envs=["retail"], limit=5))["retail"] == "--limit 5: a subset of the tasks"
+    assert paper_benchmark_envs(EvalConfig(envs=["retail"], trials=2))["retail"].startswith("2 trials")
+
+
+def test_the_summary_is_this_runs_tasks_and_trials_only(tmp_path):
+    """The results file also holds an earlier run's other tasks and more trials: the summary of a run
+    with fewer is computed from its own (task, trial) pairs; with -o - it is computed from memory."""
+    out = tmp_path / "r.jsonl"
+    eval_file(config(envs=["calculation"], limit=4, trials=3), str(out),
+              executor_model=ScriptedRoles(solver("calculation")), show_progress=False)
+    assert len(read(out)) == 12
+    fewer = eval_file(config(envs=["calculation"], limit=2, trials=2), str(out),
+                      executor_model=ScriptedRoles(solver("calculation")), show_progress=False)
+    m = fewer["envs"]["calculation"]
+    assert (m["tasks"], m["trials"]) == (2, 4)
+    stdout = eval_file(config(envs=["calculation"], limit=2, trials=1), "-",
+                       executor_model=ScriptedRoles(solver("calculation")), show_progress=False)
+    m = stdout["envs"]["calculation"]
+    assert (m["tasks"], m["trials"], m["pass1"]) == (2, 2, 1.0)
 
 
 def test_cli_errors(tmp_path):
@@ -174,6 +219,7 @@ def test_tau2s_evaluator_scores_gold_replays_one_and_doing_nothing_zero(tmp_path
     failures = [(r["benchmark_task_id"], r["scorer_detail"]) for r in records if r["reward"] != 1]
     assert not failures, failures[:2]
     assert all(r["scorer"] == "tau2" and r["scorer_detail"]["tau2"]["reward_basis"] for r in records)
+    assert all(r["scorer_detail"]["replay_mismatches"] == [] for r in records)  # our tools answer as tau2's
     assert summary["envs"][domain]["pass1"] == 1.0
 
     agent, user = idle(domain)
@@ -190,3 +236,42 @@ def test_tau2s_evaluator_scores_gold_replays_one_and_doing_nothing_zero(tmp_path
                         executor_model=ScriptedRoles(agent, user), show_progress=False)
     assert summary["dropped_noop_solvable"] == {domain: noop}
     assert summary["envs"][domain]["tasks"] == len(tasks) - noop and summary["envs"][domain]["pass1"] == 0.0
+
+
+def _episode(tool_calls, messages=None):
+    from types import SimpleNamespace
+
+    from sca.executor import ExecutorConfig
+
+    messages = messages or [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi"},
+                            {"role": "assistant", "content": "THOUGHT: look END THOUGHT\nACTION:\nx\nEND ACTION"},
+                            {"role": "user", "content": "OBSERVATION:\n..."},
+                            {"role": "assistant", "content": "THOUGHT: ok END THOUGHT\nDone."},
+                            {"role": "user", "content": "###STOP###"}]
+    return SimpleNamespace(task_id="t", trial=0, final_answer="Done.", answer=None, messages=messages,
+                           tool_calls=tool_calls, config=ExecutorConfig(), termination="user_stop")
+
+
+def test_tau2_scoring_reports_replay_mismatches_and_survives_what_tau2_cannot_take():
+    from envs import make_env
+    from sca.tau2_scoring import tau2_scorer
+
+    task = make_env("retail").tasks("test")[0]
+    score = tau2_scorer("retail", task.data)
+    real = make_env("retail").call("get_order_details", {"order_id": "#W2974929"})
+    honest = {"message": 2, "name": "get_order_details", "arguments": {"order_id": "#W2974929"}, "result": real,
+              "error": None}
+    reward, detail = score(_episode([honest]))
+    assert detail["status"] == "ok" and detail["replay_mismatches"] == []
+    drifted = dict(honest, result={**real, "status": "delivered" if real["status"] != "delivered" else "pending"})
+    refused = {"message": 2, "name": "get_order_details", "arguments": {"order_id": "#W0000000"}, "result": None,
+               "error": "Order not found"}
+    wrongly_ok = dict(refused, result={"order_id": "#W0000000"}, error=None)
+    _, detail = score(_episode([drifted, refused, wrongly_ok]))
+    assert [m["name"] for m in detail["replay_mismatches"]] == ["get_order_details", "get_order_details"]
+    assert detail["replay_mismatches"][0]["tau2"].startswith('{"order_id": "#W2974929"')
+    assert detail["replay_mismatches"][1]["tau2"].startswith("Error:")
+    # a call tau2's message types refuse (a name that is no string): the trial scores 0, the stage goes on
+    bad = {"message": 2, "name": ["get_order_details"], "arguments": {}, "result": None, "error": "x"}
+    reward, detail = score(_episode([bad]))
+    assert reward == 0 and detail["status"] == "scorer_error" and detail["error"].startswith("ValidationError")

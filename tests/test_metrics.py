@@ -498,4 +498,29 @@ def test_metrics_module_does_not_import_numpy():
 
 
 def test_summary_fields():
-    assert isinstance(summarize(HAND, 4, n_boot=10), Summary)
+    s = summarize(HAND, 4, n_boot=10, seed=3, confidence=0.9)
+    assert isinstance(s, Summary)
+    d = s.to_dict()
+    assert set(d) == {"tasks", "trials", "excluded", "empty_tasks", "short_tasks", "k", "pass1", "pass_k",
+                      "pass_hat_k", "pass1_ci", "pass_k_ci", "pass_hat_k_ci", "confidence", "n_boot", "seed"}
+    assert (d["n_boot"], d["seed"], d["confidence"], d["k"]) == (10, 3, 0.9, 4)
+    for key in ("pass1", "pass_k", "pass_hat_k"):
+        lo, hi = d[f"{key}_ci"]
+        assert 0 <= lo <= d[key] <= hi <= 1
+
+
+def test_compare_pass_k_uses_the_same_k_on_both_sides():
+    # "x" has 4 trials in A, 2 in B (two infrastructure failures): Pass@4 of A (1 - 0 = 1 with one
+    # success among 4) against Pass@2 of B would be unfair; both are compared at k' = 2.
+    # A x [1,0,0,0]: pass@2 = 1 - C(3,2)/C(4,2) = 1/2; B x [1,0]: pass@2 = 1 - C(1,2)/C(2,2) = 1.
+    # pass^2: A x = 0 (c < 2), B x = 0. "y" 4 trials in both: A [0,0,0,0], B [1,1,1,1] at k = 4.
+    a = records({"x": [1, 0, 0, 0], "y": [0, 0, 0, 0]})
+    b = records({"x": [1, 0, None, None], "y": [1, 1, 1, 1]})
+    ck = compare(a, b, k=4, metric="pass_k")
+    assert ck.diffs == pytest.approx({"x": 1 - 1 / 2, "y": 1.0})
+    assert ck.short_tasks == 1 and ck.verdict.endswith(
+        "1 of the 2 tasks had fewer than 4 valid trials in a run: each was compared at its fewer trials in both runs.")
+    ch = compare(a, b, k=4, metric="pass_hat_k")
+    assert ch.diffs == pytest.approx({"x": 0.0, "y": 1.0}) and ch.short_tasks == 1
+    assert compare(a, b, k=4).short_tasks == 0  # Pass@1 needs no k'
+

@@ -225,6 +225,55 @@ def test_pass_table_matches_sca_metrics(rep):
     assert "| 20.3% / 43.8% |" in readme and "| 8.9% / 15.7% |" in readme
 
 
+def _eval_copy(tmp_path, name, change_record, settings=None):
+    """A copy of the base eval run (Llama-3.1-8B-Instruct) with its records and meta settings changed."""
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(change_record(r)) + "\n" for r in read_jsonl(BASE)))
+    meta = json.loads(BASE.with_name(BASE.name + ".meta.json").read_text())
+    meta["settings"].update(settings or {})
+    meta["outputs"] = {"results": name}
+    path.with_name(name + ".meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_table_1_only_beside_the_papers_benchmark(tmp_path):
+    """The paper's figures sit beside the same model only on the same benchmark: not beside our
+    held-out calculation tasks, a tau2 run not scored by tau2, another split, a --limit subset, an
+    airline run that kept the tasks solved by doing nothing."""
+    def held_out(r):
+        return dict(r, benchmark_task_id=r["benchmark_task_id"].replace("m3/", "")) if r["env"] == "calculation" else r
+
+    def other_split(r):
+        return dict(r, split="train")
+
+    def airline(r):
+        return dict(r, env="airline") if r["env"] == "retail" else r
+
+    def rows_of(path):
+        sources, _ = rp.collect([path])
+        src = next(s for s in sources if s.kind == "eval")
+        rows, notes = rp.build_pass_rows(src, 4, n_boot=10, seed=0)
+        return {r.env: r for r in rows}, notes
+
+    rows, notes = rows_of(BASE)
+    assert rows["calculation"].paper == (20.3, 43.8) and rows["retail"].paper == (8.9, 15.7) and not notes
+    rows, notes = rows_of(_eval_copy(tmp_path, "held.jsonl", held_out))
+    assert rows["calculation"].paper is None and rows["retail"].paper == (8.9, 15.7)
+    assert rows["calculation"].not_comparable.startswith("our held-out tasks")
+    assert notes == [f"{rows['calculation'].run}, calculation: no paper figure beside it: "
+                     + rows["calculation"].not_comparable]
+    rows, _ = rows_of(_eval_copy(tmp_path, "unscored.jsonl", lambda r: dict(r, scorer="m3_tolerant")))
+    assert rows["retail"].paper is None and rows["retail"].not_comparable == "not scored by tau2's evaluator"
+    rows, _ = rows_of(_eval_copy(tmp_path, "train.jsonl", other_split))
+    assert rows["retail"].paper is None and rows["retail"].not_comparable.startswith("split 'train'")
+    rows, _ = rows_of(_eval_copy(tmp_path, "limit.jsonl", lambda r: r, {"limit": 3}))
+    assert rows["retail"].paper is None and rows["calculation"].paper is None
+    rows, _ = rows_of(_eval_copy(tmp_path, "air.jsonl", airline))
+    assert rows["airline"].paper is None and rows["airline"].not_comparable.startswith("the paper left out")
+    rows, _ = rows_of(_eval_copy(tmp_path, "air-drop.jsonl", airline, {"drop_noop_solvable": True}))
+    assert rows["airline"].paper == (2.5, 10.0)
+
+
 @pytest.mark.parametrize("name, yes", [
     ("meta-llama/Llama-3.1-8B-Instruct", True), ("/models/Meta-Llama-3.1-8B-Instruct/", True),
     ("llama-3.1-8b-instruct", True), ("ckpt/llama-3.1-8b-instruct-rft", False), ("Llama-3.1-70B-Instruct", False),
