@@ -373,6 +373,35 @@ def test_context_length_comes_from_the_model_config(model, monkeypatch):
     assert HFChatModel.from_objects(model.model, model.tokenizer, name="x", context_length=50).context_length == 50
 
 
+@pytest.mark.parametrize(
+    "poison",
+    [
+        {"repetition_penalty": 2.0},
+        {"no_repeat_ngram_size": 1},
+        {"min_length": 50},
+        {"bad_words_ids": "first answer token"},
+        {"top_k": 1, "temperature": 0.05, "do_sample": False},
+    ],
+)
+def test_the_checkpoint_generation_config_does_not_change_our_sampling(model, monkeypatch, poison):
+    """A checkpoint's generation_config.json may set any of these; only our SamplingParams count."""
+    conv = CONVERSATIONS[0]
+    greedy = SamplingParams(temperature=0, max_new_tokens=16)
+    sampled = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=16, seed=7)
+    clean_tokens = plain_greedy_tokens(model, conv, 16)
+    want_greedy = model.generate([conv], greedy)
+    want_sampled = model.generate([conv], sampled)
+    poisoned = copy.deepcopy(model.model.generation_config)
+    for key, value in poison.items():
+        setattr(poisoned, key, [[clean_tokens[0]]] if value == "first answer token" else value)
+    monkeypatch.setattr(model.model, "generation_config", poisoned)
+    if "top_k" not in poison:  # the poison works: transformers' own greedy decoding follows it
+        assert plain_greedy_tokens(model, conv, 16) != clean_tokens
+    assert model.generate([conv], greedy) == want_greedy
+    assert model.generate([conv], sampled) == want_sampled
+    assert model.model.generation_config is poisoned  # the model's own config is back in place
+
+
 def ctx_needed(prompt_tokens: int) -> int:
     return prompt_tokens + 6
 

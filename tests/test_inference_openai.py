@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import get_args
 
 import pytest
 
@@ -19,7 +21,9 @@ from sca.inference import (
     SamplingParams,
     ServerError,
     load_model,
+    openai_compat,
 )
+from sca.inference.base import FinishReason
 from sca.inference.openai_compat import (
     OpenAIChatModel,
     context_limits,
@@ -36,10 +40,13 @@ class FakeServer:
     `plan[message]` is a list of what to do on successive requests for that
     message: an HTTP status to fail with, ("sleep", seconds) before a normal
     answer, ("tool_calls", calls) to answer with those tool calls, or
-    ("status", code, message) to fail with that error message. Every request is
-    recorded; `max_in_flight` is the most requests handled at the same time.
-    With `context_length` set, a request whose words (its "tokens") plus
-    max_tokens exceed it gets vLLM's 400, and ``GET /models`` lists it as
+    ("status", code, message) to fail with that error message, ("raw", code,
+    text) to answer with that body as it is (not JSON), or ("finish", reason)
+    to answer normally with that finish_reason. Every request is recorded;
+    `max_in_flight` is the most requests handled at the same time. With
+    `context_length` set, a request whose words (its "tokens") plus max_tokens
+    exceed it gets the context error of `context_style` (vLLM's 400 by
+    default; see :func:`context_error`), and ``GET /models`` lists it as
     ``max_model_len``.
     """
 
@@ -51,6 +58,7 @@ class FakeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.context_length: int | None = None
+        self.context_style = "vllm"
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -68,8 +76,8 @@ class FakeServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, status: int, payload: dict | str) -> None:
+                data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -105,22 +113,16 @@ class FakeServer:
                     if isinstance(action, tuple) and action[0] == "status":
                         self._send(action[1], {"error": {"message": action[2]}})
                         return
+                    if isinstance(action, tuple) and action[0] == "raw":
+                        self._send(action[1], action[2])
+                        return
                     if isinstance(action, tuple) and action[0] == "sleep":
                         time.sleep(action[1])
                     max_tokens = body.get("max_tokens", 100)
                     n = sum(len((m.get("content") or "").split()) for m in body["messages"])
-                    if server.context_length and n + max_tokens > server.context_length:
-                        self._send(
-                            400,
-                            {
-                                "object": "error",
-                                "message": f"This model's maximum context length is {server.context_length} tokens. "
-                                f"However, you requested {n + max_tokens} tokens ({n} in the messages, "
-                                f"{max_tokens} in the completion). Please reduce the length of the messages or completion.",
-                                "type": "BadRequestError",
-                                "code": 400,
-                            },
-                        )
+                    refused = context_error(server.context_style, server.context_length, n, max_tokens)
+                    if refused is not None:
+                        self._send(*refused)
                         return
                     text = f"echo:{server.tag}:{prompt}"
                     length = max_tokens < 5 or bool(server.context_length and n + max_tokens == server.context_length)
@@ -129,6 +131,8 @@ class FakeServer:
                     if isinstance(action, tuple) and action[0] == "tool_calls":
                         message = {"role": "assistant", "content": None, "tool_calls": action[1]}
                         finish = "tool_calls"
+                    if isinstance(action, tuple) and action[0] == "finish":
+                        finish = action[1]
                     payload = {
                         "id": "chatcmpl-1",
                         "object": "chat.completion",
@@ -145,6 +149,49 @@ class FakeServer:
                         server.in_flight -= 1
 
         return Handler
+
+
+def context_error(style: str, context: int | None, n: int, max_tokens: int) -> tuple[int, dict] | None:
+    """The (status, body) with which a server of `style` refuses `n` prompt tokens plus `max_tokens`; None if it fits.
+
+    The messages are those the servers write: vLLM's, SGLang's (which wants prompt plus
+    max_tokens strictly below the context), TGI's (422), and llama.cpp's without its numbers
+    ("bare").
+    """
+    if not context:
+        return None
+    if style == "sglang":
+        if n >= context:
+            message = f"The input ({n} tokens) is longer than the model's context length ({context} tokens)."
+        elif n + max_tokens >= context:
+            message = (
+                f"Requested token count exceeds the model's maximum context length of {context} tokens. "
+                f"You requested a total of {n + max_tokens} tokens: {n} tokens from the input messages and "
+                f"{max_tokens} tokens for the completion. Please reduce the number of tokens in the input "
+                "messages or the completion to fit within the limit."
+            )
+        else:
+            return None
+        return 400, {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
+    if n + max_tokens <= context:
+        return None
+    if style == "tgi":
+        if n >= context:
+            message = f"Input validation error: `inputs` must have less than {context} tokens. Given: {n}"
+        else:
+            message = (
+                f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= {context}. "
+                f"Given: {n} `inputs` tokens and {max_tokens} `max_new_tokens`"
+            )
+        return 422, {"error": message, "error_type": "validation"}
+    if style == "bare":
+        message = "the request exceeds the available context size, try increasing it"
+        return 400, {"error": {"code": 400, "message": message, "type": "exceed_context_size_error"}}
+    message = (
+        f"This model's maximum context length is {context} tokens. However, you requested {n + max_tokens} tokens "
+        f"({n} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion."
+    )
+    return 400, {"object": "error", "message": message, "type": "BadRequestError", "code": 400}
 
 
 @pytest.fixture
@@ -245,6 +292,41 @@ def test_failed_requests_can_become_error_generations(server):
     assert (down.text, down.finish_reason, down.completion_tokens) == ("", "error", 0)
 
 
+def test_a_body_that_is_not_json_and_http_408_are_retried(server):
+    server.plan["hiccup"] = [("raw", 200, '{"choices": [{"index": 0, "mess'), ("raw", 200, "<html>502 Bad Gateway</html>")]
+    server.plan["408"] = [("status", 408, "Request Timeout")] * 2
+    model = OpenAIChatModel("m", base_urls=[server.url], max_retries=2, **FAST_RETRY)
+    assert [g.text for g in model.generate(convs("hiccup", "408"), SamplingParams())] == ["echo:A:hiccup", "echo:A:408"]
+    prompts = [r["body"]["messages"][-1]["content"] for r in server.requests]
+    assert prompts.count("hiccup") == prompts.count("408") == 3
+
+
+def test_persistent_bodies_that_are_not_json_and_408s_raise_typed_errors(server):
+    server.plan["garbled"] = [("raw", 200, "<html>upstream connect error</html>")] * 5
+    server.plan["slow proxy"] = [("status", 408, "Request Timeout")] * 5
+    model = OpenAIChatModel("m", base_urls=[server.url], max_retries=1, **FAST_RETRY)
+    with pytest.raises(ServerError, match="not JSON.*2 attempts") as info:
+        model.generate(convs("garbled"), SamplingParams())
+    assert info.value.status == 200 and "upstream connect error" in info.value.body
+    with pytest.raises(RequestTimeout, match="HTTP 408.*2 attempts") as info:
+        model.generate(convs("slow proxy"), SamplingParams())
+    assert info.value.status == 408
+    prompts = [r["body"]["messages"][-1]["content"] for r in server.requests]
+    assert prompts.count("garbled") == prompts.count("slow proxy") == 2
+    # With on_error="return", they become error generations like any failed request.
+    lenient = OpenAIChatModel("m", base_urls=[server.url], max_retries=0, on_error="return", **FAST_RETRY)
+    assert [g.finish_reason for g in lenient.generate(convs("garbled", "slow proxy"), SamplingParams())] == ["error"] * 2
+
+
+def test_a_malformed_completion_follows_on_error(server):
+    server.plan["odd"] = [("raw", 200, '{"choices": []}')] * 2
+    with pytest.raises(InferenceError, match="malformed"):
+        OpenAIChatModel("m", base_urls=[server.url]).generate(convs("odd"), SamplingParams())
+    lenient = OpenAIChatModel("m", base_urls=[server.url], on_error="return")
+    ok, odd = lenient.generate(convs("fine", "odd"), SamplingParams())
+    assert ok.text == "echo:A:fine" and (odd.text, odd.finish_reason) == ("", "error")
+
+
 def test_timeouts_are_retried_then_raised(server):
     server.plan["slow once"] = [("sleep", 1.0)]
     server.plan["always slow"] = [("sleep", 1.0)] * 3
@@ -328,6 +410,42 @@ def test_parse_completion_reads_tool_calls_and_rejects_malformed_bodies():
             parse_completion(bad, [])
 
 
+@pytest.mark.parametrize(
+    ("reason", "finish", "warned"),
+    [
+        ("stop", "stop", False),
+        (None, "stop", False),
+        ("eos_token", "stop", False),  # TGI
+        ("stop_sequence", "stop", False),  # TGI
+        ("length", "length", False),
+        ("content_filter", "stop", True),
+        ("abort", "error", False),
+        ("error", "error", False),
+        ("tool_calls", "tool_calls", False),
+        ("function_call", "tool_calls", False),
+        ("some_new_reason", "stop", True),
+        (7, "stop", True),
+    ],
+)
+def test_finish_reasons_are_mapped_to_our_vocabulary(reason, finish, warned, caplog, monkeypatch):
+    monkeypatch.setattr(openai_compat, "_warned_reasons", set())
+    with caplog.at_level(logging.WARNING, logger="sca.inference.openai_compat"):
+        gen = parse_completion(completion({"content": "hi"}, reason), [])
+        again = parse_completion(completion({"content": "hi"}, reason), [])
+    assert gen.finish_reason == again.finish_reason == finish
+    assert finish in get_args(FinishReason)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == (1 if warned else 0)  # named once, not once per answer
+    if warned:
+        assert repr(reason if isinstance(reason, str) else repr(reason)) in warnings[0]
+
+
+def test_a_content_filtered_answer_from_the_server_is_a_stop(server):
+    server.plan["risky"] = [("finish", "content_filter")]
+    [gen] = OpenAIChatModel("m", base_urls=[server.url]).generate(convs("risky"), SamplingParams())
+    assert (gen.text, gen.finish_reason) == ("echo:A:risky", "stop")
+
+
 def test_tool_calls_come_back_and_prior_tool_messages_are_sent(server):
     call = {"id": "call_9", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "vLLM"}'}}
     server.plan["find it"] = [("tool_calls", [call])]
@@ -374,15 +492,50 @@ def test_max_tokens_is_capped_when_only_the_completion_would_not_fit(server):
 
 def test_only_context_errors_become_context_generations(server):
     server.plan["bad"] = [("status", 400, "temperature must be non-negative")]
-    server.plan["llama.cpp"] = [("status", 400, "the request exceeds the available context size, try increasing it")]
+    server.plan["llama.cpp"] = [("status", 400, "the request exceeds the available context size, try increasing it")] * 10
     server.plan["not found"] = [("status", 404, "This model's maximum context length is 10 tokens")]
     model = OpenAIChatModel("m", base_urls=[server.url], max_retries=0)
     with pytest.raises(BadRequest, match="temperature"):
         model.generate(convs("bad"), SamplingParams())
     [gen] = model.generate(convs("llama.cpp"), SamplingParams())
     assert (gen.finish_reason, gen.prompt_tokens) == ("context", 0)
+    # No numbers in the message: max_tokens is halved a few times, never below the floor, then it gives up.
+    sent = [r["body"]["max_tokens"] for r in server.requests if r["body"]["messages"][-1]["content"] == "llama.cpp"]
+    assert sent == [512, 256, 128, 64, 32, 16]
     with pytest.raises(BadRequest):  # a context message on another status is no context error
         model.generate(convs("not found"), SamplingParams())
+
+
+def test_a_context_error_without_numbers_halves_max_tokens_until_the_answer_fits(server):
+    server.context_length, server.context_style = 100, "bare"  # llama.cpp's message, without its numbers
+    model = OpenAIChatModel("m", base_urls=[server.url], max_retries=0)
+    [gen] = model.generate(convs("ten words " * 5), SamplingParams(max_new_tokens=400))
+    # 12 words of prompt: 400, 200 and 100 tokens more do not fit, 50 do
+    assert [r["body"]["max_tokens"] for r in server.requests] == [400, 200, 100, 50]
+    assert gen.finish_reason == "stop" and gen.text.startswith("echo:A:")
+    # A prompt that never fits: a bounded number of halvings, then "context".
+    server.requests.clear()
+    [gen] = model.generate(convs(" ".join(["word"] * 150)), SamplingParams(max_new_tokens=4096))
+    assert gen == Generation(text="", prompt_tokens=0, completion_tokens=0, finish_reason="context")
+    assert [r["body"]["max_tokens"] for r in server.requests] == [4096, 2048, 1024, 512, 256, 128, 64]
+
+
+@pytest.mark.parametrize(("style", "status"), [("sglang", 400), ("tgi", 422), ("vllm", 400)])
+def test_context_errors_of_each_server_cap_max_tokens_or_give_context(server, style, status):
+    server.context_length, server.context_style = 20, style
+    model = OpenAIChatModel("m", base_urls=[server.url], max_retries=3, **FAST_RETRY)
+    long_prompt = " ".join(["word"] * 30)
+    fits, long_ = model.generate(convs("ten words " * 5, long_prompt), SamplingParams(max_new_tokens=100))
+    assert fits.text.startswith("echo:A:") and fits.finish_reason in ("stop", "length")
+    assert long_ == Generation(text="", prompt_tokens=32, completion_tokens=0, finish_reason="context")
+    assert model.context_length == 20  # learnt from the error
+    sent = {}
+    for r in server.requests:
+        sent.setdefault(r["body"]["messages"][-1]["content"], []).append(r["body"]["max_tokens"])
+    # 12 words of prompt leave 8 tokens; SGLang wants the total strictly below the context: 7
+    assert sent["ten words " * 5] == ([100, 8, 7] if style == "sglang" else [100, 8])
+    assert sent[long_prompt] == [100]  # the prompt alone is too long: not retried
+    assert context_error(style, 20, 12, 100)[0] == status  # each server's own status
 
 
 @pytest.mark.parametrize(
@@ -406,12 +559,58 @@ def test_only_context_errors_become_context_generations(server):
         ("The input (5000 tokens) is longer than the model's context length (4096 tokens).", (4096, 5000)),
         ('{"message": "exceeds the available context size", "n_prompt_tokens": 5000, "n_ctx": 4096}', (4096, 5000)),
         ("context_length_exceeded", (None, None)),
+        # vLLM V1's engine
+        (
+            ("The decoder prompt (length 5000) is longer than the maximum model length of 4096. Make sure that "
+             "`max_model_len` is no smaller than the number of text tokens."),
+            (4096, 5000),
+        ),
+        # SGLang: prompt plus max_tokens, the prompt alone, the scheduler's input limit
+        (
+            json.dumps(
+                {
+                    "object": "error",
+                    "message": "Requested token count exceeds the model's maximum context length of 32768 tokens. "
+                    "You requested a total of 33792 tokens: 32768 tokens from the input messages and 1024 tokens "
+                    "for the completion. Please reduce the number of tokens in the input messages or the completion "
+                    "to fit within the limit.",
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                }
+            ),
+            (32768, 32768),
+        ),
+        (
+            ('{"object": "error", "message": "The input (40000 tokens) is longer than the model\'s context length '
+             '(32768 tokens).", "type": "BadRequestError", "param": null, "code": 400}'),
+            (32768, 40000),
+        ),
+        (
+            ("Input length (40000 tokens) exceeds the maximum allowed length (32760 tokens). Use a shorter input "
+             "or enable --allow-auto-truncate."),
+            (32760, 40000),
+        ),
+        # TGI (it answers 422): prompt plus max_new_tokens, the prompt alone
+        (
+            ('{"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 3900 '
+             '`inputs` tokens and 512 `max_new_tokens`","error_type":"validation"}'),
+            (4096, 3900),
+        ),
+        (
+            ('{"error":"Input validation error: `inputs` must have less than 4095 tokens. Given: 5000",'
+             '"error_type":"validation"}'),
+            (4095, 5000),
+        ),
         ("temperature must be >= 0", None),
+        ('{"error":"Input validation error: `temperature` must be strictly positive","error_type":"validation"}', None),
     ],
 )
 def test_context_limits_read_from_server_messages(message, limits):
     assert context_limits(BadRequest("x", status=400, body=message)) == limits
-    assert context_limits(BadRequest("x", status=422, body=message)) is None
+    assert context_limits(BadRequest("x", status=422, body=message)) == limits  # TGI's status
+    assert context_limits(BadRequest("x", status=404, body=message)) is None
+    assert context_limits(ServerError("x", status=500, body=message)) is None
 
 
 def test_context_length_from_the_model_list(server):

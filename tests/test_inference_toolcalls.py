@@ -86,6 +86,41 @@ def test_llama3_malformed_json_stays_text():
         assert parse_llama3(out) == (out, [])
 
 
+@pytest.mark.parametrize(
+    "out",
+    [
+        # Llama 3.1 with a tool call after <|python_tag|>, or as plain JSON (its JSON tool-calling prompt)
+        '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        '{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+        '{"type": "function", "name": "get_weather", "parameters": {"city": "Paris"}}',  # Llama 3.2 adds a type
+        '\n\n{"name": "get_weather", "parameters": {"city": "Paris"}}\n',
+    ],
+)
+def test_llama3_real_forms_with_or_without_the_python_tag(out):
+    assert parse_llama3(out) == ("", [make_tool_call("get_weather", {"city": "Paris"}, 0)])
+
+
+@pytest.mark.parametrize(
+    ("out", "text"),
+    [
+        ('I will look that up. {"name": "get_weather", "parameters": {"city": "Paris"}}', "I will look that up."),
+        ('Sure!\n\n<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', "Sure!"),
+        (
+            'Let me check.\n```json\n{"name": "get_weather", "parameters": {"city": "Paris"}}\n```\nOne moment.',
+            "Let me check.\nOne moment.",
+        ),
+    ],
+)
+def test_llama3_call_after_some_prose(out, text):
+    assert parse_llama3(out) == (text, [make_tool_call("get_weather", {"city": "Paris"}, 0)])
+
+
+def test_llama3_json_in_a_code_block_of_another_language_is_code_not_a_call():
+    out = 'Like this:\n```python\nrequest = {"name": "get_weather", "parameters": {"city": "Paris"}}\n```'
+    assert parse_llama3(out) == (out, [])
+
+
 def test_arguments_given_as_json_text_are_accepted():
     _, calls = parse_llama3('{"name": "f", "arguments": "{\\"q\\": 1}"}')
     assert calls_of(calls) == [("f", {"q": 1})]
@@ -108,6 +143,49 @@ def test_hermes_single_and_several_calls_with_text():
 def test_hermes_unclosed_last_block_and_unicode():
     text, calls = parse_hermes('<tool_call>{"name": "say", "arguments": {"text": "héllo 👋"}}')
     assert text == "" and calls_of(calls) == [("say", {"text": "héllo 👋"})]
+
+
+@pytest.mark.parametrize(
+    ("out", "text"),
+    [
+        # cut at the stop string "</tool_call>" (the stop string itself is not in the text)
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n', ""),
+        ('Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}', "Checking."),
+        # out of tokens inside the closing tag
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_', ""),
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}</', ""),
+        # a fenced call, never closed
+        ('<tool_call>\n```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```\n</tool', ""),
+        # the model wrote on instead of closing the block: that stays text
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\nI will wait.', "I will wait."),
+    ],
+)
+def test_hermes_block_never_closed(out, text):
+    assert parse_hermes(out) == (text, [make_tool_call("get_weather", {"city": "Paris"}, 0)])
+
+
+def test_hermes_generation_cut_at_the_closing_tag_stop_string():
+    full = 'On it.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call> and more'
+    text, cut = full[: full.index("</tool_call>")], ["</tool_call>"]
+    content, calls = extract_tool_calls(None, None, text, cut, "hermes")
+    assert content == "On it." and calls_of(calls) == [("get_weather", {"city": "Paris"})]
+    # a second block after a closed one, cut the same way
+    two = '<tool_call>{"name": "a", "arguments": {}}</tool_call>\n<tool_call>{"name": "b", "arguments": {"x": 1}}\n</tool_c'
+    assert calls_of(parse_hermes(two)[1]) == [("a", {}), ("b", {"x": 1})]
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par',  # cut inside the JSON
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}\n</tool_',  # unbalanced
+        "<tool_call>\n{'name': 'get_weather', 'arguments': {'city': 'Paris'}}\n",  # not JSON
+        "<tool_call>\n",
+        '<tool_call>\n```json\n{"name": "get_weather", "arguments": ',
+    ],
+)
+def test_hermes_malformed_unclosed_block_stays_text(out):
+    assert parse_hermes(out) == (out, [])
 
 
 def test_hermes_malformed_block_stays_text_and_good_blocks_still_parse():

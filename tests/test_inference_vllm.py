@@ -20,6 +20,7 @@ from sca.inference.vllm import (
     VLLMChatModel,
     engine_context_length,
     to_generation,
+    vllm_chat_messages,
     vllm_sampling_kwargs,
 )
 
@@ -27,6 +28,21 @@ from sca.inference.vllm import (
 def request_output(text: str, n_prompt: int, n_completion: int, finish: str | None):
     completion = SimpleNamespace(index=0, text=text, token_ids=list(range(n_completion)), finish_reason=finish)
     return SimpleNamespace(request_id="0", prompt_token_ids=list(range(n_prompt)), outputs=[completion], finished=True)
+
+
+def parse_like_vllm(conversation: list[dict]) -> list[dict]:
+    """What vLLM's chat parsing makes of a conversation before the template sees it.
+
+    vLLM reads each assistant tool call's ``arguments`` with ``json.loads`` (empty: ``{}``);
+    an object there raises, as in the vLLM releases that do not check for one.
+    """
+    parsed = copy.deepcopy(conversation)
+    for message in parsed:
+        if message["role"] == "assistant":
+            for call in message.get("tool_calls") or []:
+                args = call["function"].get("arguments")
+                call["function"]["arguments"] = json.loads(args) if args else {}
+    return parsed
 
 
 class FakeVLLM(types.ModuleType):
@@ -60,6 +76,7 @@ class FakeVLLM(types.ModuleType):
                 fake.chat_calls.append({"messages": messages, "sampling_params": sampling_params, "tools": tools})
                 outputs = []
                 for conv in messages:
+                    conv = parse_like_vllm(conv)
                     text = tokenizer.apply_chat_template(conv, tools=tools, add_generation_prompt=True, tokenize=False)
                     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
                     answer = tokenizer(reply(conv), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -80,6 +97,8 @@ class FakeVLLM(types.ModuleType):
                 fake.chat_calls.append(
                     {"messages": messages, "sampling_params": sampling_params, "use_tqdm": use_tqdm, "tools": tools}
                 )
+                for conv in messages:
+                    parse_like_vllm(conv)
                 return [
                     request_output(f"answer to {conv[-1]['content']}", 10 + i, 3, "stop")
                     for i, conv in enumerate(messages)
@@ -161,6 +180,38 @@ def test_generate_sends_the_whole_batch_to_chat(fake_vllm):
     assert model.generate([], SamplingParams()) == []
     model.close()
     assert model.llm is None
+
+
+def test_chat_messages_carry_tool_call_arguments_as_json_text():
+    conversation = [
+        {"role": "user", "content": "find a and b"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": {"q": "naïve"}}},
+                {"id": "call_1", "function": {"name": "g", "arguments": '{"n": [1, 2]}'}},
+                {"id": "call_2", "function": {"name": "h", "arguments": ""}},
+                {"id": "call_3", "function": {"name": "k", "arguments": "not json {"}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "content": "found"},
+    ]
+    original = copy.deepcopy(conversation)
+    sent = vllm_chat_messages(conversation)
+    assert conversation == original  # the input is left alone
+    calls = sent[1]["tool_calls"]
+    assert [c["function"]["arguments"] for c in calls] == ['{"q": "naïve"}', '{"n": [1, 2]}', "{}", '"not json {"']
+    assert all(isinstance(c["function"]["arguments"], str) and c["type"] == "function" for c in calls)
+    assert sent[1]["content"] == "" and sent[2] == original[2] and sent[0] == original[0]
+    # vLLM's own parsing of them succeeds and gives the templates objects (or the text, for non-JSON).
+    assert [c["function"]["arguments"] for c in parse_like_vllm(sent)[1]["tool_calls"]] == [
+        {"q": "naïve"}, {"n": [1, 2]}, {}, "not json {"
+    ]
+    # mistral ids are fixed the same way in the call and in the tool's answer
+    mistral = vllm_chat_messages(conversation, "mistral")
+    assert mistral[1]["tool_calls"][0]["id"] == mistral[2]["tool_call_id"] != "call_0"
+    assert len(mistral[2]["tool_call_id"]) == 9 and mistral[1]["tool_calls"][0]["function"]["arguments"] == '{"q": "naïve"}'
 
 
 def test_sampling_mapping_caps_max_tokens():
@@ -245,11 +296,17 @@ def test_tool_calls_are_parsed_with_the_family_of_the_chat_template(monkeypatch,
     assert parsed["id"] == "call_0" and parsed["function"]["name"] == "lookup"
     assert json.loads(parsed["function"]["arguments"]) == {"q": "naïve"}
     assert (second.text, second.tool_calls, second.finish_reason) == ("Done.", None, "stop")
-    # The engine got the tools, and the earlier call with its arguments as an object for the template.
+    # The engine got the tools, and the earlier call with its arguments as JSON text (vLLM parses them).
     [sent] = fake.chat_calls
     assert sent["tools"] == tools
-    assert sent["messages"][1][1]["tool_calls"][0]["function"]["arguments"] == {"q": "a"}
+    assert sent["messages"][1][1]["tool_calls"][0]["function"]["arguments"] == '{"q": "a"}'
     assert sent["messages"][1][1]["content"] == ""
+    # Arguments given as an object in the conversation go as JSON text too; the template sees the object.
+    with_object = copy.deepcopy(convs[1])
+    with_object[1]["tool_calls"][0]["function"]["arguments"] = {"q": "a"}
+    [again] = model.generate([with_object], SamplingParams(max_new_tokens=100), tools=tools)
+    assert again == second
+    assert fake.chat_calls[-1]["messages"][0][1]["tool_calls"][0]["function"]["arguments"] == '{"q": "a"}'
     # Without tools, the same answer stays text.
     [plain] = model.generate(convs[:1], SamplingParams(max_new_tokens=100))
     assert plain.tool_calls is None and plain.text == answer

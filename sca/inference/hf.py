@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -231,26 +232,25 @@ class HFChatModel(ChatModel):
         device = self.model.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
 
-        # A fresh config: only our sampling parameters count, not the checkpoint's defaults.
-        config = GenerationConfig(
-            max_new_tokens=max_new,
-            do_sample=not sampling.greedy,
-            temperature=None if sampling.greedy else sampling.temperature,
-            top_p=None if sampling.greedy else sampling.top_p,
-            top_k=None if sampling.greedy else 0,  # no top-k cut (older transformers default to 50)
-            eos_token_id=self._eos_ids,
-            pad_token_id=self._pad_id,
-            bos_token_id=self.model.generation_config.bos_token_id,
-            use_cache=True,  # a model set up for training (gradient checkpointing) turns its cache off
-        )
+        config = GenerationConfig(**generation_settings(sampling, max_new, self._eos_ids, self._pad_id, self.model))
         stopper = _StopStrings(self.tokenizer, sampling.stop, width, self._eos_ids) if sampling.stop else None
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-                stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
-            )
+        # transformers fills every setting our config leaves unset from the model's own generation_config
+        # (the checkpoint's generation_config.json: repetition_penalty, bad_words_ids, min_length...). Only
+        # our sampling parameters may count, so the model sees our config as its own while it generates.
+        owner = _config_owner(self.model)
+        with _SWAP_LOCK:  # threads sharing a model must not restore each other's config
+            saved = owner.generation_config
+            owner.generation_config = config
+            try:
+                with torch.inference_mode():
+                    out = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        generation_config=config,
+                        stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
+                    )
+            finally:
+                owner.generation_config = saved
         new = out[:, width:].tolist()
 
         gens = []
@@ -302,6 +302,73 @@ class HFChatModel(ChatModel):
             import torch
 
             torch.cuda.empty_cache()
+
+
+#: held while a model generates with our config in place of its own
+_SWAP_LOCK = threading.RLock()
+
+
+def _config_owner(model: Any) -> Any:
+    """The transformers model whose ``generation_config`` `generate` reads (a PEFT wrapper's base model)."""
+    base = getattr(model, "get_base_model", None)
+    if callable(base):
+        try:
+            inner = base()
+        except Exception:  # noqa: BLE001 - not a PEFT wrapper after all
+            return model
+        if hasattr(inner, "generation_config"):
+            return inner
+    return model
+
+
+def generation_settings(
+    sampling: SamplingParams, max_new: int, eos_ids: list[int], pad_id: int, model: Any = None
+) -> dict[str, Any]:
+    """``GenerationConfig`` arguments that say everything about decoding: our sampling parameters,
+    and the neutral value of every other setting a checkpoint's ``generation_config.json`` may change.
+
+    Only the special tokens (and the decoder start of encoder-decoder models) come from `model`.
+    """
+    special = getattr(model, "generation_config", None)
+    return {
+        "max_new_tokens": max_new,
+        "min_new_tokens": None,
+        "min_length": 0,
+        "do_sample": not sampling.greedy,
+        "temperature": None if sampling.greedy else sampling.temperature,
+        "top_p": None if sampling.greedy else sampling.top_p,
+        "top_k": None if sampling.greedy else 0,  # no top-k cut (transformers' default is 50)
+        "min_p": None,
+        "typical_p": 1.0,
+        "epsilon_cutoff": 0.0,
+        "eta_cutoff": 0.0,
+        "repetition_penalty": 1.0,
+        "encoder_repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+        "encoder_no_repeat_ngram_size": 0,
+        "length_penalty": 1.0,
+        "exponential_decay_length_penalty": None,
+        "bad_words_ids": None,
+        "sequence_bias": None,
+        "suppress_tokens": None,
+        "begin_suppress_tokens": None,
+        "forced_bos_token_id": None,
+        "forced_eos_token_id": None,
+        "renormalize_logits": False,
+        "remove_invalid_values": False,
+        "guidance_scale": None,
+        "watermarking_config": None,
+        "num_beams": 1,
+        "num_beam_groups": 1,
+        "num_return_sequences": 1,
+        "penalty_alpha": None,
+        "stop_strings": None,
+        "eos_token_id": eos_ids,
+        "pad_token_id": pad_id,
+        "bos_token_id": getattr(special, "bos_token_id", None),
+        "decoder_start_token_id": getattr(special, "decoder_start_token_id", None),
+        "use_cache": True,  # a model set up for training (gradient checkpointing) turns its cache off
+    }
 
 
 class _StopStrings:

@@ -8,11 +8,17 @@ help (timeouts, lost connections, HTTP 429 and 5xx) and never otherwise (other
 4xx). :meth:`OpenAIChatModel.generate` is synchronous: it runs its own event
 loop, so it works from any thread.
 
-A 400 saying the prompt exceeds the model's context is no error: when the
-server says the prompt fits but prompt plus ``max_tokens`` does not, the
-request is sent once more with ``max_tokens`` cut to the room left; else that
-conversation gets finish_reason "context". Native tool calls in the answer
-become `Generation.tool_calls` (finish_reason "tool_calls").
+A 200 whose body is not JSON (a proxy hiccup) and HTTP 408 are retried too.
+
+A 400 or 422 saying the prompt exceeds the model's context (in the words of
+vLLM, OpenAI, SGLang, TGI or llama.cpp) is no error: when the server says the
+prompt fits but prompt plus ``max_tokens`` does not, the request is sent again
+with ``max_tokens`` cut to the room left; when it gives no numbers,
+``max_tokens`` is halved (a few times, never below a small floor); when
+nothing fits, that conversation gets finish_reason "context". Native tool
+calls in the answer become `Generation.tool_calls` (finish_reason
+"tool_calls"). Finish reasons outside our vocabulary are mapped to it
+(``content_filter`` and unknown ones become "stop", with a warning).
 """
 
 from __future__ import annotations
@@ -194,37 +200,45 @@ class OpenAIChatModel(ChatModel):
         async with gate:
             try:
                 data = await self._complete(client, body)
+                return data if isinstance(data, Generation) else parse_completion(data, sampling.stop)
             except InferenceError as e:
                 if self.on_error == "raise":
                     raise
                 log.warning("request failed, returning an empty generation: %s", e)
                 return Generation(text="", prompt_tokens=0, completion_tokens=0, finish_reason="error")
-        if isinstance(data, Generation):
-            return data
-        return parse_completion(data, sampling.stop)
 
     async def _complete(self, client: httpx.AsyncClient, body: dict[str, Any]) -> Any:
-        """The completion's JSON, or a "context" Generation when the prompt does not fit."""
-        try:
-            return await self._request(client, "POST", "/chat/completions", body)
-        except BadRequest as e:
-            limits = context_limits(e)
-            if limits is None:
-                raise
-            context, prompt = limits
-            if context and self.context_length is None:
-                self.context_length = context
-            room = context - prompt if context and prompt is not None else None
-            if room is None or room < 1 or int(body.get("max_tokens") or 0) <= room:
-                return context_generation(prompt or 0)
-        # The prompt fits; the completion may take only what is left of the context.
-        try:
-            return await self._request(client, "POST", "/chat/completions", {**body, "max_tokens": room})
-        except BadRequest as e:
-            limits = context_limits(e)
-            if limits is None:
-                raise
-            return context_generation(prompt)
+        """The completion's JSON, or a "context" Generation when the prompt does not fit.
+
+        On a context error the request is sent again with a smaller ``max_tokens``: the room
+        the server says is left, else (no numbers in its message) half as many, at most
+        `_CONTEXT_RETRIES` times and never below `_MIN_CUT_TOKENS`.
+        """
+        max_tokens = int(body.get("max_tokens") or 0)
+        prompt: int | None = None
+        for attempt in range(_CONTEXT_RETRIES + 1):
+            request = body if attempt == 0 else {**body, "max_tokens": max_tokens}
+            try:
+                return await self._request(client, "POST", "/chat/completions", request)
+            except BadRequest as e:
+                limits = context_limits(e)
+                if limits is None:
+                    raise
+                context, said_prompt = limits
+                prompt = said_prompt if said_prompt is not None else prompt
+                if context and self.context_length is None:
+                    self.context_length = context
+                if context and said_prompt is not None:
+                    # Known room; a server that wants prompt + max_tokens strictly below the
+                    # context (SGLang) refuses the room itself, then gets one token less.
+                    cut, floor = min(context - said_prompt, max_tokens - 1), 1
+                else:
+                    cut, floor = max_tokens // 2, _MIN_CUT_TOKENS
+                if cut < floor:
+                    break
+                log.info("context exceeded at max_tokens=%d; retrying with max_tokens=%d", max_tokens, cut)
+                max_tokens = cut
+        return context_generation(prompt or 0)
 
     async def _server_model(self, client: httpx.AsyncClient) -> str:
         data = await self._request(client, "GET", "/models", None)
@@ -261,9 +275,18 @@ class OpenAIChatModel(ChatModel):
             if status == 200:
                 try:
                     return response.json()
-                except ValueError as e:
-                    raise InferenceError(f"{url} answered with invalid JSON", status=status, body=text[:_SNIPPET]) from e
+                except ValueError:  # a cut or garbled body (a proxy hiccup): worth another try
+                    error = ServerError(
+                        f"{method} {url} answered HTTP 200 with a body that is not JSON: {text[:_SNIPPET]!r}",
+                        status=status,
+                        body=text[:_SNIPPET],
+                    )
+                    continue
             message = f"{method} {url} answered HTTP {status}: {text[:_SNIPPET]}"
+            if status == 408:  # the server (or a proxy) timed the request out
+                error = RequestTimeout(message, status=status, body=text[:_SNIPPET])
+                wait_hint = _retry_after(response)
+                continue
             if status == 429 or status >= 500:
                 error = ServerError(message, status=status, body=text[:_SNIPPET])
                 wait_hint = _retry_after(response)
@@ -309,14 +332,7 @@ def parse_completion(data: Any, stop: list[str]) -> Generation:
     if not isinstance(text, str):
         raise InferenceError("malformed chat completion: content is not text", body=json.dumps(data)[:_SNIPPET])
     text, cut = cut_at_stop(text, stop)
-    if reason in ("content_filter", "error", "abort"):
-        finish = "error"
-    elif reason == "length" and not cut:
-        finish = "length"
-    elif tool_calls or reason == "tool_calls":
-        finish = "tool_calls"
-    else:  # "stop", "eos", None from minimal servers, or a stop string the server ignored
-        finish = "stop"
+    finish = _finish_reason(reason, cut, bool(tool_calls))
     usage = data.get("usage") or {}
     return Generation(
         text=text,
@@ -325,6 +341,54 @@ def parse_completion(data: Any, stop: list[str]) -> Generation:
         finish_reason=finish,
         tool_calls=tool_calls or None,
     )
+
+
+#: finish reasons servers send, in our vocabulary: OpenAI and vLLM ("stop", "length", "tool_calls",
+#: "function_call", "content_filter", "abort"), TGI ("eos_token", "stop_sequence"), others ("eos",
+#: "end_turn", "max_tokens", "error"); None from minimal servers
+_FINISH_REASONS: dict[str | None, str] = {
+    None: "stop",
+    "stop": "stop",
+    "eos": "stop",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+    "end_turn": "stop",
+    "content_filter": "stop",  # the server withheld (part of) the answer: what came is the answer
+    "length": "length",
+    "max_tokens": "length",
+    "model_length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "error": "error",
+    "abort": "error",
+}
+#: reasons worth a warning (once per process each): they change what the answer means
+_NOTEWORTHY_REASONS = {"content_filter"}
+_warned_reasons: set[str] = set()
+
+
+def _finish_reason(reason: Any, cut: bool, has_tool_calls: bool) -> str:
+    """A server's finish reason in our vocabulary (see :data:`sca.inference.base.FinishReason`).
+
+    Tool calls mean "tool_calls" unless the answer ran out of tokens; a stop string found in
+    the text (the server ignored it, or ran on to its limit after it) means it did not run
+    out. An unknown reason becomes "stop", with a warning naming it.
+    """
+    key = reason if reason is None or isinstance(reason, str) else repr(reason)
+    finish = _FINISH_REASONS.get(key)
+    if finish is None or key in _NOTEWORTHY_REASONS:
+        if key not in _warned_reasons:
+            _warned_reasons.add(key)
+            what = "unknown finish_reason" if finish is None else "finish_reason"
+            log.warning("the server answered with %s %r; treating it as 'stop'", what, key)
+        finish = finish or "stop"
+    if finish == "error":
+        return finish
+    if finish == "length" and not cut:
+        return "length"
+    if has_tool_calls or finish == "tool_calls":
+        return "tool_calls"
+    return "stop"
 
 
 def _tool_call(call: Any, index: int) -> dict:
@@ -345,31 +409,45 @@ def _tool_call(call: Any, index: int) -> dict:
 
 
 #: what servers say when the prompt (plus max_tokens) exceeds the model's context: OpenAI, vLLM, SGLang,
-#: llama.cpp, TGI...
+#: llama.cpp, TGI ("`inputs` tokens + `max_new_tokens` must be <= N", "`inputs` must have less than N tokens")
 _CONTEXT_ERROR = re.compile(
     r"context[_ ]length[_ ]exceeded|maximum context length|context (?:length|size|window)"
-    r"|max_model_len|maximum model length|maximum (?:sequence|input|prompt) length|exceeds? the (?:available )?context",
+    r"|max_model_len|maximum model length|maximum (?:sequence|input|prompt) length|exceeds? the (?:available )?context"
+    r"|requested token count exceeds|tokens\) exceeds the maximum allowed length|`inputs` tokens \+ `max_new_tokens` must be"
+    r"|`inputs` must have less than",
     re.IGNORECASE,
 )
+#: the context length in those messages (the first that matches counts)
 _CONTEXT_LIMIT = re.compile(
     r"(?:maximum context length|context length|context size|context window|max_model_len|maximum model length)"
-    r"\D{0,20}?(\d+)|\"n_ctx\"\s*:\s*(\d+)",
+    r"\D{0,20}?(\d+)|\"n_ctx\"\s*:\s*(\d+)"
+    r"|`max_new_tokens` must be (?:<=|\\u003c=)\s*(\d+)|`inputs` must have less than (\d+)"
+    r"|maximum allowed length \((\d+) tokens\)",
     re.IGNORECASE,
 )
+#: the prompt's length in tokens in those messages
 _PROMPT_LENGTH = re.compile(
     r"(\d+) in the messages|messages resulted in (\d+) tokens|(\d+) input tokens|prompt \(length (\d+)\)"
-    r"|input \((\d+) tokens\)|prompt (?:has|contains|is) (\d+) tokens|\"n_prompt_tokens\"\s*:\s*(\d+)",
+    r"|input \((\d+) tokens\)|prompt (?:has|contains|is) (\d+) tokens|\"n_prompt_tokens\"\s*:\s*(\d+)"
+    r"|(\d+) tokens from the input messages|Given: (\d+) `inputs` tokens|`inputs` must have less than \d+ tokens\. Given: (\d+)"
+    r"|input length \((\d+) tokens\)",
     re.IGNORECASE,
 )
+#: context errors that may be answered with a smaller max_tokens: at most this many retries, and
+#: (when the server does not say how much room is left) never fewer than this many tokens
+_CONTEXT_RETRIES = 6
+_MIN_CUT_TOKENS = 16
+#: the statuses servers use for a prompt too long: 400 (OpenAI, vLLM, SGLang, llama.cpp), 422 (TGI)
+_CONTEXT_STATUSES = (400, 422)
 
 
 def context_limits(error: InferenceError) -> tuple[int | None, int | None] | None:
-    """For a 400 saying the context is exceeded, the ``(context length, prompt tokens)`` it names; else None.
+    """For a 400/422 saying the context is exceeded, the ``(context length, prompt tokens)`` it names; else None.
 
     Either number is None where the message does not give it.
     """
     body = error.body or ""
-    if error.status != 400 or not _CONTEXT_ERROR.search(body):
+    if error.status not in _CONTEXT_STATUSES or not _CONTEXT_ERROR.search(body):
         return None
     limit = _CONTEXT_LIMIT.search(body)
     prompt = _PROMPT_LENGTH.search(body)

@@ -249,18 +249,42 @@ def _llama3_spans(text: str) -> list[_Span]:
         if calls:
             spans.append((start, end, calls))
         start = text.find(tag, max(end, start + len(tag)))
-    return spans + _bare_spans(text, exclude=spans)
+    # Without the tag: JSON calls anywhere (after some prose too), a fenced one with its fence.
+    fenced, fences = _fence_spans(text, exclude=spans)
+    return sorted(spans + fenced + _bare_spans(text, exclude=spans + fences))
 
 
 def _hermes_spans(text: str) -> list[_Span]:
     spans: list[_Span] = []
-    for m in re.finditer(r"<tool_call>(.*?)(?:</tool_call>|\Z)", text, re.DOTALL):
-        body = _unfence(m.group(1).strip())
-        value = _loads(body)
-        calls = _as_calls(value, strict=False)
+    for m in re.finditer(r"<tool_call>(.*?)(</tool_call>|\Z)", text, re.DOTALL):
+        calls = _as_calls(_loads(_unfence(m.group(1).strip())), strict=False)
+        end = m.end()
+        if not calls and not m.group(2):  # never closed: cut at a stop string, out of tokens...
+            calls, end = _unclosed_call(text, m.start(1))
         if calls:
-            spans.append((m.start(), m.end(), calls))
+            spans.append((m.start(), end, calls))
     return spans
+
+
+def _unclosed_call(text: str, i: int) -> tuple[list[tuple[str, dict]], int]:
+    """The call(s) of a ``<tool_call>`` block that was never closed, starting at `i`, and where the block ends.
+
+    The JSON (possibly fenced) must come first; a closing tag cut short after it belongs
+    to the block, anything else the model wrote on stays text.
+    """
+    start = _skip_space(text, i)
+    fence = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?").match(text, start)
+    j = _skip_space(text, fence.end()) if fence else start
+    value, end = _decode_at(text, j)
+    calls = _as_calls(value, strict=False) if end > j else []
+    if not calls:
+        return [], i
+    if fence and text.startswith("```", _skip_space(text, end)):
+        end = _skip_space(text, end) + 3
+    tail = _skip_space(text, end)
+    if "</tool_call>".startswith(text[tail:]):  # nothing more, or the closing tag cut short
+        end = len(text)
+    return calls, end
 
 
 def _mistral_spans(text: str) -> list[_Span]:
@@ -294,15 +318,7 @@ def _generic_spans(text: str) -> list[_Span]:
         return _mistral_spans(text)
     if "<|python_tag|>" in text:
         return _llama3_spans(text)
-    spans: list[_Span] = []
-    fences: list[_Span] = []
-    for m in re.finditer(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n?(.*?)```", text, re.DOTALL):
-        fences.append((m.start(), m.end(), []))
-        if m.group(1).lower() not in ("", "json", "tool_call", "tool_code"):
-            continue
-        calls = _as_calls(_loads(m.group(2).strip()), strict=True)
-        if calls:
-            spans.append((m.start(), m.end(), calls))
+    spans, fences = _fence_spans(text)
     return sorted(spans + _bare_spans(text, exclude=fences))
 
 
@@ -348,6 +364,25 @@ def _call_sequence(text: str, i: int, strict: bool) -> tuple[list[tuple[str, dic
             return calls, end
         calls.extend(found)
         end = i = after
+
+
+def _fence_spans(text: str, exclude: list[_Span] = ()) -> tuple[list[_Span], list[_Span]]:
+    """Fenced blocks (```json, or no language) that hold only calls; and every fenced block.
+
+    Fences starting inside an `exclude` span are ignored.
+    """
+    spans: list[_Span] = []
+    fences: list[_Span] = []
+    for m in re.finditer(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n?(.*?)```", text, re.DOTALL):
+        if any(s <= m.start() < e for s, e, _ in exclude):
+            continue
+        fences.append((m.start(), m.end(), []))
+        if m.group(1).lower() not in ("", "json", "tool_call", "tool_code"):
+            continue
+        calls = _as_calls(_loads(m.group(2).strip()), strict=True)
+        if calls:
+            spans.append((m.start(), m.end(), calls))
+    return spans, fences
 
 
 def _bare_spans(text: str, exclude: list[_Span]) -> list[_Span]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from sca.inference.toolcalls import (
     FAMILIES,
     detect_family,
     extract_tool_calls,
+    openai_messages,
     template_messages,
 )
 
@@ -116,11 +118,10 @@ class VLLMChatModel(ChatModel):
         vllm = _import_vllm()
         tokenizer = self._tokenizer()
         family = self.family(tokenizer) if tools else None
-        messages = [template_messages(conv, family) for conv in conversations]
         results: list[Generation | None] = [None] * len(conversations)
         todo: list[tuple[int, int]] = []  # (conversation, max_tokens)
-        for i, conv in enumerate(messages):
-            n = self._count_prompt(tokenizer, conv, tools)
+        for i, conv in enumerate(conversations):
+            n = self._count_prompt(tokenizer, template_messages(conv, family), tools)
             if n is not None and not fits_context(n, self.context_length):
                 results[i] = context_generation(n)
             else:
@@ -131,7 +132,7 @@ class VLLMChatModel(ChatModel):
         if todo:
             params = [vllm.SamplingParams(**vllm_sampling_kwargs(sampling, i, max_tokens=m)) for i, m in todo]
             outputs = self.llm.chat(
-                [messages[i] for i, _ in todo],
+                [vllm_chat_messages(conversations[i], family) for i, _ in todo],
                 sampling_params=params,
                 use_tqdm=False,
                 tools=tools or None,
@@ -193,6 +194,27 @@ class VLLMChatModel(ChatModel):
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+def vllm_chat_messages(conversation: list[dict], family: str | None = None) -> list[dict]:
+    """Copies of the messages as ``LLM.chat`` takes them: OpenAI's wire format.
+
+    vLLM parses each assistant tool call's ``arguments`` from JSON text itself before
+    the chat template sees it (``json.loads``; older versions fail on an object), so they go
+    as JSON text: an object is written out, empty text becomes ``{}`` and text that
+    is not JSON a JSON string. Tool-call ids are fixed for mistral as in
+    :func:`~sca.inference.toolcalls.template_messages`; a None content next to tool
+    calls becomes "".
+    """
+    out = openai_messages(template_messages(conversation, family))
+    for message in out:
+        for call in message.get("tool_calls") or ():
+            fn = call["function"]
+            try:
+                json.loads(fn["arguments"])
+            except (ValueError, RecursionError):
+                fn["arguments"] = json.dumps(fn["arguments"], ensure_ascii=False)
+    return out
 
 
 def vllm_sampling_kwargs(sampling: SamplingParams, index: int = 0, max_tokens: int | None = None) -> dict[str, Any]:
