@@ -24,13 +24,18 @@ from sandbox.backends import Backend, make_backend, resolve_backend
 from sandbox.config import SandboxConfig
 from sandbox.result import STATUSES, RunResult, SandboxUnavailable, ToolCallRecord
 from sandbox.runner import (
+    MAX_ANSWER,
     MAX_DEPTH,
+    MAX_ERROR_TEXT,
     MAX_TOOL_BYTES,
     MAX_TOOL_CALLS,
+    MEASURE_ABOVE,
     encode_frame,
     json_depth,
+    json_size,
+    report_limit,
 )
-from sandbox.workers import Worker, WorkerLost, WorkerTimeout
+from sandbox.workers import Worker, WorkerLost, WorkerProtocolError, WorkerTimeout
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,9 @@ MODES = ("exec", "evaluate")
 #: time the parent allows beyond a run's own limit (the runner's clean-up, a slow engine) before it
 #: gives the worker up for hung, kills it and starts another
 WATCHDOG_GRACE = 5.0
+#: how long a worker may take to confirm that it cleaned up after its last run (the runner gives up on
+#: its own after a few seconds) before it is given up, killed and replaced: never the next run's failure
+CLEANUP_WAIT = 15.0
 
 
 class Sandbox:
@@ -137,9 +145,27 @@ class Sandbox:
                 log.warning("sandbox worker (%s) died while idle; replacing it", self.backend_name)
                 worker.kill()
                 continue
+            elif worker.cleaning is not None and not self._cleaned(worker):
+                worker.kill()  # retired: the next run gets another worker, never the failure
+                continue
             with self._lock:
                 self._busy.add(worker)
             return worker
+
+    def _cleaned(self, worker: Worker) -> bool:
+        """Wait for the worker to confirm the clean-up after its last run: True if it is as clean as
+        it started. Its clean-up failed (it said so, or it died, hung or sent garbage): False."""
+        try:
+            msg = worker.recv(time.monotonic() + CLEANUP_WAIT)
+        except (WorkerLost, WorkerTimeout) as e:
+            log.warning("sandbox worker (%s) did not confirm its clean-up (%s); replacing it", self.backend_name, e)
+            return False
+        if msg.get("op") == "clean" and msg.get("run") == worker.cleaning and msg.get("ok") is True:
+            worker.cleaning = None
+            return True
+        why = msg.get("error") if msg.get("op") == "clean" else f"it sent {str(msg)[:200]}"
+        log.warning("sandbox worker (%s) retired: its clean-up failed: %s", self.backend_name, str(why)[:500])
+        return False
 
     def _checkin(self, worker: Worker, healthy: bool) -> None:
         with self._lock:
@@ -240,7 +266,9 @@ class _Run:
                     self.worker.send_frame(reply, watchdog)
                 elif op == "done" and msg.get("run") == self.job["run"]:
                     self.worker.runs += 1
-                    return self._result(msg), True
+                    result = self._result(msg, size)
+                    self.worker.cleaning = self.job["run"]  # its clean-up is confirmed before the next job
+                    return result, True
                 elif op == "fatal":
                     raise WorkerLost(f"the runner failed: {str(msg.get('error', ''))[-1000:]}")
                 else:
@@ -251,22 +279,30 @@ class _Run:
             return self._failed("timeout", "Timeout",
                                 f"the sandbox did not answer within {timeout + WATCHDOG_GRACE:g} s (the run's limit "
                                 "plus grace); its worker was killed and replaced"), False
+        except WorkerProtocolError as e:  # before WorkerLost, its base: bytes only the run can have sent
+            log.warning("sandbox worker (%s) broke the protocol: %s", self.sb.backend_name, e)
+            return self._failed("sandbox_error", "SandboxError", f"{e}; the worker was replaced", infra=False), False
         except (WorkerLost, OSError) as e:
             log.warning("sandbox worker (%s) lost: %s", self.sb.backend_name, e)
             return self._failed("sandbox_error", "SandboxError", f"{e}; the worker was replaced"), False
         except _Broken as e:
             log.warning("sandbox worker (%s) broke the protocol: %s", self.sb.backend_name, e)
             return self._failed("sandbox_error", "SandboxError",
-                                f"the sandbox sent something invalid ({e}); the worker was replaced"), False
+                                f"the sandbox sent something invalid ({e}); the worker was replaced", infra=False), False
         except Exception as e:  # noqa: BLE001 - whatever the bytes did to our bookkeeping, the run ends here
             log.warning("sandbox run failed in the parent: %r", e, exc_info=True)
             return self._failed("sandbox_error", "SandboxError",
                                 f"the run's messages could not be handled ({type(e).__name__}); the worker was "
-                                "replaced"), False
+                                "replaced", infra=False), False
 
-    def _failed(self, status: str, error_type: str, error: str) -> RunResult:
+    def _failed(self, status: str, error_type: str, error: str, infra: bool = True) -> RunResult:
+        """The run's result when the worker failed it. `infra`: the sandbox failed, not the code (the
+        worker died, hung, or the runner itself failed): a run to retry. Whatever the worker *sent*
+        (garbage, a message out of shape, a call past the budgets) and whatever it did to this
+        process's bookkeeping only the run's code can have caused: never ``infra``, or code could
+        turn its own failing verdict into a retry by breaking the protocol on purpose."""
         return RunResult(status, tool_calls=self.records, error_type=error_type, error=error, tool_s=self.tool_s,
-                         infra=True)
+                         infra=infra)
 
     def _serve_call(self, msg: dict, size: int) -> bytes:
         """Check one call against the budgets, run it, and return the reply frame for the worker."""
@@ -275,6 +311,7 @@ class _Run:
             raise _Broken("malformed tool call")
         if json_depth(args, self.sb.max_depth) > self.sb.max_depth:
             raise _Broken(f"tool call arguments nested deeper than {self.sb.max_depth} levels")
+        size = json_size(args)  # as the sandbox measured them (not this frame, which carries more)
         self.calls += 1
         self.bytes_left -= size
         if self.calls > self.sb.max_tool_calls or self.bytes_left < 0 or call_id != self.calls:
@@ -320,8 +357,11 @@ class _Run:
         record.error = message
         return encode_frame({**reply, "ok": False, "error_type": error_type, "message": message})
 
-    def _result(self, msg: dict) -> RunResult:
-        """The run's report, checked field by field."""
+    def _result(self, msg: dict, size: int) -> RunResult:
+        """The run's report (a frame of `size` bytes), checked field by field."""
+        limit = report_limit(self.sb.output_limit)
+        if size > limit:
+            raise _Broken(f"a report of {size:,} bytes (the limit is {limit:,})")
         status = msg.get("status", "sandbox_error")
         if status not in STATUSES:
             raise _Broken(f"report with status {str(status)[:50]!r}")
@@ -330,10 +370,18 @@ class _Run:
             value = msg.get(key)
             if value is not None and not isinstance(value, str):
                 raise _Broken(f"report field {key} is not text")
+            longest = self.sb.output_limit + 100 if key in ("stdout", "stderr") else MAX_ERROR_TEXT + 1000
+            if value is not None and len(value) > longest:
+                raise _Broken(f"report field {key} of {len(value):,} characters")
             text[key] = value
-        for key in ("answer", "value"):
-            if json_depth(msg.get(key), self.sb.max_depth) > self.sb.max_depth:
-                raise _Broken(f"report field {key} nested deeper than {self.sb.max_depth} levels")
+        key = "value" if self.job["mode"] == "evaluate" else "answer"
+        other = "answer" if key == "value" else "value"
+        if other in msg:
+            raise _Broken(f"report field {other} in {self.job['mode']} mode")
+        if json_depth(msg.get(key), self.sb.max_depth) > self.sb.max_depth:
+            raise _Broken(f"report field {key} nested deeper than {self.sb.max_depth} levels")
+        if size > MEASURE_ABOVE and json_size(msg.get(key)) > MAX_ANSWER:
+            raise _Broken(f"report field {key} larger than {MAX_ANSWER:,} bytes")
         if msg.get("tool_calls", self.calls) != self.calls:
             raise _Broken("the report counts other tool calls than were served")
         refused = msg.get("refused_calls", 0)

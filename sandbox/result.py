@@ -54,9 +54,11 @@ class RunResult:
     duration_s: float = 0.0
     tool_s: float = 0.0  # of duration_s, the time spent in tools in the trusted process
     refused_calls: int = 0  # tool calls the sandbox refused for the run's budgets
-    #: the sandbox itself failed (no worker, a worker lost, hung or broken), not the code: a run to
-    #: retry, never a verdict on the code. Errors of the code (its exceptions, its memory, a protocol
-    #: it broke) are not infrastructure failures.
+    #: the sandbox itself failed (no worker, a worker that died, hung, or whose runner failed), not the
+    #: code: a run to retry, never a verdict on the code. Errors of the code (its exceptions, its
+    #: memory) and everything a worker sent (a protocol it broke, NaN, a report too large, a call past
+    #: the budgets) are never infrastructure failures: infrastructure failures are left out of the
+    #: rewards and retried, so code that could cause one could hide its own failing verdict.
     infra: bool = False
 
     @property

@@ -69,11 +69,14 @@ import sys
 import time
 import traceback
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 #: largest frame either side accepts (a bigger one breaks the protocol)
 MAX_FRAME = 64 << 20
-#: largest JSON encoding of an answer or value a run may report
+#: largest JSON encoding of an answer or value a run may report (bytes, as :func:`json_size` counts them)
 MAX_ANSWER = 4 << 20
+#: largest report a run's process may send (its answer or value and its error texts); the report
+#: the zygote sends on adds the captured output (see :func:`report_limit`)
+MAX_REPORT = MAX_ANSWER + (256 << 10)
 #: deepest nesting of lists and objects in a tool call's arguments, an answer or a value (the
 #: default of a job's ``max_depth``): decoding and re-encoding deeper values recurses in C and
 #: in Python, and a trusted process must never have to
@@ -97,19 +100,65 @@ class ProtocolError(Exception):
 
 # --------------------------------------------------------------------------- framing
 def encode_frame(msg: dict) -> bytes:
-    """One frame: length prefix + compact JSON (NaN and Infinity are refused).
+    """One frame: length prefix + compact JSON (NaN and Infinity are refused: ValueError).
 
-    Text that is not valid Unicode (a lone surrogate, ``"\\udcff"``) is sent escaped; the
-    decoding side turns it into U+FFFD.
+    Text that is not valid Unicode (a lone surrogate, ``"\\udcff"``) is sent as U+FFFD, which
+    is what the decoding side would make of it anyway; so a frame's payload is never larger than
+    :func:`json_size` of the message.
     """
     text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
         data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        data = json.dumps(msg, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    except UnicodeEncodeError:  # surrogates are only ever inside strings: the JSON stays valid
+        data = _clean_str(text).encode("utf-8")
     if len(data) > MAX_FRAME:
         raise ValueError(f"message of {len(data)} bytes exceeds the {MAX_FRAME}-byte frame limit")
     return _HEADER.pack(len(data)) + data
+
+
+def json_size(value) -> int:
+    """Bytes of `value` as compact JSON in UTF-8 (a lone surrogate counts the 3 bytes of the U+FFFD
+    it becomes). The one measure of tool data and answers on every side of the channel: the run's
+    own process checks its calls and its answer with it before sending, the zygote and the parent
+    measure what they decoded with it, and re-encoding decoded JSON never makes it larger, so
+    honest code within a limit is within it everywhere. TypeError or ValueError for what is not JSON.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+#: a report frame of at most this many bytes holds an answer or value within MAX_ANSWER, however it
+#: was written (re-encoding decoded JSON grows it at most 4.5 times: ``1e15`` is
+#: ``1000000000000000.0``), so its size need not be measured
+MEASURE_ABOVE = MAX_ANSWER // 8
+
+
+def report_limit(output_limit: int) -> int:
+    """Largest report frame the zygote may send for a run that keeps `output_limit` characters of
+    stdout and of stderr (each character at most 6 bytes of JSON, as ``\\u001b``; a marker of cut
+    output at most 100 characters)."""
+    return MAX_REPORT + 2 * 6 * (int(output_limit) + 100)
+
+
+class _NotJSON(ValueError):
+    """NaN, Infinity, -Infinity, or a number no float holds (``1e999``): Python's decoder accepts
+    them, JSON does not, and no trusted process may hold one (it could not send it on)."""
+
+
+def _no_constant(name: str):
+    raise _NotJSON(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (_INFINITY, -_INFINITY):
+        raise _NotJSON(f"the number {text[:40]} (out of range)")
+    return value
+
+
+_INFINITY = float("inf")
+#: the decoder of every JSON frame: refuses what JSON has no place for (see :class:`_NotJSON`)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 
 
 class FrameBuffer:
@@ -140,10 +189,12 @@ class FrameBuffer:
                 with memoryview(self._buf) as view:  # decode in place: no copy of a large frame's bytes
                     text = str(view[4:4 + size], "utf-8")
                 del self._buf[:4 + size]
-                msg = json.loads(text)
+                msg = _DECODER.decode(text)
                 if "\\ud" in text or "\\uD" in text:  # an escaped surrogate: maybe a lone one
                     msg = clean_text(msg)
                 del text
+            except _NotJSON as e:
+                raise ProtocolError(f"frame holds {e}, which is not JSON") from None
             except (UnicodeDecodeError, ValueError) as e:
                 raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
             except RecursionError:
@@ -382,12 +433,16 @@ class _ChildChannel:
         if json_depth(args, self.max_depth) > self.max_depth:
             raise TypeError(f"{name}(): arguments nested deeper than {self.max_depth} levels")
         try:
+            size = json_size(args)  # the measure the zygote and the parent use: never a surprise there
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name}(): arguments must be JSON values ({e})") from None
+        if size > self.bytes_left:
+            raise BudgetExceeded(f"{name}(): arguments of {size:,} bytes exceed what is left of the "
+                                 f"run's budget for tool data ({max(0, self.bytes_left):,} bytes)")
+        try:
             frame = encode_frame({"op": "call", "name": name, "args": args})
         except (TypeError, ValueError) as e:
             raise TypeError(f"{name}(): arguments must be JSON values ({e})") from None
-        if len(frame) - 4 > self.bytes_left:
-            raise BudgetExceeded(f"{name}(): arguments of {len(frame) - 4:,} bytes exceed what is left of the "
-                                 f"run's budget for tool data ({max(0, self.bytes_left):,} bytes)")
         with self.lock:
             _write_all(self.req_w, frame)
             reply = _read_trusted(self.resp_r)
@@ -478,15 +533,16 @@ def _jsonable(value, max_depth: int = MAX_DEPTH) -> tuple:
     """(JSON value or repr string, type name, error) for an answer or a returned value."""
     type_name = _type_name(value)
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         try:
-            text = json.dumps(repr(value)[:MAX_ANSWER])
+            text = json.dumps(repr(value)[:MAX_ANSWER], ensure_ascii=False)
         except Exception as e:  # a __repr__ that raises
             text = json.dumps(f"<{type_name} object; repr failed: {type(e).__name__}>")
-    if len(text) > MAX_ANSWER:
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))  # as json_size counts
+    if size > MAX_ANSWER:
         return None, type_name, (f"the {type_name} is too large to report "
-                                 f"({len(text)} bytes of JSON; limit {MAX_ANSWER})")
+                                 f"({size} bytes of JSON; limit {MAX_ANSWER})")
     try:
         decoded = json.loads(text)
     except RecursionError:
@@ -917,6 +973,7 @@ def _forker_main(sock, tool_sets: dict, pdeathsig: bool, seccomp: bool) -> None:
                    if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(raw) == _FDS.size]
             if len(fds) != 1 or flags & _socket.MSG_CTRUNC:
                 break
+            _reap_strays()
             pid = os.fork()
             if pid == 0:
                 _child_main(tool_sets, *fds[0], pdeathsig)
@@ -924,13 +981,31 @@ def _forker_main(sock, tool_sets: dict, pdeathsig: bool, seccomp: bool) -> None:
             _close(fds[0])
             sock.send(_FORKER_MSG.pack(b"P", pid, 0))
             # Say how the child ended before reaping it: if the code kills us in between, the zygote
-            # (to which the unreaped child then passes) still learns it.
-            ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            # (to which the unreaped child then passes) still learns it. Any other child that ends
+            # meanwhile is a process the run attached to us (clone(CLONE_PARENT) makes its caller's
+            # sibling): reaped as it ends, so that no zombie holds a pid of the worker's budget.
+            while True:
+                ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+                if ended.si_pid == pid:
+                    break
+                _reap_strays(ended.si_pid)
             sock.send(_FORKER_MSG.pack(b"S", pid, _wait_status(ended)))
             os.waitpid(pid, 0)
+            _reap_strays()
     except BaseException:  # noqa: BLE001 - the zygote went, or a run's code signalled us: it starts another
         os._exit(1)
     os._exit(0)
+
+
+def _reap_strays(pid: int = -1) -> None:
+    """Reap child `pid` (it has ended), or every ended child (-1) without waiting for the others."""
+    while True:
+        try:
+            wpid, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not wpid or pid != -1:
+            return
 
 
 def _wait_status(info) -> int:
@@ -1019,7 +1094,8 @@ class Zygote:
         self.seccomp = seccomp  # "ok" when every run gets the seccomp filter, else why not
         self.pid_namespace = pid_namespace
         self.scrub = [d for d in scrub if os.path.isdir(d)]
-        self.scrub_stats = {d: os.stat(d) for d in self.scrub}  # mode and times to put back after each run
+        # mode, times and extended attributes to put back (and check) after each run
+        self.scrub_stats = {d: (os.stat(d), frozenset(_xattrs(d))) for d in self.scrub}
         self.inbuf, self.backlog = FrameBuffer(), []
         self.tools: dict[str, dict] = {}  # tools_key -> {name: function}
         self.spare: _Child | None = None  # forked ahead, waiting for the next job
@@ -1175,7 +1251,7 @@ class Zygote:
         max_depth = int(job.get("max_depth", MAX_DEPTH))
         budget = int(job.get("max_tool_bytes", MAX_TOOL_BYTES))
         bytes_left = budget
-        done = None
+        done, done_size = None, 0
         verdict = problem = None  # why the run ended early: "timeout", "protocol", "parent_gone"
         exited, exit_status = False, None
         poller = select.poll()
@@ -1261,6 +1337,7 @@ class Zygote:
                                     raise _Violation("malformed tool call")
                                 if json_depth(args, max_depth) > max_depth:
                                     raise _Violation(f"tool call arguments nested deeper than {max_depth} levels")
+                                size = json_size(args)  # what the run's process measured (see json_size)
                                 if calls >= max_calls:
                                     refuse(f"{name}(): the run has made {calls:,} tool calls, its budget "
                                            f"(max_tool_calls {max_calls:,})")
@@ -1268,13 +1345,20 @@ class Zygote:
                                     refuse(f"{name}(): arguments of {size:,} bytes exceed what is left of the run's "
                                            f"budget for tool data ({max(0, bytes_left):,} of {budget:,} bytes)")
                                 else:
+                                    try:
+                                        frame = encode_frame({"op": "call", "run": run_id, "id": calls + 1, "name": name,
+                                                              "args": args, "bytes_left": bytes_left - size})
+                                    except (TypeError, ValueError, RecursionError) as e:
+                                        raise _Violation(f"a tool call that cannot be passed on ({e})") from None
                                     calls += 1
                                     bytes_left -= size
                                     pending = calls
-                                    self.send({"op": "call", "run": run_id, "id": calls, "name": name, "args": args,
-                                               "bytes_left": bytes_left})
+                                    _write_all(self.chan_out, frame)
                             elif op == "done" and done is None:
+                                if size > MAX_REPORT:
+                                    raise _Violation(f"a report of {size:,} bytes (the limit is {MAX_REPORT:,})")
                                 done = msg
+                                done_size = size
                                 verdict = "done"
                             else:
                                 raise _Violation(f"unexpected {op!r} message")
@@ -1292,7 +1376,8 @@ class Zygote:
         except _Violation as v:
             verdict, problem = "protocol", str(v)
         except BaseException:
-            self._cleanup(pid, exited, exit_status, fds)
+            self._stop_processes(pid, exited, exit_status)
+            _close(fds)
             raise
 
         def report() -> dict:
@@ -1306,30 +1391,29 @@ class Zygote:
                 out.update(status="sandbox_error", error_type="SandboxError",
                            error=f"the code broke the sandbox protocol: {problem}")
             elif done is not None:
-                out.update(_checked_report(done, max_depth))
+                out.update(_checked_report(done, done_size, job.get("mode", "exec"), max_depth))
             else:
                 out.update(status="sandbox_error", error_type="SandboxError", error=_death(exit_status, job))
             return out
 
-        key = job.get("tools_key", "")
         if verdict == "done":
             # The child flushed its output before reporting: all of it is in the pipes already.
             for fd in (out_r, err_r):
                 while fd in open_fds and _readable(fd):
                     read_stream(fd)
-            self.send(report())
-            self._cleanup(pid, exited, exit_status, fds)
-            self.spare = self._spawn(key)  # its fork and set-up overlap with the parent's work
-            return True
-        exit_status = self._cleanup(pid, exited, exit_status, [])
+            self._send_report(report())
+            exit_status, failure = self._stop_processes(pid, exited, exit_status)
+            _close(fds)
+            return self._finish(run_id, job.get("tools_key", ""), failure)
+        exit_status, failure = self._stop_processes(pid, exited, exit_status)
         # Every writer is gone now: read what is left in the pipes (bounded, to be safe).
         stop = time.monotonic() + 1.0
         while verdict in (None, "timeout") and open_fds and time.monotonic() < stop:
             for fd in list(open_fds):
                 try:
-                    for msg, _ in read_stream(fd):
+                    for msg, size in read_stream(fd):
                         if msg.get("op") == "done" and done is None and verdict is None:
-                            done = msg
+                            done, done_size = msg, size
                 except _Violation:
                     open_fds.discard(fd)
             if open_fds:
@@ -1337,25 +1421,54 @@ class Zygote:
         _close(fds)
         if verdict == "parent_gone":
             return False
-        self.send(report())
-        self.spare = self._spawn(key)
-        return True
+        self._send_report(report())
+        return self._finish(run_id, job.get("tools_key", ""), failure)
+
+    def _send_report(self, out: dict) -> None:
+        """Send a run's report; one that cannot be encoded is the run's protocol violation."""
+        try:
+            frame = encode_frame(out)
+        except (TypeError, ValueError, RecursionError) as e:
+            keep = {k: out[k] for k in ("op", "run", "stdout", "stderr", "duration_s", "tool_calls", "tool_bytes",
+                                        "refused_calls") if k in out}
+            frame = encode_frame({**keep, "status": "sandbox_error", "error_type": "SandboxError",
+                                  "error": f"the code broke the sandbox protocol: its report cannot be sent ({e})"})
+        _write_all(self.chan_out, frame)
 
     # -- clean-up --------------------------------------------------------------------------------
-    def _cleanup(self, pid: int, exited: bool, exit_status: int | None, fds: list) -> int | None:
-        """Kill the run's child and everything it left, scrub, close `fds`; the child's exit status."""
-        if not exited:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._kill_leftovers(pid)
-        if not exited:
-            exit_status = self._reap_child(pid)
-        self._reap_leftovers()
-        self._scrub()
-        _close(fds)
-        return exit_status
+    def _finish(self, run_id, key: str, failure: str | None) -> bool:
+        """After the report: empty the writable places and tell the parent whether this worker is
+        as clean as it started (``{"op": "clean", "ok": ...}``, which the parent awaits before it
+        sends the next job). A clean-up that failed in any way retires the worker: False (it
+        serves no more runs, and the parent starts another), so that no failure falls on the next run."""
+        if failure is None:
+            failure = self._scrub()
+        msg = {"op": "clean", "run": run_id, "ok": failure is None}
+        if failure is not None:
+            msg["error"] = failure[:2000]
+        self.send(msg)
+        if failure is not None:
+            return False
+        self.spare = self._spawn(key)  # its fork and set-up overlap with the parent's work
+        return True
+
+    def _stop_processes(self, pid: int, exited: bool, exit_status: int | None) -> tuple[int | None, str | None]:
+        """Kill the run's child and everything it left, and reap them: (the child's exit status,
+        None, or why not every process of the run is gone)."""
+        try:
+            if not exited:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self._kill_leftovers(pid)
+            if not exited:
+                exit_status = self._reap_child(pid)
+            if not self._reap_leftovers():
+                return exit_status, "processes of the run were still alive after the clean-up"
+        except Exception as e:  # noqa: BLE001 - whatever it was, this worker is not known to be clean
+            return exit_status, f"the clean-up failed ({type(e).__name__}: {e})"
+        return exit_status, None
 
     def _kill_leftovers(self, child: int) -> None:
         """Kill every process the run left behind but the forker (they are reaped after), and make
@@ -1389,22 +1502,26 @@ class Zygote:
         if forker is not None:
             _kill(forker, signal.SIGCONT)  # it reaps the child and forks the next
 
-    def _reap_leftovers(self) -> None:
-        """Reap the killed leftovers; return when none is left (or after 2 s)."""
+    def _reap_leftovers(self) -> bool:
+        """Reap the killed leftovers: True when none is left alive, False if some still are after 2 s.
+
+        A zombie counts as gone: it holds nothing but its pid. Ours are reaped here; those of the
+        forker (a run can attach processes to it with ``clone(CLONE_PARENT)``) the forker reaps.
+        """
         stop = time.monotonic() + 2.0
         while True:
             try:
                 wpid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return  # no children left (not even the forker)
+                return True  # no children left (not even the forker)
             if wpid:
                 if self.forker is not None and wpid == self.forker.pid:  # a run's code killed it
                     self._drop_forker()
                 continue
             if not self._leftovers_remain():
-                return
+                return True
             if time.monotonic() > stop:
-                return
+                return False
             if not self.pid_namespace:  # new orphans may have come to us since the first sweep
                 forker = self.forker.pid if self.forker is not None else None
                 for p in _descendants(os.getpid()):
@@ -1415,48 +1532,131 @@ class Zygote:
     def _leftovers_remain(self) -> bool:
         forker = self.forker.pid if self.forker is not None else None
         if not self.pid_namespace:
-            return any(p != forker for p in _descendants(os.getpid()))
+            return any(p != forker and _alive(p) for p in _descendants(os.getpid()))
         if self.leftovers is None:  # killed with kill(-1): wait until we have no child left at all
             return True
-        for p in self.leftovers:  # stopped when listed, so nothing new can have appeared since
-            try:
-                os.kill(p, 0)
-                return True
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                return True
-        return False
+        # stopped when listed, so nothing new can have appeared since
+        return any(_alive(p) for p in self.leftovers)
 
-    def _scrub(self) -> None:
+    def _scrub(self) -> str | None:
         """Erase what the run left where the next run could find it: the entries of the writable
         places (/tmp, /dev/shm, /dev/mqueue: files, POSIX shared memory and message queues) and what
-        it set on those directories themselves (mode, extended attributes, times), and SysV IPC objects."""
-        for d in self.scrub:
-            _reset_directory(d, self.scrub_stats[d])  # first: the run may have made it unreadable
-            try:
-                names = os.listdir(d)
-            except OSError:
-                names = ()
-            for name in names:
-                _remove(os.path.join(d, name))
-            _reset_directory(d, self.scrub_stats[d])
-        if self.pid_namespace:  # a private IPC namespace: every object in it is the run's
-            _remove_sysv_ipc()
+        it set on those directories themselves (mode, extended attributes, times), and SysV IPC
+        objects. Then check: every place empty, its mode and extended attributes as they were at
+        start, no SysV IPC object left. None if so, else why not (the worker is then retired)."""
+        deadline = time.monotonic() + SCRUB_SECONDS
+        try:
+            for d in self.scrub:
+                initial, xattrs = self.scrub_stats[d]
+                _reset_directory(d, initial)  # first: the run may have made it unreadable
+                _empty_directory(d, deadline)
+                _reset_directory(d, initial)
+                left = os.listdir(d)
+                if left:
+                    return f"{d} is not empty after the clean-up ({len(left)} entries, as {left[0][:100]!r})"
+                mode = os.stat(d).st_mode
+                if mode != initial.st_mode:
+                    return f"{d} has mode {mode:o}, not {initial.st_mode:o}, after the clean-up"
+                extra = set(_xattrs(d)) - xattrs
+                if extra:
+                    return f"{d} has extended attributes after the clean-up ({min(extra)[:100]!r})"
+            if self.pid_namespace:  # a private IPC namespace: every object in it is the run's
+                _remove_sysv_ipc()
+        except Exception as e:  # noqa: BLE001 - whatever it was (RecursionError, MemoryError too)
+            return f"the clean-up of the writable places failed ({type(e).__name__}: {str(e)[:300]})"
+        return None
 
 
-def _remove(path: str) -> None:
-    """Delete a file or a tree, making directories writable first (the run may have locked them)."""
+#: longest the clean-up of the writable places may take before the worker is retired instead
+SCRUB_SECONDS = 3.0
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _empty_directory(path: str, deadline: float) -> None:
+    """Delete everything inside the directory `path` (which stays).
+
+    Iterative and relative to directory descriptors (``openat``, ``unlinkat``): neither the depth
+    of a tree nor the length of its paths matters (a run can nest directories thousands deep, or
+    leave a file at the end of a path far longer than PATH_MAX, which any call taking a whole path
+    refuses), and one directory is open at a time: going back up opens ``..`` and checks that it is
+    the directory it came from. Directories the run locked (mode 0) are made accessible first.
+    Raises OSError if anything cannot be removed, TimeoutError past `deadline`. Only ever called
+    once every process of the run is gone: nothing changes the tree meanwhile.
+    """
+    cur = os.open(path, _DIR_FLAGS)
+    above: list = []  # per directory entered: (its name in its parent, the parent's (st_dev, st_ino))
+    todo: list = [None]  # per directory entered: the subdirectories still to empty (None: not listed yet)
     try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, 0o700)
-            for name in os.listdir(path):
-                _remove(os.path.join(path, name))
-            os.rmdir(path)
-        else:
-            os.unlink(path)
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} took longer than {SCRUB_SECONDS:g} s to empty")
+            if todo[-1] is None:
+                with os.scandir(cur) as it:
+                    entries = list(it)
+                subdirs = []
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    else:
+                        os.unlink(entry.name, dir_fd=cur)
+                todo[-1] = subdirs
+                del entries
+            if todo[-1]:
+                name = todo[-1].pop()
+                st = os.stat(name, dir_fd=cur, follow_symlinks=False)
+                if st.st_mode & 0o700 != 0o700:
+                    os.chmod(name, 0o700, dir_fd=cur)  # a directory (lstat said so), not a link
+                here = os.fstat(cur)
+                sub = os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=cur)
+                os.close(cur)
+                cur = sub
+                above.append((name, (here.st_dev, here.st_ino)))
+                todo.append(None)
+            elif above:
+                name, ident = above.pop()
+                todo.pop()
+                parent = os.open("..", _DIR_FLAGS, dir_fd=cur)
+                os.close(cur)
+                cur = parent
+                st = os.fstat(cur)
+                if (st.st_dev, st.st_ino) != ident:
+                    raise OSError(f"a directory under {path} is not where it was")
+                os.rmdir(name, dir_fd=cur)
+            else:
+                return
+    finally:
+        os.close(cur)
+
+
+def _xattrs(path: str) -> list[str]:
+    try:
+        return os.listxattr(path)
     except OSError:
-        pass
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (a zombie is gone but for its pid)."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc to read: ask the kernel (a zombie then counts as alive)
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    try:
+        data = os.read(fd, 1024)
+    except OSError:  # it went while we read
+        return False
+    finally:
+        os.close(fd)
+    end = data.rfind(b")")  # the state follows the command name, which may hold anything
+    return end < 0 or data[end + 2:end + 3] not in (b"Z", b"X", b"")
 
 
 def _reset_directory(path: str, initial: os.stat_result) -> None:
@@ -1481,7 +1681,28 @@ def _reset_directory(path: str, initial: os.stat_result) -> None:
 
 
 def _remove_sysv_ipc() -> None:
-    """Remove SysV shared memory, semaphores and message queues (they outlive processes)."""
+    """Remove SysV shared memory, semaphores and message queues (they outlive processes); OSError
+    if any is left after."""
+    found = _sysv_ipc_objects()
+    if not found:
+        return
+    if not _prctl_libc():
+        raise OSError("libc cannot be loaded to remove SysV IPC objects")
+    libc = _LIBC[0]
+    for kind, ident in found:
+        if kind == "shm":
+            libc.shmctl(ident, 0, None)  # IPC_RMID
+        elif kind == "sem":
+            libc.semctl(ident, 0, 0)
+        else:
+            libc.msgctl(ident, 0, None)
+    left = _sysv_ipc_objects()
+    if left:
+        raise OSError(f"{len(left)} SysV IPC objects could not be removed (one is {left[0][0]} {left[0][1]})")
+
+
+def _sysv_ipc_objects() -> list[tuple[str, int]]:
+    """(kind, id) of every SysV IPC object of this IPC namespace (none known where /proc says nothing)."""
     found = []
     for kind in ("shm", "sem", "msg"):
         try:
@@ -1499,16 +1720,7 @@ def _remove_sysv_ipc() -> None:
         except (OSError, ValueError, IndexError):
             continue
         found += [(kind, i) for i in ids]
-    if not found or not _prctl_libc():
-        return
-    libc = _LIBC[0]
-    for kind, ident in found:
-        if kind == "shm":
-            libc.shmctl(ident, 0, None)  # IPC_RMID
-        elif kind == "sem":
-            libc.semctl(ident, 0, 0)
-        else:
-            libc.msgctl(ident, 0, None)
+    return found
 
 
 #: the fields of a child's report, with the types they must have
@@ -1516,9 +1728,11 @@ _REPORT_TEXT = {"answer_type": 200, "value_type": 200, "error_type": 200, "error
                 "traceback": MAX_ERROR_TEXT + 100}
 
 
-def _checked_report(done: dict, max_depth: int) -> dict:
-    """The fields of a child's report, checked: the code runs in that process and may have
-    written the report itself. Anything out of shape becomes the run's sandbox error."""
+def _checked_report(done: dict, size: int, mode: str, max_depth: int) -> dict:
+    """The fields of a child's report (a frame of `size` bytes), checked: the code runs in that
+    process and may have written the report itself. Anything out of shape becomes the run's
+    sandbox error; only the field of the run's mode (``answer`` for exec, ``value`` for evaluate)
+    is passed on, within :data:`MAX_ANSWER`."""
     out = {}
     status = done.get("status")
     if status not in ("ok", "error", "sandbox_error"):
@@ -1531,12 +1745,21 @@ def _checked_report(done: dict, max_depth: int) -> dict:
         if not isinstance(value, str) or len(value) > longest:
             return {"status": "sandbox_error", "error_type": "SandboxError", "error": f"malformed report: {key}"}
         out[key] = value
-    for key in ("answer", "value"):
-        if key in done:
-            if json_depth(done[key], max_depth) > max_depth:
+    key = "value" if mode == "evaluate" else "answer"
+    other = "answer" if key == "value" else "value"
+    if other in done:
+        return {"status": "sandbox_error", "error_type": "SandboxError",
+                "error": f"malformed report: {other} in {mode} mode"}
+    if key in done:
+        if json_depth(done[key], max_depth) > max_depth:
+            return {"status": "sandbox_error", "error_type": "SandboxError",
+                    "error": f"the {key} is nested deeper than {max_depth} levels"}
+        if size > MEASURE_ABOVE:  # see MEASURE_ABOVE
+            length = json_size(done[key])
+            if length > MAX_ANSWER:
                 return {"status": "sandbox_error", "error_type": "SandboxError",
-                        "error": f"the {key} is nested deeper than {max_depth} levels"}
-            out[key] = done[key]
+                        "error": f"the {key} is too large to report ({length:,} bytes of JSON; limit {MAX_ANSWER:,})"}
+        out[key] = done[key]
     return out
 
 

@@ -26,6 +26,11 @@ class WorkerLost(Exception):
     """The worker died, closed its channel or sent garbage: it must be replaced."""
 
 
+class WorkerProtocolError(WorkerLost):
+    """The worker sent bytes that are not a valid frame (not UTF-8 JSON, NaN or Infinity in it,
+    nested too deeply, too large): only the code of the run in it can have caused that."""
+
+
 class WorkerTimeout(Exception):
     """The worker did not answer before the deadline: it must be killed."""
 
@@ -43,6 +48,9 @@ class Worker:
         self.limits: dict[str, str] = {}
         self.nproc_rlimit = False  # no cgroup: ask the runner for RLIMIT_NPROC instead
         self.runs = 0
+        #: the run whose clean-up the runner has yet to confirm (``{"op": "clean"}``) before the worker
+        #: may take another job; None when there is none
+        self.cleaning: int | None = None
 
     # -- transport, per kind -------------------------------------------------
     def _read_some(self, timeout: float) -> bytes | None:
@@ -91,7 +99,7 @@ class Worker:
             try:
                 self._backlog.extend(self._frames.feed_sized(data))
             except ProtocolError as e:
-                raise WorkerLost(f"garbage on the worker's channel: {e}") from None
+                raise WorkerProtocolError(f"garbage on the worker's channel: {e}") from None
         return self._backlog.pop(0)
 
     def _death_note(self) -> str:

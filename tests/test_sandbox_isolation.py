@@ -105,6 +105,140 @@ answer = [[os.listdir(p), os.listxattr(p), oct(os.stat(p).st_mode & 0o777), int(
     assert worker_pid(sb) == before  # the same worker served both runs
 
 
+DEEP_TREES = """
+import os
+def dig(place, name, depth):
+    fd = os.open(place, os.O_RDONLY)
+    for _ in range(depth):
+        os.mkdir(name, dir_fd=fd)
+        sub = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = sub
+    os.close(os.open("end", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd))
+    os.close(fd)
+for place in ("/tmp", "/dev/shm"):
+    dig(place, "d", 5000)          # deeper than any recursion limit
+    dig(place, "n" * 250, 40)      # a path of 10,000 characters: far past PATH_MAX (4096)
+answer = "dug"
+"""
+EMPTY_PLACES = "import os\nanswer = [os.listdir(p) for p in ('/tmp', '/dev/shm', '/dev/mqueue')]"
+
+
+def test_trees_nested_thousands_deep_or_past_path_max_are_removed(sb, env):
+    """Clean-up by path (recursion, whole paths) fails on both: RecursionError killed the zygote
+    after the report (the next run got a dead worker), and ENAMETOOLONG left the long path behind."""
+    sb.run(env, "answer = 1")
+    before = worker_pid(sb)
+    res = sb.run(env, DEEP_TREES)
+    assert (res.status, res.answer) == ("ok", "dug"), res
+    after = sb.run(env, EMPTY_PLACES)
+    assert (after.status, after.answer) == ("ok", [[], [], []]), after
+    assert worker_pid(sb) == before  # cleaned, not replaced
+
+
+def test_locked_directories_deep_down_are_removed(sb, env):
+    res = sb.run(env, """
+import os
+os.makedirs("/tmp/a/b/c/d")
+open("/tmp/a/b/c/d/f", "w").close()
+for p in ("/tmp/a/b/c/d", "/tmp/a/b/c", "/tmp/a/b", "/tmp/a"):
+    os.chmod(p, 0)
+answer = 1
+""")
+    assert res.status == "ok", res
+    assert sb.run(env, EMPTY_PLACES).answer == [[], [], []]
+
+
+def test_a_clean_up_that_fails_retires_the_worker(tmp_path, monkeypatch):
+    """In the runner: a place that is not empty after the clean-up, or an entry that cannot be
+    removed, is a failure with its reason (the worker then says so and serves no more runs)."""
+    place = tmp_path / "place"
+    place.mkdir()
+    zygote = sandbox_runner.Zygote(-1, -1, pid_namespace=False, scrub=[str(place)])
+    (place / "deep").mkdir()
+    (place / "deep" / "f").write_text("x")
+    assert zygote._scrub() is None and list(place.iterdir()) == []  # the real thing works
+    (place / "survivor").write_text("x")
+    monkeypatch.setattr(sandbox_runner, "_empty_directory", lambda path, deadline: None)  # one that misses it
+    why = zygote._scrub()
+    assert why and "not empty" in why and "survivor" in why, why
+    monkeypatch.undo()
+    if os.geteuid() != 0:
+        return
+    # an entry the worker's user may not remove: a root-owned directory in its place
+    import shutil
+    import tempfile
+
+    place = tempfile.mkdtemp(prefix="sca-scrub-", dir="/tmp")  # reachable by uid 65534
+    try:
+        _scrub_as_nobody(place)
+    finally:
+        shutil.rmtree(place)
+
+
+def _scrub_as_nobody(place: str) -> None:
+    os.chown(place, 65534, 65534)
+    zygote = sandbox_runner.Zygote(-1, -1, pid_namespace=False, scrub=[place])
+    os.mkdir(os.path.join(place, "locked"), 0o755)
+    with open(os.path.join(place, "locked", "f"), "w") as f:
+        f.write("x")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(w, (zygote._scrub() or "None").encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    why = os.read(r, 4096).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert "clean-up of the writable places failed" in why and "Permission denied: 'f'" in why, why
+
+
+CLONE_PARENT_ZOMBIES = """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+nr = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
+made = 0
+for i in range(30):
+    pid = libc.syscall(nr, 0x00008000 | 17, 0, 0, 0, 0)  # clone(CLONE_PARENT | SIGCHLD): our sibling
+    if pid == 0:
+        if i % 10 == 0:
+            time.sleep(60)  # a few stay alive: the clean-up kills them
+        os._exit(0)
+    made += pid > 0
+time.sleep(0.3)  # the others are zombies of the forker now
+answer = made
+"""
+
+
+def test_processes_attached_to_the_forker_are_reaped(sb, env):
+    """clone(CLONE_PARENT) makes the run's processes children of the forker: it reaps them, and the
+    clean-up counts its zombies as gone (each used to cost every later run a 2 s wait, and they held
+    pids until the worker could fork no more)."""
+    sb.run(env, "answer = 1")
+    before = worker_pid(sb)
+    t0 = time.monotonic()
+    for _ in range(4):  # 120 processes in all: more than the worker's process limit
+        res = sb.run(env, CLONE_PARENT_ZOMBIES)
+        assert (res.status, res.answer) == ("ok", 30), res
+    after = sb.run(env, """
+import os
+states = []
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        with open(f"/proc/{p}/stat") as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+answer = sorted(states)
+""")
+    assert after.status == "ok" and "Z" not in after.answer and len(after.answer) <= 3, after
+    assert time.monotonic() - t0 < 6, "the clean-up waited for zombies"
+    assert worker_pid(sb) == before
+
+
 def test_a_run_cannot_change_the_processes_that_start_later_runs(sb, env):
     attack = sb.run(env, """
 import os, resource
@@ -206,6 +340,14 @@ RAW_FRAMES = {
     "not-json": b"\xff\xfe not json",
     "not-object": b"[1, 2, 3]",
     "unknown-op": b'{"op":"hello"}',
+    # JSON has no NaN or Infinity, but Python's decoder takes them: the zygote could then not send
+    # them on (it died of it, and the run became an infrastructure failure, to be retried)
+    "nan-call": b'{"op":"call","name":"get_value","args":{"key":NaN}}',
+    "infinity-call": b'{"op":"call","name":"get_value","args":{"key":[1,Infinity]}}',
+    "minus-infinity-answer": b'{"op":"done","status":"ok","answer":-Infinity}',
+    "nan-value": b'{"op":"done","status":"ok","value":NaN,"value_type":"float"}',
+    "out-of-range-answer": b'{"op":"done","status":"ok","answer":[1e999]}',
+    "value-in-exec-mode": b'{"op":"done","status":"ok","answer":1,"value":true,"value_type":"bool"}',
 }
 
 
@@ -219,6 +361,47 @@ def test_hostile_frames_end_the_run_not_the_parent(sb, env, name):
     assert res.error.startswith(("the code broke the sandbox protocol", "malformed report", "the answer is nested")), res
     ok = sb.run(env, "answer = get_value('apples')")
     assert (ok.status, ok.answer) == ("ok", 3), ok
+
+
+BIG_REPORTS = {  # Python that makes `data`, a report frame, inside the sandbox
+    "over-the-report-limit": "p = b'{\"op\":\"done\",\"status\":\"ok\",\"answer\":\"' + b'x' * (4600 << 10) + b'\"}'",
+    "answer-over-max-answer": "p = b'{\"op\":\"done\",\"status\":\"ok\",\"answer\":\"' + b'x' * (4 << 20) + b'\"}'",
+    "unknown-field-over-the-report-limit":
+        "p = b'{\"op\":\"done\",\"status\":\"ok\",\"answer\":1,\"junk\":\"' + b'x' * (4600 << 10) + b'\"}'",
+    # 3.9 MB as written, 17 MB of JSON once decoded: 1e15 is 1000000000000000.0
+    "answer-that-grows": "p = b'{\"op\":\"done\",\"status\":\"ok\",\"answer\":[' + b','.join([b'1e15'] * 800_000) + b']}'",
+}
+
+
+@pytest.mark.parametrize("name", list(BIG_REPORTS))
+def test_reports_past_the_size_limits_are_the_runs_protocol_violation(sb, env, name):
+    res = sb.run(env, raw_frames(build=BIG_REPORTS[name] + "\ndata = struct.pack('>I', len(p)) + p"))
+    assert res.status == "sandbox_error" and not res.infra and res.answer is None, res.error
+    assert res.error.startswith(("the code broke the sandbox protocol: a report of", "the answer is too large")), res
+    ok = sb.run(env, "answer = get_value('apples')")
+    assert (ok.status, ok.answer) == ("ok", 3), ok
+
+
+def test_honest_answers_near_the_size_limit(sb, env):
+    fits = sb.run(env, f"answer = 'x' * {sandbox_runner.MAX_ANSWER - 2}")  # 2 bytes of quotes: exactly the limit
+    assert fits.status == "ok" and len(fits.answer) == sandbox_runner.MAX_ANSWER - 2, fits.error
+    over = sb.run(env, f"answer = 'é' * {sandbox_runner.MAX_ANSWER // 2}")  # 2 bytes each in UTF-8
+    assert over.status == "sandbox_error" and "too large" in over.error and not over.infra, over
+
+
+def test_a_tool_call_the_zygote_cannot_pass_on_is_the_runs_violation(backend):
+    """A frame of exactly the frame limit, within a (large) byte budget: the zygote's own call frame
+    to the parent would be a few bytes over the limit. It used to die of that."""
+    if backend == "docker":
+        pytest.skip("the same runner code as bwrap; 64 MB frames are slow through the engine")
+    env = StoreEnv()
+    with Sandbox(backend=backend, workers=1, max_tool_bytes=128 << 20, memory_mb=2048) as sb:
+        pad = sandbox_runner.MAX_FRAME - len(b'{"op":"call","name":"search","args":{"text":""}}')
+        res = sb.run(env, raw_frames(build="p = b'{\"op\":\"call\",\"name\":\"search\",\"args\":{\"text\":\"' "
+                                           f"+ b'x' * {pad} + b'\"}}}}'\ndata = struct.pack('>I', len(p)) + p"))
+        assert res.status == "sandbox_error" and not res.infra, res.error
+        assert res.error.startswith("the code broke the sandbox protocol: a tool call that cannot be passed on"), res
+        assert sb.run(env, "answer = get_value('apples')").answer == 3
 
 
 def test_nesting_is_refused_where_the_call_is_made(sb, env):
@@ -271,12 +454,13 @@ def test_a_fault_in_the_parents_bookkeeping_is_that_runs_sandbox_error(sb, env, 
     returns the run as a sandbox_error and the next run gets a working worker."""
     import sandbox.core
 
-    def broken(self, msg):
+    def broken(self, msg, size):
         raise KeyError("injected")
 
     monkeypatch.setattr(sandbox.core._Run, "_result", broken)
     res = sb.run(env, "answer = 1")
     assert res.status == "sandbox_error" and "KeyError" in res.error, res
+    assert not res.infra  # whatever the worker's bytes did here is the run's failure, never a retry
     monkeypatch.undo()
     assert sb.run(env, "answer = get_value('apples')").answer == 3
 
@@ -318,6 +502,35 @@ def test_tool_bytes_budget_for_arguments_and_results(sb, env):
     assert res.status == "error" and res.error_type == "BudgetExceeded", res
     assert res.tool_calls[0].name == "set_value" and res.tool_calls[0].arg_bytes > 700_000
     assert "result" in res.error
+
+
+def test_honest_code_at_the_exact_byte_budget_gets_budget_exceeded(sb, env):
+    """The arguments are measured the same way in the sandbox and in the parent: a call the sandbox
+    lets through with its last byte of budget is served (the parent once measured its own, larger
+    frame, found the budget exceeded, and ended the run as a protocol violation)."""
+    res = sb.run(env, """
+budget = 1 << 20
+sent = None
+for n in range(budget, budget - 200, -1):   # the largest call the sandbox lets through
+    try:
+        search("x" * n)
+    except BudgetExceeded as e:
+        if "result" not in str(e):
+            continue                          # refused where it was made: not sent
+    sent = n
+    break
+try:
+    get_value("apples")
+    after = "served"
+except BudgetExceeded:
+    after = "refused"
+answer = [sent, after]
+""")
+    assert res.status == "ok" and not res.infra, res
+    size = (1 << 20) - len('{"text":""}')  # its JSON arguments: exactly the budget
+    assert res.answer == [size, "refused"], res.answer
+    # one call served (its result refused here); get_value's arguments refused where it was called
+    assert [c.arg_bytes for c in res.tool_calls] == [1 << 20] and "result" in res.tool_calls[0].error
 
 
 def test_oversized_raw_call_frames_never_reach_the_parent(sb, env):
@@ -446,7 +659,18 @@ HOSTILE_FRAMES = {
     "not-json": '\xff\xfe\x00',
     "fatal": '{"op":"fatal"}',
     "over-budget-call": '{"op":"call","run":RUN,"id":1,"name":"get_value","args":{"key":"' + "x" * (9 << 20) + '"}}',
+    "nan-call": '{"op":"call","run":RUN,"id":1,"name":"get_value","args":{"key":NaN}}',
+    "infinity-answer": '{"op":"done","run":RUN,"status":"ok","answer":Infinity}',
+    "minus-infinity-value": '{"op":"done","run":RUN,"status":"ok","answer":[-Infinity]}',
+    "out-of-range-answer": '{"op":"done","run":RUN,"status":"ok","answer":-1e999}',
+    "answer-over-max-answer": '{"op":"done","run":RUN,"status":"ok","answer":"' + "x" * (4 << 20) + '"}',
+    "report-over-its-limit": '{"op":"done","run":RUN,"status":"ok","answer":null,"junk":"' + "x" * (6 << 20) + '"}',
+    "stdout-past-output-limit": '{"op":"done","run":RUN,"status":"ok","stdout":"' + "y" * 50_000 + '"}',
+    "value-in-exec-mode": '{"op":"done","run":RUN,"status":"ok","answer":1,"value":true,"value_type":"bool"}',
 }
+#: hostile workers whose runner died (it said so, or crashed): the sandbox failed, a run to retry. Every other
+#: case is bytes the worker sent, which only the code in it can have caused: never an infrastructure failure
+DEAD_RUNNERS = {"fatal", "lone-surrogate"}
 
 
 @pytest.mark.parametrize("name", list(HOSTILE_FRAMES))
@@ -476,10 +700,58 @@ def test_a_hostile_worker_cannot_make_the_parent_raise(name, monkeypatch, tmp_pa
         t0 = time.monotonic()
         res = sb.run(env, "answer = 1")
         assert res.status == "sandbox_error" and res.error, res
-        assert res.infra  # the sandbox failed, not the code: a run to retry, never a verdict
+        # a runner that died failed the sandbox (a run to retry); whatever a worker sent, the code did
+        assert res.infra == (name in DEAD_RUNNERS), res
         assert time.monotonic() - t0 < 5, "the parent waited for its watchdog instead of seeing the violation"
         if name in ("deep-call", "deep-answer", "not-json"):
             assert "garbage on the worker's channel" in res.error, res
         assert sb._idle == []  # the hostile worker was not kept
         monkeypatch.setattr(sb._backend, "start_worker", real_start)
         assert sb.run(env, "answer = get_value('apples')").answer == 3
+
+
+CLEAN_UP_ENDINGS = {  # what a worker sends after a good report instead of confirming its clean-up
+    "failed": '{"op":"clean","run":RUN,"ok":false,"error":"/tmp is not empty after the clean-up"}',
+    "another-run": '{"op":"clean","run":999999,"ok":true}',
+    "another-report": '{"op":"done","run":RUN,"status":"ok","answer":"again"}',
+    "nothing": None,
+}
+
+
+@pytest.mark.parametrize("ending", list(CLEAN_UP_ENDINGS))
+def test_a_worker_whose_clean_up_failed_never_gets_the_next_run(ending, monkeypatch, tmp_path):
+    """The runner confirms its clean-up after each run; a worker that says it failed (or does not say
+    it succeeded) is retired before the next run, which runs on a fresh worker and never fails for it."""
+    import json as _json
+    import sys as _sys
+
+    import sandbox.core
+    from sandbox.workers import PipeWorker
+
+    backend_or_skip("bwrap")
+    monkeypatch.setattr(sandbox.core, "CLEANUP_WAIT", 1.0)
+    env = StoreEnv()
+    payloads = ['{"op":"done","run":RUN,"status":"ok","answer":"first","answer_type":"str"}']
+    if CLEAN_UP_ENDINGS[ending] is not None:
+        payloads.append(CLEAN_UP_ENDINGS[ending])
+    (tmp_path / "payloads.json").write_text(_json.dumps(payloads))
+    with Sandbox(backend="bwrap", workers=1) as sb:
+        real_start = sb._backend.start_worker
+
+        def hostile() -> PipeWorker:
+            w = PipeWorker("fake", [_sys.executable, "-c", FAKE_RUNNER, str(tmp_path / "payloads.json")])
+            w.start(10)
+            return w
+
+        for w in sb._idle:
+            w.close()
+        sb._idle.clear()
+        monkeypatch.setattr(sb._backend, "start_worker", hostile)
+        first = sb.run(env, "answer = 'first'")
+        assert (first.status, first.answer) == ("ok", "first"), first  # the run itself stands
+        (fake,) = sb._idle
+        monkeypatch.setattr(sb._backend, "start_worker", real_start)
+        res = sb.run(env, "answer = get_value('apples')")
+        assert (res.status, res.answer, res.infra) == ("ok", 3, False), res
+        assert fake not in sb._idle and not fake.alive()  # retired, killed
+
