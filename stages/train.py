@@ -25,20 +25,27 @@ markers: the conversation is rendered progressively, and for the assistant messa
 ``turn_i`` (the reply, the end-of-turn token, and any glue the template writes after it) is
 tokenized on its own and appended after the tokens of what came before; its tokens up to and
 including the first end-of-turn token are trained, the glue after it (e.g. the newline after
-``<|im_end|>``) is not: the model never generates it. A template that renders an earlier
+``<|im_end|>``) is not: the model never generates it; after the last reply it is dropped (no
+newline, empty turn or generation prompt left untrained at the end of an example). The end-of-turn
+tokens are the checkpoint's eos ids, the tokenizer's eos token and the chat template's own
+end-of-turn token (read from a rendered probe reply), so a tokenizer whose eos token is missing or
+differs from the template's still trains each reply to its end of turn. A template that renders an earlier
 part of the conversation differently once later turns exist (``render(messages[:i])`` not a
 prefix of ``render(messages[:i+1])``, e.g. templates that drop reasoning from past turns)
 cannot be trained on whole conversations and is refused with a one-line error. Messages after
 the last assistant reply carry no loss and are dropped. **Before any training**, every
 example is checked independently of how its mask was made: the trained positions must form
-exactly one run per assistant message, and each run must decode to that message's content;
-otherwise the run stops with a one-line error naming the record and turn.
+exactly one run per assistant message, each run must decode to that message's content and end with
+its end-of-turn token (unless the model stopped without one); this is checked again on each example
+as trained, after the cut at ``max_length``; otherwise the run stops with a one-line error naming
+the record and turn.
 
 **Token parity** (``token_ids``, ``--token-ids``): a record's ``assistant_token_ids`` are the
 token ids the model generated for each assistant message. ``check`` (default): re-tokenizing
 each reply must reproduce them (the re-tokenized reply, or the same without its final
 end-of-turn token when generation stopped on a stop string or the length limit); any mismatch
-stops the run with the count and the first example. ``use``: the generated ids are trained
+stops the run with the count and the first example. What is trained is then what the model
+produced, as under ``use``: a reply it ended without an end-of-turn token is trained without one. ``use``: the generated ids are trained
 on as they are (the reply's span is replaced by them; the template's end-of-turn token, when
 the model did not generate one, follows as untrained context); mismatches are counted and
 reported. ``ignore``: replies are re-tokenized and the ids are not looked at.
@@ -94,10 +101,11 @@ import time
 import types as types_module
 import typing
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from sca import __version__
 from sca.artifacts import InputError, Loaded, load_records
@@ -290,11 +298,11 @@ SCA_FIELDS: tuple[tuple[str, Any, Any, str], ...] = (
     ("model_name_or_path", "str | None", None,
      "Base model: a Hugging Face name (from your HF cache) or a local checkpoint; None: the bundled default model."),
     ("token_ids", "str", "check",
-     "What to do with the records' assistant_token_ids: check (re-tokenizing must reproduce them; a mismatch "
-     "stops the run), use (train on them), ignore."),
+     ("What to do with the records' assistant_token_ids: check (re-tokenizing must reproduce them; a mismatch "
+      "stops the run), use (train on them), ignore.")),
     ("global_batch_size", "int | None", None,
-     "Examples per optimizer step over all processes; sets gradient_accumulation_steps (and lowers "
-     "per_device_train_batch_size if needed). None: per_device_train_batch_size x accumulation x processes."),
+     ("Examples per optimizer step over all processes; sets gradient_accumulation_steps (and lowers "
+      "per_device_train_batch_size if needed). None: per_device_train_batch_size x accumulation x processes.")),
     ("lora", "bool", False, "Train a LoRA adapter (PEFT) instead of every weight."),
     ("merge_lora", "bool", False, "Merge the LoRA adapter into the base model when done (implies lora)."),
     ("lora_r", "int", 16, "LoRA rank."),
@@ -354,9 +362,9 @@ def _post_init(self: Any, parent: type) -> None:
             "padding_free/packing need a FlashAttention implementation (model_init_kwargs.attn_implementation="
             "flash_attention_2): with SDPA or eager attention the sequences of a batch would attend to each other"
         )
-    parent.__post_init__(self)
+    # before the parent's __post_init__: GRPOConfig derives its generation batch from these there
+    world = _launch_world_size()
     if self.global_batch_size is not None:
-        world = max(1, self.world_size)
         per = max(1, min(self.per_device_train_batch_size, self.global_batch_size // world))
         if self.global_batch_size % (per * world):
             raise ValueError(
@@ -365,6 +373,38 @@ def _post_init(self: Any, parent: type) -> None:
             )
         self.per_device_train_batch_size = per
         self.gradient_accumulation_steps = self.global_batch_size // (per * world)
+    if hasattr(self, "num_generations"):
+        _check_generation_batch(self, world)
+    parent.__post_init__(self)
+
+
+def _launch_world_size() -> int:
+    """The number of training processes, as torchrun / accelerate launch announce it (WORLD_SIZE)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    except ValueError:
+        return 1
+
+
+def _check_generation_batch(config: Any, world: int) -> None:
+    """GRPO: the episodes of one generation (TRL's generation batch, over all processes) must hold whole
+    groups of num_generations (--k) episodes. Computed as TRL's GRPOConfig does, and checked before it, so
+    the error says what to change."""
+    k, per = config.num_generations, config.per_device_train_batch_size
+    if k is None or k < 2:
+        raise ValueError(f"num_generations (--k) must be at least 2, got {k}: GRPO compares the episodes of a task")
+    if config.generation_batch_size is not None:
+        batch, how = config.generation_batch_size, "generation_batch_size"
+    else:
+        steps = config.steps_per_generation or config.gradient_accumulation_steps
+        name = "steps_per_generation" if config.steps_per_generation else "gradient_accumulation_steps"
+        batch = per * steps * world
+        how = f"per_device_train_batch_size {per} x {name} {steps} x {world} processes"
+    if batch % k:
+        raise ValueError(
+            f"the generation batch ({how} = {batch} episodes) is not a multiple of num_generations (--k) {k}: "
+            f"each task's {k} episodes must be generated together; make it a multiple of {k}"
+        )
 
 
 def _env_true(name: str) -> bool:
@@ -377,7 +417,7 @@ def _bf16_available() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _heavy() -> dict[str, Any]:
     """Classes that subclass TRL/transformers ones, built on first use (importing TRL takes seconds)."""
     import torch
@@ -385,14 +425,14 @@ def _heavy() -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer, GRPOConfig, SFTConfig
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from stages.train_grpo import GRPO_EXTRA_FIELDS
+    from stages.train_grpo import GRPO_DEFAULTS, GRPO_EXTRA_FIELDS
 
-    def make_config(name: str, parent: type, extra: tuple, doc: str) -> type:
+    def make_config(name: str, parent: type, extra: tuple, doc: str, defaults: dict[str, Any] | None = None) -> type:
         ns: dict[str, Any] = {"__annotations__": {}, "__doc__": doc, "__module__": __name__}
         for fname, ftype, default, help_ in SCA_FIELDS + extra:
             ns["__annotations__"][fname] = ftype
             ns[fname] = field(default=default, metadata={"help": help_})
-        for fname, default in _SHARED_DEFAULTS.items():
+        for fname, default in {**_SHARED_DEFAULTS, **(defaults or {})}.items():
             if fname not in parent.__dataclass_fields__:  # GRPOConfig has no max_length (its episodes set it)
                 continue
             ftype = parent.__dataclass_fields__[fname].type
@@ -415,6 +455,7 @@ def _heavy() -> dict[str, Any]:
         "GRPOTrainConfig", GRPOConfig, GRPO_EXTRA_FIELDS,
         "Options of `sca train --algo grpo`: TRL's GRPOConfig with our fields (SCA_FIELDS, the episode's) and "
         "defaults.",
+        GRPO_DEFAULTS,
     )
 
     class MaskedPreferenceCollator(DataCollatorForPreference):
@@ -439,7 +480,7 @@ def _heavy() -> dict[str, Any]:
         """TRL's DPOTrainer fed with examples sca already tokenized, split and checked (TRL 1.16's DPO
         trainer always re-tokenizes text; this only skips that)."""
 
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
 
         def _set_signature_columns_if_needed(self) -> None:
@@ -451,7 +492,7 @@ def _heavy() -> dict[str, Any]:
         """Writes CHECKPOINT_DIR/train_log.jsonl: one line per logging step (main process only)."""
 
         KEYS = ("loss", "learning_rate", "grad_norm")
-        EXTRA = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
+        EXTRA: typing.ClassVar[dict[str, str]] = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
                  "logps/chosen": "logps_chosen", "logps/rejected": "logps_rejected"}
 
         def __init__(self, path: Path, append: bool = False, echo: Callable[[dict], None] | None = None,
@@ -465,13 +506,13 @@ def _heavy() -> dict[str, Any]:
             self._t0 = self._t_last = 0.0
             self._tokens_last = 0.0
 
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_train_begin(self, args, state, control, **kwargs):
             self._t0 = self._t_last = time.monotonic()
             if state.is_world_process_zero and not self.append:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.path.write_text("")
 
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             if "train_runtime" in logs:
                 self.final = dict(logs)
@@ -533,6 +574,9 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 _NONE_WORDS = {"none", "null", "~"}
+#: TRL options typed `str` whose documented values include true/false (TRL maps the booleans itself:
+#: GRPOConfig's scale_rewards True -> "group", False -> "none"); as text "false" would be an invalid mode
+_TEXT_OR_BOOL = {"scale_rewards"}
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
@@ -546,10 +590,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     # "none" is a real value of some text options (report_to=none), so there only null or ~ mean None
     if type(None) in types and text.lower() in (_NONE_WORDS - {"none"} if str in origins else _NONE_WORDS):
         return None
-    if bool in types:
+    if bool in types or key in _TEXT_OR_BOOL:
         if text.lower() in _BOOL_WORDS:
             return _BOOL_WORDS[text.lower()]
-        raise InputError(f"{key}: expected true or false, got {value!r}")
+        if str not in origins:  # `str | bool` (include_num_input_tokens_seen=non_padding): other text stays text
+            raise InputError(f"{key}: expected true or false, got {value!r}")
+        return value
     if int in types:
         try:
             return int(text)
@@ -658,6 +704,11 @@ class Encoded:
     mask: list[int]
     expected: list[str]  # per assistant message, the text its trained tokens must decode to
     tool_names: list[list[str]]  # per assistant message, the tool names its span must mention
+    #: per assistant message: its trained tokens end with an end-of-turn token (False when the model's own
+    #: ids end without one: stopped on a stop string or the length limit, or a template that writes none)
+    eot: list[bool] = field(default_factory=list)
+    eos_ids: list[int] = field(default_factory=list)  # the end-of-turn token ids
+    cut: bool = False  # cut at max_length inside its last trained span (see `window`)
 
 
 @dataclass
@@ -683,16 +734,13 @@ class ChatEncoder:
             raise InputError("the tokenizer has no chat template")
         self.tokenizer = tokenizer
         self.policy = token_ids
-        eos = set(eos_token_ids or ())
-        if tokenizer.eos_token_id is not None:
-            eos.add(tokenizer.eos_token_id)
-        self.eos = eos
+        self.eos = set(end_of_turn_ids(tokenizer, eos_token_ids))
         self.parity = Parity()
 
     def _render(self, messages: list[dict[str, Any]], generation_prompt: bool, where: str, index: int) -> str:
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-        except Exception as e:  # jinja raises its own errors (unsupported role, raise_exception...)
+        except Exception as e:  # noqa: BLE001 (jinja raises its own errors: unsupported role, raise_exception...)
             raise InputError(f"{where}: the chat template fails on messages[:{index}]: {' '.join(str(e).split())}") \
                 from None
         if not isinstance(text, str):
@@ -711,6 +759,7 @@ class ChatEncoder:
         mask: list[int] = []
         expected: list[str] = []
         tools: list[list[str]] = []
+        eot: list[bool] = []
         done = ""  # the text encoded so far
         k = -1  # index of the assistant message among assistant messages
         for i in range(last + 1):
@@ -742,6 +791,8 @@ class ChatEncoder:
             generated = gen_ids[k] if k < len(gen_ids) else None
             if generated is not None and self.policy != "ignore":
                 self.parity.checked += 1
+                # the model stopped without its end-of-turn token (a stop string, put back in the text; the
+                # length limit): its ids are the re-tokenized reply without the template's end-of-turn
                 same = generated == trained or (eos_at is not None and generated == trained[:-1])
                 if not same:
                     self.parity.mismatched += 1
@@ -750,21 +801,82 @@ class ChatEncoder:
                             self.tokenizer, generated, trained)
                 if self.policy == "use":
                     self.parity.used += 1
-                    if generated and generated[-1] in self.eos:
-                        after = piece[eos_at + 1:] if eos_at is not None else []
-                    else:  # no end-of-turn generated (stop string, length): the template's follows as context
-                        after = piece[eos_at:] if eos_at is not None else []
+                if same or self.policy == "use":
+                    # what is trained is what the model produced, under check as under use: its ids; the
+                    # template's end-of-turn token, when the model did not generate one, follows as context
+                    if not (generated and generated[-1] in self.eos) and eos_at is not None:
+                        after = piece[eos_at:]
                     trained = list(generated)
-                    want = self.tokenizer.decode(trained, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                    if not same:
+                        want = self.tokenizer.decode(trained, skip_special_tokens=True,
+                                                     clean_up_tokenization_spaces=False)
+            if i == last:
+                # nothing after the last reply is trained or kept: the template's glue after it (a newline, a
+                # generation prompt, an empty turn) would sit untrained at the end of every example; only the
+                # end-of-turn token stays, as context, when the model did not generate it
+                after = after[:1] if after and after[0] in self.eos else []
             ids += trained
             mask += [1] * len(trained)
             ids += after
             mask += [0] * len(after)
             expected.append(want)
+            eot.append(bool(trained) and trained[-1] in self.eos)
             tools.append([str((c.get("function") or {}).get("name", "")) for c in messages[i].get("tool_calls") or []
                           if isinstance(c, dict)])
             done = full
-        return Encoded(id=str(record["id"]), input_ids=ids, mask=mask, expected=expected, tool_names=tools)
+        return Encoded(id=str(record["id"]), input_ids=ids, mask=mask, expected=expected, tool_names=tools,
+                       eot=eot, eos_ids=sorted(self.eos))
+
+
+def template_end_of_turn(tokenizer: Any) -> int | None:
+    """The special token a chat template closes an assistant turn with (``<|im_end|>``, ``<|eot_id|>``...),
+    found by rendering a probe reply; None if the template writes none (or cannot render the probe)."""
+    reply = "sca-probe-reply"
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    special |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+                if getattr(t, "special", False)}
+    for start in ([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                  [{"role": "user", "content": "u"}]):
+        try:
+            context = tokenizer.apply_chat_template(start, tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(start + [{"role": "assistant", "content": reply}], tokenize=False)
+        except Exception:  # noqa: BLE001, S112 (a template that refuses a system message: try without)
+            continue
+        if not (isinstance(full, str) and isinstance(context, str) and full.startswith(context)):
+            continue
+        at = full.find(reply, len(context))
+        if at < 0:
+            continue
+        for t in tokenizer(full[at + len(reply):], add_special_tokens=False)["input_ids"]:
+            if t in special:
+                return t
+        return None
+    return None
+
+
+def end_of_turn_ids(tokenizer: Any, eos_token_ids: Iterable[int] | None = ()) -> list[int]:
+    """The tokens that end an assistant turn: the checkpoint's eos ids (`eos_token_ids`, from its generation
+    config), the tokenizer's eos token, and the chat template's own end-of-turn token (which a tokenizer whose
+    eos_token is missing or different, e.g. a base model's, does not name)."""
+    eos = {int(t) for t in eos_token_ids or () if t is not None}
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        eos.add(tokenizer.eos_token_id)
+    eot = template_end_of_turn(tokenizer)
+    if eot is not None:
+        eos.add(eot)
+    return sorted(eos)
+
+
+def ensure_pad_token(tokenizer: Any, eos_ids: list[int]) -> None:
+    """A pad token for batching: the tokenizer's, else its eos token, else the template's end-of-turn token."""
+    if tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    elif eos_ids:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(eos_ids[0])
+    else:
+        raise InputError("the tokenizer has no pad, eos or end-of-turn token to pad batches with")
 
 
 def _first_diff(tokenizer: Any, generated: list[int], retokenized: list[int]) -> str:
@@ -793,8 +905,10 @@ def verify_mask(tokenizer: Any, enc: Encoded, where: str) -> None:
     """Check, independently of how the mask was built, that it covers exactly the assistant turns.
 
     The trained tokens must form one run per assistant message, in order, each decoding to that
-    message's content (a tool-calling message: starting with its content and naming its tools).
-    Raises :class:`InputError` (one line) otherwise.
+    message's content (a tool-calling message: starting with its content and naming its tools) and
+    ending with the end-of-turn token exactly when the turn has one (``Encoded.eot``). An example cut
+    at max_length (:func:`window`, ``Encoded.cut``) is checked as it is trained: its last run may stop
+    at the end of the sequence, a prefix of its message. Raises :class:`InputError` (one line) otherwise.
     """
     if len(enc.mask) != len(enc.input_ids):
         raise InputError(f"{where}: the assistant mask has {len(enc.mask)} entries for {len(enc.input_ids)} tokens")
@@ -805,14 +919,41 @@ def verify_mask(tokenizer: Any, enc: Encoded, where: str) -> None:
         raise InputError(
             f"{where}: the assistant mask has {len(runs)} trained spans for {len(enc.expected)} assistant messages"
         )
+    eos = set(enc.eos_ids)
     for k, ((s, e), want, names) in enumerate(zip(runs, enc.expected, enc.tool_names)):
         got = tokenizer.decode(enc.input_ids[s:e], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if enc.cut and k == len(runs) - 1:  # cut by max_length: a prefix of the message (a split character aside)
+            if e != len(enc.input_ids) or not want.startswith(got.rstrip("\ufffd")):
+                raise InputError(
+                    f"{where}: the assistant mask does not match assistant message {k} as cut at max_length: its "
+                    f"tokens decode to {_clip(got)} but the message starts {_clip(want[:len(got) + 10])}"
+                )
+            continue
         ok = got.startswith(want) and all(n in got for n in names) if names else got == want
         if not ok:
             raise InputError(
                 f"{where}: the assistant mask does not match assistant message {k}: its tokens decode to "
                 f"{_clip(got)} but the message is {_clip(want)}"
             )
+        if k < len(enc.eot) and (enc.input_ids[e - 1] in eos) != enc.eot[k]:
+            what = "leaves out its end-of-turn token" if enc.eot[k] else "ends on an end-of-turn token the model " \
+                                                                         "did not generate"
+            raise InputError(f"{where}: the assistant mask of assistant message {k} {what}")
+
+
+def window(enc: Encoded, start: int, end: int) -> Encoded:
+    """`enc` as a trainer gets it: cut at `end` (max_length) and trained only from `start` on (a DPO
+    completion after its shared prompt); the messages it keeps are those whose trained span starts in
+    [start, end), and a span that `end` cuts sets ``cut``. Check the result with :func:`verify_mask`."""
+    runs = mask_runs(enc.mask)
+    keep = [k for k, (s, _) in enumerate(runs) if start <= s < end]
+    return dataclasses.replace(
+        enc, input_ids=enc.input_ids[:end], mask=[0] * min(start, end) + enc.mask[start:end],
+        expected=[enc.expected[k] for k in keep if k < len(enc.expected)],
+        tool_names=[enc.tool_names[k] for k in keep if k < len(enc.tool_names)],
+        eot=[enc.eot[k] for k in keep if k < len(enc.eot)],
+        cut=bool(keep) and runs[keep[-1]][1] > end,
+    )
 
 
 def _clip(text: str, n: int = 60) -> str:
@@ -849,13 +990,14 @@ def prepare_sft(selection: Selection, encoder: ChatEncoder, max_length: int | No
             continue
         enc = encoder.encode(record, where)
         verify_mask(encoder.tokenizer, enc, where)
-        ids, mask = enc.input_ids, enc.mask
-        if max_length is not None and len(ids) > max_length:
+        if max_length is not None and len(enc.input_ids) > max_length:
             prep.truncated += 1
-            ids, mask = ids[:max_length], mask[:max_length]
-            if not any(mask):
+            enc = window(enc, 0, max_length)
+            if not any(enc.mask):
                 prep.skipped["no assistant token within max_length"] += 1
                 continue
+            verify_mask(encoder.tokenizer, enc, where)  # as trained, not only before the cut
+        ids, mask = enc.input_ids, enc.mask
         prep.rows.append({"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]})
         prep.tokens += len(ids)
         prep.trained_tokens += sum(mask)
@@ -918,6 +1060,9 @@ def prepare_dpo(selection: Selection, encoder: ChatEncoder, max_length: int | No
                     prep.skipped["pair: no assistant token within max_length"] += 1
                     continue
             c_ids, c_mask, r_ids, r_mask = c_ids[:room], c_mask[:room], r_ids[:room], r_mask[:room]
+        # each side as DPO scores it: its completion after the shared prompt, cut at max_length
+        for enc, side, rec in ((c, c_ids, c_rec), (r, r_ids, r_rec)):
+            verify_mask(encoder.tokenizer, window(enc, p, p + len(side)), _where(path, rec))
         prep.rows.append({"prompt_ids": c.input_ids[:p], "chosen_ids": c_ids, "rejected_ids": r_ids,
                           "chosen_mask": c_mask, "rejected_mask": r_mask})
         prep.tokens += 2 * p + len(c_ids) + len(r_ids)
@@ -949,7 +1094,7 @@ def eos_token_ids(model_path: str) -> list[int]:
         from transformers import GenerationConfig
 
         eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except Exception:  # no generation_config.json: the tokenizer's eos alone
+    except Exception:  # noqa: BLE001 (no generation_config.json: the tokenizer's eos alone)
         return []
     return list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
 
@@ -1004,6 +1149,27 @@ def _check_output(out: Path, overwrite: bool, resuming: bool) -> None:
             raise InputError(f"{out}: already holds a checkpoint ({found[0]}); pass --overwrite to train into it anyway")
 
 
+def resume_checkpoint(config: Any, out: Path) -> str | None:
+    """The checkpoint `resume_from_checkpoint` names (true: the last checkpoint-N in the output directory,
+    or a path), checked before training; None to start afresh."""
+    resume = config.resume_from_checkpoint
+    if isinstance(resume, str) and resume.strip().lower() in _BOOL_WORDS:
+        resume = _BOOL_WORDS[resume.strip().lower()]
+    if not resume:
+        return None
+    if resume is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if last is None:
+            raise InputError(f"resume_from_checkpoint: no checkpoint-N directory in {out} to resume from "
+                             "(save some with --set save_strategy=steps --set save_steps=N)")
+        return last
+    if not Path(str(resume)).is_dir():
+        raise InputError(f"resume_from_checkpoint: {resume}: no such checkpoint directory")
+    return str(resume)
+
+
 def _model_path(config: Any) -> str:
     if config.model_name_or_path:
         return str(config.model_name_or_path)
@@ -1011,7 +1177,7 @@ def _model_path(config: Any) -> str:
 
     try:
         return str(default_model_path())
-    except Exception as e:  # BackendUnavailable: the bundled model package is missing
+    except Exception as e:  # noqa: BLE001 (BackendUnavailable: the bundled model package is missing)
         raise InputError(str(e)) from None
 
 
@@ -1066,8 +1232,6 @@ def _run_dpo(config: Any, model: str, tokenizer: Any, prep: Prepared, callbacks:
     from datasets import Dataset
 
     heavy = _heavy()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     collator = heavy["MaskedPreferenceCollator"](
         pad_token_id=tokenizer.pad_token_id, max_length=config.max_length, truncation_mode=config.truncation_mode,
         pad_to_multiple_of=config.pad_to_multiple_of,
@@ -1134,12 +1298,12 @@ def train(
     algorithm = get_algorithm(algo)
     if algo in ONLINE:
         from sandbox.config import SandboxConfig
-        from stages.train_grpo import load_tasks, run_grpo
+        from stages.train_grpo import read_tasks, run_grpo
 
+        tasks = read_tasks(str(trajectories))  # bad input fails here, before the slow imports; stdin read once
         if config is None:
-            load_tasks(str(trajectories), None)  # bad input fails here, before the slow imports
             config = build_config(algo, output_dir, preset=preset, config_file=config_file, options=options, sets=sets)
-        return run_grpo(str(trajectories), output_dir, config, sandbox=(sandbox or SandboxConfig()).build(),
+        return run_grpo(tasks, output_dir, config, sandbox=(sandbox or SandboxConfig()).build(),
                         user_config=user, overwrite=overwrite, on_log=on_log if main else None, on_status=status)
     out = Path(output_dir)
     loaded: Loaded = load_records(trajectories, TRAJECTORY, skip_invalid=skip_invalid, on_skip=on_skip)
@@ -1148,7 +1312,8 @@ def train(
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if config is None:
         config = build_config(algo, out, preset=preset, config_file=config_file, options=options, sets=sets)
-    resuming = bool(getattr(config, "resume_from_checkpoint", None))
+    resume = resume_checkpoint(config, out)
+    resuming = resume is not None
     _check_output(out, overwrite, resuming)
     _check_report_to(config)
     model = _model_path(config)
@@ -1160,7 +1325,9 @@ def train(
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load the tokenizer of {model}: {' '.join(str(e).split())[:300]}") from None
-    selection, prep = prepare(algo, loaded.records, tokenizer, config, loaded.path, eos_token_ids(model))
+    eos_ids = end_of_turn_ids(tokenizer, eos_token_ids(model))
+    selection, prep = prepare(algo, loaded.records, tokenizer, config, loaded.path, eos_ids)
+    ensure_pad_token(tokenizer, eos_ids)
     peft_config = _peft_config(config)
 
     status("loading the model")
@@ -1169,10 +1336,7 @@ def train(
     trainer = _RUNNERS[algorithm.trainer][1](config, model, tokenizer, prep, [log], peft_config)
 
     status("training")
-    resume = config.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in _BOOL_WORDS:
-        resume = _BOOL_WORDS[resume.lower()]
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    result = trainer.train(resume_from_checkpoint=resume)
 
     status("saving")
     merged = False

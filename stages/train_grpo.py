@@ -12,27 +12,39 @@ prompts; we run the episodes, then hand TRL, per episode:
   generated (the assistant turns, by the same turn-by-turn encoder and checks as ``sca train
   --algo rft``, trained on the token ids the model produced) and 0 on observations, the simulated
   user's messages and the template's own tokens, so the policy gradient never touches them;
-* the reward: 1 if the task's ``evaluate`` returned True on the final state, else 0. An
-  infrastructure failure scores 0 with an all-zero mask (it trains nothing) and is counted.
+* the reward: 1 if the task's ``evaluate`` returned True on the final state, else 0. An episode
+  that cannot be trained on (an infrastructure failure: sandbox or inference error, so no reward;
+  or nothing the model generated could be encoded) gets reward None with an all-zero mask: TRL
+  turns None into NaN, leaves it out of its group's mean and std, and gives it advantage 0, so it
+  neither trains nor shifts the baseline of the other episodes (a 0 would teach that a possibly
+  good answer was bad). Such episodes are counted (``infra_failures``).
 
 TRL does the rest (group-normalised advantages, clipping, KL to the reference, its loss).
-Groups whose K rewards are all equal teach nothing: they are counted per generation batch
-(``groups_uniform`` in the training log), and ``skip_uniform_from=ROLLOUT.jsonl`` leaves out,
-before training, the tasks that an earlier rollout solved in none or all of its trials.
+Groups whose K rewards are all equal teach nothing: they are counted per generation batch over all
+processes (``groups_uniform`` in the training log), and ``skip_uniform_from=ROLLOUT.jsonl`` leaves
+out, before training, the tasks that an earlier rollout solved in none or all of its trials.
 
 Generation runs on the trainer's own model through the ``hf`` backend (weights are current by
-construction). With ``use_vllm`` TRL keeps its vLLM engine's weights in sync before each
-rollout; the engine then generates through that vLLM engine (``sca.inference.vllm``).
+construction; the model is put back in train mode afterwards), one batch of the episodes TRL asked
+for, each process sampling with its own seed. That model must be whole on each process: DeepSpeed
+ZeRO-3 and FSDP shard it, so they need ``use_vllm``. With ``use_vllm`` (``colocate`` mode only) TRL
+keeps its vLLM engine's weights in sync before each rollout; the engine then generates through that
+vLLM engine (``sca.inference.vllm``). Our episodes hand TRL no sampling log-probabilities, so TRL's
+vLLM importance-sampling correction is off (turning it on is refused), and vLLM sleep mode, which
+TRL wakes only around its own generate calls, is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sca.artifacts import InputError, StreamedInput
 from sca.records import CAT_TASK
@@ -46,10 +58,23 @@ GRPO_EXTRA_FIELDS: tuple[tuple[str, Any, Any, str], ...] = (
      "A rollout file (sca rollout): leave out the tasks it solved in none or all of their trials."),
 )
 
+#: TRL defaults the GRPO config changes: our episodes hand TRL no sampling log-probabilities (a multi-turn
+#: episode's replies come from many generate calls), so TRL's vLLM importance-sampling correction, which
+#: needs them, is off (turning it on is refused: see check_grpo_config)
+GRPO_DEFAULTS: dict[str, Any] = {"vllm_importance_sampling_correction": False}
 
-def load_tasks(path: str, skip_uniform_from: str | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The CaT tasks to train on, and what was left out and why."""
-    source = StreamedInput(path, CAT_TASK).scan()
+
+def read_tasks(path: str) -> StreamedInput:
+    """The CaT task file, every line checked (one-line error at the first bad one); standard input (``-``)
+    is read once and held, so later passes over it see the same tasks."""
+    return StreamedInput(path, CAT_TASK).scan()
+
+
+def load_tasks(source: str | StreamedInput, skip_uniform_from: str | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The CaT tasks to train on (a path, or a :func:`read_tasks` input), and what was left out and why."""
+    if not isinstance(source, StreamedInput):
+        source = read_tasks(source)
+    path = source.name
     tasks = list(source)
     notes: dict[str, int] = {}
     if skip_uniform_from:
@@ -97,8 +122,9 @@ class EpisodeRollouts:
         self.calls = 0
         self._user_model = None
 
-    def _policy(self, trainer: Any) -> Any:
-        """The model in training as a ChatModel (vLLM when TRL generates with vLLM, else transformers)."""
+    def _policy(self, trainer: Any, episodes: int) -> Any:
+        """The model in training as a ChatModel (vLLM when TRL generates with vLLM, else transformers, in one
+        batch of the `episodes` TRL asked for)."""
         from sca.inference.hf import HFChatModel
 
         if getattr(trainer, "use_vllm", False) and getattr(getattr(trainer, "vllm_generation", None), "llm", None):
@@ -106,7 +132,14 @@ class EpisodeRollouts:
 
             return VLLMChatModel.from_llm(trainer.vllm_generation.llm, name="policy")
         model = trainer.accelerator.unwrap_model(trainer.model)
-        return HFChatModel.from_objects(model, self.tokenizer, name="policy", batch_size=max(1, len(self.tasks)))
+        return HFChatModel.from_objects(model, self.tokenizer, name="policy", batch_size=max(1, episodes))
+
+    def _seed(self, trainer: Any) -> int:
+        """The sampling seed of this call on this process: from the base seed, the process index and the call
+        number, so that the processes of a distributed run play different episodes of the same tasks."""
+        rank = int(getattr(trainer.accelerator, "process_index", 0) or 0)
+        digest = hashlib.sha256(f"{self.config.seed}:{rank}:{self.calls}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") % (2**31 - 2**20)  # room for run_episodes' seed + k
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
         import torch
@@ -122,7 +155,10 @@ class EpisodeRollouts:
         )
         from sca.inference.base import SamplingParams
 
-        policy = self._policy(trainer)
+        # one episode per prompt: TRL's sampler already repeats each task num_generations times
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = bool(getattr(unwrapped, "training", False))  # before the policy wrapper sets eval mode
+        policy = self._policy(trainer, len(prompts))
         if self.user_config is not None and self._user_model is None:
             self._user_model = self.user_config.load()
         keys = [self._key(p) for p in prompts]
@@ -143,23 +179,18 @@ class EpisodeRollouts:
             tools = [t.openai_schema() for t in episodes[0].env.tools()]
         roles = {AGENT: Role(AGENT, policy, sampling, tools=tools),
                  USER: Role(USER, self._user_model or policy, SamplingParams(temperature=0.7, max_new_tokens=256))}
-        model = getattr(policy, "model", None)
-        was_training = bool(getattr(model, "training", False))
-        if model is not None:
-            model.eval()
         t0 = time.monotonic()
         try:
+            unwrapped.eval()
             with torch.no_grad():
                 run_episodes(lambda: next(source, None), roles, concurrency=len(episodes), on_finish=lambda ep: None,
-                             workers=max(1, getattr(self.sandbox, "workers", 1)),
-                             seed=self.config.seed * 7919 + 1000 * self.calls)
+                             workers=max(1, getattr(self.sandbox, "workers", 1)), seed=self._seed(trainer))
         finally:
-            if model is not None and was_training:
-                model.train()
+            if was_training:
+                unwrapped.train()  # dropout and the rest of training mode back on for the update
         self.calls += 1
         out = self._to_trl(episodes)
-        self._count_groups(keys, out["sca_reward"])
-        self.stats["episodes"] += len(episodes)
+        self._count_groups(keys, out["sca_reward"], trainer, [ep.infra_error is not None for ep in episodes])
         self.stats["rollout_s"] += time.monotonic() - t0
         return out
 
@@ -170,12 +201,13 @@ class EpisodeRollouts:
         return str(prompt)
 
     def _to_trl(self, episodes: list[Any]) -> dict[str, Any]:
-        """Each finished episode as TRL's prompt ids, completion ids, env mask and reward."""
+        """Each finished episode as TRL's prompt ids, completion ids, env mask and reward (None: not trainable)."""
         from stages.train import ChatEncoder, verify_mask
         from stages.train import InputError as _E
 
         encoder = ChatEncoder(self.tokenizer, "use", self.eos_ids)
-        prompt_ids, completion_ids, masks, rewards = [], [], [], []
+        prompt_ids, completion_ids, masks = [], [], []
+        rewards: list[float | None] = []
         for ep in episodes:
             record = {"id": f"{ep.task_id}#{ep.trial}", "messages": ep.messages,
                       "assistant_token_ids": ep.assistant_token_ids}
@@ -189,67 +221,125 @@ class EpisodeRollouts:
                 self.stats["last_encoding_error"] = str(e)[:300]
                 enc = None
             if enc is None or not any(enc.mask):
-                # nothing the model generated can be trained: the prompt, one token, masked out
+                # nothing the model generated can be trained: the prompt, one token, masked out, and no reward
+                # (None: TRL leaves it out of the group's baseline; a 0 would count it as a failed answer)
                 text = self.tokenizer.apply_chat_template(ep.messages[:2], tokenize=False, add_generation_prompt=True)
                 ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
                 prompt_ids.append(ids)
-                completion_ids.append([self.eos_ids[0]])
+                completion_ids.append([encoder_pad(self.tokenizer, self.eos_ids)])
                 masks.append([0])
-                rewards.append(0.0)
+                rewards.append(None)
                 self.stats["episodes_without_trained_tokens"] += 1
-                if reward is None:
-                    self.stats["infra_failures"] += 1
                 continue
             first = enc.mask.index(1)
             prompt_ids.append(enc.input_ids[:first])
             completion_ids.append(enc.input_ids[first:])
             masks.append(enc.mask[first:])
-            if reward is None:  # an infrastructure failure: reward 0, nothing trained
-                self.stats["infra_failures"] += 1
+            if reward is None:  # an infrastructure failure: no reward, nothing trained
                 masks[-1] = [0] * len(masks[-1])
-                rewards.append(0.0)
+                rewards.append(None)
             else:
                 rewards.append(float(reward))
-                self.stats["rewarded"] += int(reward == 1)
             self.stats[f"termination:{ep.termination}"] += 1
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None, "env_mask": masks,
                 "sca_reward": rewards}
 
-    def _count_groups(self, keys: list[str], rewards: list[float]) -> None:
+    def _count_groups(self, keys: list[str], rewards: list[float | None], trainer: Any = None,
+                      infra: list[bool] | None = None) -> None:
+        """Count this generation batch over all processes: its episodes, rewarded ones, infrastructure failures,
+        episodes without a reward (None), groups (a task's episodes) and uniform groups (all their rewards
+        equal: they teach nothing). A group's episodes can be spread over processes, so the (task, reward,
+        infrastructure failure) of every episode of every process are gathered."""
+        pairs = list(zip(keys, rewards, infra or [False] * len(keys)))
+        accelerator = getattr(trainer, "accelerator", None)
+        if accelerator is not None and getattr(accelerator, "num_processes", 1) > 1:
+            from accelerate.utils import gather_object
+
+            pairs = gather_object(pairs)
         groups: dict[str, list[float]] = {}
-        for key, reward in zip(keys, rewards):
+        for key, reward, failed in pairs:
+            self.stats["episodes"] += 1
+            self.stats["infra_failures"] += int(bool(failed))
+            if reward is None or math.isnan(reward):  # None / NaN: not trainable, out of the group's baseline
+                self.stats["unrewarded"] += 1
+                groups.setdefault(key, [])
+                continue
+            self.stats["rewarded"] += int(reward == 1)
             groups.setdefault(key, []).append(reward)
         for values in groups.values():
             self.stats["groups"] += 1
-            if len(set(values)) == 1:
+            if len(set(values)) <= 1:
                 self.stats["groups_uniform"] += 1
 
 
-def episode_reward(prompts: Any = None, completions: Any = None, sca_reward: list[float] | None = None,
-                   **kwargs: Any) -> list[float]:
-    """The reward function TRL calls: the rewards our episodes earned (forwarded by rollout_func)."""
+def encoder_pad(tokenizer: Any, eos_ids: list[int]) -> int:
+    """A token for an episode's placeholder completion (masked out): the pad token, else an end-of-turn one."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if eos_ids:
+        return eos_ids[0]
+    raise InputError("the tokenizer has no pad, eos or end-of-turn token")
+
+
+def episode_reward(prompts: Any = None, completions: Any = None, sca_reward: list[float | None] | None = None,
+                   **kwargs: Any) -> list[float | None]:
+    """The reward function TRL calls: the rewards our episodes earned (forwarded by rollout_func); None for
+    an episode that cannot be trained on (TRL leaves it out of its group)."""
     return list(sca_reward or [])
 
 
-def run_grpo(tasks_path: str, output_dir: str | Path, config: Any, *, sandbox: Any, user_config: Any = None,
-             overwrite: bool = False, on_log: Callable[[dict], None] | None = None,
+def check_grpo_config(config: Any) -> None:
+    """Refuse, with one line, the GRPO settings our episodes cannot work with (before any model is loaded)."""
+    from stages.train import _env_true
+
+    if config.use_vllm:
+        if config.vllm_mode != "colocate":
+            raise InputError(f"vllm_mode={config.vllm_mode}: our episodes generate through a vLLM engine in this "
+                             "process; use vllm_mode=colocate (or use_vllm=false: the trainer's own weights through "
+                             "transformers)")
+        if config.vllm_importance_sampling_correction:
+            raise InputError("vllm_importance_sampling_correction=true: it needs the sampler's per-token "
+                             "log-probabilities, which our multi-turn episodes do not hand TRL; leave it false")
+        if config.vllm_enable_sleep_mode:
+            raise InputError("vllm_enable_sleep_mode=true: TRL wakes its vLLM engine only around its own generate "
+                             "calls, and our episodes generate through that engine; leave it false")
+        return
+    plugin = getattr(config, "deepspeed_plugin", None)
+    stage = getattr(plugin, "zero_stage", None) if plugin is not None else None
+    if stage is None and _env_true("ACCELERATE_USE_DEEPSPEED"):
+        try:
+            stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") or 0)
+        except ValueError:
+            stage = None
+    sharding = "DeepSpeed ZeRO-3" if stage == 3 else None
+    if getattr(config, "fsdp", None) or getattr(config, "fsdp_plugin_args", None) or _env_true("ACCELERATE_USE_FSDP"):
+        sharding = "FSDP"
+    if sharding:
+        raise InputError(f"{sharding} shards the model over the processes, and without use_vllm our episodes "
+                         "generate with the training model on each process on its own; use --set use_vllm=true "
+                         "(vllm_mode=colocate), or ZeRO-2 / plain data parallel")
+
+
+def run_grpo(tasks_path: str | StreamedInput, output_dir: str | Path, config: Any, *, sandbox: Any,
+             user_config: Any = None, overwrite: bool = False, on_log: Callable[[dict], None] | None = None,
              on_status: Callable[[str], None] | None = None) -> Any:
-    """Train with GRPO; returns a :class:`stages.train.TrainSummary`."""
+    """Train with GRPO; returns a :class:`stages.train.TrainSummary`. `tasks_path`: a CaT task file or
+    a :func:`read_tasks` input (standard input is read once)."""
     from stages import train as T
 
     status = on_status or (lambda msg: None)
     started, wall0 = T._now(), time.monotonic()
     out = Path(output_dir)
-    tasks, notes = load_tasks(tasks_path, config.skip_uniform_from)
+    source = tasks_path if isinstance(tasks_path, StreamedInput) else read_tasks(tasks_path)
+    tasks, notes = load_tasks(source, config.skip_uniform_from)
     from envs import make_env
 
     for name in sorted({t["env"] for t in tasks}):
         make_env(name)
-    T._check_output(out, overwrite, bool(getattr(config, "resume_from_checkpoint", None)))
+    resume = T.resume_checkpoint(config, out)
+    T._check_output(out, overwrite, resume is not None)
     T._check_report_to(config)
-    if config.use_vllm and config.vllm_mode != "colocate":
-        raise InputError(f"vllm_mode={config.vllm_mode}: our episodes generate through a vLLM engine in this process; "
-                         "use vllm_mode=colocate (or use_vllm=false: the trainer's own weights through transformers)")
+    check_grpo_config(config)
     model = T._model_path(config)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -258,22 +348,25 @@ def run_grpo(tasks_path: str, output_dir: str | Path, config: Any, *, sandbox: A
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=config.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    eos = T.eos_token_ids(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load the tokenizer of {model}: {' '.join(str(e).split())[:300]}") from None
+    eos = T.end_of_turn_ids(tokenizer, T.eos_token_ids(model))
+    T.ensure_pad_token(tokenizer, eos)
     stats: Counter = Counter()
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": t["id"]}]} for t in tasks])
     with sandbox as sb:
         rollouts = EpisodeRollouts(tasks, tokenizer, config, sb, user_config, stats, eos)
-        log = T._heavy()["TrainLog"](out / "train_log.jsonl", echo=on_log, extra=lambda: {
+        log = T._heavy()["TrainLog"](out / "train_log.jsonl", append=resume is not None, echo=on_log, extra=lambda: {
             "groups": stats["groups"], "groups_uniform": stats["groups_uniform"], "episodes": stats["episodes"],
-            "rewarded": stats["rewarded"], "infra_failures": stats["infra_failures"]})
+            "rewarded": stats["rewarded"], "infra_failures": stats["infra_failures"],
+            "unrewarded": stats["unrewarded"]})
         trainer = GRPOTrainer(model=model, reward_funcs=[episode_reward], args=config, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=T._peft_config(config), callbacks=[log],
                               rollout_func=rollouts)
         status("training")
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=resume)
         status("saving")
         merged = False
         if config.lora and config.merge_lora:
@@ -294,5 +387,5 @@ def run_grpo(tasks_path: str, output_dir: str | Path, config: Any, *, sandbox: A
         lora=bool(config.lora), merged=merged, settings=T._settings("grpo", config, model, None),
         main_process=trainer.is_world_process_zero())
     if trainer.is_world_process_zero():
-        T._write_summary(out, summary, StreamedInput(tasks_path, CAT_TASK).scan(), config, started)
+        T._write_summary(out, summary, source, config, started)
     return summary

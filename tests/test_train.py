@@ -93,8 +93,9 @@ def trained_texts(tok, ids: list[int], mask: list[int]) -> list[str]:
 
 
 def chatml_oracle(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Independent of stages.train: the whole conversation (to its last reply) tokenized at once, and
-    1 on each assistant reply of the ChatML: from after <|im_start|>assistant\n to <|im_end|> included."""
+    """Independent of stages.train: the whole conversation (to its last reply's <|im_end|>: the template's
+    newline after it is glue, no part of any example) tokenized at once, and 1 on each assistant reply of
+    the ChatML: from after <|im_start|>assistant\n to <|im_end|> included."""
     start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
     header = tokenizer("assistant\n", add_special_tokens=False)["input_ids"]
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
@@ -109,7 +110,9 @@ def chatml_oracle(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]
                 if ids[k] == end:
                     break
                 k += 1
-    return ids, mask
+    end = max(j for j, m in enumerate(mask) if m) + 1
+    assert tokenizer.decode(ids[end:]) == "\n"  # what is left out: the newline after the last <|im_end|>
+    return ids[:end], mask[:end]
 
 
 def one_line_error(result) -> str:
@@ -294,7 +297,9 @@ def test_mask_on_a_template_without_generation_markers(tokenizer):
         assert not any(m["content"] in context for m in record["messages"] if m["role"] == "assistant")
         # the newline the template writes after the end-of-turn token is context, never trained
         runs = __import__("stages.train", fromlist=["mask_runs"]).mask_runs(e.mask)
-        assert all(tokenizer.decode(e.input_ids[s2:s2 + 1]) == "\n" for _, s2 in runs)
+        assert all(tokenizer.decode(e.input_ids[s2:s2 + 1]) == "\n" for _, s2 in runs[:-1])
+        # after the last reply: nothing (the template's trailing newline is trimmed, neither trained nor kept)
+        assert runs[-1][1] == len(e.input_ids) and e.input_ids[-1] == tokenizer.eos_token_id
 
 
 def test_a_template_that_rewrites_past_turns_is_refused(tokenizer):
@@ -327,6 +332,120 @@ def test_verify_mask_catches_a_wrong_or_empty_mask(tokenizer):
         merged[j] = 1  # an observation between two replies
     with pytest.raises(InputError, match="trained spans for"):
         verify_mask(tokenizer, dataclasses.replace(e, mask=merged), "r0")
+
+
+#: ChatML that writes an empty assistant turn after the conversation (glue after the last reply)
+EMPTY_TURN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% elif messages[-1]['role'] == 'assistant' %}<|im_start|>assistant\n<|im_end|>\n{% endif %}"
+)
+
+
+def test_glue_after_the_last_reply_is_trimmed(tokenizer):
+    """Nothing after the last reply's end-of-turn token: not the template's newline, nor an empty turn or a
+    generation prompt it writes there (neither trained nor left untrained at the end of the example)."""
+    from stages.train import mask_runs, verify_mask
+
+    record = {**records(RETAIL)[0]}
+    first_reply = next(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
+    record["messages"] = record["messages"][: first_reply + 1]
+    for template in (None, EMPTY_TURN_TEMPLATE):
+        tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+        if template:
+            tok.chat_template = template
+        e = encoder(tok).encode(record, "r")
+        verify_mask(tok, e, "r")
+        assert mask_runs(e.mask)[-1][1] == len(e.input_ids)
+        assert e.input_ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+        assert tok.decode(e.input_ids).endswith(record["messages"][-1]["content"] + "<|im_end|>")
+
+
+def test_the_templates_end_of_turn_is_used_when_the_tokenizer_names_another_or_none(tokenizer):
+    """A tokenizer whose eos token is not the template's end-of-turn (a base model's), or is missing: the
+    end-of-turn token is read from the chat template, so each reply is trained to its <|im_end|>."""
+    from stages.train import end_of_turn_ids, ensure_pad_token, verify_mask
+
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for eos in ("<|endoftext|>", None):
+        tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+        tok.eos_token, tok.pad_token = eos, None
+        assert im_end in end_of_turn_ids(tok, [])
+        enc = encoder(tok)
+        for record in records(RETAIL):
+            e = enc.encode(record, record["id"])
+            verify_mask(tok, e, record["id"])
+            replies = [m["content"] + "<|im_end|>" for m in record["messages"] if m["role"] == "assistant"]
+            assert trained_texts(tok, e.input_ids, e.mask) == replies, record["id"]
+        ensure_pad_token(tok, end_of_turn_ids(tok, []))
+        assert tok.pad_token == (eos or "<|im_end|>")
+
+
+def test_verify_mask_needs_each_end_of_turn_token_under_the_mask(tokenizer):
+    import dataclasses
+
+    from stages.train import mask_runs, verify_mask
+
+    e = encoder(tokenizer).encode(records(RETAIL)[0], "r0")
+    _, t = mask_runs(e.mask)[1]
+    no_eot = list(e.mask)
+    no_eot[t - 1] = 0  # only the end-of-turn token out: the text (special tokens skipped) is unchanged
+    with pytest.raises(InputError, match="assistant message 1 leaves out its end-of-turn token"):
+        verify_mask(tokenizer, dataclasses.replace(e, mask=no_eot), "r0")
+
+
+def test_verify_mask_checks_examples_as_cut_at_max_length(tokenizer):
+    """The mask is checked on the example as trained, after the cut at max_length, not only before it."""
+    import dataclasses
+
+    from stages.train import mask_runs, verify_mask, window
+
+    e = encoder(tokenizer).encode(records(RETAIL)[0], "r0")
+    runs = mask_runs(e.mask)
+    (s1, _), (s2, _) = runs[0], runs[1]
+    cut = window(e, 0, s1 + 3)  # inside the first reply
+    assert cut.cut and len(cut.input_ids) == s1 + 3 and len(cut.expected) == 1
+    verify_mask(tokenizer, cut, "r0")
+    verify_mask(tokenizer, window(e, 0, s2), "r0")  # between replies: the first whole, nothing of the second
+    shifted = list(cut.mask)
+    shifted[s1 - 1] = 1  # one header token in
+    with pytest.raises(InputError, match="as cut at max_length"):
+        verify_mask(tokenizer, dataclasses.replace(cut, mask=shifted), "r0")
+    early = list(cut.mask)
+    early[-1] = 0  # the cut reply's span stops before the end of the sequence
+    with pytest.raises(InputError, match="as cut at max_length"):
+        verify_mask(tokenizer, dataclasses.replace(cut, mask=early), "r0")
+    with pytest.raises(InputError, match="1 trained spans for 2"):  # a whole reply left out of the cut mask
+        verify_mask(tokenizer, dataclasses.replace(window(e, 0, s2 + 2), mask=e.mask[: s2] + [0, 0]), "r0")
+
+
+def test_token_parity_check_trains_what_use_trains(tokenizer):
+    """check == use: a reply the model ended without its end-of-turn token (a stop string, put back in the text)
+    is trained on its generated ids under check as under use; the template's end-of-turn is context."""
+    from stages.train import build_config, prepare
+
+    record = json.loads(json.dumps(records(TINY)[0]))
+    record["reward"] = 1
+    replies = [m["content"] for m in record["messages"] if m["role"] == "assistant"]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in replies]
+    ids[0] = ids[0] + [im_end]  # the first reply ended on its end-of-turn token, the others on a stop string
+    record["assistant_token_ids"] = ids
+    rows = {}
+    for policy in ("check", "use"):
+        _, prep = prepare("rft", [record], tokenizer, build_config("rft", "/tmp/unused", options={"token_ids": policy}))
+        assert prep.parity.checked == len(replies) and prep.parity.mismatched == 0
+        rows[policy] = prep.rows[0]
+        trained = [t for t in rows[policy]["labels"] if t != -100]
+        assert trained == [t for r in ids for t in r]  # the generated ids: no end-of-turn the model did not produce
+    assert rows["check"] == rows["use"]
+    assert rows["check"]["input_ids"][-1] == im_end and rows["check"]["labels"][-1] == -100  # context
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    line = one_line_error(cli("train", TINY, "-o", tmp_path / "c", "--algo", "rft", "--set",
+                              "resume_from_checkpoint=true"))
+    assert "no checkpoint-N directory" in line
 
 
 def test_rft_and_sft_select_by_reward(tokenizer):

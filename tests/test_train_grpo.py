@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from _sandbox_util import backend_or_skip
 from typer.testing import CliRunner
 
+from sca.artifacts import InputError
 from sca_cli.app import app
 
 # Rewards that vary within a group at temperature 1: an answer of even length passes.
@@ -66,17 +68,30 @@ def test_episodes_become_prompt_completion_and_a_mask_of_the_models_own_tokens(t
     out = roll._to_trl([ep])
     prompt, completion, mask = out["prompt_ids"][0], out["completion_ids"][0], out["env_mask"][0]
     full = tokenizer.apply_chat_template(ep.messages, tokenize=False)
-    assert tokenizer.decode(prompt + completion) == full  # the whole conversation, as the template renders it
+    assert full.endswith("<|im_end|>\n")
+    # the whole conversation, as the template renders it, to the last reply's end-of-turn token (not the glue after)
+    assert tokenizer.decode(prompt + completion) == full[:-1]
+    assert completion[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>") and mask[-1] == 1
     assert tokenizer.decode(prompt).endswith("<|im_start|>assistant\n")  # up to the generation prompt
     assert len(mask) == len(completion) and mask[0] == 1  # the completion starts at the first reply
     trained = [t for t, m in zip(completion, mask) if m]
     assert trained == ids[0] + ids[1]  # exactly the generated tokens, nothing of the observation
     assert "OBSERVATION" not in tokenizer.decode(trained)
-    assert out["sca_reward"] == [1.0] and stats["rewarded"] == 1
-    # an infrastructure failure trains nothing and earns nothing
+    assert out["sca_reward"] == [1.0]
+    # an infrastructure failure trains nothing and has no reward: None, which TRL leaves out of the group's
+    # mean and std (advantage 0), where a 0 would teach that the answer was bad
     ep.infra_error, ep.reward = {"kind": "sandbox", "message": "lost"}, None
     out = roll._to_trl([ep])
-    assert out["sca_reward"] == [0.0] and not any(out["env_mask"][0]) and stats["infra_failures"] == 1
+    assert out["sca_reward"] == [None] and not any(out["env_mask"][0])
+    from stages.train_grpo import episode_reward
+
+    assert episode_reward(sca_reward=out["sca_reward"]) == [None]
+    # an episode with nothing the model generated to train on (it ended before the first reply): None as well
+    ep.infra_error, ep.reward = None, 0
+    ep.messages, ep.assistant_token_ids = ep.messages[:2], []
+    out = roll._to_trl([ep])
+    assert out["sca_reward"] == [None] and out["env_mask"] == [[0]]
+    assert stats["episodes_without_trained_tokens"] == 1
 
 
 def test_uniform_groups_are_counted_and_can_be_left_out(tmp_path):
@@ -87,6 +102,9 @@ def test_uniform_groups_are_counted_and_can_be_left_out(tmp_path):
     roll.stats = stats
     roll._count_groups(["a", "a", "b", "b", "c", "c"], [1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
     assert (stats["groups"], stats["groups_uniform"]) == (3, 2)
+    # a reward None (no reward: out of TRL's baseline) does not make a group differ
+    roll._count_groups(["d", "d", "e", "e"], [1.0, None, 0.0, 1.0], None, [False, True, False, False])
+    assert (stats["groups"], stats["groups_uniform"], stats["unrewarded"], stats["infra_failures"]) == (5, 3, 1, 1)
     tasks = write(tmp_path / "t.jsonl", TASKS + [{**TASKS[0], "id": "even-3"}])
     rollout = write(tmp_path / "r.jsonl", [
         {"task_id": "even-1", "trial": 0, "reward": 1}, {"task_id": "even-1", "trial": 1, "reward": 1},
@@ -114,6 +132,193 @@ def test_vllm_server_mode_is_refused_before_training(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def grpo_cli(tmp_path, *args, input=None):
+    """A grpo run meant to stop at a check: past the checks, its model (none) stops it before any episode."""
+    tasks = "-" if input is not None else str(write(tmp_path / "t.jsonl", TASKS))
+    return CliRunner().invoke(app, ["train", tasks, "-o", str(tmp_path / "c"), "--algo", "grpo", "--sandbox",
+                                    "subprocess", "--model", str(tmp_path / "no-model"), *args], input=input)
+
+
+def test_past_the_checks_a_missing_model_is_a_one_line_error(tmp_path):
+    line = last_line(grpo_cli(tmp_path, "--k", "2", "--set", "per_device_train_batch_size=2"))
+    assert line.startswith("error: cannot load the tokenizer of ") and "no-model" in line
+
+
+def last_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    return [line for line in result.output.splitlines() if line.strip()][-1]
+
+
+def test_vllm_options_our_episodes_cannot_work_with_are_off_or_refused(tmp_path):
+    """TRL's importance-sampling correction needs the sampler's per-token log-probabilities (we hand none), and
+    vLLM sleep mode is woken only around TRL's own generate calls: off by default, refused when turned on."""
+    from stages.train import build_config
+
+    cfg = build_config("grpo", tmp_path / "c", sets=["num_generations=2", "per_device_train_batch_size=2"])
+    assert cfg.vllm_importance_sampling_correction is False  # TRL's default is True
+    line = last_line(grpo_cli(tmp_path, "--set", "use_vllm=true", "--set", "vllm_importance_sampling_correction=true"))
+    assert line.startswith("error: vllm_importance_sampling_correction=true") and "log-probabilities" in line
+    line = last_line(grpo_cli(tmp_path, "--set", "use_vllm=true", "--set", "vllm_enable_sleep_mode=true"))
+    assert line.startswith("error: vllm_enable_sleep_mode=true")
+    assert not (tmp_path / "c").exists()
+
+
+def test_sharded_training_model_without_vllm_is_refused(tmp_path, monkeypatch):
+    """Without vLLM each process generates with its own training model: ZeRO-3 and FSDP shard it."""
+    from stages.train import build_config
+    from stages.train_grpo import check_grpo_config
+
+    cfg = build_config("grpo", tmp_path / "c", sets=["num_generations=2", "per_device_train_batch_size=2"])
+    check_grpo_config(cfg)  # plain: fine
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(InputError, match="DeepSpeed ZeRO-3 shards the model"):
+        check_grpo_config(cfg)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    check_grpo_config(cfg)  # ZeRO-2 keeps whole weights on each process
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    line = last_line(grpo_cli(tmp_path, "--k", "2", "--set", "per_device_train_batch_size=2"))
+    assert line.startswith("error: FSDP shards the model") and "use_vllm=true" in line
+
+
+def test_generation_batch_must_hold_whole_groups_checked_before_trl(tmp_path, monkeypatch):
+    """per-device batch x gradient accumulation x processes episodes per generation, a multiple of --k;
+    our one line, before GRPOConfig's own check (and the global batch is applied before TRL derives it)."""
+    from stages.train import build_config
+
+    line = last_line(grpo_cli(tmp_path, "--k", "3", "--set", "per_device_train_batch_size=4"))
+    assert line == ("error: bad training option: the generation batch (per_device_train_batch_size 4 x "
+                    "gradient_accumulation_steps 1 x 1 processes = 4 episodes) is not a multiple of num_generations "
+                    "(--k) 3: each task's 3 episodes must be generated together; make it a multiple of 3")
+    cfg = build_config("grpo", tmp_path / "c", options={"global_batch_size": 16, "num_generations": 8},
+                       sets=["per_device_train_batch_size=4"])
+    assert (cfg.gradient_accumulation_steps, cfg.generation_batch_size) == (4, 16)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
+    with pytest.raises(InputError, match=r"4 x gradient_accumulation_steps 1 x 2 processes = 8 episodes\) is not a "
+                                         r"multiple of num_generations \(--k\) 16"):
+        build_config("grpo", tmp_path / "c", sets=["num_generations=16", "per_device_train_batch_size=4"])
+
+
+def test_tasks_from_stdin_are_read_once(tmp_path):
+    """The tasks are checked, then trained on: from stdin both must see them (it cannot be read twice)."""
+    text = "".join(json.dumps(t) + "\n" for t in TASKS)
+    line = last_line(grpo_cli(tmp_path, "--set", "use_vllm=true", "--set", "vllm_mode=server", input=text))
+    assert "vllm_mode=server" in line  # reached the option check: the tasks were there the second time too
+    from stages.train_grpo import load_tasks, read_tasks
+
+    source = read_tasks(str(write(tmp_path / "t.jsonl", TASKS)))
+    assert [t["id"] for t in load_tasks(source, None)[0]] == ["even-1", "even-2"]
+    assert source.describe()["records"] == 2
+
+
+def test_text_or_bool_options_are_typed(tmp_path):
+    from stages.train import build_config
+
+    cfg = build_config("grpo", tmp_path / "c", sets=["num_generations=2", "per_device_train_batch_size=2",
+                                                     "scale_rewards=false", "include_num_input_tokens_seen=non_padding"])
+    assert cfg.scale_rewards == "none"  # TRL's meaning of False; the text "false" would be no valid mode
+    assert cfg.include_num_input_tokens_seen == "non_padding"  # str | bool: other text stays text
+    cfg = build_config("grpo", tmp_path / "c", sets=["num_generations=2", "per_device_train_batch_size=2",
+                                                     "include_num_input_tokens_seen=true", "scale_rewards=batch"])
+    assert cfg.include_num_input_tokens_seen == "all" and cfg.scale_rewards == "batch"
+
+
+def test_resume_without_a_checkpoint_is_a_one_line_error(tmp_path):
+    line = last_line(grpo_cli(tmp_path, "--k", "2", "--set", "per_device_train_batch_size=2",
+                              "--set", "resume_from_checkpoint=true"))
+    assert "no checkpoint-N directory" in line
+    line = last_line(grpo_cli(tmp_path, "--k", "2", "--set", "per_device_train_batch_size=2",
+                              "--set", f"resume_from_checkpoint={tmp_path / 'nowhere'}"))
+    assert "no such checkpoint directory" in line
+
+
+def test_rollout_plays_one_episode_per_prompt_with_the_training_model_and_restores_train_mode(tokenizer):
+    """TRL's rollout_func called as GRPOTrainer calls it: the prompts (each task repeated k times) with the
+    trainer; the training model generates (one batch of all episodes) and is back in train mode after."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from sandbox.config import SandboxConfig
+    from sca.inference import default_model_path
+    from stages.train import build_config
+    from stages.train_grpo import EpisodeRollouts
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(str(default_model_path()))
+    model.train()
+    # json actions: the model's replies are tool calls or answers, never code run in the (subprocess) sandbox
+    cfg = build_config("grpo", "/tmp/unused", sets=[
+        "num_generations=2", "per_device_train_batch_size=4", "action_format=json", "episode_max_steps=1",
+        "episode_max_new_tokens=8", "temperature=1.0", "seed=3"])
+    trainer = types.SimpleNamespace(use_vllm=False, model=model, accelerator=Accelerator(cpu=True))
+    prompts = [[{"role": "user", "content": t["id"]}] for t in TASKS for _ in range(2)]
+    stats = Counter()
+    with SandboxConfig(backend="subprocess", workers=1).build() as sb:
+        roll = EpisodeRollouts(TASKS, tokenizer, cfg, sb, None, stats, [tokenizer.eos_token_id])
+        assert roll._policy(trainer, len(prompts)).batch_size == 4  # the episodes asked for, in one batch
+        model.train()
+        out = roll(prompts, trainer)
+    assert model.training  # dropout and the rest back on for the update
+    assert len(out["prompt_ids"]) == len(out["completion_ids"]) == len(out["env_mask"]) == len(prompts)
+    assert all(r in (0.0, 1.0) for r in out["sca_reward"])
+    assert (stats["episodes"], stats["groups"]) == (4, 2)
+
+
+DISTRIBUTED = """
+import json, os, sys
+from collections import Counter
+import torch
+from types import SimpleNamespace
+from accelerate import Accelerator
+from stages.train_grpo import EpisodeRollouts
+
+acc = Accelerator(cpu=True)
+rank = acc.process_index
+roll = EpisodeRollouts.__new__(EpisodeRollouts)
+roll.stats, roll.config, roll.calls = Counter(), SimpleNamespace(seed=3), 0
+trainer = SimpleNamespace(accelerator=acc)
+seeds = [roll._seed(trainer)]
+roll.calls = 1
+seeds.append(roll._seed(trainer))
+# one task's group of 4 split over the two processes: uniform on rank 0 alone, not over both
+keys = ["a", "a", "b"]
+rewards = [[1.0, 1.0, 0.0], [1.0, 0.0, None]][rank]
+roll._count_groups(keys, rewards, trainer, [False, False, rank == 1])
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+    json.dump({"seeds": seeds, "stats": dict(roll.stats)}, f)
+acc.wait_for_everyone()
+torch.distributed.destroy_process_group()  # a clean exit (gloo's threads otherwise abort at shutdown)
+"""
+
+
+def test_processes_sample_with_their_own_seeds_and_groups_are_counted_over_all(tmp_path):
+    """Two processes (torch.distributed, gloo on CPU), as accelerate launch runs them."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "dist.py"
+    script.write_text(DISTRIBUTED)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                        "127.0.0.1", "--master_port", str(port), str(script), str(tmp_path)], check=False, capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+    seeds = [s for rk in ranks for s in rk["seeds"]]
+    assert len(set(seeds)) == 4  # per process and per call
+    for rk in ranks:  # the whole generation batch, on every process
+        assert {k: rk["stats"][k] for k in ("episodes", "groups", "groups_uniform", "rewarded", "infra_failures",
+                                            "unrewarded")} == {"episodes": 6, "groups": 2, "groups_uniform": 1,
+                                                               "rewarded": 3, "infra_failures": 1, "unrewarded": 1}
+
+
 @pytest.mark.slow
 def test_a_few_grpo_steps_on_live_episodes(tmp_path):
     backend_or_skip("bwrap")
@@ -125,7 +330,8 @@ def test_a_few_grpo_steps_on_live_episodes(tmp_path):
                                  "--k", "4", "--episode-max-steps", "1", "--sandbox", "bwrap", "--workers", "1",
                                  "--set", "per_device_train_batch_size=4", "--set", "max_steps=2",
                                  "--set", "episode_max_new_tokens=12", "--set", "temperature=1.0",
-                                 "--set", "learning_rate=1e-4", "--set", "seed=3"])
+                                 "--set", "learning_rate=1e-4", "--set", "seed=3",
+                                 "--set", "save_strategy=steps", "--set", "save_steps=2"])
     assert r.exit_code == 0, r.output
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in log] == [1, 2]
@@ -142,3 +348,12 @@ def test_a_few_grpo_steps_on_live_episodes(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(out))
     ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt")
     assert model.generate(ids if hasattr(ids, "shape") else ids["input_ids"], max_new_tokens=3).shape[-1] > 0
+    # resuming from the step-2 checkpoint trains step 3 only, and the log goes on
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "t.jsonl"), "-o", str(out), "--algo", "grpo", "--k", "4",
+                                 "--episode-max-steps", "1", "--sandbox", "bwrap", "--workers", "1",
+                                 "--set", "per_device_train_batch_size=4", "--set", "max_steps=3",
+                                 "--set", "episode_max_new_tokens=12", "--set", "temperature=1.0",
+                                 "--set", "seed=3", "--set", "resume_from_checkpoint=true"])
+    assert r.exit_code == 0, r.output
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log] == [1, 2, 3] and log[-1]["episodes"] == 4
