@@ -324,7 +324,7 @@ def test_a_few_grpo_steps_on_live_episodes(tmp_path):
     backend_or_skip("bwrap")
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
     out = tmp_path / "ckpt"
     r = CliRunner().invoke(app, ["train", str(write(tmp_path / "t.jsonl", TASKS)), "-o", str(out), "--algo", "grpo",
                                  "--k", "4", "--episode-max-steps", "1", "--sandbox", "bwrap", "--workers", "1",
