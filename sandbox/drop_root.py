@@ -20,6 +20,7 @@ only, run as ``python -I -S drop_root.py``), which
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -47,17 +48,22 @@ def stage(exposed: list[tuple[str, str]]) -> None:
     _check(ctypes, libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(ctypes, libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
     parent = os.path.dirname(STAGE)
+    # the tmpfs below hides the parent (/tmp): hold every host path open first, and bind from the
+    # descriptor, so a path under it (a checkout in /tmp) is still found
+    held = [(os.open(host, os.O_PATH | os.O_CLOEXEC), host, staged) for host, staged in exposed]
     _check(ctypes, libc.mount(b"tmpfs", parent.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=1m"),
            f"tmpfs on {parent}")
-    for host, staged in exposed:
+    for fd, host, staged in held:
         if not staged.startswith(STAGE + "/"):
             raise ValueError(f"staged path {staged} is not under {STAGE}")
         os.makedirs(os.path.dirname(staged), mode=0o755, exist_ok=True)
-        if os.path.isdir(host):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):  # not os.path.isdir(host): the tmpfs may hide it now
             os.mkdir(staged, 0o755)
         else:
             os.close(os.open(staged, os.O_CREAT | os.O_WRONLY, 0o644))
-        _check(ctypes, libc.mount(host.encode(), staged.encode(), None, MS_BIND | MS_REC, None), f"bind {host}")
+        _check(ctypes, libc.mount(f"/proc/self/fd/{fd}".encode(), staged.encode(), None, MS_BIND | MS_REC, None),
+               f"bind {host}")
+        os.close(fd)
         _check(ctypes, libc.mount(None, staged.encode(), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
                                   None), f"read-only {staged}")
     _check(ctypes, libc.mount(None, parent.encode(), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,

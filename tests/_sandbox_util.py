@@ -110,17 +110,23 @@ def docker_ready(image: str = "sca-sandbox:latest") -> str | None:
 
 
 def backend_or_skip(name: str) -> None:
-    """Skip the calling test (with the reason) when backend `name` cannot run here."""
+    """Skip the calling test (with the reason) when backend `name` cannot run here; fail it instead
+    when ``$SCA_TEST_REQUIRE`` (comma-separated backends; CI sets it) names the backend, so that a
+    broken sandbox can never pass CI as a row of skips."""
+    import os
+
     import pytest
 
     from sandbox import SandboxUnavailable, resolve_backend
 
+    required = name in os.environ.get("SCA_TEST_REQUIRE", "").split(",")
+    give_up = pytest.fail if required else pytest.skip
     if name == "docker":
         reason = docker_ready()
         if reason:
-            pytest.skip(f"docker sandbox unavailable: {reason}")
+            give_up(f"docker sandbox unavailable: {reason}")
         return
     try:
         resolve_backend(name)
     except SandboxUnavailable as e:
-        pytest.skip(f"{name} sandbox unavailable: {e}")
+        give_up(f"{name} sandbox unavailable: {e}")

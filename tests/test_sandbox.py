@@ -560,3 +560,48 @@ def test_frames_split_and_join():
     with pytest.raises(ValueError):
         encode_frame({"x": float("inf")})
     assert json.loads(encode_frame({"a": 1})[4:]) == {"a": 1}
+
+
+def test_a_checkout_under_tmp_starts_bwrap_workers(tmp_path):
+    """As root, the bwrap launcher binds what nobody else may read under a tmpfs it mounts over /tmp
+    (in its own mount namespace): a checkout under /tmp (the runner bwrap binds) must be staged too,
+    or bwrap cannot find it. Runs a copy of the sandbox package from under pytest's /tmp directory."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    backend_or_skip("bwrap")
+    root = Path(__file__).resolve().parent.parent
+    copy = tmp_path / "checkout"
+    shutil.copytree(root / "sandbox", copy / "sandbox", ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import sandbox; "
+            "assert sandbox.__file__.startswith(sys.argv[1]), sandbox.__file__; "
+            "sb = sandbox.Sandbox(backend='bwrap', workers=1); r = sb.run(None, 'answer = 6 * 7'); sb.close(); "
+            "print(r.status, r.answer, r.error)")
+    out = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() [:2] == ["ok", "42"], out.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the launcher stages paths only when sca runs as root")
+def test_the_launcher_stages_files_and_directories_from_under_tmp(tmp_path):
+    """drop_root.py mounts a tmpfs over /tmp for its staged binds: what it binds from under /tmp (a
+    checkout, a virtual environment there) must still be found, files and directories alike."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sandbox.drop_root as drop_root
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "inside.txt").write_text("dir ok")
+    (tmp_path / "file.txt").write_text("file ok")
+    os.chmod(tmp_path, 0o755)
+    d, f = f"{drop_root.STAGE}/0-pkg", f"{drop_root.STAGE}/1-file.txt"
+    out = subprocess.run([sys.executable, "-I", "-S", str(Path(drop_root.__file__)),
+                          "--expose", str(tmp_path / "pkg"), d, "--expose", str(tmp_path / "file.txt"), f,
+                          "--uid", "65534", "--gid", "65534", "--", "/bin/cat", f"{d}/inside.txt", f],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "dir okfile ok"
