@@ -644,6 +644,30 @@ time.sleep(60)  # and never report: the parent must see the violation by itself
 """
 
 
+def _fake_workers(sb, monkeypatch, tmp_path, payloads: list[str]):
+    """From now on `sb` starts workers that run FAKE_RUNNER (sending `payloads` after the first job);
+    its idle workers are closed. Returns the backend's real start_worker, to put back."""
+    import json as _json
+    import sys as _sys
+
+    from sandbox.workers import PipeWorker
+
+    path = tmp_path / "payloads.json"
+    path.write_text(_json.dumps(payloads))
+    real_start = sb._backend.start_worker
+
+    def hostile() -> PipeWorker:
+        w = PipeWorker("fake", [_sys.executable, "-c", FAKE_RUNNER, str(path)])
+        w.start(10)
+        return w
+
+    for w in sb._idle:
+        w.close()
+    sb._idle.clear()
+    monkeypatch.setattr(sb._backend, "start_worker", hostile)
+    return real_start
+
+
 HOSTILE_FRAMES = {
     "deep-call": '{"op":"call","run":RUN,"id":1,"name":"get_value","args":{"key":' + "[" * 50_000 + "1" + "]" * 50_000 + "}}",
     "nested-call": '{"op":"call","run":RUN,"id":1,"name":"get_value","args":{"key":' + "[" * 30 + '"apples"' + "]" * 30
@@ -677,26 +701,10 @@ DEAD_RUNNERS = {"fatal", "lone-surrogate"}
 def test_a_hostile_worker_cannot_make_the_parent_raise(name, monkeypatch, tmp_path):
     """Even a worker whose runner is compromised (the frames never passed a zygote's checks) can only
     make the run a sandbox_error: Sandbox.run returns, and the next worker is a fresh one."""
-    import json as _json
-    import sys as _sys
-
-    from sandbox.workers import PipeWorker
-
     backend_or_skip("bwrap")
     env = StoreEnv()
-    (tmp_path / "payloads.json").write_text(_json.dumps([HOSTILE_FRAMES[name]]))
     with Sandbox(backend="bwrap", workers=1, max_depth=16) as sb:
-        real_start = sb._backend.start_worker
-
-        def hostile() -> PipeWorker:
-            w = PipeWorker("fake", [_sys.executable, "-c", FAKE_RUNNER, str(tmp_path / "payloads.json")])
-            w.start(10)
-            return w
-
-        for w in sb._idle:
-            w.close()
-        sb._idle.clear()
-        monkeypatch.setattr(sb._backend, "start_worker", hostile)
+        real_start = _fake_workers(sb, monkeypatch, tmp_path, [HOSTILE_FRAMES[name]])
         t0 = time.monotonic()
         res = sb.run(env, "answer = 1")
         assert res.status == "sandbox_error" and res.error, res
@@ -722,11 +730,7 @@ CLEAN_UP_ENDINGS = {  # what a worker sends after a good report instead of confi
 def test_a_worker_whose_clean_up_failed_never_gets_the_next_run(ending, monkeypatch, tmp_path):
     """The runner confirms its clean-up after each run; a worker that says it failed (or does not say
     it succeeded) is retired before the next run, which runs on a fresh worker and never fails for it."""
-    import json as _json
-    import sys as _sys
-
     import sandbox.core
-    from sandbox.workers import PipeWorker
 
     backend_or_skip("bwrap")
     monkeypatch.setattr(sandbox.core, "CLEANUP_WAIT", 1.0)
@@ -734,19 +738,8 @@ def test_a_worker_whose_clean_up_failed_never_gets_the_next_run(ending, monkeypa
     payloads = ['{"op":"done","run":RUN,"status":"ok","answer":"first","answer_type":"str"}']
     if CLEAN_UP_ENDINGS[ending] is not None:
         payloads.append(CLEAN_UP_ENDINGS[ending])
-    (tmp_path / "payloads.json").write_text(_json.dumps(payloads))
     with Sandbox(backend="bwrap", workers=1) as sb:
-        real_start = sb._backend.start_worker
-
-        def hostile() -> PipeWorker:
-            w = PipeWorker("fake", [_sys.executable, "-c", FAKE_RUNNER, str(tmp_path / "payloads.json")])
-            w.start(10)
-            return w
-
-        for w in sb._idle:
-            w.close()
-        sb._idle.clear()
-        monkeypatch.setattr(sb._backend, "start_worker", hostile)
+        real_start = _fake_workers(sb, monkeypatch, tmp_path, payloads)
         first = sb.run(env, "answer = 'first'")
         assert (first.status, first.answer) == ("ok", "first"), first  # the run itself stands
         (fake,) = sb._idle

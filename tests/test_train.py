@@ -92,6 +92,19 @@ def trained_texts(tok, ids: list[int], mask: list[int]) -> list[str]:
     return [tok.decode(ids[s:e], skip_special_tokens=False) for s, e in mask_runs(mask)]
 
 
+def encoded_replies(tok, enc):
+    """Each retail record encoded, its mask checked, and its trained text exactly each assistant reply
+    ending in <|im_end|>; yields (record, encoding) for further checks."""
+    from stages.train import verify_mask
+
+    for record in records(RETAIL):
+        e = enc.encode(record, record["id"])
+        verify_mask(tok, e, record["id"])
+        replies = [m["content"] + "<|im_end|>" for m in record["messages"] if m["role"] == "assistant"]
+        assert trained_texts(tok, e.input_ids, e.mask) == replies, record["id"]
+        yield record, e
+
+
 def chatml_oracle(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """Independent of stages.train: the whole conversation (to its last reply's <|im_end|>: the template's
     newline after it is glue, no part of any example) tokenized at once, and 1 on each assistant reply of
@@ -282,16 +295,9 @@ def test_mask_on_the_default_template_is_exactly_the_assistant_replies(tokenizer
 
 
 def test_mask_on_a_template_without_generation_markers(tokenizer):
-    from stages.train import verify_mask
-
     tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     tokenizer.chat_template = PLAIN_TEMPLATE
-    enc = encoder(tokenizer)
-    for record in records(RETAIL):
-        e = enc.encode(record, record["id"])
-        verify_mask(tokenizer, e, record["id"])
-        replies = [m["content"] + "<|im_end|>" for m in record["messages"] if m["role"] == "assistant"]
-        assert trained_texts(tokenizer, e.input_ids, e.mask) == replies, record["id"]
+    for record, e in encoded_replies(tokenizer, encoder(tokenizer)):
         context = tokenizer.decode([t for t, m in zip(e.input_ids, e.mask) if not m])
         assert "User: " in context and "Agent: " in context
         assert not any(m["content"] in context for m in record["messages"] if m["role"] == "assistant")
@@ -364,19 +370,14 @@ def test_glue_after_the_last_reply_is_trimmed(tokenizer):
 def test_the_templates_end_of_turn_is_used_when_the_tokenizer_names_another_or_none(tokenizer):
     """A tokenizer whose eos token is not the template's end-of-turn (a base model's), or is missing: the
     end-of-turn token is read from the chat template, so each reply is trained to its <|im_end|>."""
-    from stages.train import end_of_turn_ids, ensure_pad_token, verify_mask
+    from stages.train import end_of_turn_ids, ensure_pad_token
 
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for eos in ("<|endoftext|>", None):
         tok = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
         tok.eos_token, tok.pad_token = eos, None
         assert im_end in end_of_turn_ids(tok, [])
-        enc = encoder(tok)
-        for record in records(RETAIL):
-            e = enc.encode(record, record["id"])
-            verify_mask(tok, e, record["id"])
-            replies = [m["content"] + "<|im_end|>" for m in record["messages"] if m["role"] == "assistant"]
-            assert trained_texts(tok, e.input_ids, e.mask) == replies, record["id"]
+        assert len(list(encoded_replies(tok, encoder(tok)))) == len(records(RETAIL))
         ensure_pad_token(tok, end_of_turn_ids(tok, []))
         assert tok.pad_token == (eos or "<|im_end|>")
 
