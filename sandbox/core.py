@@ -24,16 +24,15 @@ from sandbox.backends import Backend, make_backend, resolve_backend
 from sandbox.config import SandboxConfig
 from sandbox.result import STATUSES, RunResult, SandboxUnavailable, ToolCallRecord
 from sandbox.runner import (
-    MAX_ANSWER,
     MAX_DEPTH,
     MAX_ERROR_TEXT,
     MAX_TOOL_BYTES,
     MAX_TOOL_CALLS,
-    MEASURE_ABOVE,
     encode_frame,
     json_depth,
     json_size,
     report_limit,
+    report_value_problem,
 )
 from sandbox.workers import Worker, WorkerLost, WorkerProtocolError, WorkerTimeout
 
@@ -374,14 +373,9 @@ class _Run:
             if value is not None and len(value) > longest:
                 raise _Broken(f"report field {key} of {len(value):,} characters")
             text[key] = value
-        key = "value" if self.job["mode"] == "evaluate" else "answer"
-        other = "answer" if key == "value" else "value"
-        if other in msg:
-            raise _Broken(f"report field {other} in {self.job['mode']} mode")
-        if json_depth(msg.get(key), self.sb.max_depth) > self.sb.max_depth:
-            raise _Broken(f"report field {key} nested deeper than {self.sb.max_depth} levels")
-        if size > MEASURE_ABOVE and json_size(msg.get(key)) > MAX_ANSWER:
-            raise _Broken(f"report field {key} larger than {MAX_ANSWER:,} bytes")
+        problem = report_value_problem(msg, size, self.job["mode"], self.sb.max_depth)
+        if problem:
+            raise _Broken(problem)
         if msg.get("tool_calls", self.calls) != self.calls:
             raise _Broken("the report counts other tool calls than were served")
         refused = msg.get("refused_calls", 0)

@@ -123,7 +123,11 @@ def json_size(value) -> int:
     measure what they decoded with it, and re-encoding decoded JSON never makes it larger, so
     honest code within a limit is within it everywhere. TypeError or ValueError for what is not JSON.
     """
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _utf8_size(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes of `text` in UTF-8, a lone surrogate counting the 3 bytes of the U+FFFD it is sent as."""
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
@@ -539,7 +543,7 @@ def _jsonable(value, max_depth: int = MAX_DEPTH) -> tuple:
             text = json.dumps(repr(value)[:MAX_ANSWER], ensure_ascii=False)
         except Exception as e:  # a __repr__ that raises
             text = json.dumps(f"<{type_name} object; repr failed: {type(e).__name__}>")
-    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))  # as json_size counts
+    size = _utf8_size(text)  # as json_size counts
     if size > MAX_ANSWER:
         return None, type_name, (f"the {type_name} is too large to report "
                                  f"({size} bytes of JSON; limit {MAX_ANSWER})")
@@ -1745,22 +1749,30 @@ def _checked_report(done: dict, size: int, mode: str, max_depth: int) -> dict:
         if not isinstance(value, str) or len(value) > longest:
             return {"status": "sandbox_error", "error_type": "SandboxError", "error": f"malformed report: {key}"}
         out[key] = value
+    problem = report_value_problem(done, size, mode, max_depth)
+    if problem:
+        return {"status": "sandbox_error", "error_type": "SandboxError", "error": problem}
     key = "value" if mode == "evaluate" else "answer"
-    other = "answer" if key == "value" else "value"
-    if other in done:
-        return {"status": "sandbox_error", "error_type": "SandboxError",
-                "error": f"malformed report: {other} in {mode} mode"}
     if key in done:
-        if json_depth(done[key], max_depth) > max_depth:
-            return {"status": "sandbox_error", "error_type": "SandboxError",
-                    "error": f"the {key} is nested deeper than {max_depth} levels"}
-        if size > MEASURE_ABOVE:  # see MEASURE_ABOVE
-            length = json_size(done[key])
-            if length > MAX_ANSWER:
-                return {"status": "sandbox_error", "error_type": "SandboxError",
-                        "error": f"the {key} is too large to report ({length:,} bytes of JSON; limit {MAX_ANSWER:,})"}
         out[key] = done[key]
     return out
+
+
+def report_value_problem(report: dict, size: int, mode: str, max_depth: int) -> str | None:
+    """What is wrong with the answer or value of a run's report (a frame of `size` bytes), or None:
+    only the field of the run's mode (``answer`` for exec, ``value`` for evaluate), nested at most
+    `max_depth` levels, within :data:`MAX_ANSWER`. The zygote and the parent both check with it."""
+    key = "value" if mode == "evaluate" else "answer"
+    other = "answer" if key == "value" else "value"
+    if other in report:
+        return f"malformed report: {other} in {mode} mode"
+    if json_depth(report.get(key), max_depth) > max_depth:
+        return f"the {key} is nested deeper than {max_depth} levels"
+    if size > MEASURE_ABOVE:  # see MEASURE_ABOVE
+        length = json_size(report.get(key))
+        if length > MAX_ANSWER:
+            return f"the {key} is too large to report ({length:,} bytes of JSON; limit {MAX_ANSWER:,})"
+    return None
 
 
 def _close(fds: list) -> None:
