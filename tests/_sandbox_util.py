@@ -6,7 +6,7 @@ import copy
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 from envs.base import Environment, Tool, ToolError, schema_from_signature
 
@@ -109,24 +109,27 @@ def docker_ready(image: str = "sca-sandbox:latest") -> str | None:
     return None
 
 
-def backend_or_skip(name: str) -> None:
-    """Skip the calling test (with the reason) when backend `name` cannot run here; fail it instead
-    when ``$SCA_TEST_REQUIRE`` (comma-separated backends; CI sets it) names the backend, so that a
-    broken sandbox can never pass CI as a row of skips."""
-    import os
-
+def unavailable(name: str, reason: Any) -> NoReturn:
+    """Backend `name` cannot run here (`reason` says why): skip the calling test, or fail it when
+    ``$SCA_TEST_REQUIRE`` (comma-separated backends; CI sets it) names the backend, so that a broken
+    sandbox can never pass CI as a row of skips. Every test that gives up on a backend comes here."""
     import pytest
 
+    required = name in os.environ.get("SCA_TEST_REQUIRE", "").split(",")
+    (pytest.fail if required else pytest.skip)(f"{name} sandbox unavailable: {reason}")
+
+
+def backend_or_skip(name: str) -> None:
+    """Skip the calling test (with the reason) when backend `name` cannot run here; fail it instead
+    when ``$SCA_TEST_REQUIRE`` names the backend (see :func:`unavailable`)."""
     from sandbox import SandboxUnavailable, resolve_backend
 
-    required = name in os.environ.get("SCA_TEST_REQUIRE", "").split(",")
-    give_up = pytest.fail if required else pytest.skip
     if name == "docker":
         reason = docker_ready()
         if reason:
-            give_up(f"docker sandbox unavailable: {reason}")
+            unavailable(name, reason)
         return
     try:
         resolve_backend(name)
     except SandboxUnavailable as e:
-        give_up(f"{name} sandbox unavailable: {e}")
+        unavailable(name, e)

@@ -13,7 +13,7 @@ import uuid
 import warnings
 
 import pytest
-from _sandbox_util import HIDDEN_SECRET, StoreEnv, backend_or_skip
+from _sandbox_util import HIDDEN_SECRET, StoreEnv, backend_or_skip, unavailable
 
 from sandbox import Sandbox, SandboxUnavailable
 
@@ -30,7 +30,7 @@ def sb(request):
             sandbox = Sandbox(backend=request.param, timeout=10.0, memory_mb=512, max_procs=MAX_PROCS,
                               output_limit=1000)
         except SandboxUnavailable as e:
-            pytest.skip(f"{request.param} sandbox unavailable: {e}")
+            unavailable(request.param, e)
     yield sandbox
     sandbox.close()
 

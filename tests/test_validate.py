@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from _sandbox_util import backend_or_skip, unavailable
 
-from cat_sets import AIRLINE_TASKS, ALL_TASKS, ORDER, RETAIL_TASKS, cat, write_jsonl
+from cat_sets import ALL_TASKS, ORDER, RETAIL_TASKS, cat, write_jsonl
 from sandbox.config import SandboxConfig
 from stages.validate import REASONS, ValidateConfig, feedback, validate_file, validate_task
 
@@ -15,14 +16,39 @@ BACKENDS = ["bwrap", pytest.param("docker", marks=pytest.mark.docker)]
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def sandbox(request):
-    from sandbox import Sandbox, SandboxUnavailable, resolve_backend
+    from sandbox import Sandbox, SandboxUnavailable
 
+    backend_or_skip(request.param)
     try:
-        resolve_backend(request.param)
-    except SandboxUnavailable as e:
-        pytest.skip(f"{request.param} sandbox unavailable: {e}")
-    with Sandbox(backend=request.param, workers=1, timeout=2.0) as sb:
+        sb = Sandbox(backend=request.param, workers=1, timeout=2.0)
+    except SandboxUnavailable as e:  # e.g. a Docker image built from an older runner
+        unavailable(request.param, e)
+    with sb:
         yield sb
+
+
+def test_a_backend_ci_requires_fails_where_it_cannot_run(monkeypatch):
+    """The rule of the fixture above and of every sandbox test: a backend that cannot run skips, unless
+    $SCA_TEST_REQUIRE (set by CI) names it: then the test fails, so a broken sandbox never passes as skips."""
+    import sandbox
+    from sandbox import SandboxUnavailable
+
+    def outcome(give_up, *args):  # how the calling test would end
+        try:
+            give_up(*args)
+        except (pytest.skip.Exception, pytest.fail.Exception) as e:
+            return "fail" if isinstance(e, pytest.fail.Exception) else "skip", e.msg
+        return None
+
+    def cannot(name):
+        raise SandboxUnavailable("bubblewrap not found")
+
+    monkeypatch.setattr(sandbox, "resolve_backend", cannot)
+    monkeypatch.setenv("SCA_TEST_REQUIRE", "docker")
+    assert outcome(backend_or_skip, "bwrap") == ("skip", "bwrap sandbox unavailable: bubblewrap not found")
+    monkeypatch.setenv("SCA_TEST_REQUIRE", "bwrap,docker")
+    assert outcome(backend_or_skip, "bwrap") == ("fail", "bwrap sandbox unavailable: bubblewrap not found")
+    assert outcome(unavailable, "docker", "an older runner") == ("fail", "docker sandbox unavailable: an older runner")
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +102,7 @@ def test_validate_file_splits_accepted_and_rejected(tmp_path, sandbox):
     bad = [json.loads(x) for x in rej.read_text().splitlines()]
     expect_ok = [t["id"] for t in ALL_TASKS if t["meta"]["expect"] == "valid"]
     assert [r["id"] for r in ok] == expect_ok  # input order kept
+    assert sum(r["env"] == "airline" for r in ok) >= 2 and sum(r["env"] == "airline" for r in bad) >= 2
     assert len(bad) == len(ALL_TASKS) - len(expect_ok)
     assert all(r["validation"]["reason"] == r["meta"]["expect"] for r in bad)
     assert all(r["validation"]["sandbox"] == sandbox.backend_name for r in ok + bad)
@@ -90,10 +117,6 @@ def test_validate_file_splits_accepted_and_rejected(tmp_path, sandbox):
     again = validate_file(str(src), str(out), rejected=str(rej), config=cfg, show_progress=False)
     assert again.resumed == len(ALL_TASKS) and again.accepted == again.rejected == 0
     assert len(out.read_text().splitlines()) == len(ok)
-
-
-def test_airline_set_is_nontrivial():
-    assert sum(t["meta"]["expect"] == "valid" for t in AIRLINE_TASKS) >= 2
 
 
 def _task(tid, **over):
