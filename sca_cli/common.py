@@ -160,11 +160,20 @@ def executor_configs(model: str | None, backend: str, base_url: list[str] | None
     if action_format not in ACTION_FORMATS:
         fail(f"--action-format must be one of {', '.join(ACTION_FORMATS)}, not {action_format!r}")
     executor = model_config(model, backend, base_url, temperature, top_p, max_new_tokens)
-    user = None
-    if user_model or user_backend or user_base_url or user_temperature is not None:
-        ub = user_backend or executor.backend
-        urls = user_base_url if user_base_url else (executor.base_urls if ub == executor.backend else None)
-        user = model_config(user_model or executor.model, ub, urls,
-                            executor.temperature if user_temperature is None else user_temperature, executor.top_p,
-                            executor.max_new_tokens, flag="--user-")
+    user = user_config(executor, user_model, user_backend, user_base_url, user_temperature)
     return executor, user, ExecutorConfig(max_steps=max_steps, action_format=action_format)
+
+
+def user_config(executor: ModelConfig, user_model: str | None, user_backend: str | None,
+                user_base_url: list[str] | None, user_temperature: float | None) -> ModelConfig | None:
+    """The simulated user's ModelConfig that the --user-* flags describe, each unset one taken from
+    `executor` (its model, backend, servers where the backend is the same, and sampling); None when no
+    --user-* flag is set: the user is then the executor's model with the executor's settings. `sca
+    rollout`, `sca eval` and GRPO (`sca train --algo grpo`) build their user here."""
+    if not (user_model or user_backend or user_base_url or user_temperature is not None):
+        return None
+    ub = user_backend or executor.backend
+    urls = user_base_url if user_base_url else (executor.base_urls if ub == executor.backend else None)
+    return model_config(user_model or executor.model, ub, urls,
+                        executor.temperature if user_temperature is None else user_temperature, executor.top_p,
+                        executor.max_new_tokens, flag="--user-")

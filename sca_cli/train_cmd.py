@@ -7,6 +7,7 @@ from typing import Any, List, Optional
 
 import typer
 
+from sca.inference.config import executor_defaults
 from sca_cli.common import (
     OVERWRITE,
     SANDBOX,
@@ -19,10 +20,13 @@ from sca_cli.common import (
     err_console,
     examples,
     fail,
-    model_config,
     sandbox_config,
+    user_config,
     warn,
 )
+
+#: the simulated user's settings where no --user-* flag says otherwise: sca rollout's and sca eval's
+_USER = executor_defaults()
 
 EXAMPLES = examples(
     "sca train trajectories.jsonl -o ckpt --algo rft --preset paper",
@@ -50,6 +54,9 @@ def train(
     user_model: Optional[str] = USER_MODEL,
     user_backend: Optional[str] = USER_BACKEND,
     user_base_url: Optional[List[str]] = USER_BASE_URL,
+    user_temperature: Optional[float] = typer.Option(
+        None, "--user-temperature", min=0.0,
+        help=f"Simulated user's sampling temperature [default: {_USER.temperature:g}, as in sca rollout]."),
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
     timeout: float = TIMEOUT,
@@ -89,9 +96,10 @@ def train(
         fail(f"--algo must be one of {', '.join(ALGOS)}, not {algo!r}")
     if algo != "grpo" and (k is not None or max_steps_per_episode is not None):
         fail("--k and --episode-max-steps go with --algo grpo")
-    user = None
-    if algo == "grpo" and (user_model or user_backend or user_base_url):
-        user = model_config(user_model, user_backend or "hf", user_base_url, 0.7, 1.0, 256, flag="--user-")
+    if algo != "grpo" and (user_model or user_backend or user_base_url or user_temperature is not None):
+        fail("--user-model, --user-backend, --user-base-url and --user-temperature go with --algo grpo")
+    # as in sca rollout: unset --user-* flags take the executor's defaults (its model: the one in training)
+    user = user_config(_USER, user_model, user_backend, user_base_url, user_temperature)
     options: dict[str, Any] = {
         "model_name_or_path": model, "num_train_epochs": epochs, "learning_rate": lr,
         "global_batch_size": batch_size, "max_length": max_length, "token_ids": token_ids,

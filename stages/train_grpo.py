@@ -3,8 +3,11 @@
 ``sca train TASKS --algo grpo --k K``: each task of the input is a GRPO prompt; for every prompt
 TRL asks for K completions, and each completion is one whole multi-turn episode of **our**
 executor (the same engine, executor, simulated user, sandbox and ``evaluate`` reward as
-``sca rollout``), played by the model being trained. TRL's ``rollout_func`` hook gets the
-prompts; we run the episodes, then hand TRL, per episode:
+``sca rollout``), played by the model being trained. The simulated user (retail, airline) is the
+model in training as well unless ``--user-model``, ``--user-backend`` or ``--user-base-url`` name
+another, and it samples as rollout's and eval's user does: from the same ``--user-*`` flags, with the
+same defaults (:func:`user_settings`). TRL's ``rollout_func`` hook gets the prompts; we run the
+episodes, then hand TRL, per episode:
 
 * ``prompt_ids``: the conversation's tokens up to the executor's first reply (system prompt,
   first user message, the generation prompt), rendered by the chat template;
@@ -47,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from sca.artifacts import InputError, StreamedInput
+from sca.inference.config import ModelConfig, executor_defaults
 from sca.records import CAT_TASK
 
 #: the extra fields of the GRPO config (besides SCA_FIELDS): (name, type, default, help)
@@ -104,18 +108,31 @@ def load_tasks(source: str | StreamedInput, skip_uniform_from: str | None) -> tu
     return tasks, notes
 
 
+def user_settings(user_config: ModelConfig | None, trained_model: str | None) -> tuple[ModelConfig, bool]:
+    """The simulated user's ModelConfig, and whether the model in training plays it.
+
+    As in ``sca rollout``: with no ``--user-*`` flag (`user_config` None) the user is the executor's model
+    (here the one in training) sampling with the executor's default settings (:func:`executor_defaults`), so
+    it samples exactly as rollout's and eval's user does by default. A user config without a model means
+    the model in training; one that names another model, backend or server is loaded on its own."""
+    if user_config is None:
+        return executor_defaults(), True
+    user = user_config.with_(model=user_config.model or trained_model)
+    return user, user.same_model(ModelConfig(model=trained_model))
+
+
 class EpisodeRollouts:
     """TRL's ``rollout_func``: our engine plays each prompt's episode with the model in training."""
 
-    def __init__(self, tasks: list[dict[str, Any]], tokenizer: Any, config: Any, sandbox: Any, user_config: Any,
-                 stats: Counter, eos_ids: list[int]):
+    def __init__(self, tasks: list[dict[str, Any]], tokenizer: Any, config: Any, sandbox: Any,
+                 user_config: ModelConfig | None, stats: Counter, eos_ids: list[int]):
         from sca.executor import ExecutorConfig
 
         self.tasks = {t["id"]: t for t in tasks}
         self.tokenizer = tokenizer
         self.config = config
         self.sandbox = sandbox
-        self.user_config = user_config
+        self.user_config, self.user_is_policy = user_settings(user_config, getattr(config, "model_name_or_path", None))
         self.stats = stats
         self.eos_ids = eos_ids
         self.episode = ExecutorConfig(max_steps=config.episode_max_steps, action_format=config.action_format)
@@ -159,7 +176,7 @@ class EpisodeRollouts:
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         was_training = bool(getattr(unwrapped, "training", False))  # before the policy wrapper sets eval mode
         policy = self._policy(trainer, len(prompts))
-        if self.user_config is not None and self._user_model is None:
+        if not self.user_is_policy and self._user_model is None:
             self._user_model = self.user_config.load()
         keys = [self._key(p) for p in prompts]
         episodes = []
@@ -178,7 +195,7 @@ class EpisodeRollouts:
         if self.episode.action_format == "json":
             tools = [t.openai_schema() for t in episodes[0].env.tools()]
         roles = {AGENT: Role(AGENT, policy, sampling, tools=tools),
-                 USER: Role(USER, self._user_model or policy, SamplingParams(temperature=0.7, max_new_tokens=256))}
+                 USER: Role(USER, self._user_model or policy, self.user_config.sampling())}
         t0 = time.monotonic()
         try:
             unwrapped.eval()

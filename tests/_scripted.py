@@ -14,9 +14,11 @@ class ScriptedModel(ChatModel):
     def __init__(self, script):
         self.script = script
         self.calls = []
+        self.samplings = []  # the SamplingParams of each call
 
     def generate(self, conversations, sampling, tools=None):
         self.calls.append(len(conversations))
+        self.samplings.append(sampling)
         out = []
         for conv in conversations:
             turn = sum(m["role"] == "assistant" for m in conv)
@@ -39,8 +41,17 @@ class ScriptedRoles(ScriptedModel):
         super().__init__(self._route)
         self.agent, self.user = agent, user or (lambda turn, conv: "###STOP###")
         self.conversations = []
+        self.role_samplings = {"agent": [], "user": []}  # the SamplingParams of each call, by the role asked
+
+    def generate(self, conversations, sampling, tools=None):
+        if conversations:  # the engine asks one role per call
+            self.role_samplings["user" if self._is_user(conversations[0]) else "agent"].append(sampling)
+        return super().generate(conversations, sampling, tools)
+
+    @staticmethod
+    def _is_user(conv):
+        return "# Your scenario" in conv[0]["content"]
 
     def _route(self, turn, conv):
         self.conversations.append([dict(m) for m in conv])  # as it was when asked
-        is_user = "# Your scenario" in conv[0]["content"]
-        return (self.user if is_user else self.agent)(turn, conv)
+        return (self.user if self._is_user(conv) else self.agent)(turn, conv)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from _sandbox_util import backend_or_skip
+from _scripted import ScriptedRoles
+from cat_sets import RETAIL_TASKS
 from typer.testing import CliRunner
 
 from sca.artifacts import InputError
@@ -264,6 +266,124 @@ def test_rollout_plays_one_episode_per_prompt_with_the_training_model_and_restor
     assert len(out["prompt_ids"]) == len(out["completion_ids"]) == len(out["env_mask"]) == len(prompts)
     assert all(r in (0.0, 1.0) for r in out["sca_reward"])
     assert (stats["episodes"], stats["groups"]) == (4, 2)
+
+
+# -- the simulated user: the same flags and defaults as sca rollout's ----------------------------------------
+CANCEL = next(t for t in RETAIL_TASKS if t["id"] == "ret-valid-cancel")  # retail: the simulated user speaks first
+
+
+def _customer(turn, conv):
+    return "Please cancel my skateboard order." if turn == 0 else "Thanks. ###STOP###"
+
+
+def _reply(turn, conv):
+    return "THOUGHT: done END THOUGHT\nYour order is cancelled."
+
+
+class StopTraining(Exception):
+    """Raised by the stand-in for TRL's trainer once it has had one generation batch."""
+
+
+def _loading(monkeypatch):
+    """Model loading at the edge: a model named by a ModelConfig is a scripted double, one per name (None:
+    the bundled default); returns the doubles and the configs loaded."""
+    from sca.inference.config import ModelConfig
+
+    doubles, loaded = {}, []
+
+    def load(self, **kwargs):
+        loaded.append(self)
+        return doubles.setdefault(self.model, ScriptedRoles(_reply, _customer))
+
+    monkeypatch.setattr(ModelConfig, "load", load)
+    return doubles, loaded
+
+
+def _rollout_user(tmp_path, monkeypatch, flags):
+    """`sca rollout` of one retail task with `flags`: the double that played the user, the sampling it got."""
+    doubles, _ = _loading(monkeypatch)
+    tasks = write(tmp_path / "rollout.tasks.jsonl", [CANCEL])
+    r = CliRunner().invoke(app, ["rollout", str(tasks), "-o", str(tmp_path / "rollout.jsonl"), "--k", "1",
+                                 "--sandbox", "subprocess", *flags])
+    assert r.exit_code == 0, r.output
+    players = [(name, d) for name, d in doubles.items() if d.role_samplings["user"]]
+    assert len(players) == 1
+    return players[0][0], players[0][1].role_samplings["user"]
+
+
+def _grpo_user(tmp_path, monkeypatch, flags):
+    """`sca train --algo grpo` with `flags`, up to one generation batch of TRL's (a stand-in trainer at the edge
+    asks run_grpo's rollout_func for it, as GRPOTrainer does, then stops): who played the user ("policy", the
+    model in training, or the name of the model loaded for it), the sampling it got, the configs loaded."""
+    import torch
+    import trl
+
+    from stages.train_grpo import EpisodeRollouts
+
+    doubles, loaded = _loading(monkeypatch)
+    policy = ScriptedRoles(_reply, _customer)
+    monkeypatch.setattr(EpisodeRollouts, "_policy", lambda self, trainer, episodes: policy)
+
+    class Trainer:
+        use_vllm = False
+
+        def __init__(self, *, args, train_dataset, rollout_func, **kwargs):
+            self.model = torch.nn.Linear(1, 1)
+            self.accelerator = types.SimpleNamespace(unwrap_model=lambda m: m, process_index=0, num_processes=1)
+            self.prompts = [row["prompt"] for row in train_dataset for _ in range(args.num_generations)]
+            self.rollout_func = rollout_func
+
+        def train(self, resume_from_checkpoint=None):
+            self.rollout_func(self.prompts, self)
+            raise StopTraining
+
+    monkeypatch.setattr(trl, "GRPOTrainer", Trainer)
+    tasks = write(tmp_path / "grpo.tasks.jsonl", [CANCEL])
+    r = CliRunner().invoke(app, ["train", str(tasks), "-o", str(tmp_path / "ckpt"), "--algo", "grpo", "--k", "2",
+                                 "--sandbox", "subprocess", "--set", "per_device_train_batch_size=2",
+                                 "--set", "episode_max_steps=2", *flags])
+    assert isinstance(r.exception, StopTraining), r.output
+    players = [("policy", policy)] + [(name, d) for name, d in doubles.items()]
+    players = [(name, d) for name, d in players if d.role_samplings["user"]]
+    assert len(players) == 1
+    return players[0][0], players[0][1].role_samplings["user"], loaded
+
+
+@pytest.mark.parametrize("flags, temperature, own_model", [
+    ([], None, False),
+    (["--user-temperature", "0.3"], 0.3, False),
+    (["--user-model", "other-user", "--user-temperature", "0.2"], 0.2, True),
+], ids=["no-flags", "temperature", "own-model"])
+def test_grpo_user_samples_as_rollouts_user_from_the_same_flags(tmp_path, monkeypatch, flags, temperature, own_model):
+    """GRPO plays the same episodes as `sca rollout`: its simulated user takes the --user-* flags, and where a
+    flag is unset, the same default as rollout's user (the executor's defaults); the model in training plays
+    the user unless --user-model names another, which is loaded with the flags' settings."""
+    import dataclasses
+
+    from sca.inference.config import executor_defaults
+
+    def unseeded(samplings):  # each different one once; the engine sets each call's seed
+        out = []
+        for s in samplings:
+            if dataclasses.replace(s, seed=None) not in out:
+                out.append(dataclasses.replace(s, seed=None))
+        return out
+
+    rollout_player, rollout_sampling = _rollout_user(tmp_path, monkeypatch, flags)
+    grpo_player, grpo_sampling, loaded = _grpo_user(tmp_path, monkeypatch, flags)
+    want = executor_defaults().sampling()
+    if temperature is not None:
+        want = dataclasses.replace(want, temperature=temperature)
+    assert unseeded(rollout_sampling) == unseeded(grpo_sampling) == [want]
+    assert rollout_player == ("other-user" if own_model else None)  # None: the executor's (bundled) model
+    assert grpo_player == ("other-user" if own_model else "policy")
+    assert [(c.model, c.backend) for c in loaded] == ([("other-user", "hf")] if own_model else [])
+
+
+def test_user_flags_go_with_grpo(tmp_path):
+    r = CliRunner().invoke(app, ["train", str(write(tmp_path / "t.jsonl", TASKS)), "-o", str(tmp_path / "c"),
+                                 "--algo", "rft", "--user-temperature", "0.3"])
+    assert r.exit_code == 2 and "--user-temperature go with --algo grpo" in r.output
 
 
 DISTRIBUTED = """
