@@ -179,3 +179,40 @@ def test_none_for_now_and_unknown_roles():
                      concurrency=1, on_finish=lambda e: None)
     with pytest.raises(ValueError):
         run_episodes(lambda: None, {}, concurrency=0, on_finish=lambda e: None)
+
+
+def test_one_roles_backend_error_fails_only_that_roles_episodes():
+    """The user's model fails on its first call: the episodes waiting on the user fail (inference), and
+    the agent's episodes of the same step get their replies and play to the end."""
+    agent, user = Counting("agent"), Counting("user", fail_on_call=1)
+    user_first = [PingPong(index=i, turns=2) for i in range(2)]
+    for ep in user_first:
+        ep.next_role = "user"
+    agent_first = [PingPong(index=i, turns=2) for i in range(2, 4)]
+    it = iter(user_first + agent_first)  # the user's group comes first in the step
+    finished, after_first_step = [], []
+    run_episodes(lambda: next(it, None), {"agent": Role("agent", agent, SamplingParams()),
+                                          "user": Role("user", user, SamplingParams())},
+                 concurrency=4, on_finish=finished.append,
+                 on_step=lambda live: after_first_step.append([list(ep.said) for ep in agent_first])
+                 if not after_first_step else None)
+    assert all(ep.failed == "inference: ServerError: down for this call" and ep.said == [] for ep in user_first)
+    assert after_first_step[0] == [[("agent", "agent:1")], [("agent", "agent:1")]]  # answered in that same step
+    assert all(not ep.failed and [r for r, _ in ep.said] == ["agent", "user", "agent"] for ep in agent_first)
+    assert agent.calls[0][0] == 2 and len(finished) == 4
+
+
+def test_an_episode_done_when_created_is_finished_at_once_and_makes_room():
+    """Nothing to generate: it goes to on_finish before any generate call, asks its model nothing, and its
+    place goes to the next episode at once (two live ones in the first step despite two done ones)."""
+    agent = Counting("agent")
+    done = [PingPong(index=i, done=True) for i in range(2)]
+    live = [PingPong(index=i, turns=1) for i in range(2, 4)]
+    it = iter([done[0], live[0], done[1], live[1]])
+    order = []
+    stats = run_episodes(lambda: next(it, None), {"agent": Role("agent", agent, SamplingParams())},
+                         concurrency=2, on_finish=lambda ep: order.append((ep.index, len(agent.calls))))
+    assert order[:2] == [(0, 0), (1, 0)]  # finished before the first generate call
+    assert sorted(order[2:]) == [(2, 1), (3, 1)]
+    assert agent.calls[0][0] == 2 and len(agent.calls) == 1  # both live episodes in the first call
+    assert all(ep.said == [] for ep in done) and stats.episodes == 4

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,31 @@ from sca_cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["quickstart.sh", "tiny_cpu.sh", "self_improve.sh", "distill.sh"]
+
+
+def scripts_env(**extra: str) -> dict[str, str]:
+    """The environment to run an example script in: the `sca` of the running interpreter (installed next to
+    it, as in a virtual environment, or in its scripts directory) first on PATH, with that interpreter's
+    python3, so that a script runs this checkout even from a virtual environment that is not activated.
+    Fails, saying so, where this interpreter has no `sca`."""
+    places = [Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))]
+    for place in places:
+        if os.access(place / "sca", os.X_OK):
+            return {**os.environ, **extra, "PATH": os.pathsep.join([str(place), os.environ.get("PATH", "")])}
+    pytest.fail(f"no `sca` command for {sys.executable} (looked in {', '.join(map(str, dict.fromkeys(places)))}): "
+                "install the project into this interpreter's environment (pip install -e .)")
+
+
+def test_the_scripts_find_the_sca_of_this_interpreter(monkeypatch):
+    """Even with a PATH that holds no `sca` (a virtual environment run without activating it)."""
+    from sca import __version__
+
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin"]))
+    env = scripts_env()
+    found = Path(shutil.which("sca", path=env["PATH"]))
+    assert found.parent == Path(env["PATH"].split(os.pathsep)[0])
+    out = subprocess.run(["bash", "-c", "sca --version"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"sca {__version__}", out.stderr
 
 
 def sca_calls(script: str) -> list[tuple[str, list[str]]]:
@@ -57,7 +85,7 @@ def test_the_tiny_loop_runs_on_cpu(tmp_path):
     """propose -> validate -> rollout -> train (rft) -> eval (base and trained) -> report, bundled model."""
     backend_or_skip("bwrap")
     out = tmp_path / "tiny"
-    env = {**os.environ, "OUT": str(out), "SANDBOX": "bwrap"}
+    env = scripts_env(OUT=str(out), SANDBOX="bwrap")
     proc = subprocess.Popen(["bash", "examples/tiny_cpu.sh"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -43,7 +43,11 @@ class FakeServer:
     ("status", code, message) to fail with that error message, ("raw", code,
     text) to answer with that body as it is (not JSON), or ("finish", reason)
     to answer normally with that finish_reason. Every request is recorded;
-    `max_in_flight` is the most requests handled at the same time. With
+    `max_in_flight` is the most requests the client had in flight at once: a
+    request counts from its arrival until its reply starts going out (the
+    client may send its next request as soon as it has read a reply, before
+    this handler's thread has finished, so counting to the handler's end
+    would count one request of the client's twice). With
     `context_length` set, a request whose words (its "tokens") plus max_tokens
     exceed it gets the context error of `context_style` (vLLM's 400 by
     default; see :func:`context_error`), and ``GET /models`` lists it as
@@ -76,8 +80,16 @@ class FakeServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
+            def _replied(self) -> None:
+                """The request being answered leaves the count, once, before its reply goes out."""
+                if getattr(self, "_counted", False):
+                    self._counted = False
+                    with server.lock:
+                        server.in_flight -= 1
+
             def _send(self, status: int, payload: dict | str) -> None:
                 data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+                self._replied()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -100,6 +112,7 @@ class FakeServer:
                     return
                 with server.lock:
                     server.in_flight += 1
+                    self._counted = True
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
                     prompt = body["messages"][-1]["content"] or ""
@@ -145,8 +158,7 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                     pass
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    self._replied()
 
         return Handler
 

@@ -244,6 +244,44 @@ def test_bootstrap_ci_lies_within_task_scores_and_contains_the_mean():
     assert 0.0 <= s.pass_hat_k_ci[0] < 1 / 3 < s.pass_hat_k_ci[1] <= 1.0
 
 
+def test_bootstrap_resamples_the_same_tasks_for_every_metric():
+    # With k = 1 every task's pass@1 and pass^1 are its c/n: the three columns are one column, so resampling the
+    # same task indices for each gives the same interval three times; separate draws per column would not.
+    rewards = {f"t{i}": [int(j < i % 5) for j in range(4)] for i in range(12)}  # c/n from 0 to 1 over the tasks
+    s = summarize(records(rewards), 1, n_boot=40, seed=2)
+    assert s.pass1_ci[1] - s.pass1_ci[0] > 0.1
+    assert s.pass_k_ci == pytest.approx(s.pass1_ci, abs=1e-12)
+    assert s.pass_hat_k_ci == pytest.approx(s.pass1_ci, abs=1e-12)
+
+
+class ScriptedDraws:
+    """The random source of a bootstrap, scripted: each replicate's drawn row indices, in turn."""
+
+    def __init__(self, draws):
+        self.draws = iter(draws)
+
+    def choices(self, population, k):
+        draw = next(self.draws)
+        assert len(draw) == k and set(draw) <= set(population)
+        return draw
+
+
+def test_bootstrap_interval_is_the_2_5_and_97_5_percent_quantiles():
+    # 200 rows, row 0 worth 1 and the others 0: a replicate that draws row 0 r times has mean r/200. 201
+    # replicates (r = 0..200, in scrambled order) give the means 0, 1/200, ..., 1 once each; the 2.5% quantile
+    # is the one at position 0.025 * 200 = 5 of the sorted means, 5/200, and the 97.5% one 195/200.
+    m = 200
+    column = [1.0] + [0.0] * (m - 1)
+    order = [(r * 73) % 201 for r in range(201)]  # 73 is prime to 201: a permutation of 0..200
+    draws = [[0] * r + [1] * (m - r) for r in order]
+    (ci,) = metrics._bootstrap_cis([column], 201, ScriptedDraws(draws), 0.95)
+    assert ci == pytest.approx((5 / 200, 195 / 200), abs=1e-12)
+    # two columns: the same draws serve both (the second is twice the first)
+    lo, hi = metrics._bootstrap_cis([column, [2 * x for x in column]], 201, ScriptedDraws(draws), 0.9)
+    assert lo == pytest.approx((10 / 200, 190 / 200), abs=1e-12)  # the 5% and 95% quantiles
+    assert hi == pytest.approx((20 / 200, 380 / 200), abs=1e-12)
+
+
 def test_summarize_is_deterministic_for_a_seed():
     # 30 tasks of 8 trials whose Pass@1 runs over 3/8 .. 8/8 (an arbitrary but fixed pattern).
     rewards = {f"t{i}": [(i * j + j) % 5 < 2 + i % 3 for j in range(8)] for i in range(30)}
@@ -469,6 +507,14 @@ def test_verdict_borderline_when_test_and_interval_disagree():
     v = metrics._verdict("A", "B", "Pass@1", 0.05, (-0.01, 0.11), 0.03, 40, 0.95)
     assert v.startswith("B is better than A on Pass@1 by 5.0 points (95% CI -1.0 to 11.0; paired permutation p = 0.03")
     assert "borderline" in v and "larger than the noise" not in v and "within the noise" not in v
+
+
+@pytest.mark.parametrize("ci", [(0.0, 0.11), (-0.11, 0.0)])
+def test_verdict_is_borderline_when_the_interval_ends_at_zero(ci):
+    # An interval whose end is 0 includes 0: the bootstrap does not rule out "no difference".
+    v = metrics._verdict("A", "B", "Pass@1", 0.05 if ci[1] else -0.05, ci, 0.03, 40, 0.95)
+    assert "borderline: the permutation test gives p = 0.03 but the bootstrap interval includes zero" in v
+    assert "larger than the noise" not in v
 
 
 @pytest.mark.parametrize(

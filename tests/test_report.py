@@ -319,6 +319,62 @@ def test_compare_gives_the_verdicts(rep, cli_run):
         assert c.verdict in readme
 
 
+def _verdict_word(sentence: str) -> str:
+    """The verdict cell a comparison's sentence calls for (sca.metrics's three verdicts)."""
+    if sentence.endswith("larger than the noise."):
+        return "larger than the noise"
+    return "borderline" if ": borderline:" in sentence else "within the noise"
+
+
+def test_compare_tables_verdict_cell_is_the_verdict_of_the_sentence(rep):
+    """The table's short verdict and the sentence below it say the same, the borderline case included
+    (p below 1 - confidence, an interval that touches zero)."""
+    import dataclasses
+
+    table = next(t for t in rep.tables if t.title.startswith("Comparison"))
+    cells = {(row[0], row[1]): row[-1] for row in table.rows}
+    assert cells == {("calculation (test)", "Pass@1"): "larger than the noise",
+                     ("calculation (test)", "Pass@4"): "within the noise",
+                     ("retail (test)", "Pass@1"): "within the noise", ("retail (test)", "Pass@4"): "within the noise"}
+    for r in rep.comparisons:
+        label = "Pass@1" if r.metric == "pass1" else "Pass@4"
+        assert cells[f"{r.env} ({r.split})", label] == _verdict_word(r.comparison.verdict)
+    real = next(r for r in rep.comparisons if r.metric == "pass1" and r.env == "calculation")
+    c = real.comparison
+    for p, ci in ((0.03, (0.0, 0.2)), (0.03, (-0.2, 0.0)), (0.03, (0.01, 0.2)), (0.2, (0.01, 0.2))):
+        verdict = metrics._verdict(c.name_a, c.name_b, "Pass@1", 0.1, ci, p, c.tasks, c.confidence)
+        changed = dataclasses.replace(c, mean_diff=0.1, ci=ci, p_value=p, significant=p < 0.05 and not ci[0] <= 0 <= ci[1],
+                                      verdict=verdict)
+        (row,) = rp._compare_table([rp.CompareRow("calculation", "test", "pass1", changed)], "A", "B").rows
+        assert row[-1] == _verdict_word(verdict)
+        assert row[-1] == {(0.03, 0.0): "borderline", (0.03, -0.2): "borderline", (0.03, 0.01): "larger than the noise",
+                           (0.2, 0.01): "within the noise"}[p, ci[0]]
+
+
+def test_compare_notes_an_environment_only_one_run_has(tmp_path):
+    """A's retail results relabelled airline: airline is only in A, retail only in B; each row says which."""
+    a = tmp_path / "a.jsonl"
+    relabelled = [{**r, "env": "airline", "task_id": r["task_id"].replace("retail/", "airline/"),
+                   "id": r["id"].replace("retail/", "airline/")} if r["env"] == "retail" else r
+                  for r in read_jsonl(BASE)]
+    a.write_text("".join(json.dumps(r) + "\n" for r in relabelled))
+    b = tmp_path / "b.jsonl"
+    shutil.copy(RFT, b)
+    got = rp.report([], tmp_path / "out", compare=(a, b), plots=False)
+    names = {s.path.name: s.name for s in got.sources}
+    assert names["a.jsonl"] != names["b.jsonl"]
+    notes = {(r.env, r.metric): r.note for r in got.comparisons if r.comparison is None}
+    assert notes == {("airline", "pass1"): f"only in {names['a.jsonl']}", ("airline", "pass_k"): f"only in {names['a.jsonl']}",
+                     ("retail", "pass1"): f"only in {names['b.jsonl']}", ("retail", "pass_k"): f"only in {names['b.jsonl']}"}
+    table = next(t for t in got.tables if t.title.startswith("Comparison"))
+    rows = {(row[0], row[1]): row for row in table.rows}
+    assert rows["airline (test)", "pass1"][2:] == ["-"] * 6 + [f"only in {names['a.jsonl']}"]
+    assert rows["retail (test)", "pass_k"][-1] == f"only in {names['b.jsonl']}"
+    readme = got.readme.read_text()
+    assert f"* airline (test), pass1: only in {names['a.jsonl']}" in readme
+    assert [r.env for r in got.comparisons if r.comparison is not None] == ["calculation", "calculation"]
+
+
 # -- telling what a file is ------------------------------------------------------------------------------
 
 
