@@ -95,9 +95,9 @@ def bwrap_binary() -> str:
 
 @dataclass(frozen=True)
 class PythonLayout:
-    """Where this interpreter's installation appears inside the bwrap sandbox."""
+    """What the bwrap sandbox shows of this interpreter (see :mod:`sandbox.interpreter`)."""
 
-    binds: tuple[tuple[str, str], ...]  # (host path, sandbox path), read-only
+    binds: tuple[tuple[str, str], ...]  # (host path, sandbox path), read-only: the stdlib, the executable, libraries
     masks: tuple[str, ...]  # sandbox directories hidden under an empty tmpfs (installed packages)
     executable: str  # the interpreter, as seen inside
     env: tuple[tuple[str, str], ...]
@@ -105,37 +105,27 @@ class PythonLayout:
 
 @functools.lru_cache(maxsize=1)
 def python_layout() -> PythonLayout:
-    """Bind the running interpreter's own installation, relocated out of private trees.
+    """The running interpreter's executable, standard library and shared libraries, and nothing
+    else of the host: not the host's library directories (on this machine /usr/lib holds other
+    products' bundled Pythons and Debian's dist-packages), nor the packages installed in the
+    interpreter's own site-packages, nor a virtual environment's.
 
-    A prefix under /usr stays where it is (only the executable and, for
-    /usr/local, the prefix are added to the /usr/lib bind); anything else (a
-    pyenv or conda tree under /root or /home) appears at /opt/sca/python, so
-    the sandbox sees nothing of the directory it came from.
+    A prefix under /usr stays where it is; anything else (a pyenv or conda tree under /root or
+    /home) appears at /opt/sca/python, so the sandbox sees nothing of the directory it came from.
     """
-    import site
+    from sandbox import interpreter
 
-    exe = os.path.realpath(sys.executable)
-    prefix = os.path.realpath(sys.base_prefix)
-    if not exe.startswith(prefix + os.sep):
-        prefix = os.path.dirname(os.path.dirname(exe))
-    env: list[tuple[str, str]] = []
-    if prefix == "/usr":
-        binds = [(exe, exe)]
-        mount = prefix
-    elif prefix.startswith("/usr/"):
-        binds = [(prefix, prefix)]
-        mount = prefix
-    else:
-        mount = PYTHON_IN_SANDBOX
-        binds = [(prefix, mount)]
-        if any(p.name.startswith("libpython") for p in Path(prefix, "lib").glob("libpython*")):
-            env.append(("LD_LIBRARY_PATH", f"{mount}/lib"))  # its RPATH names the host location
-    masks = []
-    for p in site.getsitepackages():
-        real = os.path.realpath(p)
-        if os.path.isdir(real) and real.startswith(prefix + os.sep):
-            masks.append(mount + real[len(prefix):])
-    return PythonLayout(tuple(binds), tuple(sorted(set(masks))), mount + exe[len(prefix):], tuple(env))
+    interp = interpreter.interpreter()
+    mount = PYTHON_IN_SANDBOX if interp.relocated else interp.prefix
+    try:
+        files = interpreter.sandbox_files(interp, mount)
+    except OSError as e:
+        raise SandboxUnavailable(f"bwrap needs the interpreter's shared libraries: {e}") from None
+    binds = tuple((host, inside) for inside, host in sorted(files.items()))
+    masks = tuple(interpreter.sandbox_path(interp, mount, p) for p in interpreter.package_dirs(interp))
+    library_path = interpreter.library_path(interp, mount)
+    env = (("LD_LIBRARY_PATH", library_path),) if library_path else ()
+    return PythonLayout(binds, masks, interpreter.sandbox_path(interp, mount, interp.exe), env)
 
 
 def bwrap_argv(bwrap: str, command: list[str], host=lambda path: path) -> list[str]:
@@ -156,14 +146,9 @@ def bwrap_argv(bwrap: str, command: list[str], host=lambda path: path) -> list[s
     ]
     for key, value in layout.env:
         argv += ["--setenv", key, value]
-    argv += ["--ro-bind", host("/usr/lib"), "/usr/lib"]
-    if os.path.isdir("/usr/lib64"):
-        argv += ["--ro-bind", host("/usr/lib64"), "/usr/lib64"]
-    for name in ("/lib", "/lib64", "/lib32", "/libx32"):
+    for name in ("/lib", "/lib64", "/lib32", "/libx32"):  # merged /usr: the loader's paths go through them
         if os.path.islink(name):
             argv += ["--symlink", os.readlink(name), name]
-        elif os.path.isdir(name):
-            argv += ["--ro-bind", host(name), name]
     for source, inside in layout.binds:
         argv += ["--ro-bind", host(source), inside]
     for inside in layout.masks:  # an empty, read-only directory over the installed packages

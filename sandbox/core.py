@@ -24,13 +24,16 @@ from sandbox.backends import Backend, make_backend, resolve_backend
 from sandbox.config import SandboxConfig
 from sandbox.result import STATUSES, RunResult, SandboxUnavailable, ToolCallRecord
 from sandbox.runner import (
+    FRAME_OVERHEAD,
     MAX_DEPTH,
     MAX_ERROR_TEXT,
+    MAX_ITEMS,
     MAX_TOOL_BYTES,
     MAX_TOOL_CALLS,
     encode_frame,
     json_depth,
-    json_size,
+    json_measure,
+    parent_frame_items,
     report_limit,
     report_value_problem,
 )
@@ -45,6 +48,9 @@ WATCHDOG_GRACE = 5.0
 #: how long a worker may take to confirm that it cleaned up after its last run (the runner gives up on
 #: its own after a few seconds) before it is given up, killed and replaced: never the next run's failure
 CLEANUP_WAIT = 15.0
+#: workers a job is offered to before the run is given up as an infrastructure failure: a job goes to
+#: another worker only when the one it was sent to never said it started it
+DELIVERY_ATTEMPTS = 3
 
 
 class Sandbox:
@@ -210,17 +216,21 @@ class Sandbox:
                "max_tool_bytes": self.max_tool_bytes, "max_depth": self.max_depth}
         started = time.monotonic()
         with self._slots:
-            try:
-                worker = self._checkout()
-            except SandboxUnavailable as e:
-                return RunResult("sandbox_error", error_type="SandboxError", error=f"no worker: {e}",
-                                 duration_s=time.monotonic() - started, infra=True)
-            healthy = False
-            try:
-                run = _Run(self, worker, env, job, tools, read_only, keep_payloads)
-                result, healthy = run.go()
-            finally:
-                self._checkin(worker, healthy)
+            for _ in range(DELIVERY_ATTEMPTS):
+                try:
+                    worker = self._checkout()
+                except SandboxUnavailable as e:
+                    return RunResult("sandbox_error", error_type="SandboxError", error=f"no worker: {e}",
+                                     duration_s=time.monotonic() - started, infra=True)
+                healthy = False
+                try:
+                    run = _Run(self, worker, env, job, tools, read_only, keep_payloads)
+                    result, healthy = run.go()
+                finally:
+                    self._checkin(worker, healthy)
+                if run.started:
+                    break
+            # else: no worker started the job: the last attempt's result says why (infra)
         result.duration_s = time.monotonic() - started
         return result
 
@@ -231,6 +241,12 @@ class _Run:
     Everything that comes from the worker is treated as hostile: a frame that does not decode,
     a message out of shape or out of turn, a call beyond the budgets (which the sandbox itself
     enforces first) ends the run as a ``sandbox_error`` and the worker is replaced.
+
+    Once the worker has said it started the job (``{"op": "started"}``), every way the run can end
+    is the run's own result: the code can reach the processes of its worker, send what it likes and
+    take its time, so neither a worker that dies or hangs nor a frame it sends may turn a failing
+    verdict into a retry. Before that, nothing of the code has run: a worker that fails then is the
+    infrastructure's failure, and the job goes to another worker (see :data:`DELIVERY_ATTEMPTS`).
     """
 
     def __init__(self, sandbox: Sandbox, worker: Worker, env: Any, job: dict, tools: list[dict], read_only: bool,
@@ -244,6 +260,12 @@ class _Run:
         self.calls = 0
         self.bytes_left = sandbox.max_tool_bytes
         self.tool_s = 0.0
+        self.started = False  # the worker said it started the job: from then on, the outcome is the run's
+
+    def _limit_frames(self) -> None:
+        """What the worker may send next: a call within what is left of the budget, or the report."""
+        self.worker.limit_frames(max(self.bytes_left + FRAME_OVERHEAD, report_limit(self.sb.output_limit)),
+                                 parent_frame_items(self.sb.output_limit))
 
     def go(self) -> tuple[RunResult, bool]:
         """The result, and whether the worker is still good to use."""
@@ -254,19 +276,24 @@ class _Run:
         # slow tool ends the run as a timeout reported by the runner, not as a hung worker.
         watchdog = started + timeout + WATCHDOG_GRACE
         try:
+            self._limit_frames()
             self.worker.send(self.job, watchdog)
             self.worker.known_tools.add(self.job["tools_key"])
             while True:
                 msg, size = self.worker.recv_sized(watchdog)
                 op = msg.get("op")
-                if op == "call" and msg.get("run") == self.job["run"]:
+                if op == "started" and msg.get("run") == self.job["run"] and not self.started:
+                    self.started = True
+                elif op == "call" and msg.get("run") == self.job["run"] and self.started:
                     reply = self._serve_call(msg, size)
                     watchdog = max(watchdog, time.monotonic() + WATCHDOG_GRACE)
+                    self._limit_frames()
                     self.worker.send_frame(reply, watchdog)
-                elif op == "done" and msg.get("run") == self.job["run"]:
+                elif op == "done" and msg.get("run") == self.job["run"] and self.started:
                     self.worker.runs += 1
                     result = self._result(msg, size)
                     self.worker.cleaning = self.job["run"]  # its clean-up is confirmed before the next job
+                    self.worker.limit_frames()
                     return result, True
                 elif op == "fatal":
                     raise WorkerLost(f"the runner failed: {str(msg.get('error', ''))[-1000:]}")
@@ -280,28 +307,30 @@ class _Run:
                                 "plus grace); its worker was killed and replaced"), False
         except WorkerProtocolError as e:  # before WorkerLost, its base: bytes only the run can have sent
             log.warning("sandbox worker (%s) broke the protocol: %s", self.sb.backend_name, e)
-            return self._failed("sandbox_error", "SandboxError", f"{e}; the worker was replaced", infra=False), False
+            return self._failed("sandbox_error", "SandboxError", f"{e}; the worker was replaced"), False
         except (WorkerLost, OSError) as e:
             log.warning("sandbox worker (%s) lost: %s", self.sb.backend_name, e)
             return self._failed("sandbox_error", "SandboxError", f"{e}; the worker was replaced"), False
         except _Broken as e:
             log.warning("sandbox worker (%s) broke the protocol: %s", self.sb.backend_name, e)
             return self._failed("sandbox_error", "SandboxError",
-                                f"the sandbox sent something invalid ({e}); the worker was replaced", infra=False), False
+                                f"the sandbox sent something invalid ({e}); the worker was replaced"), False
         except Exception as e:  # noqa: BLE001 - whatever the bytes did to our bookkeeping, the run ends here
             log.warning("sandbox run failed in the parent: %r", e, exc_info=True)
             return self._failed("sandbox_error", "SandboxError",
                                 f"the run's messages could not be handled ({type(e).__name__}); the worker was "
-                                "replaced", infra=False), False
+                                "replaced"), False
 
-    def _failed(self, status: str, error_type: str, error: str, infra: bool = True) -> RunResult:
-        """The run's result when the worker failed it. `infra`: the sandbox failed, not the code (the
-        worker died, hung, or the runner itself failed): a run to retry. Whatever the worker *sent*
-        (garbage, a message out of shape, a call past the budgets) and whatever it did to this
-        process's bookkeeping only the run's code can have caused: never ``infra``, or code could
-        turn its own failing verdict into a retry by breaking the protocol on purpose."""
+    def _failed(self, status: str, error_type: str, error: str) -> RunResult:
+        """The run's result when its worker failed it. An infrastructure failure (``infra``: a run to
+        retry, never a verdict) only when the worker never started the job, so no code of it ran.
+        After that, a worker that died, hung, or sent anything it should not have is the run's own
+        failure: the code can have caused each of them, and if one were a retry, code could turn
+        its own failing verdict into one on purpose."""
+        if not self.started:
+            error = f"no worker started the job: {error}"
         return RunResult(status, tool_calls=self.records, error_type=error_type, error=error, tool_s=self.tool_s,
-                         infra=infra)
+                         infra=not self.started)
 
     def _serve_call(self, msg: dict, size: int) -> bytes:
         """Check one call against the budgets, run it, and return the reply frame for the worker."""
@@ -310,10 +339,10 @@ class _Run:
             raise _Broken("malformed tool call")
         if json_depth(args, self.sb.max_depth) > self.sb.max_depth:
             raise _Broken(f"tool call arguments nested deeper than {self.sb.max_depth} levels")
-        size = json_size(args)  # as the sandbox measured them (not this frame, which carries more)
+        size, items = json_measure(args)  # as the sandbox measured them (not this frame, which carries more)
         self.calls += 1
         self.bytes_left -= size
-        if self.calls > self.sb.max_tool_calls or self.bytes_left < 0 or call_id != self.calls:
+        if self.calls > self.sb.max_tool_calls or self.bytes_left < 0 or items > MAX_ITEMS or call_id != self.calls:
             raise _Broken("a tool call beyond the run's budgets reached the parent")
         record = ToolCallRecord(name=name, args=args if self.keep else None, arg_bytes=size)
         self.records.append(record)

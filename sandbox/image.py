@@ -15,48 +15,23 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import re
-import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from sandbox.interpreter import SKIP_DIRS, extension_modules, interpreter, libpython, shared_libraries
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TAG = "sca-sandbox:latest"
 BASE_REPOSITORY = "sca-python-base"
 PYTHON_IN_IMAGE = "/opt/sca/python"
-#: parts of the standard library the runner never needs
-_SKIP = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages",
-         "dist-packages", "config-3", "__phello__"}
-
-
-def _python_facts(python: str) -> dict:
-    code = ("import json, os, sys, sysconfig; print(json.dumps({'exe': os.path.realpath(sys.executable), "
-            "'prefix': os.path.realpath(sys.base_prefix), 'stdlib': os.path.realpath(sysconfig.get_paths()['stdlib']),"
-            "'version': '%d.%d.%d' % sys.version_info[:3], 'libdir': sysconfig.get_config_var('LIBDIR') or ''}))")
-    return json.loads(subprocess.run([python, "-I", "-c", code], check=True, capture_output=True, text=True).stdout)
-
-
-def _shared_libraries(binaries: list[str]) -> set[str]:
-    """Every shared library the binaries load (per ldd), as resolved paths on this machine."""
-    libs: set[str] = set()
-    for b in binaries:
-        out = subprocess.run(["ldd", b], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)\s+\(", line)
-            if m:
-                libs.add(m.group(1))
-    return libs
-
-
 def write_rootfs(out: str | Path, python: str = sys.executable) -> str:
     """Write a root filesystem tarball holding `python` and what it needs; return its version."""
-    facts = _python_facts(python)
-    prefix, exe = facts["prefix"], facts["exe"]
-    relocate = not (prefix == "/usr" or prefix.startswith("/usr/"))
+    interp = interpreter(python)
+    prefix, exe = interp.prefix, interp.exe
+    relocate = interp.relocated
     mount = PYTHON_IN_IMAGE if relocate else prefix
 
     def inside(path: str) -> str:
@@ -64,17 +39,14 @@ def write_rootfs(out: str | Path, python: str = sys.executable) -> str:
 
     files: dict[str, str] = {}  # path in the image -> host file
     files[inside(exe)] = exe
-    stdlib = facts["stdlib"]
-    for root, dirs, names in os.walk(stdlib):
-        dirs[:] = [d for d in dirs if d not in _SKIP and not d.startswith("config-")]
+    for root, dirs, names in os.walk(interp.stdlib):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith("config-")]
         for n in names:
             if n.startswith("_tkinter") or n.endswith((".opt-1.pyc", ".opt-2.pyc")):
                 continue
             host = os.path.join(root, n)
             files[inside(host)] = host
-    dynload = [p for p in files.values() if p.endswith(".so")]
-    libpython = sorted(Path(facts["libdir"]).glob("libpython*.so*")) if facts["libdir"] else []
-    libs = _shared_libraries([exe, *dynload, *map(str, libpython)])
+    libs = shared_libraries([exe, *extension_modules(interp), *libpython(interp)])
     libc_dir = next((os.path.dirname(p) for p in libs if os.path.basename(p).startswith("libc.so")), "/usr/lib")
     for lib in libs:
         real = os.path.realpath(lib)
@@ -83,7 +55,7 @@ def write_rootfs(out: str | Path, python: str = sys.executable) -> str:
             files[f"{libc_dir}/{os.path.basename(lib)}"] = real
         else:
             files[os.path.realpath(os.path.dirname(lib)) + "/" + os.path.basename(lib)] = real
-    version = facts["version"]
+    version = interp.version
     short = ".".join(version.split(".")[:2])
     links = {"/usr/local/bin/python3": inside(exe), f"/usr/local/bin/python{short}": inside(exe)}
     for top in ("/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"):
@@ -155,7 +127,7 @@ def build(tag: str = DEFAULT_TAG, base: str | None = None, python: str = sys.exe
     client = _client()
     try:
         if base is None:
-            version = _python_facts(python)["version"]
+            version = interpreter(python).version
             base = f"{BASE_REPOSITORY}:{version}"
             try:
                 client.images.get(base)

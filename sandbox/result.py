@@ -54,11 +54,12 @@ class RunResult:
     duration_s: float = 0.0
     tool_s: float = 0.0  # of duration_s, the time spent in tools in the trusted process
     refused_calls: int = 0  # tool calls the sandbox refused for the run's budgets
-    #: the sandbox itself failed (no worker, a worker that died, hung, or whose runner failed), not the
-    #: code: a run to retry, never a verdict on the code. Errors of the code (its exceptions, its
-    #: memory) and everything a worker sent (a protocol it broke, NaN, a report too large, a call past
-    #: the budgets) are never infrastructure failures: infrastructure failures are left out of the
-    #: rewards and retried, so code that could cause one could hide its own failing verdict.
+    #: the trusted side failed, not the code: no worker could be started, or none said it started the
+    #: job, so nothing of the code ran. A run to retry, never a verdict on the code. Once a worker started
+    #: the job, everything is the run's own result: errors of the code (its exceptions, its memory), a
+    #: worker that died or hung under it, everything a worker sent (a protocol it broke, NaN, a report too
+    #: large, a call past the budgets). Infrastructure failures are left out of the rewards and retried,
+    #: so code that could cause one could hide its own failing verdict.
     infra: bool = False
 
     @property

@@ -23,16 +23,19 @@ Parent -> runner::
 Runner -> parent::
 
     {"op": "ready", "pid": n, "pid_namespace": bool, "python": str, "protocol": n, "runner": digest}
+    {"op": "started", "run": id}           (the run's child has its job: what follows is the run's)
     {"op": "call", "run": id, "id": n, "name": str, "args": {...}}
     {"op": "done", "run": id, "status": ..., "answer": ..., "stdout": ..., ...}
+    {"op": "clean", "run": id, "ok": bool} (after the report: the clean-up, checked)
     {"op": "fatal", "error": str}          (the runner itself failed; it exits)
 
 Per run a forked child applies the resource limits, runs the code in a fresh
-namespace and reports. The children are forked by the zygote's *forker*, a copy
-of the zygote made once (and again when it learns a new tool set) that does
-nothing but fork: a child shares its forking parent's memory copy-on-write, so
-every page the parent writes while the child lives is copied, and the zygote
-writes hundreds per run. The forker passes on the four pipe ends the zygote
+namespace and reports. The children are forked by the zygote's *forker*, a new
+interpreter (``runner.py --forker``) that does nothing but fork and never holds
+anything of a run: a child starts as a copy of its forking parent's memory, which
+it can read, and the zygote's memory holds every job and frame it served. (A
+forked parent's pages are also copied as it writes them while the child lives,
+and the zygote writes hundreds per run.) The forker passes on the four pipe ends the zygote
 sends it (SCM_RIGHTS), then says the child's pid and, once it is reaped, its
 wait status. The child is forked ahead, right after the previous run's
 clean-up, and waits for its job on its reply pipe, so its fork and set-up
@@ -69,7 +72,7 @@ import sys
 import time
 import traceback
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 #: largest frame either side accepts (a bigger one breaks the protocol)
 MAX_FRAME = 64 << 20
 #: largest JSON encoding of an answer or value a run may report (bytes, as :func:`json_size` counts them)
@@ -85,6 +88,13 @@ MAX_DEPTH = 64
 #: of their JSON arguments and results together
 MAX_TOOL_CALLS = 2000
 MAX_TOOL_BYTES = 8 << 20
+#: most JSON items (values and keys, as :func:`json_items` bounds them) in one tool call's arguments,
+#: one answer or one value: what a trusted process decodes is bounded in objects, not only in bytes
+#: (8 MiB of ``[],`` decode to 2.8 million lists, about 180 MB)
+MAX_ITEMS = 100_000
+#: what a frame may add to the items and bytes of the payload it carries (its other fields; a tool's
+#: name of up to 200 characters, each escaped to at most 6 bytes)
+FRAME_OVERHEAD = 4096
 #: longest error message and traceback a run reports (characters); the rest is cut with a marker
 MAX_ERROR_TEXT = 20_000
 #: largest file the code may write (RLIMIT_FSIZE)
@@ -123,7 +133,23 @@ def json_size(value) -> int:
     measure what they decoded with it, and re-encoding decoded JSON never makes it larger, so
     honest code within a limit is within it everywhere. TypeError or ValueError for what is not JSON.
     """
-    return _utf8_size(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+    return json_measure(value)[0]
+
+
+def json_measure(value) -> tuple[int, int]:
+    """(:func:`json_size`, :func:`json_items`) of `value`, from one encoding."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _utf8_size(text), json_items(text)
+
+
+def json_items(text) -> int:
+    """An upper bound of the values and keys in a JSON text (str, bytes or bytearray): one, plus one
+    per comma, colon and opening bracket, those inside strings included. Every value or key but the
+    first follows one of them. Counted in C, before anything is decoded: the measure of
+    :data:`MAX_ITEMS` on every side, so that honest code within the limit is within it everywhere."""
+    if isinstance(text, str):
+        return 1 + text.count(",") + text.count(":") + text.count("[") + text.count("{")
+    return 1 + text.count(b",") + text.count(b":") + text.count(b"[") + text.count(b"{")
 
 
 def _utf8_size(text: str) -> int:
@@ -131,10 +157,29 @@ def _utf8_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
+#: most JSON items (see :func:`json_items`) in a frame from a run's process: a call's arguments or a
+#: report's answer or value, and the text of the report's other fields (every character of which may
+#: be a comma)
+CHILD_FRAME_ITEMS = MAX_ITEMS + 2 * (MAX_ERROR_TEXT + 100) + 3 * 200 + FRAME_OVERHEAD
+
+
+def parent_frame_items(output_limit: int) -> int:
+    """Most JSON items in a frame from the zygote to the parent: a call, or a report with up to
+    `output_limit` characters of stdout and of stderr (and their markers), error texts the zygote
+    adds, and the counters."""
+    return CHILD_FRAME_ITEMS + 2 * (int(output_limit) + 100) + 2 * 1000
+
+
 #: a report frame of at most this many bytes holds an answer or value within MAX_ANSWER, however it
 #: was written (re-encoding decoded JSON grows it at most 4.5 times: ``1e15`` is
 #: ``1000000000000000.0``), so its size need not be measured
 MEASURE_ABOVE = MAX_ANSWER // 8
+
+
+def child_frame_limit(bytes_left: int) -> int:
+    """Largest frame a run's process may send the zygote: a tool call within what is left of its
+    budget for tool data, or its report."""
+    return max(bytes_left + FRAME_OVERHEAD, MAX_REPORT)
 
 
 def report_limit(output_limit: int) -> int:
@@ -166,11 +211,18 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_flo
 
 
 class FrameBuffer:
-    """Accumulates bytes from a stream and yields the complete frames in it."""
+    """Accumulates bytes from a stream and yields the complete frames in it.
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    `max_frame` bounds a frame's bytes, `max_items` (None: unbounded) its JSON items as
+    :func:`json_items` counts them in the raw bytes, before decoding: so what a frame costs to
+    decode, in time and in memory, is bounded by both. Either may change between frames.
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME, max_items: int | None = None) -> None:
         self._buf = bytearray()
         self._max = max_frame
+        self.max_items = max_items
+        self._broken: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list[dict]:
         return [msg for msg, _ in self.feed_sized(data)]
@@ -179,16 +231,32 @@ class FrameBuffer:
         """Like :meth:`feed`, with each frame's size in bytes.
 
         Raises :class:`ProtocolError` for anything that is not a frame of a JSON object within
-        the size limit, whatever the bytes are (nesting too deep for the decoder included).
+        the size limit, whatever the bytes are (nesting too deep for the decoder included). The
+        good frames before a bad one come out first: the error is raised by the next call.
         """
+        if self._broken is not None:
+            raise self._broken
         self._buf += data
-        out = []
+        out: list = []
+        try:
+            self._decode(out)
+        except ProtocolError as e:
+            if not out:
+                raise
+            self._broken = e
+        return out
+
+    def _decode(self, out: list) -> None:
         while len(self._buf) >= 4:
             (size,) = _HEADER.unpack_from(self._buf)
             if size > self._max:
                 raise ProtocolError(f"frame of {size} bytes exceeds the {self._max}-byte limit")
             if len(self._buf) < 4 + size:
                 break
+            if self.max_items is not None:
+                items = 1 + sum(self._buf.count(c, 4, 4 + size) for c in (b",", b":", b"[", b"{"))
+                if items > self.max_items:
+                    raise ProtocolError(f"frame holds up to {items:,} JSON items (the limit is {self.max_items:,})")
             try:
                 with memoryview(self._buf) as view:  # decode in place: no copy of a large frame's bytes
                     text = str(view[4:4 + size], "utf-8")
@@ -208,7 +276,11 @@ class FrameBuffer:
             if not isinstance(msg, dict):
                 raise ProtocolError(f"frame is a JSON {type(msg).__name__}, not an object")
             out.append((msg, size))
-        return out
+
+    @property
+    def broken(self) -> ProtocolError | None:
+        """The error after the frames the last feed returned, which the next feed raises."""
+        return self._broken
 
     @property
     def max_frame(self) -> int:
@@ -257,23 +329,31 @@ def clean_text(value):
     return root[0]
 
 
+_CONTAINERS = (list, dict, tuple)
+
+
 def json_depth(value, limit: int) -> int:
     """How deeply `value` (decoded JSON) nests lists and objects, counting stops past `limit`.
 
-    Iterative, so any depth is measured without recursing: ``json_depth(x, limit) > limit``
-    says "too deep" without looking further.
+    Iterative, level by level, so any depth is measured without recursing, and each container is
+    visited once with no bookkeeping per scalar: ``json_depth(x, limit) > limit`` says "too deep"
+    without looking further.
     """
-    deepest = 0
-    todo = [(value, 1)] if isinstance(value, (list, dict, tuple)) else []
-    while todo:
-        item, depth = todo.pop()
-        if depth > deepest:
-            deepest = depth
-            if deepest > limit:
-                return deepest
-        children = item.values() if isinstance(item, dict) else item
-        todo.extend((c, depth + 1) for c in children if isinstance(c, (list, dict, tuple)))
-    return deepest
+    if not isinstance(value, _CONTAINERS):
+        return 0
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return depth
+        below: list = []
+        keep = below.append
+        for item in level:
+            for child in (item.values() if isinstance(item, dict) else item):
+                if isinstance(child, _CONTAINERS):
+                    keep(child)
+        level = below
+    return depth
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -437,12 +517,15 @@ class _ChildChannel:
         if json_depth(args, self.max_depth) > self.max_depth:
             raise TypeError(f"{name}(): arguments nested deeper than {self.max_depth} levels")
         try:
-            size = json_size(args)  # the measure the zygote and the parent use: never a surprise there
+            size, items = json_measure(args)  # the measures the zygote and the parent use: never a surprise there
         except (TypeError, ValueError) as e:
             raise TypeError(f"{name}(): arguments must be JSON values ({e})") from None
         if size > self.bytes_left:
             raise BudgetExceeded(f"{name}(): arguments of {size:,} bytes exceed what is left of the "
                                  f"run's budget for tool data ({max(0, self.bytes_left):,} bytes)")
+        if items > MAX_ITEMS:
+            raise BudgetExceeded(f"{name}(): arguments of up to {items:,} JSON items (counted as commas, colons "
+                                 f"and opening brackets) exceed the {MAX_ITEMS:,} a call may send")
         try:
             frame = encode_frame({"op": "call", "name": name, "args": args})
         except (TypeError, ValueError) as e:
@@ -547,6 +630,10 @@ def _jsonable(value, max_depth: int = MAX_DEPTH) -> tuple:
     if size > MAX_ANSWER:
         return None, type_name, (f"the {type_name} is too large to report "
                                  f"({size} bytes of JSON; limit {MAX_ANSWER})")
+    items = json_items(text)
+    if items > MAX_ITEMS:
+        return None, type_name, (f"the {type_name} holds too many JSON items to report "
+                                 f"(up to {items:,}; limit {MAX_ITEMS:,})")
     try:
         decoded = json.loads(text)
     except RecursionError:
@@ -948,18 +1035,29 @@ _FORKER_MSG = struct.Struct("=cii")
 _FDS = struct.Struct("=4i")
 #: how long the zygote waits for its forker to fork or to report a child's end before it replaces it
 FORKER_TIMEOUT = 5.0
-_MAX_FD = 1 << 16
+#: the forker's socket to the zygote, in the forker
+_FORKER_FD = 3
+#: bytes of a tool set's description per message to the forker (a SOCK_SEQPACKET message must fit
+#: the socket's buffer)
+_TOOLS_CHUNK = 32 << 10
 
 
-def _forker_main(sock, tool_sets: dict, pdeathsig: bool, seccomp: bool) -> None:
-    """Body of the forker: for each request, fork a child on the four pipe ends it carries, report the
-    child's pid, wait for the child and report its wait status. Never returns.
+def _forker_main(sock, pdeathsig: bool, seccomp: bool) -> None:
+    """Body of the forker: learn tool sets, and for each request fork a child on the four pipe ends
+    it carries, report the child's pid, wait for the child and report its wait status. Never returns.
 
-    The forker is a copy of the zygote that does nothing else: a forked child shares its parent's
-    memory copy-on-write, and every page either of them writes while the child lives is copied.
-    The forker writes a few between forks; the zygote, which relays, captures and cleans up while a
-    run goes on, would write hundreds, on every run. It exits when the zygote closes the socket.
+    The forker is a fresh interpreter (see :class:`_Forker`) that never holds anything of a run: it
+    receives tool descriptions and pipe ends, never a job, so the memory every child starts from
+    holds nothing an earlier run sent or received. Forking from it rather than from the zygote also
+    saves copy-on-write faults: a forked child shares its parent's memory, and every page either of
+    them writes while the child lives is copied. The forker writes a few between forks; the zygote,
+    which relays, captures and cleans up while a run goes on, would write hundreds, on every run.
+    It exits when the zygote closes the socket.
+
+    Messages from the zygote: ``b"t" + bytes`` (part of a tool set's JSON), ``b"T"`` (the tool set
+    is complete: build its functions), ``b"F"`` with four descriptors (fork a child on them).
     """
+    tool_sets: dict = {}
     try:
         if pdeathsig:
             _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -969,13 +1067,23 @@ def _forker_main(sock, tool_sets: dict, pdeathsig: bool, seccomp: bool) -> None:
             install_seccomp()  # or exit: the zygote then has no forker and the run fails loudly
         gc.freeze()
         space = _socket.CMSG_SPACE(_FDS.size)
+        pending = bytearray()
         while True:
-            data, ancillary, flags, _ = sock.recvmsg(1, space)
-            if not data:
+            data, ancillary, flags, _ = sock.recvmsg(_TOOLS_CHUNK + 1, space)
+            if not data or flags & (_socket.MSG_CTRUNC | _socket.MSG_TRUNC):
                 break
-            fds = [_FDS.unpack(raw) for level, kind, raw in ancillary
-                   if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(raw) == _FDS.size]
-            if len(fds) != 1 or flags & _socket.MSG_CTRUNC:
+            kind = data[:1]
+            if kind == b"t":
+                pending += data[1:]
+                continue
+            if kind == b"T":
+                spec = json.loads(bytes(pending))
+                pending.clear()
+                tool_sets[spec["key"]] = make_tool_functions(spec["tools"], _call_tool)
+                continue
+            fds = [_FDS.unpack(raw) for level, kind_, raw in ancillary
+                   if level == _socket.SOL_SOCKET and kind_ == _socket.SCM_RIGHTS and len(raw) == _FDS.size]
+            if kind != b"F" or len(fds) != 1:
                 break
             _reap_strays()
             pid = os.fork()
@@ -1001,6 +1109,24 @@ def _forker_main(sock, tool_sets: dict, pdeathsig: bool, seccomp: bool) -> None:
     os._exit(0)
 
 
+def _forker_process(argv: list[str]) -> int:
+    """``runner.py --forker``: the forker's own interpreter, started by the zygote (see :class:`_Forker`)
+    with /dev/null on fds 0-2 and its socket to the zygote on fd :data:`_FORKER_FD`."""
+    global _STREAMS
+    _prctl(_PR_SET_DUMPABLE, 0)  # the runs (same uid) cannot ptrace it nor write its /proc files
+    _STREAMS = _make_streams()
+    sys.stdout, sys.stderr = _STREAMS
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _install_site_builtins()
+    sock = _socket.socket(fileno=_FORKER_FD)
+    _snapshot_runtime()
+    _warm_up()
+    gc.collect()
+    _forker_main(sock, "--pdeathsig" in argv, "--seccomp" in argv)
+    return 1
+
+
 def _reap_strays(pid: int = -1) -> None:
     """Reap child `pid` (it has ended), or every ended child (-1) without waiting for the others."""
     while True:
@@ -1020,25 +1146,46 @@ def _wait_status(info) -> int:
 
 
 class _Forker:
-    """The zygote's side of its forker process (see :func:`_forker_main`)."""
+    """The zygote's side of its forker process (see :func:`_forker_main`).
 
-    def __init__(self, tools: dict, pdeathsig: bool, seccomp: bool) -> None:
+    The forker is a new interpreter (``runner.py --forker``, started with ``posix_spawn``), never a
+    fork of the zygote: the zygote's memory holds the jobs, frames and replies of every run it
+    served (freed objects included), and whatever the forker holds, every child it forks can read
+    in its own memory (``/proc/self/mem``). A run that kills its forker gets a new one, from an
+    interpreter that never held anything of a run either.
+    """
+
+    def __init__(self, pdeathsig: bool, seccomp: bool) -> None:
         mine, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-        self.tool_keys = frozenset(tools)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                keep = theirs.fileno()  # the zygote's channel and every pipe stay behind
-                os.closerange(3, keep)
-                os.closerange(keep + 1, _MAX_FD)
-            except BaseException:  # noqa: BLE001
-                os._exit(1)
-            _forker_main(theirs, tools, pdeathsig, seccomp)
-            os._exit(1)
-        theirs.close()
+        argv = [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), "--forker"]
+        argv += ["--pdeathsig"] * pdeathsig + ["--seccomp"] * seccomp
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0), (os.POSIX_SPAWN_DUP2, 0, 1),
+                   (os.POSIX_SPAWN_DUP2, 0, 2), (os.POSIX_SPAWN_DUP2, theirs.fileno(), _FORKER_FD)]
+        try:
+            # every other descriptor of the zygote (its channel, the runs' pipes) is close-on-exec
+            pid = os.posix_spawn(sys.executable, argv, dict(os.environ), file_actions=actions)
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        self.tool_keys: set[str] = set()
         self.pid, self.sock, self.fd = pid, mine, mine.fileno()
+        mine.settimeout(FORKER_TIMEOUT)  # sends; receive() polls first
         self._poll = select.poll()
         self._poll.register(self.fd, select.POLLIN)
+
+    def teach(self, key: str, tools: list) -> bool:
+        """Send tool set `key` (its JSON descriptions), for the children forked from now on."""
+        data = json.dumps({"key": key, "tools": tools}, separators=(",", ":")).encode("utf-8", "replace")
+        try:
+            for i in range(0, len(data), _TOOLS_CHUNK):
+                self.sock.send(b"t" + data[i:i + _TOOLS_CHUNK])
+            self.sock.send(b"T")
+        except OSError:
+            return False
+        self.tool_keys.add(key)
+        return True
 
     def request(self, fds: list[int]) -> bool:
         """Ask for a child on `fds` (request pipe's write end, reply pipe's read end, stdout, stderr)."""
@@ -1080,16 +1227,17 @@ class _Child:
 
     def __init__(self, forker: _Forker, req_r: int, resp_w: int, out_r: int, err_r: int) -> None:
         self.forker, self.pid = forker, None
+        self.tool_keys = frozenset(forker.tool_keys)  # the tool sets it can run (known when it was forked)
         self.req_r, self.resp_w, self.out_r, self.err_r = req_r, resp_w, out_r, err_r
 
 
 class Zygote:
     """Serves runs, one forked child each, and relays the children's tool calls.
 
-    The children are forked by the zygote's forker (see :func:`_forker_main`), never by the
-    zygote itself: a fork shares the forking process's memory with the child copy-on-write,
-    and the zygote writes hundreds of pages while its child runs (relaying, capturing,
-    cleaning up), each of which would then be copied, on every run.
+    The children are forked by the zygote's forker (see :class:`_Forker`), never by the zygote
+    itself: the zygote's memory holds what earlier runs sent and received, and a fork shares it
+    with the child copy-on-write (which the zygote, writing hundreds of pages while its child
+    runs, would also make slow).
     """
 
     def __init__(self, chan_in: int, chan_out: int, pid_namespace: bool, scrub: list[str] = (),
@@ -1101,7 +1249,7 @@ class Zygote:
         # mode, times and extended attributes to put back (and check) after each run
         self.scrub_stats = {d: (os.stat(d), frozenset(_xattrs(d))) for d in self.scrub}
         self.inbuf, self.backlog = FrameBuffer(), []
-        self.tools: dict[str, dict] = {}  # tools_key -> {name: function}
+        self.tool_specs: dict[str, list] = {}  # tools_key -> the tools' descriptions, as the parent sent them
         self.spare: _Child | None = None  # forked ahead, waiting for the next job
         self.forker: _Forker | None = None
         self.leftovers: list[int] | None = None  # what the last clean-up killed (None: everyone, kill(-1))
@@ -1114,6 +1262,7 @@ class Zygote:
                    "python": sys.version.split()[0], "protocol": PROTOCOL_VERSION, "runner": runner_digest(),
                    "seccomp": self.seccomp, "uid": os.getuid()})
         try:
+            self._new_forker()  # it starts up while the parent prepares the first job
             while True:
                 msg = _read_frame(self.chan_in, self.inbuf, self.backlog)
                 if msg is None or msg.get("op") == "exit":
@@ -1130,19 +1279,26 @@ class Zygote:
 
     def _learn_tools(self, job: dict) -> None:
         key = job.get("tools_key", "")
-        if key not in self.tools:
-            if "tools" not in job:
+        if key not in self.tool_specs:
+            if not isinstance(job.get("tools"), list):
                 raise ProtocolError(f"run names unknown tool set {key!r} without sending it")
-            self.tools[key] = make_tool_functions(job["tools"], _call_tool)
+            self.tool_specs[key] = job["tools"]
 
     # -- the forker ------------------------------------------------------------------------------
-    def _forker_for(self, key: str) -> _Forker:
-        """The forker, started anew if there is none or it was started before it knew tool set `key`."""
-        if self.forker is not None and key not in self.forker.tool_keys:
-            self._drop_forker()
-        if self.forker is None:
-            self.forker = _Forker(self.tools, pdeathsig=not self.pid_namespace, seccomp=self.seccomp == "ok")
+    def _new_forker(self) -> _Forker:
+        self.forker = _Forker(pdeathsig=not self.pid_namespace, seccomp=self.seccomp == "ok")
         return self.forker
+
+    def _forker_for(self, key: str) -> _Forker:
+        """The forker, knowing tool set `key`: a new one if there is none (a run killed it), taught the
+        set if it does not know it yet."""
+        forker = self.forker if self.forker is not None else self._new_forker()
+        if key not in forker.tool_keys and not forker.teach(key, self.tool_specs.get(key, [])):
+            self._drop_forker()
+            forker = self._new_forker()
+            if not forker.teach(key, self.tool_specs.get(key, [])):
+                raise RuntimeError("the forker does not learn tool sets")
+        return forker
 
     def _drop_forker(self) -> None:
         forker, self.forker = self.forker, None
@@ -1209,7 +1365,7 @@ class Zygote:
         key = job.get("tools_key", "")
         spare, self.spare = self.spare, None
         if spare is not None:
-            if key in spare.forker.tool_keys and self._forked(spare) and not _readable(self.forker.fd):
+            if key in spare.tool_keys and self._forked(spare) and not _readable(self.forker.fd):
                 return spare  # a forker that said nothing since the fork: the spare lives
             self._discard(spare)
         for _ in range(2):
@@ -1243,10 +1399,12 @@ class Zygote:
         self._learn_tools(job)
         limit = int(job.get("output_limit", 10_000))
         child = self._take_child(job)
+        # From here on, whatever happens is the run's: the parent retries a job (on another worker)
+        # only when this never came, and nothing of the run's code can have happened then.
+        self.send({"op": "started", "run": run_id})
         pid, req_r, resp_w, out_r, err_r = child.pid, child.req_r, child.resp_w, child.out_r, child.err_r
         fds = [req_r, resp_w, out_r, err_r]
         captures = {out_r: _Capture(limit), err_r: _Capture(limit)}
-        reqbuf = FrameBuffer()
         open_fds = {req_r, out_r, err_r}
         to_child = bytearray(encode_trusted({k: v for k, v in job.items() if k not in ("op", "tools")}))
         pending = None  # id of the tool call the parent is answering
@@ -1255,6 +1413,9 @@ class Zygote:
         max_depth = int(job.get("max_depth", MAX_DEPTH))
         budget = int(job.get("max_tool_bytes", MAX_TOOL_BYTES))
         bytes_left = budget
+        # A frame from the run's process is a call (within what is left of the budget) or its report:
+        # anything larger, or holding more items, is refused before it is decoded.
+        reqbuf = FrameBuffer(child_frame_limit(bytes_left), CHILD_FRAME_ITEMS)
         done, done_size = None, 0
         verdict = problem = None  # why the run ended early: "timeout", "protocol", "parent_gone"
         exited, exit_status = False, None
@@ -1330,6 +1491,7 @@ class Zygote:
                                 continue  # the answer to a call of an earlier run
                             pending = None
                             bytes_left -= size  # results count against the budget too (the parent checks it)
+                            reqbuf.max_frame = child_frame_limit(bytes_left)
                             reply = {k: msg[k] for k in ("ok", "value", "error_type", "message") if k in msg}
                             to_code({**reply, "bytes_left": bytes_left})
                     else:
@@ -1341,13 +1503,16 @@ class Zygote:
                                     raise _Violation("malformed tool call")
                                 if json_depth(args, max_depth) > max_depth:
                                     raise _Violation(f"tool call arguments nested deeper than {max_depth} levels")
-                                size = json_size(args)  # what the run's process measured (see json_size)
+                                size, items = json_measure(args)  # what the run's process measured
                                 if calls >= max_calls:
                                     refuse(f"{name}(): the run has made {calls:,} tool calls, its budget "
                                            f"(max_tool_calls {max_calls:,})")
                                 elif size > bytes_left:
                                     refuse(f"{name}(): arguments of {size:,} bytes exceed what is left of the run's "
                                            f"budget for tool data ({max(0, bytes_left):,} of {budget:,} bytes)")
+                                elif items > MAX_ITEMS:
+                                    refuse(f"{name}(): arguments of up to {items:,} JSON items exceed the "
+                                           f"{MAX_ITEMS:,} a call may send")
                                 else:
                                     try:
                                         frame = encode_frame({"op": "call", "run": run_id, "id": calls + 1, "name": name,
@@ -1356,6 +1521,7 @@ class Zygote:
                                         raise _Violation(f"a tool call that cannot be passed on ({e})") from None
                                     calls += 1
                                     bytes_left -= size
+                                    reqbuf.max_frame = child_frame_limit(bytes_left)
                                     pending = calls
                                     _write_all(self.chan_out, frame)
                             elif op == "done" and done is None:
@@ -1366,6 +1532,8 @@ class Zygote:
                                 verdict = "done"
                             else:
                                 raise _Violation(f"unexpected {op!r} message")
+                        if reqbuf.broken is not None and verdict is None:  # bytes after its last good frame
+                            raise _Violation(str(reqbuf.broken))
                 if verdict:
                     break
                 if not open_fds:  # the child closed its pipes or is gone: it cannot report any more
@@ -1861,8 +2029,17 @@ def _warm_up() -> None:
         resource.getrlimit(which)
 
 
+def _make_streams() -> tuple:
+    """sys.stdout and sys.stderr of every run, over fds 1 and 2 (unbuffered below the text layer, so
+    nothing written before a fork can be pending in them)."""
+    return tuple(io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True) for fd in (1, 2))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--forker" in argv:
+        return _forker_process(argv)
     chan_in, chan_out = os.dup(0), os.dup(1)
     for fd in (chan_in, chan_out):
         os.set_inheritable(fd, False)
@@ -1871,9 +2048,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, fd)
     os.close(devnull)
     global _STREAMS
-    _STREAMS = tuple(io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
-                                      errors="backslashreplace", line_buffering=True) for fd in (1, 2))
-    sys.stdout, sys.stderr = _STREAMS  # the runs' streams (fds 1 and 2 become a run's pipes in its child)
+    _STREAMS = _make_streams()
+    sys.stdout, sys.stderr = _STREAMS
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 ignores it then; the forker gives the runs Python's
     # Kill everything else with kill(-1) only where that is confined to our own PID namespace.
@@ -1884,11 +2060,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _install_site_builtins()
     scrub = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--scrub"]
+    # The runs' children are forked by the forker, a new interpreter that does its own warm-up.
     zygote = Zygote(chan_in, chan_out, pid_namespace, scrub, seccomp=_probe_seccomp())
-    _snapshot_runtime()
-    _warm_up()
-    gc.collect()
-    gc.freeze()  # fewer copy-on-write page faults in every forked child
     try:
         zygote.serve()
     except BaseException as e:  # noqa: BLE001 - tell the parent why, then die

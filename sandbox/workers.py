@@ -21,6 +21,9 @@ from sandbox import cgroups
 from sandbox.result import SandboxUnavailable
 from sandbox.runner import FrameBuffer, ProtocolError, encode_frame
 
+#: frame limits between runs (the greeting, a clean-up's confirmation, a runner's last words): small
+IDLE_FRAME, IDLE_ITEMS = 1 << 20, 100_000
+
 
 class WorkerLost(Exception):
     """The worker died, closed its channel or sent garbage: it must be replaced."""
@@ -41,7 +44,7 @@ class Worker:
     backend = ""
 
     def __init__(self) -> None:
-        self._frames = FrameBuffer()
+        self._frames = FrameBuffer(IDLE_FRAME, IDLE_ITEMS)
         self._backlog: list[tuple[dict, int]] = []
         self.known_tools: set[str] = set()  # tool sets the runner has already built
         self.info: dict[str, Any] = {}  # the runner's "ready" message
@@ -71,6 +74,11 @@ class Worker:
         return ""
 
     # -- framed messages ----------------------------------------------------
+    def limit_frames(self, max_frame: int = IDLE_FRAME, max_items: int = IDLE_ITEMS) -> None:
+        """Bound the frames decoded from now on, in bytes and in JSON items (see FrameBuffer): a run's
+        frames by what that run may still send; between runs, the small defaults."""
+        self._frames.max_frame, self._frames.max_items = max_frame, max_items
+
     def send(self, msg: dict, deadline: float) -> None:
         self.send_frame(encode_frame(msg), deadline)
 
@@ -90,6 +98,8 @@ class Worker:
         """The next message and its size in bytes; WorkerTimeout past the deadline, WorkerLost if
         the channel ends or carries anything but frames of JSON objects."""
         while not self._backlog:
+            if self._frames.broken is not None:  # the bytes after the last good frame
+                raise WorkerProtocolError(f"garbage on the worker's channel: {self._frames.broken}")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WorkerTimeout("no answer from the worker in time")

@@ -12,8 +12,10 @@ the environment.
 
 An episode ends on the final answer, on the user's ``###STOP###``, at ``max_steps`` executor
 replies, at the model's context limit, or on an error; then it is scored, and the reason is
-recorded. A failure outside the executor (a backend still failing after retries, the sandbox
-losing a worker) is an infrastructure failure: typed, recorded, reward None.
+recorded. A failure outside the executor (a backend still failing after retries, a sandbox that
+could start no worker for a run) is an infrastructure failure: typed, recorded, reward None. What
+the executor's code can cause (a worker that dies or hangs under its ACTION, anything it sends) is
+never one: it is that action's error, as the executor sees it.
 """
 
 from __future__ import annotations
@@ -106,8 +108,8 @@ def evaluate_scorer(evaluation_function: str) -> Scorer:
     with the executor's final text converted as the contract says (docs/CAT.md, "The answer").
 
     Reward 1 only for a real ``True``. Whatever the executor's state made ``evaluate`` do
-    (raise, run out of time or memory, return a non-bool) is reward 0; only a sandbox that
-    lost the run is an infrastructure failure.
+    (raise, run out of time or memory, return a non-bool, lose its worker) is reward 0; only a
+    sandbox that could not start the run is an infrastructure failure.
     """
 
     def score(ep: ExecutorEpisode) -> tuple[int, dict[str, Any]]:

@@ -276,9 +276,10 @@ def test_a_rerun_with_more_tasks_runs_them_and_counts_only_this_runs_trials(tmp_
 
 
 # -- infrastructure failures -------------------------------------------------------------------------
-def test_a_sandbox_crash_is_an_infrastructure_failure_and_is_retried(tmp_path, monkeypatch):
-    """The worker running trial 0's action is killed from outside: that trial is recorded with reward
-    None and the kind of failure, counted apart, and --retry-failed runs it again."""
+def test_a_worker_killed_during_an_action_is_that_trials_own_failure(tmp_path, monkeypatch):
+    """The worker running trial 0's action is killed from outside. The code can kill what it can reach,
+    so once a run started, its worker's death is the run's own failure (an error the executor sees), never
+    an infrastructure failure that would leave the trial out of every metric: the trial goes on and is scored."""
     built = []
     real_build = SandboxConfig.build
 
@@ -306,18 +307,55 @@ def test_a_sandbox_crash_is_an_infrastructure_failure_and_is_retried(tmp_path, m
     threading.Thread(target=killer, daemon=True).start()
     summary, records = run(tmp_path, [CANCEL_TASK], model, k=2, concurrency=1)
     assert killed.is_set()
+    assert all(r["infra_error"] is None for r in records) and summary.infra_failures == 0
+    first = next(r for r in records if r["trial"] == 0)
+    observation = first["messages"][[m["role"] for m in first["messages"]].index("assistant") + 1]["content"]
+    assert "SandboxError" in observation, observation
+    assert [r["reward"] for r in sorted(records, key=lambda r: r["trial"])] == [1, 1]  # the trial went on
+
+
+def test_no_worker_to_start_an_action_is_an_infrastructure_failure_and_is_retried(tmp_path, monkeypatch):
+    """The sandbox cannot start a worker for trial 0's first action (the engine went away): nothing of the
+    trial ran there, so it is recorded with reward None and the kind of failure, counted apart, and
+    --retry-failed runs it again."""
+    from sandbox import SandboxUnavailable
+
+    real_build = SandboxConfig.build
+    refusals = []
+
+    def build(self, workers=None):
+        sb = real_build(self, workers)
+        for w in sb._idle:
+            w.close()
+        sb._idle.clear()
+        real_start = sb._backend.start_worker
+
+        def start():
+            if not refusals:
+                refusals.append(1)
+                raise SandboxUnavailable("no Docker engine answers at unix:///gone.sock")
+            return real_start()
+
+        monkeypatch.setattr(sb._backend, "start_worker", start)
+        return sb
+
+    monkeypatch.setattr(SandboxConfig, "build", build)
+    model = ScriptedRoles(lambda turn, conv: [CANCEL, DONE][turn], customer)
+    summary, records = run(tmp_path, [CANCEL_TASK], model, k=2, concurrency=1)
+    assert refusals == [1]
     failed = [r for r in records if r["infra_error"]]
     assert len(failed) == 1 and failed[0]["reward"] is None and failed[0]["termination"] == "error"
-    assert failed[0]["infra_error"]["kind"] == "sandbox"
+    assert failed[0]["infra_error"]["kind"] == "sandbox" and "no worker" in failed[0]["infra_error"]["message"]
     assert summary.infra_failures == 1 and summary.scored == 1 and summary.infra == {"sandbox": 1}
-    # --retry-failed reruns it (no kill this time): every trial now scored, each id once
+    # --retry-failed reruns it (a worker starts this time): every trial now scored, each id once
     summary, records = run(tmp_path, [CANCEL_TASK], model, k=2, concurrency=1, retry_failed=True)
     assert sorted(r["id"] for r in records) == ["ret-valid-cancel#0", "ret-valid-cancel#1"]
     assert all(r["reward"] == 1 for r in records)
     assert summary.infra_failures == 0 and summary.scored == 2
 
 
-def test_a_sandbox_lost_during_evaluate_is_an_infrastructure_failure(tmp_path, monkeypatch):
+def test_a_worker_lost_during_evaluate_is_that_trials_zero(tmp_path, monkeypatch):
+    """evaluate() runs with what the executor left behind: a worker that dies under it is the trial's 0."""
     built = []
     real_build = SandboxConfig.build
     monkeypatch.setattr(SandboxConfig, "build", lambda self, workers=None: built.append(real_build(self, workers))
@@ -338,9 +376,9 @@ def test_a_sandbox_lost_during_evaluate_is_an_infrastructure_failure(tmp_path, m
     threading.Thread(target=killer, daemon=True).start()
     summary, records = run(tmp_path, [slow_evaluate], model, k=1, concurrency=1)
     r = records[0]
-    assert r["reward"] is None and r["infra_error"]["kind"] == "sandbox", r
-    assert r["infra_error"]["message"].startswith("evaluate: ") and r["termination"] == "user_stop"
-    assert summary.infra_failures == 1 and summary.scored == 0
+    assert r["reward"] == 0 and r["infra_error"] is None, r
+    assert r["evaluation"]["status"] == "sandbox_error" and r["termination"] == "user_stop"
+    assert summary.infra_failures == 0 and summary.scored == 1
 
 
 def test_in_user_facing_environments_the_answer_is_the_last_message(tmp_path):
@@ -430,3 +468,133 @@ def test_the_default_model_on_cpu_writes_complete_records(tmp_path):
         assert len(x["assistant_token_ids"]) == sum(m["role"] == "assistant" for m in x["messages"])
         if hasattr(__import__("sca.inference.base", fromlist=["Generation"]).Generation, "token_ids"):
             assert ids and all(len(t) > 0 for t in ids)
+
+
+# -- flags and limits reaching the episodes -------------------------------------------------------------
+ACT = "THOUGHT: once more END THOUGHT\nACTION:\nprint(1)\n"  # an action, never an answer
+
+
+def _cli_rollout(tmp_path, name, reply, *args):
+    """`sca rollout` of CALC[0] on the openai backend, against a local server answering `reply(messages)`;
+    the exit, the records, the request bodies the server got."""
+    src = write_jsonl(tmp_path / "calc.tasks.jsonl", [CALC[0]])
+    server = ReplayServer(reply)
+    try:
+        r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(tmp_path / f"{name}.jsonl"), "--backend", "openai",
+                                     "--model", "m", "--base-url", server.url, "--sandbox", "bwrap", *args])
+    finally:
+        server.close()
+    assert r.exit_code == 0, r.output
+    return r, read(tmp_path / f"{name}.jsonl"), server.requests
+
+
+def test_max_steps_flag_reaches_the_executor(tmp_path):
+    _, records, requests = _cli_rollout(tmp_path, "out", lambda messages: ACT, "--k", "1", "--max-steps", "2")
+    assert [(r["termination"], r["steps"]) for r in records] == [("max_steps", 2)]
+    assert len(requests) == 2
+    assert "You have at most 2 replies." in records[0]["messages"][0]["content"]
+
+
+def test_seed_flag_changes_the_sampled_seeds(tmp_path):
+    def seeds(name, seed):
+        _, _, requests = _cli_rollout(tmp_path, name, lambda messages: "THOUGHT: counted END THOUGHT\n4",
+                                      "--k", "2", "--seed", seed)
+        return sorted(body["seed"] for body in requests)
+
+    first = seeds("a", "1")
+    assert len(first) == 2 and len(set(first)) == 2
+    assert seeds("b", "1") == first  # the same seed: the same sampling
+    assert not set(seeds("c", "2")) & set(first)
+
+
+def test_pass_at_k_of_the_summary_with_k_above_one(tmp_path):
+    """Two trials of one task, the first wrong and the second right: Pass@1 50%, Pass@2 100% (one success
+    among two trials, drawn two at a time)."""
+    answers = iter(["3", "4"])
+    r, records, _ = _cli_rollout(tmp_path, "out", lambda messages: f"THOUGHT: counted END THOUGHT\n{next(answers)}",
+                                 "--k", "2", "--concurrency", "1")
+    assert sorted((x["trial"], x["reward"]) for x in records) == [(0, 0), (1, 1)]
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in r.output.splitlines() if line.startswith("│")]
+    rows = {c[0]: c[1] for c in cells}
+    assert rows["Pass@1"] == "50.0%" and rows["Pass@2"] == "100.0%"
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert meta["summary"] == {"mean_reward": 0.5, "pass1": 0.5, "pass2": 1.0}
+
+
+def test_summary_pass_at_k_per_task_and_with_fewer_trials_than_k():
+    from stages.rollout import RolloutSummary, TaskTally
+
+    # "a": 1 success in 4 trials, Pass@2 = 1 - C(3,2)/C(4,2) = 1/2; "b": one trial (the others infrastructure
+    # failures), failed: Pass@2 taken as Pass@1 = 0; "c": 2 of 3, Pass@2 = 1 - C(1,2)/C(3,2) = 1
+    s = RolloutSummary.build({}, {"a": TaskTally(4, 1), "b": TaskTally(1, 0), "c": TaskTally(3, 2)}, k=2)
+    assert s.pass_k == pytest.approx((1 / 2 + 0 + 1) / 3)
+    assert s.pass1 == pytest.approx((1 / 4 + 0 + 2 / 3) / 3)
+    assert (s.tasks, s.solved_none, s.solved_some, s.solved_all) == (3, 1, 2, 0)
+
+
+def test_each_trial_samples_with_its_own_seeds(tmp_path):
+    """The trial is part of what seeds an episode's turns: two trials of a task, played one after the other,
+    never sample with the same seed (the same seed would make them the same trial twice)."""
+    model = ScriptedModel(lambda turn, conv: ACT if turn == 0 else "THOUGHT: counted END THOUGHT\n4")
+    _, records = run(tmp_path, [CALC[0]], model, k=2, concurrency=1)
+    assert sorted(r["trial"] for r in records) == [0, 1] and model.calls == [1, 1, 1, 1]
+    seeds = [s.seed for s in model.samplings]
+    assert None not in seeds and len(set(seeds)) == 4
+
+
+def test_observations_are_cut_at_the_observation_limit(tmp_path):
+    """ExecutorConfig.observation_limit: what an action printed (code) or a tool returned (json) is cut."""
+    from sca.inference.base import Generation
+
+    printing = ScriptedModel(lambda turn, conv: "THOUGHT: print END THOUGHT\nACTION:\nprint('y' * 100)\n"
+                             if turn == 0 else "THOUGHT: counted END THOUGHT\n4")
+    _, records = run(tmp_path, [CALC[0]], printing, name="code", k=1, episode=ExecutorConfig(observation_limit=40))
+    assert records[0]["messages"][3]["content"] == "OBSERVATION:\n" + "y" * 40 + "\n... (60 more characters cut)"
+
+    class Calling(ScriptedModel):
+        def generate(self, conversations, sampling, tools=None):
+            call = {"id": "c0", "type": "function",
+                    "function": {"name": "reverse_string", "arguments": json.dumps({"string": "z" * 100})}}
+            return [Generation("", 5, 5, "tool_calls", tool_calls=[call]) if len(conv) == 2 else
+                    Generation("THOUGHT: counted END THOUGHT\n4", 5, 5, "stop") for conv in conversations]
+
+    _, records = run(tmp_path, [CALC[0]], Calling(None), name="json", k=1,
+                     episode=ExecutorConfig(action_format="json", observation_limit=40))
+    tool = records[0]["messages"][3]
+    assert tool["role"] == "tool" and tool["content"] == '"' + "z" * 39 + " ... (cut)"
+    assert records[0]["tool_calls"][0]["result"] == "z" * 100  # the record keeps the whole result
+
+
+def test_a_conversation_whose_generation_failed_is_an_inference_failure(tmp_path):
+    """A backend that answers a batch but reports one conversation's generation as failed (finish_reason
+    "error"): that trial is an infrastructure failure (reward None, kind inference), the other is scored."""
+    from sca.inference.base import Generation
+
+    class OneFails(ScriptedModel):
+        def generate(self, conversations, sampling, tools=None):
+            return [Generation("", 5, 0, "error") if "abcd" in conv[1]["content"] else
+                    Generation("THOUGHT: reversed END THOUGHT\n'olleh'", 5, 5, "stop") for conv in conversations]
+
+    summary, records = run(tmp_path, [CALC[0], CALC[2]], OneFails(None), k=1)
+    by_task = {r["task_id"]: r for r in records}
+    failed = by_task["calc-number"]
+    assert (failed["reward"], failed["termination"], failed["infra_error"]["kind"]) == (None, "error", "inference")
+    assert failed["infra_error"]["message"] == "the agent model failed for this conversation"
+    assert (by_task["calc-string"]["reward"], by_task["calc-string"]["infra_error"]) == (1, None)
+    assert summary.infra == {"inference": 1} and summary.scored == 1
+
+
+def test_transfer_and_out_of_scope_end_the_episode_as_stop_does(tmp_path):
+    """tau2's user also ends on ###TRANSFER### and ###OUT-OF-SCOPE###: the episode ends there, as a user stop."""
+    tokens = {"t-stop": "###STOP###", "t-transfer": "###TRANSFER###", "t-scope": "###OUT-OF-SCOPE###"}
+    tasks = [{**CANCEL_TASK, "id": tid, "instruction": f"{CANCEL_TASK['instruction']} ({tid})"} for tid in tokens]
+
+    def user(turn, conv):
+        tid = next(t for t in tokens if f"({t})" in conv[0]["content"])
+        return "Please cancel my order." if turn == 0 else f"I am done here. {tokens[tid]}"
+
+    model = ScriptedRoles(lambda turn, conv: "THOUGHT: ask END THOUGHT\nWhich order?" if turn == 0 else LOOK, user)
+    summary, records = run(tmp_path, tasks, model, k=1)
+    got = {r["task_id"]: (r["termination"], r["steps"], r["messages"][-1]["content"]) for r in records}
+    assert got == {tid: ("user_stop", 1, f"I am done here. {token}") for tid, token in tokens.items()}
+    assert summary.terminations == {"user_stop": 3}

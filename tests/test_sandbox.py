@@ -12,7 +12,7 @@ import time
 import warnings
 
 import pytest
-from _sandbox_util import INITIAL, StoreEnv, backend_or_skip
+from _sandbox_util import INITIAL, StoreEnv, backend_or_skip, unavailable
 
 from envs.base import Tool, ToolError
 from sandbox import BACKENDS, RunResult, Sandbox, SandboxUnavailable, resolve_backend
@@ -29,7 +29,7 @@ def open_sandbox(backend: str, **kw) -> Sandbox:
         try:
             return Sandbox(backend=backend, **kw)
         except SandboxUnavailable as e:  # e.g. a Docker image built from an older runner
-            pytest.skip(f"{backend} sandbox unavailable: {e}")
+            unavailable(backend, e)
 
 
 @pytest.fixture(scope="module", params=ALL)
@@ -332,17 +332,55 @@ def test_code_that_kills_its_forker_or_zygote_is_reported(env, target):
         res = sb.run(env, f"import os\nos.kill({target}, 9)\nimport time\ntime.sleep(2)")
         assert res.status == "sandbox_error", res  # the run died with its parent (or its worker went)
         assert ("killed by SIGKILL" if target == "os.getppid()" else "replaced") in res.error
+        assert res.infra is False  # the code did it: the run's failure, never a retry
         assert ok(sb.run(env, "answer = 2")).answer == 2
 
 
-def test_garbage_on_the_channel_replaces_the_worker(env):
+GARBAGE = b"\x00\x00\x00\x05notjs"
+
+
+def test_garbage_before_the_job_started_sends_it_to_another_worker(env):
     with open_sandbox("subprocess") as sb:
         (worker,) = sb._idle
-        worker._read_some = lambda timeout: b"\x00\x00\x00\x05notjs"
+        worker._read_some = lambda timeout: GARBAGE
+        res = ok(sb.run(env, "answer = 1"))  # no code ran on the broken worker: the job went on
+        assert res.answer == 1 and res.infra is False
+        assert not worker.alive() and worker not in sb._idle
+
+
+def test_garbage_after_the_job_started_is_the_runs_failure(env):
+    with open_sandbox("subprocess") as sb:
+        (worker,) = sb._idle
+        real = worker._read_some
+
+        def read(timeout):
+            data = real(timeout)
+            return data + GARBAGE if b'"started"' in (data or b"") else data
+
+        worker._read_some = read
         res = sb.run(env, "answer = 1")
-        assert res.status == "sandbox_error" and "garbage" in res.error
+        assert res.status == "sandbox_error" and "garbage" in res.error and res.infra is False, res
         assert not worker.alive()
         assert ok(sb.run(env, "answer = 1")).answer == 1
+
+
+def test_no_worker_that_starts_the_job_is_an_infrastructure_failure(env, monkeypatch):
+    import sandbox.core
+
+    monkeypatch.setattr(sandbox.core, "WATCHDOG_GRACE", 0.2)
+    with open_sandbox("subprocess") as sb:
+        stopped = []
+
+        def stop(worker):  # every worker stops answering before it starts the job
+            os.kill(worker.pid, signal.SIGSTOP)
+            stopped.append(worker)
+            return worker
+
+        monkeypatch.setattr(sb, "_checkout", lambda real=sb._checkout: stop(real()))
+        res = sb.run(env, "answer = 1", timeout=0.3)
+        assert res.infra is True and res.status == "timeout", res
+        assert res.error.startswith("no worker started the job")
+        assert len(stopped) == sandbox.core.DELIVERY_ATTEMPTS and not any(w.alive() for w in stopped)
 
 
 def test_watchdog_kills_a_hung_worker(env, monkeypatch):
@@ -351,10 +389,13 @@ def test_watchdog_kills_a_hung_worker(env, monkeypatch):
     monkeypatch.setattr(sandbox.core, "WATCHDOG_GRACE", 0.5)
     with open_sandbox("subprocess") as sb:
         (worker,) = sb._idle
-        os.kill(worker.pid, signal.SIGSTOP)  # the runner itself stops answering
-        res = sb.run(env, "answer = 1", timeout=0.5)
+        # the code stops its own zygote (it can, outside a PID namespace): the runner stops answering
+        res = sb.run(env, "import os, signal, time\nzygote = int(open(f'/proc/{os.getppid()}/stat').read()"
+                          ".rsplit(')', 1)[1].split()[1])\nos.kill(zygote, signal.SIGSTOP)\ntime.sleep(5)",
+                     timeout=0.5)
         assert (res.status, res.error_type) == ("timeout", "Timeout")
-        assert "killed and replaced" in res.error
+        assert "killed and replaced" in res.error and res.infra is False  # the code's doing: its 0
+        assert not worker.alive()
         assert ok(sb.run(env, "answer = 1")).answer == 1
 
 
@@ -447,7 +488,7 @@ def test_auto_is_docker_when_an_engine_answers(monkeypatch):
     try:
         resolve_backend("docker")
     except SandboxUnavailable as e:
-        pytest.skip(f"no Docker engine answers here: {e}")
+        unavailable("docker", f"no Docker engine answers here: {e}")
     assert resolve_backend("auto") == "docker"
 
 

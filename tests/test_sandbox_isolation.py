@@ -4,6 +4,7 @@ test_hostile_corpus.py runs the same attacks through `sca validate`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import struct
@@ -70,6 +71,35 @@ answer = sorted(writable)
 """)
     assert res.status == "ok", res
     assert res.answer == ["/dev/mqueue", "/dev/shm", "/tmp"]
+
+
+SITE_SEARCH = """
+import importlib.util, os, sys
+found = []
+for root, dirs, files in os.walk("/"):
+    if root.startswith(("/proc", "/sys", "/dev")):
+        dirs[:] = []
+        continue
+    for d in dirs:
+        if d in ("site-packages", "dist-packages") or d.endswith((".dist-info", ".egg-info")):
+            try:
+                if os.listdir(os.path.join(root, d)):
+                    found.append(os.path.join(root, d))
+            except OSError:
+                pass
+    found += [os.path.join(root, f) for f in files if f.endswith((".egg-info", ".pth"))]
+answer = {"found": found[:20], "stdlib": [importlib.util.find_spec(m) is not None for m in ("json", "sqlite3", "email")]}
+"""
+
+
+def test_the_sandbox_shows_the_standard_library_only(sb, env):
+    """From a virtual environment, as users install sca, bwrap showed the base interpreter's
+    site-packages (about 220 packages here) and Debian's /usr/lib/python3/dist-packages: code could
+    read them and import them, and verdicts depended on the host."""
+    res = sb.run(env, SITE_SEARCH, timeout=60)
+    assert res.status == "ok", res
+    assert res.answer["found"] == [], res.answer["found"]
+    assert res.answer["stdlib"] == [True, True, True]
 
 
 def test_a_run_finds_nothing_of_the_previous_one(sb, env):
@@ -377,9 +407,46 @@ BIG_REPORTS = {  # Python that makes `data`, a report frame, inside the sandbox
 def test_reports_past_the_size_limits_are_the_runs_protocol_violation(sb, env, name):
     res = sb.run(env, raw_frames(build=BIG_REPORTS[name] + "\ndata = struct.pack('>I', len(p)) + p"))
     assert res.status == "sandbox_error" and not res.infra and res.answer is None, res.error
-    assert res.error.startswith(("the code broke the sandbox protocol: a report of", "the answer is too large")), res
+    # refused by its size or its JSON items before it was decoded, or by the answer's size after
+    assert res.error.startswith(("the code broke the sandbox protocol: frame of", "the answer is too large",
+                                 "the code broke the sandbox protocol: frame holds up to")), res
     ok = sb.run(env, "answer = get_value('apples')")
     assert (ok.status, ok.answer) == ("ok", 3), ok
+
+
+DENSE_CALLS = {  # Python that makes `p`, one call frame of empty lists, inside the sandbox
+    # 6 million lists, 18 MB: under the old 64 MiB frame limit, far over the run's budget (1 MiB here); decoding
+    # and walking it outlasted the parent's watchdog, and the trial became an infrastructure failure
+    "past-the-budget": "p = b'{\"op\":\"call\",\"name\":\"search\",\"args\":{\"text\":[' "
+                       "+ b','.join([b'[]'] * 6_000_000) + b']}}'",
+    # 900 KB: within the byte budget, over the JSON items a call may send
+    "too-many-items": "p = b'{\"op\":\"call\",\"name\":\"search\",\"args\":{\"text\":[' "
+                      "+ b','.join([b'[]'] * 300_000) + b']}}'",
+}
+
+
+@pytest.mark.parametrize("name", list(DENSE_CALLS))
+def test_dense_raw_call_frames_are_refused_before_they_are_decoded(sb, env, name):
+    res = sb.run(env, raw_frames(build=DENSE_CALLS[name] + "\ndata = struct.pack('>I', len(p)) + p"))
+    assert res.status == "sandbox_error" and res.infra is False and res.tool_calls == [], res
+    assert res.error.startswith("the code broke the sandbox protocol: frame "), res.error
+    assert ("bytes exceeds" if name == "past-the-budget" else "JSON items") in res.error, res.error
+    assert sb.run(env, "answer = get_value('apples')").answer == 3
+
+
+def test_calls_and_answers_past_the_items_limit_are_refused_where_they_are_made(sb, env):
+    limit = sandbox_runner.MAX_ITEMS
+    args = {"text": list(range(limit - 3))}
+    assert sandbox_runner.json_items(json.dumps(args)) == limit  # at the limit: passes everywhere
+    fits = sb.run(env, f"try:\n    search(list(range({limit - 3})))\nexcept ToolError:\n    answer = 'it reached the tool'")
+    assert (fits.status, fits.answer) == ("ok", "it reached the tool"), fits
+    assert len(fits.tool_calls) == 1
+    over = sb.run(env, f"search(list(range({limit - 2})))")
+    assert (over.status, over.error_type) == ("error", "BudgetExceeded") and "JSON items" in over.error, over
+    assert over.tool_calls == []  # refused in the run's own process: nothing left it
+    answer = sb.run(env, f"answer = [[]] * {limit // 2 + 1}")
+    assert answer.status == "sandbox_error" and "too many JSON items" in answer.error and not answer.infra, answer
+    assert sb.run(env, f"answer = [[]] * {limit // 2 - 1}").status == "ok"
 
 
 def test_honest_answers_near_the_size_limit(sb, env):
@@ -637,6 +704,7 @@ def read():
     return json.loads(data)
 send(json.dumps({"op": "ready", "seccomp": "ok", "uid": 65534}).encode())
 job = read()
+send(json.dumps({"op": "started", "run": job["run"]}).encode())  # compromised once the run started
 for p in payloads:
     send(p.replace("RUN", str(job["run"])).encode("latin-1"))
 import time
@@ -691,9 +759,11 @@ HOSTILE_FRAMES = {
     "report-over-its-limit": '{"op":"done","run":RUN,"status":"ok","answer":null,"junk":"' + "x" * (6 << 20) + '"}',
     "stdout-past-output-limit": '{"op":"done","run":RUN,"status":"ok","stdout":"' + "y" * 50_000 + '"}',
     "value-in-exec-mode": '{"op":"done","run":RUN,"status":"ok","answer":1,"value":true,"value_type":"bool"}',
+    # 600 KB, within the byte budget: 400,000 items, refused before this process decodes it
+    "items-call": '{"op":"call","run":RUN,"id":1,"name":"get_value","args":{"key":[' + ",".join(["[]"] * 200_000) + "]}}",
 }
-#: hostile workers whose runner died (it said so, or crashed): the sandbox failed, a run to retry. Every other
-#: case is bytes the worker sent, which only the code in it can have caused: never an infrastructure failure
+#: hostile workers whose runner died once the run started (it said so, or crashed): the code can have
+#: caused that too, so it is the run's failure like every other case, never an infrastructure failure
 DEAD_RUNNERS = {"fatal", "lone-surrogate"}
 
 
@@ -708,10 +778,10 @@ def test_a_hostile_worker_cannot_make_the_parent_raise(name, monkeypatch, tmp_pa
         t0 = time.monotonic()
         res = sb.run(env, "answer = 1")
         assert res.status == "sandbox_error" and res.error, res
-        # a runner that died failed the sandbox (a run to retry); whatever a worker sent, the code did
-        assert res.infra == (name in DEAD_RUNNERS), res
+        # whatever a worker sent or did once it started the job, the code can have done: never a retry
+        assert res.infra is False, res
         assert time.monotonic() - t0 < 5, "the parent waited for its watchdog instead of seeing the violation"
-        if name in ("deep-call", "deep-answer", "not-json"):
+        if name in ("deep-call", "deep-answer", "not-json", "items-call", "over-budget-call"):
             assert "garbage on the worker's channel" in res.error, res
         assert sb._idle == []  # the hostile worker was not kept
         monkeypatch.setattr(sb._backend, "start_worker", real_start)
@@ -748,3 +818,62 @@ def test_a_worker_whose_clean_up_failed_never_gets_the_next_run(ending, monkeypa
         assert (res.status, res.answer, res.infra) == ("ok", 3, False), res
         assert fake not in sb._idle and not fake.alive()  # retired, killed
 
+
+
+# -- nothing of an earlier run in a later run's memory --------------------------------------------------
+
+#: a run's code that reports whether any readable page of its own process holds an earlier run's key:
+#: "SCAKEY-" followed by 32 hex digits whose sha256 is DIGEST (the key itself is never in this code)
+MEMORY_SEARCH = """
+import hashlib, re
+found = 0
+with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", buffering=0) as mem:
+    for line in maps:
+        span, perms = line.split()[:2]
+        if "r" not in perms:
+            continue
+        start, end = (int(x, 16) for x in span.split("-"))
+        try:
+            mem.seek(start)
+            data = mem.read(end - start)
+        except (OSError, OverflowError, ValueError):
+            continue
+        for m in re.finditer(rb"SCAKEY-([0-9a-f]{32})", data):
+            found += hashlib.sha256(m.group(1)).hexdigest() == "DIGEST"
+answer = found
+"""
+KILL_EVERYONE = """
+import os, signal
+for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+    if pid != os.getpid():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+answer = "killed"
+"""
+
+
+@pytest.mark.parametrize("between", ["nothing", "a run that kills its forker", "a new tool set"])
+def test_no_later_run_can_read_an_earlier_runs_job_from_memory(backend, between):
+    """An executor once killed its forker, so that the zygote forked a new one from its own memory,
+    which held the frames and jobs of earlier runs; the next ACTION read an earlier trial's
+    evaluate() with its expected answer out of /proc/self/mem."""
+    import hashlib
+    import secrets
+
+    key = secrets.token_hex(16)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    env = StoreEnv()
+    with Sandbox(backend=backend, workers=1) as sb:
+        before = worker_pid(sb)
+        evaluation = f"KEY = 'SCAKEY-{key}'\ndef evaluate(answer):\n    return answer == KEY\n"
+        assert sb.run(env, evaluation, mode="evaluate", answer=f"SCAKEY-{key}").verdict is True
+        if between == "a run that kills its forker":
+            assert sb.run(env, KILL_EVERYONE).status in ("ok", "sandbox_error")
+        elif between == "a new tool set":
+            assert sb.run(SlowEnv(), "answer = 1").answer == 1
+        res = sb.run(env, MEMORY_SEARCH.replace("DIGEST", digest))
+        assert res.status == "ok", res
+        assert res.answer == 0, f"a later run read the earlier run's key from its memory {res.answer} times"
+        assert worker_pid(sb) == before  # one worker served every run
