@@ -11,8 +11,14 @@
    Goal: rollout >= 0.85x plain batched generation.
 3. Memory: 1,000 live retail episodes, each with its own environment state after a few write
    tool calls; the growth of this process's memory. Goal: <= 2 GB.
+4. Memory under hostile code (`--hostile-episodes N`, default 8; 0 skips): N retail episodes live at
+   once, each ACTION of which spends the run's whole budget (8 MiB of tool data, 2,000 calls) on
+   arguments built to weigh the most once decoded, for 15 steps. Printed: this process's peak growth
+   per live episode and the trajectory record's size, against an honest episode's, same run. Goal:
+   <= 64 MiB per live episode (the ceiling the executor states: 1 MiB of payloads kept in full, stubs
+   and 1,000 call records past it), and a record of at most a few MB.
 
-    python bench/rollout.py [--episodes 64] [--model-episodes 16] [--sandbox bwrap]
+    python bench/rollout.py [--episodes 64] [--model-episodes 16] [--hostile-episodes 8] [--sandbox bwrap]
 """
 
 from __future__ import annotations
@@ -174,6 +180,78 @@ def memory(episodes: int) -> float:
     return _rss_mib() - before
 
 
+#: ACTIONs that each spend a run's budget on what decodes heaviest: many calls, big and dense arguments
+HOSTILE_ACTIONS = [
+    # 2,000 calls (the run's call budget), each refused, each with a long refusal message
+    "THOUGHT: t END THOUGHT\nACTION:\nfor i in range(2000):\n    try:\n        get_order_details(order_id='#W' + "
+    "'9' * 3000)\n    except Exception:\n        pass\n",
+    # calls of 16 KiB of empty lists (the densest JSON there is), until the byte budget is spent
+    "THOUGHT: t END THOUGHT\nACTION:\nx = [[]] * 5400\nfor i in range(600):\n    try:\n        "
+    "calculate(expression=x)\n    except Exception:\n        pass\n",
+    # one call of 8 MiB less a little: a single huge argument
+    "THOUGHT: t END THOUGHT\nACTION:\ntry:\n    get_user_details(user_id='u' * (8 * 1024 * 1024 - 64))\n"
+    "except Exception:\n    pass\n",
+]
+
+
+class HostileModel(InstantModel):
+    """An executor whose every ACTION spends its run's budget (see HOSTILE_ACTIONS); the user asks once."""
+
+    def generate(self, conversations, sampling, tools=None):
+        out = []
+        for conv in conversations:
+            turn = sum(m["role"] == "assistant" for m in conv)
+            if "# Your scenario" in conv[0]["content"]:
+                text = "Please cancel my skateboard order." if turn == 0 else "###STOP###"
+            else:
+                text = HOSTILE_ACTIONS[turn % len(HOSTILE_ACTIONS)]
+            out.append(Generation(text, 1, 1, "stop"))
+        return out
+
+
+def hostile_memory(episodes: int, sandbox_backend: str) -> tuple[float, float, float, int]:
+    """(peak MiB per live hostile episode, hostile record KiB, honest record KiB, tool calls counted per
+    hostile episode) with `episodes` hostile retail episodes live at once, 15 steps each."""
+    import threading
+
+    from sandbox.config import SandboxConfig
+    from stages.rollout import RolloutConfig, rollout_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "t.jsonl").write_text(json.dumps(RETAIL_TASK) + "\n")
+        sandbox = SandboxConfig(backend=sandbox_backend, workers=2)
+        honest = InstantModel()
+        rollout_file(f"{tmp}/t.jsonl", f"{tmp}/honest.jsonl", RolloutConfig(k=1, sandbox=sandbox),
+                     executor_model=honest, user_model=honest, show_progress=False)
+        honest_kib = Path(tmp, "honest.jsonl").stat().st_size / 1024
+        gc.collect()
+        before = _rss_mib()
+        peak = [before]
+        stop = threading.Event()
+
+        def watch():  # the process's resident size, sampled (ru_maxrss would include the warm-up above)
+            while not stop.is_set():
+                peak[0] = max(peak[0], _rss_mib())
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        model = HostileModel()
+        try:
+            rollout_file(f"{tmp}/t.jsonl", f"{tmp}/hostile.jsonl", RolloutConfig(k=episodes, concurrency=episodes,
+                                                                                 sandbox=sandbox),
+                         executor_model=model, user_model=model, show_progress=False)
+        finally:
+            stop.set()
+            watcher.join()
+        lines = Path(tmp, "hostile.jsonl").read_text().splitlines()
+        records = [json.loads(x) for x in lines]
+        assert len(records) == episodes and all(r["infra_error"] is None for r in records), records[0]["infra_error"]
+        calls = sum(len(r["tool_calls"]) + r.get("tool_calls_omitted", 0) for r in records) / episodes
+        hostile_kib = max(len(x) for x in lines) / 1024
+    return (peak[0] - before) / episodes, hostile_kib, honest_kib, int(calls)
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -184,6 +262,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=64)
     ap.add_argument("--model-episodes", type=int, default=16)
     ap.add_argument("--memory-episodes", type=int, default=1000)
+    ap.add_argument("--hostile-episodes", type=int, default=8)
     ap.add_argument("--sandbox", default="bwrap")
     args = ap.parse_args()
     import warnings
@@ -197,6 +276,11 @@ def main() -> None:
     mib = memory(args.memory_episodes)
     print(f"\n{args.memory_episodes} live retail episodes with their own states: +{mib:,.0f} MiB "
           f"({mib * 1024 / args.memory_episodes:.0f} KiB each; goal <= 2 GB)")
+    if args.hostile_episodes:
+        per, hostile_kib, honest_kib, calls = hostile_memory(args.hostile_episodes, args.sandbox)
+        print(f"\n{args.hostile_episodes} hostile retail episodes live at once (15 steps, each spending its run's "
+              f"budget; {calls:,} tool calls each):\n  peak growth {per:,.1f} MiB per live episode (goal <= 64 MiB); "
+              f"record {hostile_kib:,.0f} KiB, {hostile_kib / honest_kib:,.0f}x an honest one ({honest_kib:,.1f} KiB)")
     if args.model_episodes:
         roll, plain, tokens = throughput(args.model_episodes, args.sandbox)
         print(f"\nbundled model, CPU, {args.model_episodes} calculation episodes ({tokens} generated tokens):")

@@ -22,7 +22,16 @@ from typing import Any
 from envs.base import ToolError, WriteForbiddenError
 from sandbox.backends import Backend, make_backend, resolve_backend
 from sandbox.config import SandboxConfig
-from sandbox.result import STATUSES, RunResult, SandboxUnavailable, ToolCallRecord
+from sandbox.result import (
+    KEEP_ERROR_CHARS,
+    KEEP_PAYLOAD_BYTES,
+    KEEP_RUN_BYTES,
+    STATUSES,
+    RunResult,
+    SandboxUnavailable,
+    ToolCallRecord,
+    payload_stub,
+)
 from sandbox.runner import (
     FRAME_OVERHEAD,
     MAX_DEPTH,
@@ -51,8 +60,6 @@ CLEANUP_WAIT = 15.0
 #: workers a job is offered to before the run is given up as an infrastructure failure: a job goes to
 #: another worker only when the one it was sent to never said it started it
 DELIVERY_ATTEMPTS = 3
-
-
 class Sandbox:
     """Runs code strings in isolated, warm workers; thread-safe.
 
@@ -185,7 +192,7 @@ class Sandbox:
 
     # -- running -------------------------------------------------------------
     def run(self, env: Any, code: str, *, mode: str = "exec", answer: Any = None, read_only: bool = False,
-            timeout: float | None = None, keep_payloads: bool = True) -> RunResult:
+            timeout: float | None = None, keep_payloads: bool | int = True) -> RunResult:
         """Run `code` against `env` and report; never raises for anything the code does.
 
         ``mode="exec"`` reports the global ``answer`` the code leaves;
@@ -193,7 +200,11 @@ class Sandbox:
         ``evaluate()`` if it takes no parameter), read-only, and reports what
         it returned. The environment is not reset here: that is the caller's.
         `keep_payloads`: keep each tool call's arguments and result in
-        :attr:`RunResult.tool_calls` (otherwise only names, sizes and refusals).
+        :attr:`RunResult.tool_calls` (False: only names, sizes and refusals): each up to
+        :data:`KEEP_PAYLOAD_BYTES` of JSON, and at most `keep_payloads` bytes of them in all (True:
+        :data:`KEEP_RUN_BYTES`); the others as a :func:`~sandbox.result.payload_stub`. A refusal's
+        message is kept up to :data:`KEEP_ERROR_CHARS`. :attr:`RunResult.kept_bytes` says how many
+        bytes were kept.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -250,12 +261,16 @@ class _Run:
     """
 
     def __init__(self, sandbox: Sandbox, worker: Worker, env: Any, job: dict, tools: list[dict], read_only: bool,
-                 keep_payloads: bool) -> None:
+                 keep_payloads: bool | int) -> None:
         self.sb, self.worker, self.env = sandbox, worker, env
         self.job = dict(job, run=next(sandbox._run_ids), nproc_rlimit=worker.nproc_rlimit)
         if job["tools_key"] not in worker.known_tools:
             self.job["tools"] = tools
-        self.read_only, self.keep = read_only, keep_payloads
+        self.read_only = read_only
+        # payloads are kept (or stubbed) unless keep_payloads is False; this many bytes of them at most
+        self.keep = keep_payloads is not False
+        self.keep_left = KEEP_RUN_BYTES if keep_payloads is True else max(0, int(keep_payloads))
+        self.kept = 0
         self.records: list[ToolCallRecord] = []
         self.calls = 0
         self.bytes_left = sandbox.max_tool_bytes
@@ -330,6 +345,7 @@ class _Run:
         if not self.started:
             error = f"no worker started the job: {error}"
         return RunResult(status, tool_calls=self.records, error_type=error_type, error=error, tool_s=self.tool_s,
+                         kept_bytes=self.kept,
                          infra=not self.started)
 
     def _serve_call(self, msg: dict, size: int) -> bytes:
@@ -344,7 +360,7 @@ class _Run:
         self.bytes_left -= size
         if self.calls > self.sb.max_tool_calls or self.bytes_left < 0 or items > MAX_ITEMS or call_id != self.calls:
             raise _Broken("a tool call beyond the run's budgets reached the parent")
-        record = ToolCallRecord(name=name, args=args if self.keep else None, arg_bytes=size)
+        record = ToolCallRecord(name=name, args=self._kept(args, size) if self.keep else None, arg_bytes=size)
         self.records.append(record)
         reply = {"op": "reply", "run": self.job["run"], "id": call_id}
         t0 = time.monotonic()
@@ -369,20 +385,31 @@ class _Run:
                     f"{name}(): its result of {len(frame) - 4:,} bytes exceeds what is left of the run's budget for "
                     f"tool data ({max(0, self.bytes_left):,} of {self.sb.max_tool_bytes:,} bytes)")
             elif self.keep:
-                record.result = value
+                record.result = self._kept(value, len(frame) - 4)
         record.seconds = time.monotonic() - t0
         self.tool_s += record.seconds
         record.result_bytes = len(frame) - 4
         self.bytes_left -= record.result_bytes
         return frame
 
+    def _kept(self, value: Any, size: int) -> Any:
+        """`value` (a payload of about `size` bytes of JSON) as its record keeps it: itself within the
+        limits, else a stub."""
+        if size <= KEEP_PAYLOAD_BYTES and size <= self.keep_left:
+            self.keep_left -= size
+            self.kept += size
+            return value
+        return payload_stub(value)
+
     @staticmethod
     def _refusal(record: ToolCallRecord, reply: dict, error_type: str, message: str) -> bytes:
-        """The frame refusing a call (the message cut to a sane length, made valid Unicode)."""
+        """The frame refusing a call (the message cut to a sane length, made valid Unicode); the
+        record keeps the first :data:`KEEP_ERROR_CHARS` of it."""
         if len(message) > 4000:
             message = message[:4000] + f" [... {len(message) - 4000} more characters]"
         message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-        record.error = message
+        record.error = message if len(message) <= KEEP_ERROR_CHARS else \
+            message[:KEEP_ERROR_CHARS] + f" [... {len(message) - KEEP_ERROR_CHARS} more characters]"
         return encode_frame({**reply, "ok": False, "error_type": error_type, "message": message})
 
     def _result(self, msg: dict, size: int) -> RunResult:
@@ -412,7 +439,7 @@ class _Run:
             status=status, answer=msg.get("answer"), answer_type=text["answer_type"], value=msg.get("value"),
             value_type=text["value_type"], stdout=text["stdout"] or "", stderr=text["stderr"] or "",
             tool_calls=self.records, error_type=text["error_type"], error=text["error"],
-            traceback=text["traceback"], tool_s=self.tool_s,
+            traceback=text["traceback"], tool_s=self.tool_s, kept_bytes=self.kept,
             refused_calls=refused if isinstance(refused, int) and not isinstance(refused, bool) else 0)
 
 

@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 #: every value of :attr:`RunResult.status`
 STATUSES = ("ok", "error", "timeout", "sandbox_error")
+
+
+#: a tool call's arguments or result kept in its record (``keep_payloads``) up to this many bytes of
+#: JSON; a larger one is kept as a stub (see :func:`payload_stub`)
+KEEP_PAYLOAD_BYTES = 16 << 10
+#: bytes of payloads one run keeps at most with ``keep_payloads=True`` (the rest as stubs): what the
+#: trusted process holds of what a run sent is bounded whatever the code sends
+KEEP_RUN_BYTES = 1 << 20
+#: characters of a refusal's message kept in a call's record (the code itself gets up to 4,000)
+KEEP_ERROR_CHARS = 1000
+#: characters of a payload's JSON a stub keeps
+STUB_PREFIX_CHARS = 200
+
+
+def payload_stub(value: Any) -> dict:
+    """What a record keeps of a payload too large to keep: ``{"_truncated": {"bytes", "sha256",
+    "prefix"}}``, the size, digest and first characters of its compact JSON. A dict with a single
+    key no tool has as a parameter, so it is never mistaken for arguments that could be replayed."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    data = text.encode("utf-8", "replace")
+    return {"_truncated": {"bytes": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest(), "prefix": text[:STUB_PREFIX_CHARS]}}
+
+
+def is_stub(value: Any) -> bool:
+    """Whether `value` is a :func:`payload_stub`."""
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("_truncated"), dict)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -19,13 +48,15 @@ class ToolCallRecord:
 
     The sizes, the time and the refusal are always kept; the JSON arguments and result only
     unless the run was told not to (``Sandbox.run(..., keep_payloads=False)``), so that a stage
-    that needs a summary never holds what a run chose to send.
+    that needs a summary never holds what a run chose to send, and then each within a size (a
+    larger one becomes a ``{"_truncated": {"bytes", "sha256", "prefix"}}`` stub: see
+    :func:`payload_stub`).
     """
 
     name: str
     args: dict | None = None  # None unless kept
     result: Any = None  # None unless kept (or the tool returned null)
-    error: str | None = None  # the ToolError message when the tool refused
+    error: str | None = None  # the ToolError message when the tool refused (its first 1,000 characters)
     arg_bytes: int = 0  # size of the JSON arguments
     result_bytes: int = 0  # size of the JSON reply (result or refusal)
     seconds: float = 0.0  # time the tool took in the trusted process
@@ -54,6 +85,7 @@ class RunResult:
     duration_s: float = 0.0
     tool_s: float = 0.0  # of duration_s, the time spent in tools in the trusted process
     refused_calls: int = 0  # tool calls the sandbox refused for the run's budgets
+    kept_bytes: int = 0  # bytes of JSON payloads kept in tool_calls (see Sandbox.run's keep_payloads)
     #: the trusted side failed, not the code: no worker could be started, or none said it started the
     #: job, so nothing of the code ran. A run to retry, never a verdict on the code. Once a worker started
     #: the job, everything is the run's own result: errors of the code (its exceptions, its memory), a

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from sandbox.result import KEEP_ERROR_CHARS, KEEP_PAYLOAD_BYTES, payload_stub
 from sandbox.runner import json_depth
 from sca import user_sim
 from sca.engine import Episode
@@ -42,6 +43,12 @@ from sca.protocol import (
 ACTION_FORMATS = ("code", "json")
 AGENT, USER = "agent", "user"
 MAX_ARGS_DEPTH = 64  # how deeply a native tool call's arguments may nest (as the sandbox allows)
+#: bytes of tool-call payloads (arguments and results, as JSON) one episode keeps in full; past it,
+#: payloads are kept as stubs (size, digest, prefix). With MAX_CALL_RECORDS, what a live episode holds
+#: of what its code sent is bounded whatever the code sends (bench/rollout.py measures it).
+KEEP_EPISODE_BYTES = 1 << 20
+#: tool calls an episode records one by one; the rest are only counted (``tool_calls_omitted``)
+MAX_CALL_RECORDS = 1000
 
 
 @dataclass
@@ -155,6 +162,8 @@ class ExecutorEpisode(Episode):
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     assistant_token_ids: list[list[int] | None] = field(default_factory=list)
     steps: int = 0
+    kept_bytes: int = 0  # of KEEP_EPISODE_BYTES, what tool_calls keeps in full
+    tool_calls_omitted: int = 0  # tool calls made past MAX_CALL_RECORDS: counted, not recorded
     final_answer: str | None = None
     answer: Any = None
     termination: str = ""
@@ -260,14 +269,15 @@ class ExecutorEpisode(Episode):
         if not code.strip():
             observation = f"{OBSERVATION}\nThe ACTION is empty: write Python code between ACTION: and END ACTION."
         else:
-            res = self.sandbox.run(self.env, code, mode="exec", keep_payloads=True)
+            res = self.sandbox.run(self.env, code, mode="exec",
+                                   keep_payloads=max(0, KEEP_EPISODE_BYTES - self.kept_bytes))
             if res.infra:
                 self._infra("sandbox", f"action: {res.error}")
                 return
+            self.kept_bytes += res.kept_bytes
             index = len(self.messages) - 1
             for call in res.tool_calls:
-                self.tool_calls.append({"message": index, "name": call.name, "arguments": call.args,
-                                        "result": call.result, "error": call.error})
+                self._record_call(index, call.name, call.args, call.result, call.error)
             observation = format_observation(res, self.config.observation_limit)
         self.messages.append({"role": "user", "content": observation})
 
@@ -289,12 +299,29 @@ class ExecutorEpisode(Episode):
                 error = str(e)
             except Exception as e:  # noqa: BLE001 - a tool that crashed refuses the call
                 error = f"{type(e).__name__}: {e}"
-            self.tool_calls.append({"message": index, "name": name, "arguments": args, "result": result,
-                                    "error": error})
             content = f"Error: {error}" if error else json.dumps(result, ensure_ascii=False)
+            self._record_call(index, name, self._kept(args), None if error else self._kept(result, content),
+                              error if error is None or len(error) <= KEEP_ERROR_CHARS else error[:KEEP_ERROR_CHARS])
             if len(content) > self.config.observation_limit:
                 content = content[:self.config.observation_limit] + " ... (cut)"
             self.messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": content})
+
+    def _record_call(self, message: int, name: str, arguments: Any, result: Any, error: str | None) -> None:
+        """One tool call in :attr:`tool_calls`, or only counted past :data:`MAX_CALL_RECORDS`."""
+        if len(self.tool_calls) >= MAX_CALL_RECORDS:
+            self.tool_calls_omitted += 1
+            return
+        self.tool_calls.append({"message": message, "name": name, "arguments": arguments, "result": result,
+                                "error": error})
+
+    def _kept(self, value: Any, text: str | None = None) -> Any:
+        """A native call's payload as its record keeps it (as the sandbox keeps an action's: see
+        :data:`KEEP_EPISODE_BYTES`). `text`: its JSON, if already made."""
+        size = len((json.dumps(value, ensure_ascii=False) if text is None else text).encode("utf-8", "replace"))
+        if size <= KEEP_PAYLOAD_BYTES and self.kept_bytes + size <= KEEP_EPISODE_BYTES:
+            self.kept_bytes += size
+            return value
+        return payload_stub(value)
 
     # -- the end -------------------------------------------------------------------------------------
     def _end(self, reason: str) -> None:
@@ -325,6 +352,7 @@ class ExecutorEpisode(Episode):
             "instruction": self.instruction,
             "messages": self.messages,
             "tool_calls": self.tool_calls,
+            "tool_calls_omitted": self.tool_calls_omitted,
             "final_answer": self.final_answer,
             "answer": self.answer,
             "reward": None if self.infra_error else self.reward,

@@ -144,6 +144,7 @@ TRAJECTORY = RecordSchema(
         Field("instruction", str),
         Field("messages", list, non_empty=True, doc="OpenAI-style chat messages, the system prompt first"),
         Field("tool_calls", list, required=False),
+        Field("tool_calls_omitted", int, required=False, doc="calls past the 1,000 recorded, counted only"),
         Field("final_answer", str, required=False),
         Field("reward", int, required=False, doc="0, 1, or null for an infrastructure failure"),
         Field("evaluation", dict, required=False),

@@ -257,7 +257,8 @@ def test_an_answer_or_tool_call_no_record_can_hold_cannot_crash_the_rollout(tmp_
     assert by_id["calc-number"]["answer"] == "0x" + "f" * 5000  # text: no int a record could hold
     calls = by_id["calc-2"]["tool_calls"]
     assert [c["error"] for c in calls] == ["the arguments must be a JSON object nested at most 64 levels"] * 2
-    assert calls[0]["arguments"] == bomb and calls[1]["arguments"] == deep  # kept as text
+    assert calls[1]["arguments"] == deep  # kept as text
+    assert calls[0]["arguments"]["_truncated"]["bytes"] == len(json.dumps(bomb))  # a stub: past 16 KiB
     for line in (tmp_path / "out.jsonl").read_text().splitlines():
         json.loads(line)
 
@@ -379,6 +380,30 @@ def test_a_worker_lost_during_evaluate_is_that_trials_zero(tmp_path, monkeypatch
     assert r["reward"] == 0 and r["infra_error"] is None, r
     assert r["evaluation"]["status"] == "sandbox_error" and r["termination"] == "user_stop"
     assert summary.infra_failures == 0 and summary.scored == 1
+
+
+def test_a_record_keeps_what_the_code_sent_within_bounds(tmp_path):
+    """An executor that spent its budget on arguments of refused calls once made a 38 MiB record (13 KB
+    for an honest one), its episode holding the decoded arguments, about 18x their JSON, throughout."""
+    from sandbox.result import is_stub
+    from sca.executor import KEEP_EPISODE_BYTES, MAX_CALL_RECORDS
+
+    flood = ("THOUGHT: t END THOUGHT\nACTION:\nfor i in range(1100):\n    try:\n        "
+             "get_order_details(order_id='#W' + str(i))\n    except ToolError:\n        pass\n")
+    heavy = ("THOUGHT: t END THOUGHT\nACTION:\ntry:\n    get_user_details(user_id='u' * 3_000_000)\n"
+             "except ToolError:\n    pass\n")
+    model = ScriptedRoles(lambda turn, conv: [heavy, flood, CANCEL, DONE][turn], customer)
+    _, (r,) = run(tmp_path, [CANCEL_TASK], model, k=1)
+    TRAJECTORY.check(r)
+    assert r["reward"] == 1 and r["infra_error"] is None  # the honest part of the episode still counts
+    calls = r["tool_calls"]
+    assert len(calls) == MAX_CALL_RECORDS and r["tool_calls_omitted"] == 1 + 1100 + 1 - MAX_CALL_RECORDS
+    assert is_stub(calls[0]["arguments"]) and calls[0]["arguments"]["_truncated"]["bytes"] == len('{"user_id":""}') + 3_000_000
+    assert calls[1]["arguments"] == {"order_id": "#W0"} and calls[1]["error"]  # small ones kept in full
+    kept = sum(len(json.dumps(c[k])) for c in calls for k in ("arguments", "result") if not is_stub(c[k]))
+    assert kept <= KEEP_EPISODE_BYTES
+    size = len(json.dumps(r))
+    assert size < 400_000, size
 
 
 def test_in_user_facing_environments_the_answer_is_the_last_message(tmp_path):

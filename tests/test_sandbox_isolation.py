@@ -618,6 +618,31 @@ def test_payloads_are_kept_only_when_asked(sb, env):
     assert all(c.arg_bytes > 0 and c.result_bytes > 0 for c in summary.tool_calls)
 
 
+def test_kept_payloads_are_bounded_per_call_and_per_run(sb, env):
+    """An executor once spent its byte budget on arguments of refused calls, and the parent kept every
+    one of them, decoded (about 18x their JSON), for the whole episode."""
+    import hashlib
+
+    from sandbox.result import KEEP_ERROR_CHARS, KEEP_PAYLOAD_BYTES, is_stub
+
+    big = "x" * KEEP_PAYLOAD_BYTES  # its JSON: 2 bytes of quotes more than the limit
+    res = sb.run(env, f"set_value('k', 1)\ntry:\n    get_value('{big}')\nexcept ToolError:\n    pass")
+    small, large = res.tool_calls
+    assert (small.args, small.result) == ({"key": "k", "value": 1}, {"key": "k", "value": 1})
+    text = json.dumps({"key": big}, separators=(",", ":"))
+    assert is_stub(large.args) and large.args["_truncated"] == {
+        "bytes": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest(), "prefix": text[:200]}
+    assert large.arg_bytes == len(text) and res.kept_bytes == small.arg_bytes + small.result_bytes
+    assert large.error.startswith("no such key") and len(large.error) <= KEEP_ERROR_CHARS + 40
+    # at most `keep_payloads` bytes in all: the first call fits, the second does not
+    code = "set_value('a', 'x' * 100)\nset_value('b', 'y' * 100)"
+    res = sb.run(env, code, keep_payloads=200)
+    first, second = res.tool_calls
+    assert first.args == {"key": "a", "value": "x" * 100} and is_stub(first.result)  # its result: past the 200
+    assert is_stub(second.args) and is_stub(second.result) and res.kept_bytes == first.arg_bytes
+    assert all(is_stub(c.args) and is_stub(c.result) for c in sb.run(env, code, keep_payloads=0).tool_calls)
+
+
 class SlowEnv(StoreEnv):
     """A store whose `slow` tool takes 1.5 s in the trusted process."""
 
