@@ -456,6 +456,12 @@ def _format_p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
+def _alpha(confidence: float) -> float:
+    """The p-value at and above which a difference is within the noise: 1 - confidence, rounded, so
+    that p = 0.05 at 95% is (1 - 0.95 is 0.050000000000000044 in floating point)."""
+    return round(1.0 - confidence, 12)
+
+
 def _verdict(
     name_a: str, name_b: str, label: str, diff: float, ci: tuple[float, float],
     p: float, tasks: int, confidence: float,
@@ -469,7 +475,7 @@ def _verdict(
         size = _points(abs(diff))
         by = "less than 0.1" if size == "0.0" else size
         head = f"{better} is better than {worse} on {label} by {by} points ({stats})"
-    alpha = 1 - confidence
+    alpha = _alpha(confidence)
     if p >= alpha:
         return (f"{head}: the difference is within the noise ({_format_p(p)}); "
                 "more tasks or trials are needed to tell them apart.")
@@ -542,7 +548,7 @@ def compare(
     mean_diff = _mean(diffs)
     (ci,) = _bootstrap_cis([diffs], n_boot, random.Random(seed), confidence)
     p, exact = sign_flip_p_value(diffs, n_perm=n_perm, seed=seed)
-    alpha = 1 - confidence
+    alpha = _alpha(confidence)
     label = _METRIC_LABELS[metric].format(k=k)
     return Comparison(
         metric=metric,

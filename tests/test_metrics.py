@@ -570,3 +570,13 @@ def test_compare_pass_k_uses_the_same_k_on_both_sides():
     assert ch.diffs == pytest.approx({"x": 0.0, "y": 1.0}) and ch.short_tasks == 1
     assert compare(a, b, k=4).short_tasks == 0  # Pass@1 needs no k'
 
+
+
+def test_a_p_value_of_exactly_one_minus_the_confidence_is_within_the_noise():
+    """1 - 0.95 is 0.050000000000000044 in floating point: a permutation p of 500/10,000 once counted
+    as larger than the noise."""
+    from sca.metrics import _verdict
+
+    text = _verdict("a", "b", "Pass@1", 0.1, (0.02, 0.2), 500 / 10_000, 40, 0.95)
+    assert "within the noise" in text, text
+    assert "larger than the noise" in _verdict("a", "b", "Pass@1", 0.1, (0.02, 0.2), 0.0499, 40, 0.95)
