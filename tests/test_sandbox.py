@@ -155,10 +155,24 @@ def test_no_environment(sb):
     ("answer = {3, 1}", "{1, 3}", "set"),
     ("answer = float('nan')", "nan", "float"),
     ("class P:\n    def __repr__(self): return 'P()'\nanswer = P()", "P()", "P"),
+    # a container with a member JSON has no place for is reported whole, as its repr: never half of it
+    ("answer = [1, {2}]", "[1, {2}]", "list"),
+    ("answer = (1, b'x')", "(1, b'x')", "tuple"),
+    ("answer = {'a': float('inf')}", "{'a': inf}", "dict"),
 ])
 def test_answer_is_the_json_value_of_the_global(sb, env, code, answer, typ):
     res = ok(sb.run(env, code))
     assert (res.answer, res.answer_type) == (answer, typ)
+
+
+def test_a_closed_sandbox_leaves_no_worker_directory_behind(env):
+    sb = open_sandbox("subprocess")
+    (worker,) = sb._idle
+    (home,) = worker._cleanup
+    assert os.path.isdir(home) and ok(sb.run(env, "open('f', 'w').write('x')\nanswer = 1")).answer == 1
+    assert ok(sb.run(env, "import os\nanswer = os.listdir('.')")).answer == []  # emptied after each run
+    sb.close()
+    assert not os.path.exists(home) and not worker.alive()
 
 
 def test_answer_is_reported_even_when_the_code_fails(sb, env):

@@ -571,6 +571,30 @@ def test_tool_bytes_budget_for_arguments_and_results(sb, env):
     assert "result" in res.error
 
 
+#: code that switches off its own process's budget checks (the runner is its process's __main__), so
+#: that what it sends is held to the budgets by the zygote alone
+NO_CHILD_CHECKS = "import sys\nchannel = sys.modules['__main__']._CHANNEL\nchannel.bytes_left = 1 << 40\n"
+
+
+def test_the_zygote_keeps_the_byte_budget_by_itself(sb, env):
+    """Arguments and results both count: two calls of 240 kB whose results echo them use 960 kB of the
+    1 MiB budget; the third call's 240 kB of arguments alone would fit what the arguments left, but not
+    with the results, and the zygote refuses it before the parent sees it."""
+    code = NO_CHILD_CHECKS + "for i in range(3):\n    set_value(str(i), 'x' * 240_000)\n    channel.bytes_left = 1 << 40\n"
+    res = sb.run(env, code)
+    assert res.status == "error" and res.error_type == "BudgetExceeded", res
+    assert "left of the run's budget" in res.error and len(res.tool_calls) == 2 and res.refused_calls == 1
+    used = sum(c.arg_bytes + c.result_bytes for c in res.tool_calls)
+    assert 960_000 < used <= 1 << 20 < used + 240_000  # the third's arguments were past what was left
+
+
+def test_the_zygote_keeps_the_call_budget_by_itself(sb, env):
+    code = NO_CHILD_CHECKS + "for i in range(60):\n    get_value('apples')\n"
+    res = sb.run(env, code)
+    assert res.error_type == "BudgetExceeded" and "50 tool calls" in res.error, res
+    assert len(res.tool_calls) == 50 and res.refused_calls == 1
+
+
 def test_honest_code_at_the_exact_byte_budget_gets_budget_exceeded(sb, env):
     """The arguments are measured the same way in the sandbox and in the parent: a call the sandbox
     lets through with its last byte of budget is served (the parent once measured its own, larger
@@ -786,7 +810,11 @@ HOSTILE_FRAMES = {
     "value-in-exec-mode": '{"op":"done","run":RUN,"status":"ok","answer":1,"value":true,"value_type":"bool"}',
     # 600 KB, within the byte budget: 400,000 items, refused before this process decodes it
     "items-call": '{"op":"call","run":RUN,"id":1,"name":"get_value","args":{"key":[' + ",".join(["[]"] * 200_000) + "]}}",
+    # two calls in turn, the second one past the run's max_tool_calls (1 in the test below)
+    "calls-past-the-call-budget": ['{"op":"call","run":RUN,"id":1,"name":"get_value","args":{"key":"apples"}}',
+                                   '{"op":"call","run":RUN,"id":2,"name":"get_value","args":{"key":"apples"}}'],
 }
+HOSTILE_FRAMES = {k: v if isinstance(v, list) else [v] for k, v in HOSTILE_FRAMES.items()}
 #: hostile workers whose runner died once the run started (it said so, or crashed): the code can have
 #: caused that too, so it is the run's failure like every other case, never an infrastructure failure
 DEAD_RUNNERS = {"fatal", "lone-surrogate"}
@@ -798,8 +826,8 @@ def test_a_hostile_worker_cannot_make_the_parent_raise(name, monkeypatch, tmp_pa
     make the run a sandbox_error: Sandbox.run returns, and the next worker is a fresh one."""
     backend_or_skip("bwrap")
     env = StoreEnv()
-    with Sandbox(backend="bwrap", workers=1, max_depth=16) as sb:
-        real_start = _fake_workers(sb, monkeypatch, tmp_path, [HOSTILE_FRAMES[name]])
+    with Sandbox(backend="bwrap", workers=1, max_depth=16, max_tool_calls=1) as sb:
+        real_start = _fake_workers(sb, monkeypatch, tmp_path, HOSTILE_FRAMES[name])
         t0 = time.monotonic()
         res = sb.run(env, "answer = 1")
         assert res.status == "sandbox_error" and res.error, res
@@ -808,6 +836,8 @@ def test_a_hostile_worker_cannot_make_the_parent_raise(name, monkeypatch, tmp_pa
         assert time.monotonic() - t0 < 5, "the parent waited for its watchdog instead of seeing the violation"
         if name in ("deep-call", "deep-answer", "not-json", "items-call", "over-budget-call"):
             assert "garbage on the worker's channel" in res.error, res
+        if name == "calls-past-the-call-budget":  # the first call was served, the second refused here
+            assert [c.name for c in res.tool_calls] == ["get_value"] and "beyond the run's budgets" in res.error, res
         assert sb._idle == []  # the hostile worker was not kept
         monkeypatch.setattr(sb._backend, "start_worker", real_start)
         assert sb.run(env, "answer = get_value('apples')").answer == 3
