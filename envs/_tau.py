@@ -30,6 +30,28 @@ after the call that created it (the next write call copies it again), so its
 hash is cached by identity and ``state_hash`` costs O(records touched).
 
 An instance is not thread-safe; give each thread its own (``make()`` is cheap).
+
+What runs here, and what tau2 replays
+-------------------------------------
+The tools run in the trusted process on arguments a trained policy chose, and tau2's scorer
+(:mod:`sca.tau2_scoring`) runs them again on tau2's own environment. Every refusal made before a
+tool runs is in one place, :meth:`TauEnvironment.precheck`, a function of the call alone (name and
+arguments, never the state): an unknown tool, arguments that are no JSON object or are a record's
+truncation stub, unknown or missing arguments, more than ``MAX_ARGUMENT_BYTES`` of JSON, a list of
+more than ``MAX_LIST_ITEMS`` items, nesting deeper than ``MAX_ARGUMENT_DEPTH``, values the tool's
+own tau2 parameter model refuses, and what
+would make ``calculate`` costly. ``_call`` runs it first; the scorer replays exactly the recorded
+calls it passes, with the arguments it returns, so tau2 replays what ran here and nothing else.
+
+The tools then do work linear in their (capped) arguments and the database, with one exception
+the list cap bounds: ``update_reservation_flights`` compares every new flight with every flight of
+the reservation (which an earlier call may have filled from its own list). ``calculate`` is
+tau2's tool evaluated without ``eval``: :func:`calculate` gives tau2's exact answer to every
+expression it accepts and refuses, before anything runs, an expression longer than
+``MAX_EXPRESSION_CHARS`` characters, any power (``**``), parentheses nested deeper than
+``MAX_NESTING``, and a product of integers that could reach ``MAX_PRODUCT_BITS`` bits. Without
+``**``, an integer in an expression of n characters has fewer than 4.4 n bits, so tau2's own
+``eval`` of anything that passes (or fails in tau2 as well: a syntax or type error) is cheap too.
 """
 
 from __future__ import annotations
@@ -38,6 +60,7 @@ import copy
 import hashlib
 import importlib
 import json
+import operator
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,12 +68,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envs.base import BenchmarkTask, Environment, Tool, ToolError, UnknownToolError
+from envs.base import BenchmarkTask, Environment, Tool, ToolError, UnknownToolError, check_arguments
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 _MISSING: Any = object()
+
+#: most bytes of JSON (UTF-8) in one call's arguments; the largest gold call of any task has 807
+MAX_ARGUMENT_BYTES = 16 << 10
+#: most items in any list of a call's arguments (no order holds more than 5 items, no reservation
+#: more than 4 flights or passengers); it bounds the one tau2 tool quadratic in its input
+MAX_LIST_ITEMS = 64
+#: deepest nesting of lists and objects in a call's arguments (the sandbox's and the executor's own limit;
+#: deeper values exhaust pydantic's serializer)
+MAX_ARGUMENT_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -336,11 +368,13 @@ class Domain:
         return digest
 
     def parse_args(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Arguments checked and converted by the tool's own tau2 parameter model.
+        """Arguments checked and converted by the tool's own tau2 parameter model, as plain JSON.
 
         tau2 itself passes arguments through unchecked, so a wrong type could be
-        stored in the database (e.g. ``total_baggages="3"``); here it is refused
-        (or converted where lossless, as pydantic does) before the tool runs.
+        stored in the database (e.g. ``total_baggages="lots"``); here it is refused
+        (or converted where lossless, as pydantic does: ``"3"`` -> ``3``) before the tool runs.
+        The result is the model's JSON dump of the fields given (nested models as dicts): plain
+        values that the tool here and tau2's replay of the call receive alike.
         """
         from pydantic import ValidationError
 
@@ -351,7 +385,33 @@ class Domain:
                 f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in e.errors()
             )
             raise ToolError(f"invalid arguments for {name}: {problems}") from None
-        return {key: getattr(parsed, key) for key in args}
+        return parsed.model_dump(mode="json", exclude_unset=True, warnings=False)
+
+    def precheck(self, name: Any, args: Any) -> dict[str, Any]:
+        """Every refusal made before tool `name` runs (see the module): the arguments to run it with,
+        or :class:`ToolError`. A function of the call alone, so a record says whether a call ran."""
+        if not isinstance(name, str) or name not in self.tools:
+            raise UnknownToolError(f"unknown tool {_short(name)}")
+        if is_truncation_stub(args):
+            raise ToolError(f"{name}: the arguments were cut from the record (too large to keep)")
+        if not isinstance(args, dict):
+            raise ToolError(f"{name}: the arguments must be a JSON object, got {type(args).__name__}")
+        try:
+            size = _json_bytes(args)
+        except (TypeError, ValueError, RecursionError):
+            raise ToolError(f"{name}: the arguments are not JSON") from None
+        if size > MAX_ARGUMENT_BYTES:
+            raise ToolError(f"{name}: the arguments are {size:,} bytes of JSON; at most {MAX_ARGUMENT_BYTES:,} "
+                            "are accepted")
+        check_arguments(self.tools[name], args)
+        _check_shape(name, args)
+        kwargs = self.parse_args(name, args)
+        if name == "calculate":
+            try:
+                _calc_program(kwargs["expression"])
+            except _Invalid:
+                pass  # tau2's calculate refuses it as well, and as cheaply: it runs (and fails) on both
+        return kwargs
 
     @cached_property
     def _task_rows(self) -> list[tuple[str, str, str, str]]:
@@ -419,12 +479,240 @@ def load_domain(spec: DomainSpec) -> Domain:
     return domain
 
 
+def is_truncation_stub(value: Any) -> bool:
+    """Whether `value` is a record's stand-in for arguments (or a result) too large to keep:
+    ``{"_truncated": {"bytes", "sha256", "prefix"}}`` (:func:`sandbox.result.payload_stub`); no tau2
+    tool has such a parameter."""
+    from sandbox.result import is_stub
+
+    return is_stub(value)
+
+
+def _json_bytes(value: Any) -> int:
+    """Bytes of `value` as compact JSON in UTF-8, the sandbox's measure of tool data."""
+    from sandbox.runner import json_size
+
+    return json_size(value)
+
+
+def _check_shape(name: str, args: dict[str, Any]) -> None:
+    """Refuse a list of more than MAX_LIST_ITEMS items, or nesting deeper than MAX_ARGUMENT_DEPTH,
+    anywhere in the arguments (without recursion)."""
+    todo: list[tuple[Any, int]] = [(args, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, (dict, list)) and depth > MAX_ARGUMENT_DEPTH:
+            raise ToolError(f"{name}: the arguments nest more than {MAX_ARGUMENT_DEPTH} levels deep")
+        if isinstance(value, dict):
+            todo.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            if len(value) > MAX_LIST_ITEMS:
+                raise ToolError(f"{name}: a list of {len(value):,} items; at most {MAX_LIST_ITEMS} are accepted")
+            todo.extend((v, depth + 1) for v in value)
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    """A name for a message: a text cut to `limit` characters, anything else by its type only."""
+    if not isinstance(value, str):
+        return f"(a {type(value).__name__}, not a name)"
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
 def _refusal(e: Exception) -> str:
     """The environment's message for an exception raised by a tau2 tool."""
     message = str(e)
     if isinstance(e, ValueError):  # tau2's way of refusing
         return message or type(e).__name__
     return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+# -- calculate: tau2's tool, without eval ------------------------------------------------
+# tau2's calculate (retail and airline alike) checks that every character is one of
+# "0123456789+-*/(). " and returns str(round(float(eval(expression)), 2)). Within that alphabet
+# the only Python that yields a number is arithmetic: numbers, unary and binary + -, * / //, **,
+# parentheses. Everything else it can spell (a call "(1)(2)", an empty tuple "()", an Ellipsis
+# "...", an attribute ".") fails with a syntax or type error. So the text is parsed here into a
+# postfix program, and the program run with Python's own operators on Python's own numbers, in the
+# order eval runs them: the same value, the same rounding; the same refusal where eval fails.
+
+#: longest expression taken (tau2's gold calls are under 50 characters)
+MAX_EXPRESSION_CHARS = 1000
+#: deepest nesting of parentheses taken (Python's own parser stops at 200)
+MAX_NESTING = 100
+#: largest integer product taken, in bits: past 2**1024 no float holds it (tau2 rounds a float)
+MAX_PRODUCT_BITS = 1024
+
+_CALC_CHARS = frozenset("0123456789+-*/(). ")
+_DIGITS = "0123456789"
+_ELLIPSIS, _DOT = "...", "."
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "neg": 3, "pos": 3}
+_BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "//": operator.floordiv}
+
+
+class _Costly(ToolError):
+    """An expression refused before anything runs, which tau2 would have evaluated (a precheck)."""
+
+
+class _Invalid(ToolError):
+    """An expression tau2's calculate refuses too (its character check, a syntax or type error)."""
+
+
+def calculate(expression: str) -> str:
+    """tau2's ``calculate(expression)``, evaluated without ``eval`` (see above): its exact answer
+    for every expression taken; :class:`ToolError` for every one it refuses, and for the costly."""
+    stack: list[Any] = []
+    for item in _calc_program(expression):
+        if isinstance(item, (int, float)):
+            stack.append(item)
+        elif item == "neg":
+            stack[-1] = -stack[-1]
+        elif item == "pos":
+            stack[-1] = +stack[-1]
+        else:
+            right = stack.pop()
+            try:
+                stack[-1] = _BINARY[item](stack[-1], right)
+            except ArithmeticError as e:  # division by zero, a float overflow: eval raises the same
+                raise _Invalid(f"{type(e).__name__}: {e}") from None
+    try:
+        return str(round(float(stack[0]), 2))
+    except OverflowError as e:  # an integer past any float
+        raise _Invalid(f"OverflowError: {e}") from None
+
+
+def _calc_program(expression: str) -> list[Any]:
+    """`expression` as a postfix program (numbers, "neg", "pos", binary operators), checked.
+
+    Raises :class:`_Costly` for what is refused here and would run in tau2 (too long, a power, too
+    deeply nested, too large a product), :class:`_Invalid` for what tau2 refuses as well. The
+    order matters: tau2 checks the characters first, so a text it refuses there is _Invalid."""
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise _Costly(f"Invalid expression: longer than {MAX_EXPRESSION_CHARS} characters")
+    if not _CALC_CHARS.issuperset(expression):
+        raise _Invalid("Invalid characters in expression")  # tau2's own words
+    if "**" in expression:  # the only way to a large number in few characters: never evaluated
+        raise _Costly("Invalid expression: '**' (power) is not supported")
+    program = _calc_parse(_calc_tokens(expression))
+    _calc_sizes(program)
+    return program
+
+
+def _calc_tokens(text: str) -> list[Any]:
+    """Python's tokens of `text` (its characters checked): numbers as values, the rest as text."""
+    tokens: list[Any] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == " ":
+            i += 1
+        elif c in _DIGITS or (c == "." and i + 1 < n and text[i + 1] in _DIGITS):
+            j = i
+            while j < n and text[j] in _DIGITS:
+                j += 1
+            if j < n and text[j] == ".":  # a float: digits, ".", digits (either side may be empty)
+                j += 1
+                while j < n and text[j] in _DIGITS:
+                    j += 1
+                tokens.append(float(text[i:j]))  # the conversion Python's compiler makes
+            else:
+                digits = text[i:j]
+                if digits[0] == "0" and digits.strip("0"):
+                    raise _Invalid("SyntaxError: leading zeros in decimal integer literals are not permitted")
+                tokens.append(int(digits))
+            i = j
+        elif c == ".":
+            token = _ELLIPSIS if text.startswith(_ELLIPSIS, i) else _DOT
+            tokens.append(token)
+            i += len(token)
+        elif c in "*/" and text.startswith(c + c, i):
+            tokens.append(c + c)
+            i += 2
+        else:
+            tokens.append(c)
+            i += 1
+    return tokens
+
+
+def _calc_parse(tokens: list[Any]) -> list[Any]:
+    """The arithmetic of `tokens` in postfix, with Python's precedence (unary signs bind tighter
+    than * / //, which bind tighter than binary + -; all left to right), without recursion."""
+    out: list[Any] = []
+    ops: list[str] = []
+    depth = 0
+    want_operand = True
+    for token in tokens:
+        if isinstance(token, (int, float)):
+            if not want_operand:
+                raise _Invalid("SyntaxError: invalid syntax (two numbers in a row)")
+            out.append(token)
+            want_operand = False
+        elif token == "**":
+            raise _Costly("Invalid expression: '**' (power) is not supported")
+        elif want_operand:
+            if token in ("+", "-"):
+                ops.append("pos" if token == "+" else "neg")
+            elif token == "(":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise _Costly(f"Invalid expression: parentheses nested more than {MAX_NESTING} deep")
+                ops.append("(")
+            else:  # ")" of an empty tuple, "...", ".", or an operator where a number belongs
+                raise _Invalid(f"Invalid expression: unexpected {token!r} (only numbers, + - * / // and "
+                               "parentheses)")
+        elif token in _BINARY:
+            while ops and ops[-1] != "(" and _PREC[ops[-1]] >= _PREC[token]:
+                out.append(ops.pop())
+            ops.append(token)
+            want_operand = True
+        elif token == ")":
+            while ops and ops[-1] != "(":
+                out.append(ops.pop())
+            if not ops:
+                raise _Invalid("SyntaxError: unmatched ')'")
+            ops.pop()
+            depth -= 1
+        else:  # "(" after a value is a call, "." an attribute, "..." an Ellipsis: eval fails on each
+            raise _Invalid(f"Invalid expression: unexpected {token!r} after a value")
+    if want_operand:
+        raise _Invalid("SyntaxError: invalid syntax (the expression is empty or ends too early)")
+    while ops:
+        op = ops.pop()
+        if op == "(":
+            raise _Invalid("SyntaxError: '(' was never closed")
+        out.append(op)
+    return out
+
+
+def _calc_sizes(program: list[Any]) -> None:
+    """Refuse a program whose integer products could exceed MAX_PRODUCT_BITS bits.
+
+    The bound of each value is static: whether it is an int (in Python, a number literal without
+    a point, and + - * // of ints; / always gives a float) and its most bits (a sum or difference
+    has at most one more than the larger operand, a product the sum of both, a floor quotient
+    those of its dividend)."""
+    stack: list[tuple[bool, int]] = []
+    for item in program:
+        if isinstance(item, int):
+            stack.append((True, item.bit_length()))
+        elif isinstance(item, float):
+            stack.append((False, 0))
+        elif item in ("neg", "pos"):
+            continue
+        else:
+            right_int, right_bits = stack.pop()
+            left_int, left_bits = stack.pop()
+            ints = left_int and right_int
+            if not ints or item == "/":
+                stack.append((False, 0))
+            elif item == "*":
+                if left_bits + right_bits > MAX_PRODUCT_BITS:
+                    raise _Costly(f"Invalid expression: a product of integers of up to {left_bits + right_bits} "
+                                  f"bits (at most {MAX_PRODUCT_BITS} are taken)")
+                stack.append((True, left_bits + right_bits))
+            elif item == "//":
+                stack.append((True, max(left_bits, 1)))
+            else:
+                stack.append((True, max(left_bits, right_bits) + 1))
 
 
 # -- the environment ----------------------------------------------------------------
@@ -484,11 +772,16 @@ class TauEnvironment(Environment):
         text = json.dumps([self._domain.base_hash, changes], default=repr)
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def precheck(self, name: Any, args: Any) -> dict[str, Any]:
+        """Every refusal made before tool `name` runs, from the call alone: the arguments the tool
+        runs with (plain JSON), or :class:`ToolError`. :mod:`sca.tau2_scoring` replays on tau2
+        exactly the recorded calls that pass it, with these arguments."""
+        return self._domain.precheck(name, args)
+
     def _call(self, name: str, args: dict[str, Any]) -> Any:
-        kwargs = self._domain.parse_args(name, args)
-        if name == "calculate" and "**" in str(kwargs.get("expression", "")):
-            # tau2 evals the expression: a power tower would hang this process
-            raise ToolError("Invalid expression: '**' (power) is not supported")
+        kwargs = self.precheck(name, args)
+        if name == "calculate":  # tau2's evals the text: ours gives its answer, bounded
+            return calculate(kwargs["expression"])
         func = getattr(self._toolkit, name)
         if self._domain.tools[name].kind != "write":
             try:

@@ -11,7 +11,11 @@ three deliberate differences:
   ``maximum_value`` and ``sum_values``, each taking a list;
 - ``calculator`` parses arithmetic instead of calling ``eval``
   (see :mod:`envs._m3.arith`);
-- bad arguments raise a :class:`ToolError` that says what was wrong.
+- bad arguments raise a :class:`ToolError` that says what was wrong;
+- numbers are bounded, as the calculator's are: an integer argument or result of more than
+  ``MAX_INT_BITS`` bits, or a result that is no finite number, is refused. Every tool's work is
+  then linear in its input (a product of two bounded integers is cheap; Python's JSON alone
+  would let through integers of 4300 digits, and only while its digit limit is left on).
 
 Nothing here changes state: every tool is "read" (``book_hotel`` searches
 hotels, as in M3ToolEval; it books nothing). A task's answer is checked by
@@ -20,11 +24,13 @@ its ``evaluate(answer)`` (see :func:`envs._m3.scoring.answers_match`).
 
 import hashlib
 import json
+import math
 import re
 from datetime import date as _date
 from typing import Any
 
 from envs._m3 import DATA_DIR
+from envs._m3.arith import MAX_INT_BITS
 from envs._m3.benchmark import load_tasks
 from envs._m3.toolkit import (
     CalculatorTool,
@@ -120,6 +126,15 @@ class CalculationEnv(ToolkitEnvironment, CalculatorTool):
 
     def state_hash(self) -> str:
         return self._hash
+
+    def _call(self, name: str, args: dict[str, Any]) -> Any:
+        _check_numbers(args, f"{name}: an argument")
+        try:
+            result = super()._call(name, args)
+        except ArithmeticError as e:  # e.g. an integer quotient past any float
+            raise ToolError(f"{name}: {e}") from None
+        _check_numbers(result, f"{name}: the result")
+        return result
 
     def _tasks(self) -> list[BenchmarkTask]:
         return load_tasks(TASK_FILE, self.name)
@@ -402,6 +417,21 @@ class CalculationEnv(ToolkitEnvironment, CalculatorTool):
             known = ", ".join(self._locations.values())
             raise ToolError(f"{name}: unknown location {text!r}; known locations: {known}")
         return found
+
+
+def _check_numbers(value: Any, what: str) -> None:
+    """Refuse an integer of more than MAX_INT_BITS bits, or a float that is not finite, anywhere in `value`."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > MAX_INT_BITS:
+            raise ToolError(f"{what} is an integer of {item.bit_length():,} bits; at most {MAX_INT_BITS} are taken")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ToolError(f"{what} is not a finite number ({item!r})")
 
 
 def _comparable(values: Any) -> list:

@@ -24,7 +24,10 @@ need: their ``evaluate(answer)`` checks the answer, never the position.
 
 By default ``click_url`` follows only links present on the current page (the
 agent must find them); a site loaded from M3ToolEval's own pages uses that
-benchmark's rule instead: any page of the site may be opened by its URL.
+benchmark's rule instead: any page of the site may be opened by its URL. A ``url`` argument
+longer than ``MAX_URL_CHARS`` is refused before it is read (reading a link out of it costs time
+quadratic in its length); every other tool's work is linear in its input, and ``calculator`` is
+the bounded one of :mod:`envs._m3.arith`.
 """
 
 import hashlib
@@ -37,9 +40,13 @@ from envs._m3.benchmark import load_tasks
 from envs._m3.toolkit import CalculatorTool, ToolkitEnvironment, as_text, tool
 from envs.base import BenchmarkTask, ToolError
 
-__all__ = ["WebBrowsingEnv", "LINES_PER_VIEW", "load_site", "site_from_m3_pages", "make"]
+__all__ = ["WebBrowsingEnv", "LINES_PER_VIEW", "MAX_URL_CHARS", "load_site", "site_from_m3_pages", "make"]
 
 LINES_PER_VIEW = 5
+#: longest ``url`` argument taken (the site's links are under 70 characters): reading a link out of
+#: a text with the link pattern costs time quadratic in its length ("[[[[..." has a link start
+#: at every character), so a longer text is refused before it is read
+MAX_URL_CHARS = 500
 TASK_FILE = "tasks_web_browsing.jsonl"
 SITE_FILE = "site.json"
 
@@ -127,7 +134,10 @@ class WebBrowsingEnv(ToolkitEnvironment, CalculatorTool):
             url: the link's URL, e.g. "/shop"
         Returns: the view of the opened page
         """
-        target = _normalise_url(as_text(url, "url"))
+        text = as_text(url, "url")
+        if len(text) > MAX_URL_CHARS:
+            raise ToolError(f"url is {len(text):,} characters long; a URL of this site has at most {MAX_URL_CHARS}")
+        target = _normalise_url(text)
         if self._links_anywhere:
             if target not in self._pages:
                 raise ToolError(f"no page at {target!r}")

@@ -23,19 +23,23 @@ KEEP_ERROR_CHARS = 1000
 STUB_PREFIX_CHARS = 200
 
 
+#: the single key of a payload stub
+STUB_KEY = "_truncated"
+
+
 def payload_stub(value: Any) -> dict:
     """What a record keeps of a payload too large to keep: ``{"_truncated": {"bytes", "sha256",
     "prefix"}}``, the size, digest and first characters of its compact JSON. A dict with a single
     key no tool has as a parameter, so it is never mistaken for arguments that could be replayed."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
     data = text.encode("utf-8", "replace")
-    return {"_truncated": {"bytes": len(data),
+    return {STUB_KEY: {"bytes": len(data),
                            "sha256": hashlib.sha256(data).hexdigest(), "prefix": text[:STUB_PREFIX_CHARS]}}
 
 
 def is_stub(value: Any) -> bool:
     """Whether `value` is a :func:`payload_stub`."""
-    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("_truncated"), dict)
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get(STUB_KEY), dict)
 
 
 class SandboxUnavailable(RuntimeError):

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from envs import make_env
-from envs._m3.arith import ExpressionError, evaluate_expression
+from envs._m3.arith import MAX_INT_BITS, ExpressionError, evaluate_expression
 from envs._m3.benchmark import run_solution
 from envs._m3.scoring import answers_match, evaluation_source
 from envs.base import ToolError, UnknownToolError
@@ -158,6 +158,29 @@ def test_bad_arguments_raise_a_clear_tool_error_and_the_env_keeps_working(env, n
 def test_unknown_tool(env):
     with pytest.raises(UnknownToolError):
         env.call("eval", {"expression": "1"})
+
+
+def test_hostile_numbers_are_refused_before_any_large_work(env):
+    """A power tower, 600 factors of 4000 digits (2.4 MB, a minute of eval), integers past the bound in
+    any tool's arguments, results past it or past any float: each is a quick ToolError."""
+    factors = " * ".join(["9" * 4000] * 600)
+    for name, args, message in [
+        ("calculator", {"expression": "9**9**8"}, "too large"),
+        ("calculator", {"expression": factors}, "longer than"),
+        ("convert_currency", {"base_price": 1 << MAX_INT_BITS, "conversion_rate": 2}, f"at most {MAX_INT_BITS}"),
+        ("sum_values", {"values": [1, 2, -(1 << 5000)]}, "5,001 bits"),
+        ("find_max_nucleotide", {"nucleotide_counts": {"A": 1 << 5000}}, "an argument"),
+        ("budget_calculator", {"flight_price": 1, "hotel_price_per_night": 1 << 4000, "num_nights": 1 << 4000},
+         "the result"),
+        ("convert_currency", {"base_price": 1e308, "conversion_rate": 10}, "not a finite number"),
+        ("calculate_tariff", {"price": 1 << 4000, "tariff_rate": 1 << 4000}, "too large for a float"),
+    ]:
+        with pytest.raises(ToolError, match=message):
+            env.call(name, args)
+    top = (1 << MAX_INT_BITS) - 1  # the largest integer taken, and a product of two that stays within
+    assert env.call("convert_currency", {"base_price": top, "conversion_rate": 1}) == top
+    assert env.call("budget_calculator", {"flight_price": 1, "hotel_price_per_night": 1 << 2000,
+                                          "num_nights": 1 << 2000}) == (1 << 4000) + 1
 
 
 # -- the safe arithmetic parser ---------------------------------------------------------------

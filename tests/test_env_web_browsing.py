@@ -9,7 +9,7 @@ from envs import make_env
 from envs._m3.benchmark import run_solution
 from envs._m3.scoring import answers_match
 from envs.base import ToolError, WriteForbiddenError
-from envs.web_browsing import LINES_PER_VIEW, WebBrowsingEnv, load_site, site_from_m3_pages
+from envs.web_browsing import LINES_PER_VIEW, MAX_URL_CHARS, WebBrowsingEnv, load_site, site_from_m3_pages
 
 NAVIGATION = {"click_url", "go_to_previous_page", "scroll_down", "scroll_up"}
 
@@ -65,6 +65,19 @@ def test_clicking_follows_links_of_the_current_page_only(env):
 @pytest.mark.parametrize("spelling", ["/shop", "'/shop'", " /shop/ ", "shop", "[Shop all gear](/shop)"])
 def test_url_spellings(env, spelling):
     assert env.call("click_url", {"url": spelling})["url"] == "/shop"
+
+
+def test_a_url_too_long_to_read_cheaply_is_refused(env):
+    """Reading a link out of "[[[[..." costs time quadratic in its length (a second for 20,000
+    characters): a url past MAX_URL_CHARS is refused unread; one within it is read as ever."""
+    before = env.state_hash()
+    for url in ["[" * 200_000, "[Clickable '" * 20_000, "/shop" + " " * MAX_URL_CHARS]:
+        with pytest.raises(ToolError, match=f"at most {MAX_URL_CHARS}"):
+            env.call("click_url", {"url": url})
+    assert env.state_hash() == before
+    with pytest.raises(ToolError, match="not a link"):
+        env.call("click_url", {"url": "[" * MAX_URL_CHARS})
+    assert env.call("click_url", {"url": "/shop" + " " * (MAX_URL_CHARS - 5)})["url"] == "/shop"
 
 
 def test_back_returns_to_the_position_left(env):

@@ -271,7 +271,66 @@ def test_tau2_scoring_reports_replay_mismatches_and_survives_what_tau2_cannot_ta
     assert [m["name"] for m in detail["replay_mismatches"]] == ["get_order_details", "get_order_details"]
     assert detail["replay_mismatches"][0]["tau2"].startswith('{"order_id": "#W2974929"')
     assert detail["replay_mismatches"][1]["tau2"].startswith("Error:")
-    # a call tau2's message types refuse (a name that is no string): the trial scores 0, the stage goes on
+    # a call no tool of ours ran (a name that is no string) is not shown to tau2, whose types would refuse it
     bad = {"message": 2, "name": ["get_order_details"], "arguments": {}, "result": None, "error": "x"}
     reward, detail = score(_episode([bad]))
-    assert reward == 0 and detail["status"] == "scorer_error" and detail["error"].startswith("ValidationError")
+    assert detail["status"] == "ok" and detail["replay_mismatches"] == []
+    # a record the conversion cannot read (a message that is no text): the trial scores 0, the stage goes on
+    broken = _episode([honest])
+    broken.messages[4] = {"role": "assistant", "content": ["not", "text"]}
+    reward, detail = score(broken)
+    assert reward == 0 and detail["status"] == "scorer_error" and detail["error"].startswith(("TypeError", "Attrib"))
+
+
+# -- flags reaching the episodes and the summary ---------------------------------------------------------
+def _cli_eval_replies(tmp_path, name, reply, *args):
+    """`sca eval` of the first held-out calculation task on the openai backend, against a local server that
+    answers `reply(messages)`; the exit, the results, the request bodies the server got."""
+    server = ReplayServer(reply)
+    try:
+        r = CliRunner().invoke(app, ["eval", "--env", "calculation", "--limit", "1", "--backend", "openai",
+                                     "--base-url", server.url, "--model", "m", "--sandbox", "bwrap",
+                                     "-o", str(tmp_path / f"{name}.jsonl"), *args])
+    finally:
+        server.close()
+    assert r.exit_code == 0, r.output
+    return r, read(tmp_path / f"{name}.jsonl"), server.requests
+
+
+def _first_calculation_answer():
+    from envs import make_env
+
+    return make_env("calculation").tasks("test")[0].data["answer"]
+
+
+def test_max_steps_flag_reaches_the_executor(tmp_path):
+    _, results, requests = _cli_eval_replies(tmp_path, "r", lambda m: "THOUGHT: again END THOUGHT\nACTION:\nprint(1)\n",
+                                             "--trials", "1", "--max-steps", "3")
+    assert [(x["termination"], x["steps"]) for x in results] == [("max_steps", 3)]
+    assert len(requests) == 3
+
+
+def test_k_flag_differs_from_trials(tmp_path):
+    """--trials 3 --k 2: one success in three trials is Pass@1 1/3, Pass@2 = 1 - C(2,2)/C(3,2) = 2/3 and
+    pass^2 = 0 (Pass@3 would be 1)."""
+    right = _first_calculation_answer()
+    answers = iter(["-1", right, "-1"])
+    r, results, _ = _cli_eval_replies(tmp_path, "r", lambda m: f"THOUGHT: answer END THOUGHT\n{next(answers)}",
+                                      "--trials", "3", "--k", "2", "--concurrency", "1")
+    assert sorted(x["reward"] for x in results) == [0, 0, 1]
+    summary = json.loads((tmp_path / "r.jsonl.summary.json").read_text())
+    assert (summary["trials"], summary["k"]) == (3, 2)
+    m = summary["envs"]["calculation"]
+    assert m["k"] == 2 and (m["pass1"], m["pass_k"], m["pass_hat_k"]) == pytest.approx((1 / 3, 2 / 3, 0.0))
+    assert "Pass@2" in r.output and "pass^2" in r.output and "Pass@3" not in r.output
+
+
+def test_seed_flag_changes_the_sampled_seeds(tmp_path):
+    def seeds(name, seed):
+        _, _, requests = _cli_eval_replies(tmp_path, name, lambda m: "THOUGHT: guess END THOUGHT\n0",
+                                           "--trials", "2", "--seed", seed)
+        return sorted(body["seed"] for body in requests)
+
+    first = seeds("a", "5")
+    assert len(set(first)) == 2 and seeds("b", "5") == first
+    assert not set(seeds("c", "6")) & set(first)
