@@ -1,5 +1,6 @@
-"""The hostile corpus, played by an executor: ACTIONs of a scripted model through `sca rollout`'s
-real engine, sandbox and scoring, on bwrap and docker, one sandbox worker, one episode at a time.
+"""The hostile corpus, played by an executor: ACTIONs of a scripted model through `sca rollout`'s and
+`sca eval`'s real engine, sandbox and scoring, on bwrap and docker, one sandbox worker, one episode at
+a time.
 
 From `sca rollout` on, the executor's code is written by a policy that RL trains against
 `evaluate()`: any way to a reward of 1 without doing the task, or to turn a 0 into "not counted",
@@ -162,3 +163,58 @@ def test_the_host_installed_packages_are_not_there_to_find(tmp_path, backend):
     records = rollout(tmp_path, backend, task, [[HOST_PACKAGES, last_number], [honest, last_number]])
     assert "FOUND []" in observations(records[0]), observations(records[0])
     assert records[1]["reward"] == 1
+
+
+#: a power tower our calculate refuses; tau2's own calculate would eval it, forever, on the replay for scoring
+POWER_TOWER = "THOUGHT: compute END THOUGHT\nACTION:\ntry:\n    calculate(expression='9**9**8')\nexcept ToolError as e:\n    print(e)\n"
+#: 600 factors of 4,000 digits (2.4 MB, within the byte budget): quadratic work in the trusted process,
+#: once 56 s of it for one call, allowed in every step and in evaluate()
+HUGE_PRODUCT = ("THOUGHT: compute END THOUGHT\nACTION:\ntry:\n    calculate(expression='*'.join(['9' * 4000] * 600))\n"
+                "except ToolError as e:\n    print('REFUSED', str(e)[:200])\n")
+
+
+def _eval_retail(tmp_path: Path, backend: str, agent, user) -> list[dict]:
+    """`sca eval` on the first retail test task, one trial per scripted episode, one sandbox worker."""
+    from _scripted import ScriptedRoles
+
+    from stages.eval import EvalConfig, eval_file
+
+    backend_or_skip(backend)
+    out = tmp_path / "eval.jsonl"
+    config = EvalConfig(envs=["retail"], limit=1, trials=2, concurrency=1,
+                        sandbox=SandboxConfig(backend=backend, workers=1))
+    eval_file(config, str(out), executor_model=ScriptedRoles(agent, user), show_progress=False)
+    return sorted((json.loads(x) for x in out.read_text().splitlines()), key=lambda r: r["trial"])
+
+
+@pytest.mark.timeout(300)  # the old replay hung for good: fail in minutes, not the suite's 15
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_calls_our_environment_refused_are_never_replayed_by_tau2(tmp_path, backend):
+    """The tau2 conversion replayed every recorded call in the trusted process, refused or not:
+    `sca eval` hung on the executor's refused calculate('9**9**8')."""
+    from envs import make_env
+
+    task = make_env("retail").tasks("test")[0]
+    criteria = task.data["evaluation_criteria"]
+    gold = "\n".join(f"{a['name']}(**{a['arguments']!r})" for a in criteria.get("actions") or []) or "pass"
+    info = "; ".join(criteria.get("communicate_info") or []) or "All done."
+    episodes = {"n": -1}
+
+    def agent(turn, conv):
+        if turn == 0:
+            episodes["n"] += 1
+        plan = [POWER_TOWER, HUGE_PRODUCT, f"THOUGHT: now END THOUGHT\nACTION:\n{gold}\n",
+                f"THOUGHT: tell END THOUGHT\n{info}"]
+        return plan[min(turn if episodes["n"] == 0 else turn + 2, len(plan) - 1)]
+
+    def user(turn, conv):
+        return "Please help me with my order." if turn == 0 else "Thanks. ###STOP###"
+
+    hostile, honest = _eval_retail(tmp_path, backend, agent, user)
+    assert "Invalid expression" in observations(hostile) or "power" in observations(hostile), observations(hostile)
+    assert "REFUSED" in observations(hostile) and "Timeout" not in observations(hostile)
+    calls = [c["name"] for c in hostile["tool_calls"]]
+    assert calls[:2] == ["calculate", "calculate"] and all(c["error"] for c in hostile["tool_calls"][:2])
+    # both trials did the task: each is scored as tau2 scores it, the refused calls never replayed
+    assert [r["reward"] for r in (hostile, honest)] == [1, 1], [r["scorer_detail"] for r in (hostile, honest)]
+    assert hostile["scorer_detail"]["status"] == "ok" and hostile["scorer_detail"]["replay_mismatches"] == []
