@@ -82,6 +82,19 @@ print("FOUND", found)
 """
 
 
+#: every run's byte budget spent on arguments of refused calls, as dense as JSON gets: the parent kept them
+#: all, decoded (about 18x their JSON), for the whole episode (+144 MB a step; a 38 MiB record)
+SPEND_THE_BUDGET = """THOUGHT: again END THOUGHT
+ACTION:
+x = [[]] * 5600  # 16.8 kB of JSON: just over what is kept in full
+for i in range(500):
+    try:
+        calculator(expression=x)
+    except Exception:
+        pass
+"""
+
+
 def key_task() -> tuple[dict, int, str]:
     """A calculation task whose evaluate() holds its expected answer (a product no one guesses),
     the answer, and the honest executor's ACTION that computes it with the calculator tool."""
@@ -218,3 +231,19 @@ def test_calls_our_environment_refused_are_never_replayed_by_tau2(tmp_path, back
     # both trials did the task: each is scored as tau2 scores it, the refused calls never replayed
     assert [r["reward"] for r in (hostile, honest)] == [1, 1], [r["scorer_detail"] for r in (hostile, honest)]
     assert hostile["scorer_detail"]["status"] == "ok" and hostile["scorer_detail"]["replay_mismatches"] == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_what_an_episode_keeps_of_its_calls_is_bounded(tmp_path, backend):
+    from sandbox.result import is_stub
+    from sca.executor import KEEP_EPISODE_BYTES
+
+    task, _, honest = key_task()
+    records = rollout(tmp_path, backend, task, [[SPEND_THE_BUDGET] * 3 + [last_number], [honest, last_number]])
+    flood, after = records
+    assert flood["infra_error"] is None and flood["reward"] == 0 and flood["steps"] == 4
+    calls = flood["tool_calls"]
+    assert len(calls) + flood["tool_calls_omitted"] > 3 * 400  # the code made its calls; the record kept a bound
+    assert all(is_stub(c["arguments"]) for c in calls)  # each 16 KiB of lists: over the size kept in full
+    assert len(json.dumps(flood)) < KEEP_EPISODE_BYTES + 1_000 * 600
+    assert after["reward"] == 1
