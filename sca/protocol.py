@@ -14,6 +14,13 @@ THOUGHT is not an error; missing END markers are tolerated (a stop string cuts t
 The answer conversion (:func:`answer_from_text`) is part of the CaT contract (docs/CAT.md,
 "The answer"): it is what ``evaluate(answer)`` receives from an executor, and ``sca validate``
 checks that each task's solution still passes after the same conversion.
+
+Everything here reads model output in the trusted process, and a model trained against our
+reward may write anything up to its token limit. So the parsers find markers, tags and fences
+with ``str.find``, ``str.rfind`` and slicing, in time linear in the text: a regular expression
+with a lazy body (``THOUGHT:(.*?)END THOUGHT``) scans to the end from every place it may start
+and, where the end is missing, takes time quadratic in the text (seconds to minutes on 64,000
+characters). The only regular expression left matches one character class, which cannot backtrack.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ STOP = ["END ACTION", "END ANSWER"]
 OBSERVATION = "OBSERVATION:"
 
 _TAGS = ("instruction", "evaluation_function", "solution", "failure_case")
-_TAG = {name: re.compile(rf"<{name}>(.*?)</{name}>", re.S) for name in _TAGS}
+#: the language tag after a fence's backticks (```python): one character class, linear to match
+_LANG = re.compile(r"[a-zA-Z0-9_+-]*")
 
 
 @dataclass
@@ -50,10 +58,33 @@ class Reply:
 def clean_code(src: str) -> str:
     """Strip Markdown fences and common indentation from a code block."""
     s = src.strip("\n")
-    fence = re.match(r"^\s*```[a-zA-Z0-9_+-]*\s*\n(.*?)\n?\s*```\s*$", s, re.S)
-    if fence:
-        s = fence.group(1)
+    body = _fenced_code(s)
+    if body is not None:
+        s = body
     return textwrap.dedent(s).strip("\n") + "\n"
+
+
+def _fenced_code(s: str) -> str | None:
+    """The code inside `s` if `s` is one fenced block, else None.
+
+    A fenced block is: whitespace, an opening fence (three backticks, a language tag, whitespace
+    that holds a line break), the code, and a closing fence with only whitespace after it. The code
+    starts after the last line break of the opening fence's whitespace and ends where the
+    whitespace before the closing fence starts (its first line keeps its indentation for dedent).
+    The closing fence is the last non-blank characters, so it is found from the end, never by a
+    lazy match that would try every place a closing fence might be.
+    """
+    start = len(s) - len(s.lstrip())  # the opening fence
+    end = len(s.rstrip()) - 3  # the closing fence
+    if not s.startswith("```", start) or not s.startswith("```", end):  # end >= start if the first holds
+        return None
+    tag = _LANG.match(s, start + 3).end()
+    blank = len(s) - len(s[tag:].lstrip())  # the whitespace after the tag ends here
+    newline = s.rfind("\n", tag, blank)
+    if newline < 0 or end <= newline:  # no line break after the tag, or one fence for both
+        return None
+    code = newline + 1
+    return s[code:max(code, len(s[:end].rstrip()))]
 
 
 def parse_reply(text: str) -> Reply:
@@ -63,13 +94,16 @@ def parse_reply(text: str) -> Reply:
     thought ("I will check the order in an ACTION: ..."), not the reply's action or answer.
     """
     thought = ""
-    m = re.search(r"THOUGHT:(.*?)(END THOUGHT|ACTION:|ANSWER:|$)", text, re.S)
+    start = text.find("THOUGHT:")  # only the first THOUGHT counts (an END THOUGHT: holds another)
     after = 0  # where the reply's ACTION or ANSWER may start
-    if m:
-        thought = m.group(1).strip()
-        closed = re.search(r"THOUGHT:(.*?)END THOUGHT", text, re.S)
-        if closed is not None:
-            thought, after = closed.group(1).strip(), closed.end()
+    if start >= 0:
+        start += len("THOUGHT:")
+        close = text.find("END THOUGHT", start)
+        if close >= 0:
+            thought, after = text[start:close].strip(), close + len("END THOUGHT")
+        else:  # a THOUGHT never closed ends at the first ACTION or ANSWER, or with the text
+            ends = [i for i in (text.find("ACTION:", start), text.find("ANSWER:", start)) if i >= 0]
+            thought = text[start:min(ends, default=len(text))].strip()
     a_pos, q_pos = text.find("ACTION:", after), text.find("ANSWER:", after)
     if a_pos >= 0 and (q_pos < 0 or a_pos < q_pos):
         code = clean_code(text[a_pos + len("ACTION:"):].split("END ACTION", 1)[0])
@@ -80,8 +114,8 @@ def parse_reply(text: str) -> Reply:
     end = text.find("END THOUGHT")
     if end >= 0:
         rest = text[end + len("END THOUGHT"):]
-    elif m:  # a THOUGHT never closed: what follows it is all there is to say
-        rest = text.split("THOUGHT:", 1)[1]
+    elif start >= 0:  # a THOUGHT never closed: what follows it is all there is to say
+        rest = text[start:]
     return Reply("text", thought, text=rest.strip())
 
 
@@ -95,7 +129,7 @@ class TaskParts:
 
 def parse_task(body: str) -> TaskParts:
     """The instruction, evaluation function, solution and failure cases in an ANSWER body."""
-    found = {name: rx.findall(body) for name, rx in _TAG.items()}
+    found = {name: _tagged(body, name) for name in _TAGS}
     missing = [name for name in ("instruction", "evaluation_function", "solution") if not found[name]]
     if missing:
         return TaskParts(error="the ANSWER lacks " + ", ".join(f"<{m}>" for m in missing))
@@ -105,6 +139,23 @@ def parse_task(body: str) -> TaskParts:
         "solution": clean_code(found["solution"][0]),
         "failure_cases": [clean_code(x) for x in found["failure_case"]],
     })
+
+
+def _tagged(body: str, name: str) -> list[str]:
+    """What each ``<name>...</name>`` in `body` holds, in order (a part ends at its first close tag).
+
+    An opening tag with no closing tag after it ends the search: no later one has one either.
+    """
+    opening, closing = f"<{name}>", f"</{name}>"
+    parts, pos = [], 0
+    while (start := body.find(opening, pos)) >= 0:
+        start += len(opening)
+        end = body.find(closing, start)
+        if end < 0:
+            break
+        parts.append(body[start:end])
+        pos = end + len(closing)
+    return parts
 
 
 def tool_listing(env: Any) -> str:
@@ -147,9 +198,6 @@ def format_observation(res: Any, limit: int) -> str:
 
 # -- the answer -----------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"^```[a-zA-Z0-9_+-]*\s*\n?(.*?)\n?```$", re.S)
-
-
 def answer_to_text(value: Any) -> str:
     """How an agent writes a value in its final reply: a string as itself, anything else as JSON."""
     if isinstance(value, str):
@@ -171,9 +219,8 @@ def answer_from_text(text: str | None, user_facing: bool = False) -> Any:
     t = text.strip()
     if user_facing:
         return t
-    fence = _FENCE.match(t)
-    if fence:
-        t = fence.group(1).strip()
+    if len(t) >= 6 and t.startswith("```") and t.endswith("```"):  # one code fence, language tag and all
+        t = t[_LANG.match(t, 3).end():-3].strip()
     if not t:
         return ""
     try:

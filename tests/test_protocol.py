@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
+from sca import protocol
 from sca.protocol import (
     answer_from_text,
     answer_to_text,
@@ -124,3 +126,98 @@ def test_an_int_too_long_to_write_in_decimal_stays_text():
     huge = "0x" + "f" * 5000  # a Python literal whose value json cannot write (Python's 4300-digit limit)
     assert answer_from_text(huge) == huge
     assert answer_from_text("0xff") == 255
+
+
+# -- edge cases of the parsers (each found while checking them against the regular expressions
+# they replaced, on millions of generated inputs: the results are the same as before) ----------
+
+def test_the_first_thought_counts():
+    r = parse_reply("END THOUGHT: x")  # END THOUGHT: holds a THOUGHT: (never closed)
+    assert (r.kind, r.thought, r.text) == ("text", "x", ": x")
+    r = parse_reply("THOUGHT: a THOUGHT: b END THOUGHT c")
+    assert (r.kind, r.thought, r.text) == ("text", "a THOUGHT: b", "c")
+    r = parse_reply("THOUGHT: t\nANSWER: 3")  # a THOUGHT never closed: ANSWER ends it too
+    assert (r.kind, r.thought, r.body) == ("answer", "t", "3")
+
+
+@pytest.mark.parametrize("src, code", [
+    ("```python\n\n  x = 1\n  ```  ", "x = 1\n"),  # blank lines, indentation, spaces after the fence
+    ("  ```py\n    a\n      b\n    ```\n\n", "a\n  b\n"),
+    ("```\nx```", "x\n"),  # the closing fence may end the last line
+    ("```\n```", "\n"),  # an empty block
+    ("```python print(1)\n```", "```python print(1)\n```\n"),  # the opening fence must end its line
+    ("````\nx\n```", "````\nx\n```\n"),  # four backticks open no block
+    ("```\nx\n``` y", "```\nx\n``` y\n"),  # text after the closing fence: not one block
+    ("```\n", "```\n"),  # one fence cannot both open and close
+])
+def test_clean_code_fences(src, code):
+    assert clean_code(src) == code
+
+
+@pytest.mark.parametrize("text, value", [
+    ("``````", ""), ("`````", "`````"), ("```42```", ""),  # 42 is the fence's language tag
+    ("```json [1]```", [1]), ("```[1]\n```", [1]), ('```\n"x"\n```', "x"), ("```\u00a0\n3\n```", 3),
+])
+def test_answer_fences(text, value):
+    got = answer_from_text(text)
+    assert got == value and type(got) is type(value)
+
+
+def test_a_task_part_ends_at_its_first_close_tag():
+    rest = "<evaluation_function>e</evaluation_function><solution>s</solution>"
+    assert parse_task("<instruction>a<instruction>b</instruction>" + rest).task["instruction"] == "a<instruction>b"
+    parts = parse_task("<instruction>i</instruction>" + rest + "<failure_case>1</failure_case><failure_case>2")
+    assert parts.task["failure_cases"] == ["1\n"]  # a failure case never closed is none
+    assert parse_task("<solution>s</solution><instruction>i<evaluation_function>e</evaluation_function>").error \
+        == "the ANSWER lacks <instruction>"
+
+
+# -- hostile replies ------------------------------------------------------------------------------
+
+N = 200_000  # characters: a model's reply at its token limit, or more
+
+
+def test_hostile_replies_parse():
+    """Inputs on which the regular expressions these parsers replaced took minutes (quadratic time).
+
+    Only the results are asserted: a test asserts no time. What keeps the parsers linear is
+    pinned by the next test.
+    """
+    r = parse_reply("THOUGHT: " * (N // 9))  # a THOUGHT: at every place, never closed
+    rest = ("THOUGHT: " * (N // 9 - 1)).strip()  # all of it after the first THOUGHT:
+    assert (r.kind, r.thought, r.text) == ("text", rest, rest)
+    assert clean_code("```\n" + " " * N + "x") == "```\n" + " " * N + "x\n"  # a fence never closed
+    r = parse_reply("ACTION:```\n" + " " * N + "x")
+    assert (r.kind, r.code) == ("action", "```\n" + " " * N + "x\n")
+    assert answer_from_text("```" + " " * N + "x") == "```" + " " * N + "x"
+    assert answer_from_text("```" + "\n" * N + "x") == "```" + "\n" * N + "x"
+    assert answer_from_text("```" + " \n" * N + "1```") == 1
+    assert parse_task("<instruction>" * (N // 13)).error == \
+        "the ANSWER lacks <instruction>, <evaluation_function>, <solution>"
+    task = "<instruction>i</instruction><evaluation_function>e</evaluation_function><solution>s</solution>"
+    assert parse_task("<failure_case>" * (N // 14) + task).task["failure_cases"] == []
+
+
+def test_the_parsers_use_no_regular_expression_that_can_backtrack(monkeypatch):
+    """What made the parsers quadratic were regular expressions with lazy bodies; time cannot be
+    asserted, the patterns can. The one left matches one character class (it cannot backtrack), and
+    no function calls `re` while it parses. A new pattern must first be shown linear on hostile input.
+    """
+    patterns = {name: v.pattern for name, v in vars(protocol).items() if isinstance(v, re.Pattern)}
+    assert patterns == {"_LANG": "[a-zA-Z0-9_+-]*"}
+
+    class NoRegex:
+        def __getattr__(self, name):
+            raise AssertionError(f"sca.protocol used re.{name} while parsing")
+
+    monkeypatch.setattr(protocol, "re", NoRegex())
+    r = parse_reply("THOUGHT: t END THOUGHT\nACTION:\n```python\n  x = 1\n```\nEND ACTION")
+    assert (r.kind, r.thought, r.code) == ("action", "t", "x = 1\n")
+    assert parse_reply("THOUGHT: t\nANSWER: <x>").body == "<x>"
+    assert parse_reply("THOUGHT: t\nHello").text == "t\nHello"
+    parts = parse_task("<instruction>i</instruction><evaluation_function>```\ne\n```</evaluation_function>"
+                       "<solution>s</solution><failure_case>f</failure_case>")
+    assert parts.task == {"instruction": "i", "evaluation_function": "e\n", "solution": "s\n",
+                          "failure_cases": ["f\n"]}
+    assert answer_from_text("```json\n[9, 1]\n```") == [9, 1]
+    assert complete_reply("ANSWER: 3") == "ANSWER: 3\nEND ANSWER"
