@@ -45,7 +45,12 @@ AGENT, USER = "agent", "user"
 MAX_ARGS_DEPTH = 64  # how deeply a native tool call's arguments may nest (as the sandbox allows)
 #: bytes of tool-call payloads (arguments and results, as JSON) one episode keeps in full; past it,
 #: payloads are kept as stubs (size, digest, prefix). With MAX_CALL_RECORDS, what a live episode holds
-#: of what its code sent is bounded whatever the code sends (bench/rollout.py measures it).
+#: of what its code sent is bounded whatever the code sends. The ceiling, per live episode: 1 MiB of
+#: kept JSON (at most ~25x that once decoded, for the densest JSON), 1,000 call records of at most
+#: ~2 KB each (a name, a refusal cut to 1,000 characters, two stubs), 15 observations cut to
+#: `observation_limit`, and while a run goes on, one frame of at most its byte budget and 100,000
+#: JSON items: under 64 MiB. bench/rollout.py measures 19 MiB for an episode that spends every run's
+#: whole budget on the densest arguments for 15 steps (1.1 GB before these bounds).
 KEEP_EPISODE_BYTES = 1 << 20
 #: tool calls an episode records one by one; the rest are only counted (``tool_calls_omitted``)
 MAX_CALL_RECORDS = 1000
