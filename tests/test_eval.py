@@ -92,6 +92,47 @@ def test_resume_per_task_and_trial_and_the_summary_file(tmp_path):
     assert meta["stage"] == "eval" and meta["summary"]["calculation"]["pass1"] == 1.0
 
 
+def test_an_infrastructure_failure_stays_out_of_the_summary_and_is_retried(tmp_path, monkeypatch):
+    """The sandbox cannot start a worker for the first task's action: that trial is recorded with reward
+    None and left out of the summary, also when a rerun resumes the file; --retry-failed runs it again."""
+    from sandbox import SandboxUnavailable
+
+    real_build, refusals = SandboxConfig.build, []
+
+    def build(self, workers=None):
+        sb = real_build(self, workers)
+        for w in sb._idle:
+            w.close()
+        sb._idle.clear()
+        real_start = sb._backend.start_worker
+
+        def start():
+            if not refusals:
+                refusals.append(1)
+                raise SandboxUnavailable("no Docker engine answers at unix:///gone.sock")
+            return real_start()
+
+        monkeypatch.setattr(sb._backend, "start_worker", start)
+        return sb
+
+    monkeypatch.setattr(SandboxConfig, "build", build)
+    out = tmp_path / "r.jsonl"
+
+    def evaluate(**over):
+        cfg = config(envs=["calculation"], limit=2, concurrency=1, sandbox=SandboxConfig(backend="bwrap", workers=1),
+                     **over)
+        return eval_file(cfg, str(out), executor_model=ScriptedRoles(solver("calculation")), show_progress=False)
+
+    m = evaluate()["envs"]["calculation"]
+    assert refusals == [1] and (m["tasks"], m["trials"], m["excluded"], m["pass1"]) == (1, 1, 1, 1.0), m
+    assert sorted(r["reward"] for r in read(out) if r["reward"] is not None) == [1]
+    m = evaluate()["envs"]["calculation"]  # resumed: nothing to run, the failure still left out
+    assert (m["tasks"], m["trials"], m["excluded"], m["pass1"]) == (1, 1, 1, 1.0), m
+    m = evaluate(retry_failed=True)["envs"]["calculation"]
+    assert (m["tasks"], m["trials"], m["excluded"], m["pass1"]) == (2, 2, 0, 1.0), m
+    assert sorted(r["reward"] for r in read(out)) == [1, 1] and len({r["id"] for r in read(out)}) == 2
+
+
 def _cli_eval(tmp_path, name, *args):
     server = ReplayServer(lambda messages: "THOUGHT: guess END THOUGHT\n0")
     try:

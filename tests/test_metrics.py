@@ -517,6 +517,16 @@ def test_verdict_is_borderline_when_the_interval_ends_at_zero(ci):
     assert "larger than the noise" not in v
 
 
+def test_compare_is_not_significant_when_its_interval_ends_at_zero():
+    # Six of twelve tasks better, none worse: exact p = 2/64. With one bootstrap draw (seed 5865 draws only
+    # tasks without a difference) the interval is [0, 0]: it includes 0, so the flag agrees with the verdict.
+    a = [{"task_id": f"t{i:02d}", "trial": 0, "reward": 0} for i in range(12)]
+    b = [{"task_id": f"t{i:02d}", "trial": 0, "reward": int(i < 6)} for i in range(12)]
+    c = compare(a, b, k=1, n_boot=1, seed=5865)
+    assert (c.ci, c.p_value, c.p_exact) == ((0.0, 0.0), 2 / 64, True)
+    assert c.significant is False and "borderline" in c.verdict
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

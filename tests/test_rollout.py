@@ -138,6 +138,16 @@ def test_failing_and_step_limit(tmp_path):
     assert summary.terminations == {"max_steps": 1}
 
 
+def test_an_executor_that_only_talks_to_the_user_stops_at_the_step_limit(tmp_path):
+    """In a user-facing environment a message to the user at the last step ends the episode there."""
+    talking = ScriptedRoles(lambda turn, conv: "THOUGHT: ask END THOUGHT\nWhich order do you mean?",
+                            lambda turn, conv: "Please cancel my order." if turn == 0 else "The skateboard one.")
+    _, (r,) = run(tmp_path, [CANCEL_TASK], talking, k=1, episode=ExecutorConfig(max_steps=3))
+    assert (r["termination"], r["steps"], r["reward"]) == ("max_steps", 3, 0), (r["termination"], r["steps"])
+    assert sum(m["role"] == "assistant" for m in r["messages"]) == 3
+    assert r["messages"][-1]["role"] == "assistant"  # the user never answered the last message
+
+
 def test_the_default_step_cap_is_fifteen(tmp_path):
     looping = ScriptedRoles(lambda turn, conv: LOOK, customer)
     _, records = run(tmp_path, [CANCEL_TASK], looping, k=1)
@@ -404,6 +414,70 @@ def test_a_record_keeps_what_the_code_sent_within_bounds(tmp_path):
     assert kept <= KEEP_EPISODE_BYTES
     size = len(json.dumps(r))
     assert size < 400_000, size
+
+
+def test_an_episode_keeps_payloads_within_bounds_across_its_actions(tmp_path):
+    """1 MiB of payloads kept in full per episode, not per action: three actions of 40 calls with 12 kB of
+    arguments each (each call under the 16 KiB kept in full, 1.4 MB in all) keep 1 MiB, the rest as stubs."""
+    from sandbox.result import is_stub
+
+    flood = ("THOUGHT: measure END THOUGHT\nACTION:\nfor i in range(40):\n"
+             "    n = string_length(string=str(i % 10) * 12_000)\nprint(n)\n")
+    model = ScriptedModel(lambda turn, conv: flood if turn < 3 else "THOUGHT: counted END THOUGHT\n4")
+    _, (r,) = run(tmp_path, [CALC[0]], model, k=1)
+    assert r["reward"] == 1 and r["infra_error"] is None and r["steps"] == 4
+    calls = r["tool_calls"]
+    assert len(calls) == 120 and r["tool_calls_omitted"] == 0
+    kept = [c for c in calls if not is_stub(c["arguments"])]
+    assert 80 <= len(kept) < 120 and all(is_stub(c["arguments"]) for c in calls[len(kept):])  # kept first, then stubs
+    size = sum(len(json.dumps(c[k], separators=(",", ":"))) for c in calls for k in ("arguments", "result")
+               if not is_stub(c[k]))
+    assert size <= 1 << 20, size  # 1 MiB an episode (README, "sca rollout")
+
+
+def test_no_worker_to_start_evaluate_is_an_infrastructure_failure_and_is_retried(tmp_path, monkeypatch):
+    """The sandbox cannot start a worker for the trial's evaluate(): nothing of the scoring ran, so the trial
+    is an infrastructure failure (reward None), never a 0, and --retry-failed scores it."""
+    from sandbox import SandboxUnavailable
+
+    real_build, refusals = SandboxConfig.build, []
+
+    def build(self, workers=None):
+        sb = real_build(self, workers)
+        for w in sb._idle:
+            w.close()
+        sb._idle.clear()
+        real_start = sb._backend.start_worker
+
+        def start():
+            if not refusals:
+                refusals.append(1)
+                raise SandboxUnavailable("no Docker engine answers at unix:///gone.sock")
+            return real_start()
+
+        monkeypatch.setattr(sb._backend, "start_worker", start)
+        return sb
+
+    monkeypatch.setattr(SandboxConfig, "build", build)
+    model = ScriptedModel(lambda turn, conv: "THOUGHT: counted END THOUGHT\n4")  # no action: evaluate is the first run
+    summary, (r,) = run(tmp_path, [CALC[0]], model, k=1, concurrency=1)
+    assert refusals == [1]
+    assert (r["reward"], r["termination"], r["infra_error"]["kind"]) == (None, "final_answer", "sandbox"), r
+    assert r["infra_error"]["message"].startswith("evaluate: no worker")
+    assert summary.infra_failures == 1 and summary.scored == 0
+    summary, (r,) = run(tmp_path, [CALC[0]], model, k=1, concurrency=1, retry_failed=True)
+    assert (r["reward"], r["infra_error"]) == (1, None) and summary.scored == 1
+
+
+def test_reward_one_only_for_a_real_true(tmp_path):
+    """evaluate() returning a truthy value that is no bool (the answer itself, 1, "True") scores 0."""
+    truthy = [{**CALC[0], "id": f"calc-{name}", "instruction": f"How long is the string abcd? ({name})",
+               "evaluation_function": f"def evaluate(answer):\n    return {expr}\n"}
+              for name, expr in [("itself", "answer"), ("one", "int(answer == 4)"), ("text", "str(answer == 4)"),
+                                 ("real", "answer == 4")]]
+    _, records = run(tmp_path, truthy, ScriptedModel(lambda turn, conv: "THOUGHT: counted END THOUGHT\n4"), k=1)
+    got = {r["task_id"]: (r["reward"], r["evaluation"]["verdict"]) for r in records}
+    assert got == {"calc-itself": (0, None), "calc-one": (0, None), "calc-text": (0, None), "calc-real": (1, True)}
 
 
 def test_in_user_facing_environments_the_answer_is_the_last_message(tmp_path):

@@ -536,6 +536,32 @@ def test_subprocess_backend_warns():
         Sandbox(backend="subprocess").close()
 
 
+#: a runner that greets like a real one whose seccomp probe failed
+NO_SECCOMP_RUNNER = ("import json, os, struct, time\n"
+                     "msg = json.dumps({'op': 'ready', 'seccomp': 'the probe failed here', 'uid': 65534}).encode()\n"
+                     "os.write(1, struct.pack('>I', len(msg)) + msg)\ntime.sleep(30)\n")
+
+
+def test_an_isolating_worker_without_its_seccomp_filter_is_refused():
+    """Without the filter a run could lower the limits of the processes that start later runs: a bwrap
+    worker whose probe failed is refused with the reason, never used."""
+    import sys
+
+    from sandbox.backends import BwrapBackend
+
+    backend_or_skip("bwrap")
+    backend = BwrapBackend(memory_mb=256, max_procs=8)
+    try:
+        worker = backend._start_local([sys.executable, "-c", NO_SECCOMP_RUNNER])
+    except SandboxUnavailable as e:
+        assert "cannot install its seccomp filter (the probe failed here)" in str(e), e
+    else:
+        worker.kill()
+        pytest.fail(f"a bwrap worker without its seccomp filter was taken: {worker.limits}")
+    finally:
+        backend.close()
+
+
 def test_bwrap_sees_only_what_python_needs(env):
     with open_sandbox("bwrap") as sb:
         res = ok(sb.run(env, "import os, sys\nanswer = [sorted(os.listdir('/')), os.getuid(), os.getpid() > 1, "

@@ -278,6 +278,18 @@ def test_stopping_or_killing_the_parent_costs_nothing(sb, env, attack):
     still_works(sb, env)
 
 
+def test_a_forker_stopped_by_the_code_is_continued_not_replaced(sb, env):
+    """The clean-up continues the forker a run stopped: the next runs are forked by the same process
+    (replacing it, after waiting for it in vain, would cost every such run seconds)."""
+    before = sb.run(env, "import os\nanswer = os.getppid()")
+    assert before.status == "ok", before
+    stopped = sb.run(env, "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nanswer = 'stopped it'")
+    assert (stopped.status, stopped.answer) == ("ok", "stopped it"), stopped
+    for _ in range(2):
+        after = sb.run(env, "import os\nanswer = os.getppid()")
+        assert (after.status, after.answer) == ("ok", before.answer), (before.answer, after)
+
+
 def test_a_leftover_that_keeps_stopping_the_parent(sb, env):
     code = """
 import os, signal, time

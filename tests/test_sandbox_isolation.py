@@ -102,6 +102,16 @@ def test_the_sandbox_shows_the_standard_library_only(sb, env):
     assert res.answer["stdlib"] == [True, True, True]
 
 
+def test_the_standard_library_loads_with_its_compiled_modules(sb, env):
+    """The shared libraries the standard library's extension modules load (sqlite's, OpenSSL's,
+    zlib's, libffi's) are there: finding a module is not loading it."""
+    res = sb.run(env, "import ctypes, sqlite3, ssl, zlib\n"
+                      "answer = [sqlite3.connect(':memory:').execute('select 41 + 1').fetchone()[0],\n"
+                      "          zlib.decompress(zlib.compress(b'abc')).decode(), ssl.OPENSSL_VERSION.split()[0],\n"
+                      "          ctypes.sizeof(ctypes.c_int)]", timeout=30)
+    assert res.status == "ok" and res.answer == [42, "abc", "OpenSSL", 4], res
+
+
 def test_a_run_finds_nothing_of_the_previous_one(sb, env):
     before = worker_pid(sb)
     res = sb.run(env, """
@@ -133,6 +143,21 @@ answer = [[os.listdir(p), os.listxattr(p), oct(os.stat(p).st_mode & 0o777), int(
     assert [p[:2] + [p[3]] for p in res.answer[:3]] == [[[], [], False]] * 3
     assert res.answer[0][2] == "0o777" and res.answer[1][2] == "0o777" and res.answer[3] is False
     assert worker_pid(sb) == before  # the same worker served both runs
+
+
+def test_each_run_finds_the_writable_places_with_the_times_they_had_at_start(sb, env, backend):
+    """The clean-up puts back each writable place's own times as recorded at start, not the time of the
+    clean-up: what one run did there (or when) is not written on the directories the next one sees. (Its
+    access time moves with every listing, the clean-up's check included: the modification time is compared.)"""
+    code = ("import os\nplaces = [p for p in ('/tmp', '/dev/shm', '/dev/mqueue') if os.stat(p).st_uid == os.getuid()]\n"
+            "answer = [[p, os.stat(p).st_mtime_ns] for p in places]\n"
+            "for p in places:\n    os.mkdir(p + '/d') if p != '/dev/mqueue' else None\n")
+    first = sb.run(env, code)
+    time.sleep(0.05)  # past the kernel's coarse clock tick: a clean-up that stamped "now" could not match
+    second = sb.run(env, code)
+    assert first.status == second.status == "ok" and first.answer == second.answer, (first.answer, second.answer)
+    if backend == "bwrap":  # the run owns them there (docker's belong to root)
+        assert [p for p, *_ in first.answer] == ["/tmp", "/dev/shm", "/dev/mqueue"]
 
 
 DEEP_TREES = """
@@ -400,6 +425,10 @@ BIG_REPORTS = {  # Python that makes `data`, a report frame, inside the sandbox
         "p = b'{\"op\":\"done\",\"status\":\"ok\",\"answer\":1,\"junk\":\"' + b'x' * (4600 << 10) + b'\"}'",
     # 3.9 MB as written, 17 MB of JSON once decoded: 1e15 is 1000000000000000.0
     "answer-that-grows": "p = b'{\"op\":\"done\",\"status\":\"ok\",\"answer\":[' + b','.join([b'1e15'] * 800_000) + b']}'",
+    # 2.8 MB as written and within the JSON items a frame may hold, 4.8 MB of JSON once decoded: the zygote
+    # measures what it decoded (any frame past MEASURE_ABOVE) and refuses it before sending anything on
+    "answer-that-grows-within-the-items": "p = b'{\"op\":\"done\",\"status\":\"ok\",\"answer\":[\"' "
+                                          "+ b'x' * (2 << 20) + b'\",' + b','.join([b'1e15'] * 140_000) + b']}'",
 }
 
 
@@ -410,8 +439,22 @@ def test_reports_past_the_size_limits_are_the_runs_protocol_violation(sb, env, n
     # refused by its size or its JSON items before it was decoded, or by the answer's size after
     assert res.error.startswith(("the code broke the sandbox protocol: frame of", "the answer is too large",
                                  "the code broke the sandbox protocol: frame holds up to")), res
+    if name == "answer-that-grows-within-the-items":  # decoded, measured and refused in the zygote
+        assert res.error.startswith("the answer is too large"), res.error
     ok = sb.run(env, "answer = get_value('apples')")
     assert (ok.status, ok.answer) == ("ok", 3), ok
+
+
+def test_reports_past_max_report_are_refused_where_the_byte_budget_lets_larger_frames_in(backend, env):
+    """With the default byte budget (8 MiB) the zygote takes frames of 8 MiB from the run's process (a
+    call may be that large): a report of 5 MiB passes the frame limit, and is refused by its own."""
+    build = ("p = b'{\"op\":\"done\",\"status\":\"ok\",\"answer\":1,\"junk\":\"' + b'x' * (5 << 20) + b'\"}'\n"
+             "data = struct.pack('>I', len(p)) + p")
+    with Sandbox(backend=backend, workers=1) as sb:
+        res = sb.run(env, raw_frames(build=build))
+        assert res.status == "sandbox_error" and not res.infra and res.answer is None, res
+        assert res.error.startswith("the code broke the sandbox protocol: a report of"), res.error
+        assert sb.run(env, "answer = get_value('apples')").answer == 3
 
 
 DENSE_CALLS = {  # Python that makes `p`, one call frame of empty lists, inside the sandbox
@@ -447,6 +490,17 @@ def test_calls_and_answers_past_the_items_limit_are_refused_where_they_are_made(
     answer = sb.run(env, f"answer = [[]] * {limit // 2 + 1}")
     assert answer.status == "sandbox_error" and "too many JSON items" in answer.error and not answer.infra, answer
     assert sb.run(env, f"answer = [[]] * {limit // 2 - 1}").status == "ok"
+
+
+def test_the_zygote_keeps_the_items_limit_by_itself(sb, env):
+    """Code that switches off its own process's check of MAX_ITEMS (the runner is its __main__): the
+    zygote refuses the call by itself, BudgetExceeded where it was made, and nothing reaches the parent."""
+    limit = sandbox_runner.MAX_ITEMS
+    code = (f"import sys\nsys.modules['__main__'].MAX_ITEMS = 1 << 40\ntry:\n    search(list(range({limit})))\n"
+            "except BudgetExceeded as e:\n    answer = str(e)\n")
+    res = sb.run(env, code)
+    assert res.status == "ok" and "JSON items" in res.answer and not res.infra, res
+    assert res.tool_calls == [] and res.refused_calls == 1, res
 
 
 def test_honest_answers_near_the_size_limit(sb, env):
@@ -509,6 +563,54 @@ def test_a_forged_report_naming_a_bool_type_is_no_verdict(sb, env):
     assert res.verdict is None
 
 
+#: evaluate() that writes its own report of a real true, then exits: a report the zygote passes on
+#: (every field of the right shape), which the verdict must still read in full
+FORGED_TRUE = ("import os, stat, struct\ndef evaluate():\n    done = DONE\n"
+               "    for fd in range(3, 64):\n        try:\n            if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+               "                os.write(fd, struct.pack('>I', len(done)) + done)\n        except OSError:\n"
+               "            pass\n    os._exit(0)\n")
+
+
+@pytest.mark.parametrize("done", [
+    b'{"op":"done","status":"error","error_type":"ValueError","error":"no","value":true,"value_type":"bool"}',
+    b'{"op":"done","status":"sandbox_error","error_type":"SandboxError","error":"no","value":true,"value_type":"bool"}',
+    b'{"op":"done","status":"ok","value":true,"value_type":"__main__.bool"}',
+    b'{"op":"done","status":"ok","value":true,"value_type":"int"}',
+], ids=["beside-an-error", "beside-a-sandbox-error", "user-class-bool", "int"])
+def test_a_forged_true_is_a_verdict_only_from_an_ok_run_reporting_a_bool(sb, env, done):
+    res = sb.run(env, FORGED_TRUE.replace("DONE", repr(done)), mode="evaluate")
+    assert res.value is True and not res.infra, res  # the forgery got through as the run's report...
+    assert res.verdict is None, res  # ...and is still no verdict
+    real = sb.run(env, "def evaluate():\n    return True", mode="evaluate")
+    assert (real.status, real.value_type, real.verdict) == ("ok", "bool", True), real
+
+
+class DeepEnv(StoreEnv):
+    """A store whose `deep` tool returns a list nested 20 levels (past the 16 of the module's sandbox)."""
+
+    def tools(self) -> list[Tool]:
+        return super().tools() + [Tool("deep", "A nested list.", schema_from_signature(self.deep), "read")]
+
+    def _call(self, name: str, args: dict[str, Any]) -> Any:
+        return self.deep() if name == "deep" else super()._call(name, args)
+
+    def deep(self) -> list:
+        """Twenty levels of lists."""
+        value: list = []
+        for _ in range(19):
+            value = [value]
+        return value
+
+
+def test_a_tool_result_nested_past_max_depth_is_refused_not_sent(sb):
+    """The parent never sends the code a result nested deeper than the run's max_depth: the call is
+    refused with a ToolError that says why (and the record keeps no result)."""
+    res = sb.run(DeepEnv(), "try:\n    deep()\n    answer = 'sent'\nexcept ToolError as e:\n    answer = str(e)")
+    assert res.status == "ok" and "nested deeper than 16 levels" in res.answer, res
+    (call,) = res.tool_calls
+    assert call.name == "deep" and call.result is None and "nested deeper" in call.error, call
+
+
 def test_text_that_is_not_unicode_is_reported_not_an_error(sb, env):
     res = sb.run(env, "answer = {'\\udcff': '\\ud800x'}\nprint('\\udcff')")
     assert res.status == "ok" and res.answer == {"\ufffd": "\ufffdx"}, res
@@ -569,6 +671,15 @@ def test_tool_bytes_budget_for_arguments_and_results(sb, env):
     assert res.status == "error" and res.error_type == "BudgetExceeded", res
     assert res.tool_calls[0].name == "set_value" and res.tool_calls[0].arg_bytes > 700_000
     assert "result" in res.error
+
+
+def test_a_call_far_past_the_byte_budget_is_refused_where_it_is_made(sb, env):
+    """Honest code's call of 5 MiB in a run with a 1 MiB budget: refused in its own process, against the
+    job's budget, never sent (a frame that large is more than the zygote takes from a run: a protocol
+    violation, had it been sent)."""
+    res = sb.run(env, "try:\n    set_value('big', 'x' * (5 << 20))\nexcept BudgetExceeded as e:\n    answer = str(e)")
+    assert res.status == "ok" and "exceed what is left of the run's budget" in res.answer, res
+    assert res.tool_calls == [] and not res.infra
 
 
 #: code that switches off its own process's budget checks (the runner is its process's __main__), so
@@ -665,6 +776,17 @@ def test_kept_payloads_are_bounded_per_call_and_per_run(sb, env):
     assert first.args == {"key": "a", "value": "x" * 100} and is_stub(first.result)  # its result: past the 200
     assert is_stub(second.args) and is_stub(second.result) and res.kept_bytes == first.arg_bytes
     assert all(is_stub(c.args) and is_stub(c.result) for c in sb.run(env, code, keep_payloads=0).tool_calls)
+
+
+def test_kept_payloads_at_the_per_call_bound(sb, env):
+    """A payload of exactly KEEP_PAYLOAD_BYTES of JSON is kept in full; one byte more is a stub."""
+    from sandbox.result import KEEP_PAYLOAD_BYTES, is_stub
+
+    pad = KEEP_PAYLOAD_BYTES - len('{"text":""}')
+    res = sb.run(env, f"search('x' * {pad})\nsearch('y' * {pad + 1})")
+    at, over = res.tool_calls
+    assert (at.arg_bytes, at.args) == (KEEP_PAYLOAD_BYTES, {"text": "x" * pad}), at.arg_bytes
+    assert over.arg_bytes == KEEP_PAYLOAD_BYTES + 1 and is_stub(over.args)
 
 
 class SlowEnv(StoreEnv):
@@ -807,9 +929,15 @@ HOSTILE_FRAMES = {
     "answer-over-max-answer": '{"op":"done","run":RUN,"status":"ok","answer":"' + "x" * (4 << 20) + '"}',
     "report-over-its-limit": '{"op":"done","run":RUN,"status":"ok","answer":null,"junk":"' + "x" * (6 << 20) + '"}',
     "stdout-past-output-limit": '{"op":"done","run":RUN,"status":"ok","stdout":"' + "y" * 50_000 + '"}',
+    # one character past output_limit (10,000) and its marker (100): within what other text fields may hold
+    "stdout-just-past-output-limit": '{"op":"done","run":RUN,"status":"ok","stdout":"' + "y" * 10_101 + '"}',
     "value-in-exec-mode": '{"op":"done","run":RUN,"status":"ok","answer":1,"value":true,"value_type":"bool"}',
     # 600 KB, within the byte budget: 400,000 items, refused before this process decodes it
     "items-call": '{"op":"call","run":RUN,"id":1,"name":"get_value","args":{"key":[' + ",".join(["[]"] * 200_000) + "]}}",
+    # one call within the frame limit (what is left of the byte budget plus a frame's overhead) but past
+    # the budget itself (the default 8 MiB): only the parent's own count of the budget stops it
+    "call-past-the-byte-budget": '{"op":"call","run":RUN,"id":1,"name":"get_value","args":{"key":"' + "x" * ((8 << 20) + 100)
+                                 + '"}}',
     # two calls in turn, the second one past the run's max_tool_calls (1 in the test below)
     "calls-past-the-call-budget": ['{"op":"call","run":RUN,"id":1,"name":"get_value","args":{"key":"apples"}}',
                                    '{"op":"call","run":RUN,"id":2,"name":"get_value","args":{"key":"apples"}}'],
@@ -838,7 +966,119 @@ def test_a_hostile_worker_cannot_make_the_parent_raise(name, monkeypatch, tmp_pa
             assert "garbage on the worker's channel" in res.error, res
         if name == "calls-past-the-call-budget":  # the first call was served, the second refused here
             assert [c.name for c in res.tool_calls] == ["get_value"] and "beyond the run's budgets" in res.error, res
+        if name == "call-past-the-byte-budget":  # refused here, before the environment ran it
+            assert res.tool_calls == [] and "beyond the run's budgets" in res.error, res
         assert sb._idle == []  # the hostile worker was not kept
+        monkeypatch.setattr(sb._backend, "start_worker", real_start)
+        assert sb.run(env, "answer = get_value('apples')").answer == 3
+
+
+#: a worker that serves every job it gets (answer "unclean"), then ends each one with `ENDING` instead of
+#: confirming a good clean-up: given another job, it would run it
+UNCLEAN_RUNNER = r"""
+import json, os, struct, sys
+def send(msg):
+    data = json.dumps(msg).encode()
+    os.write(1, struct.pack(">I", len(data)) + data)
+def read():
+    head = os.read(0, 4)
+    if len(head) < 4:
+        return None
+    size, data = struct.unpack(">I", head)[0], b""
+    while len(data) < size:
+        data += os.read(0, size - len(data))
+    return json.loads(data)
+send({"op": "ready", "seccomp": "ok", "uid": 65534})
+while True:
+    job = read()
+    if job is None or job.get("op") != "run":
+        break
+    send({"op": "started", "run": job["run"]})
+    send({"op": "done", "run": job["run"], "status": "ok", "answer": "unclean", "answer_type": "str"})
+    send(json.loads(sys.argv[1].replace("RUN", str(job["run"]))))
+"""
+
+
+@pytest.mark.parametrize("ending", [
+    '{"op":"clean","run":RUN,"ok":false,"error":"/tmp is not empty after the clean-up"}',
+    '{"op":"clean","run":999999,"ok":true}',
+    '{"op":"done","run":RUN,"status":"ok","answer":"again"}',
+], ids=["failed", "another-run", "another-report"])
+def test_a_worker_whose_clean_up_failed_runs_no_further_job(ending, monkeypatch):
+    """A worker that would serve the next job (unlike one that hangs, which the retry of an undelivered job
+    hides) is retired as soon as its clean-up is not confirmed: the next run is another worker's."""
+    import sys as _sys
+
+    from sandbox.workers import PipeWorker
+
+    backend_or_skip("bwrap")
+    env = StoreEnv()
+    with Sandbox(backend="bwrap", workers=1) as sb:
+        for w in sb._idle:
+            w.close()
+        sb._idle.clear()
+        real_start, made = sb._backend.start_worker, []
+
+        def start() -> PipeWorker:
+            if made:
+                return real_start()
+            w = PipeWorker("fake", [_sys.executable, "-c", UNCLEAN_RUNNER, ending])
+            w.start(10)
+            made.append(w)
+            return w
+
+        monkeypatch.setattr(sb._backend, "start_worker", start)
+        first = sb.run(env, "answer = 1")
+        assert (first.status, first.answer) == ("ok", "unclean"), first  # the run itself stands
+        res = sb.run(env, "answer = get_value('apples')")
+        assert (res.status, res.answer, res.infra) == ("ok", 3, False), res
+        assert not made[0].alive() and made[0] not in sb._idle
+
+
+#: a worker that sends a tool call for its job before it says it started the job, then dies
+EARLY_CALL_RUNNER = r"""
+import json, os, struct, time
+def send(msg):
+    data = json.dumps(msg).encode()
+    os.write(1, struct.pack(">I", len(data)) + data)
+send({"op": "ready", "seccomp": "ok", "uid": 65534})
+size = struct.unpack(">I", os.read(0, 4))[0]
+data = b""
+while len(data) < size:
+    data += os.read(0, size - len(data))
+job = json.loads(data)
+send({"op": "call", "run": job["run"], "id": 1, "name": "set_value", "args": {"key": "apples", "value": 99}})
+time.sleep(0.5)
+"""
+
+
+def test_a_call_before_the_worker_started_the_job_is_never_served(monkeypatch):
+    """Until a worker says it started the job nothing of the code has run, and the job may go to another
+    worker: a tool call then is out of turn, and never runs against the environment."""
+    import sys as _sys
+
+    import sandbox.core
+    from sandbox.workers import PipeWorker
+
+    backend_or_skip("bwrap")
+    env = StoreEnv()
+    with Sandbox(backend="bwrap", workers=1) as sb:
+        for w in sb._idle:
+            w.close()
+        sb._idle.clear()
+        real_start, started = sb._backend.start_worker, []
+
+        def hostile() -> PipeWorker:
+            w = PipeWorker("fake", [_sys.executable, "-c", EARLY_CALL_RUNNER])
+            w.start(10)
+            started.append(w)
+            return w
+
+        monkeypatch.setattr(sb._backend, "start_worker", hostile)
+        res = sb.run(env, "answer = 1")
+        assert res.infra is True and res.error.startswith("no worker started the job"), res
+        assert res.tool_calls == [] and env.db["apples"] == 3, (res.tool_calls, env.db)
+        assert len(started) == sandbox.core.DELIVERY_ATTEMPTS and not any(w.alive() for w in started)
         monkeypatch.setattr(sb._backend, "start_worker", real_start)
         assert sb.run(env, "answer = get_value('apples')").answer == 3
 

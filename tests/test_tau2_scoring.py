@@ -500,3 +500,60 @@ def test_an_episode_whose_record_cannot_show_what_ran_scores_zero():
     large = {"_truncated": {"bytes": MAX_ARGUMENT_BYTES + 1, "sha256": "0" * 64, "prefix": "{"}}
     reward, detail = tau2_scorer("retail", task.data)(_code_episode(task, calls + [{**calls[0], "arguments": large}]))
     assert (reward, detail["status"]) == (1, "ok")  # refused before it ran: rightly not replayed
+
+
+def test_an_episode_whose_record_cannot_show_a_call_at_the_size_cap_scores_zero():
+    """A call of exactly MAX_ARGUMENT_BYTES passes the precheck (at most that many are taken): when the
+    episode's budget for kept payloads is spent, its record holds a stub of that size, and it may have run."""
+    task = _gold_task()
+    calls = _run_calls(make_env("retail"), [(a["name"], a["arguments"]) for a in task.data["evaluation_criteria"]["actions"]])
+    at_cap = {"_truncated": {"bytes": MAX_ARGUMENT_BYTES, "sha256": "0" * 64, "prefix": "{"}}
+    reward, detail = tau2_scorer("retail", task.data)(_code_episode(task, calls + [{**calls[0], "arguments": at_cap}]))
+    assert (reward, detail["status"]) == (0, "unscorable"), detail
+
+
+def test_the_precheck_takes_what_is_at_each_cap():
+    """Each cap refuses what is past it and takes what is at it: MAX_ARGUMENT_BYTES bytes of arguments,
+    lists of MAX_LIST_ITEMS items, parentheses MAX_NESTING deep in calculate."""
+    env = make_env("retail")
+    pad = MAX_ARGUMENT_BYTES - len(json.dumps({"user_id": ""}, separators=(",", ":")))
+    assert env.precheck("get_user_details", {"user_id": "x" * pad}) == {"user_id": "x" * pad}
+    with pytest.raises(ToolError, match="bytes of JSON"):
+        env.precheck("get_user_details", {"user_id": "x" * (pad + 1)})
+    items = {"order_id": "#W0", "item_ids": ["1"] * MAX_LIST_ITEMS, "new_item_ids": ["2"] * MAX_LIST_ITEMS,
+             "payment_method_id": "x"}
+    assert env.precheck("modify_pending_order_items", items) == items
+    with pytest.raises(ToolError, match=f"at most {MAX_LIST_ITEMS}"):
+        env.precheck("modify_pending_order_items", {**items, "item_ids": ["1"] * (MAX_LIST_ITEMS + 1)})
+    nested = "(" * MAX_NESTING + "1" + ")" * MAX_NESTING
+    assert env.precheck("calculate", {"expression": nested}) == {"expression": nested}
+    assert env.call("calculate", {"expression": nested}) == calculate(nested) == "1.0"
+
+
+def test_only_the_calls_that_ran_are_replayed_with_their_converted_arguments():
+    """tau2 runs its tools on arguments as given: a call our environment ran after converting them
+    losslessly ("3" to 3) is replayed with the values it ran with, so both databases hold the same."""
+    env = make_env("airline")
+    reservation, card, _ = _airline_reservation(env)
+    sent = {"reservation_id": reservation.reservation_id, "total_baggages": "3", "nonfree_baggages": 1.0,
+            "payment_id": card}
+    calls = _run_calls(env, [("update_reservation_baggages", sent)])
+    assert calls[0]["error"] is None and calls[0]["result"]["total_baggages"] == 3
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "THOUGHT: do it END THOUGHT\nACTION:\nx\nEND ACTION"}]
+    mismatches = []
+    converted = tau2_messages("airline", messages, calls, "code", mismatches)
+    assert _tau_calls(converted) == [("update_reservation_baggages", {**sent, "total_baggages": 3,
+                                                                      "nonfree_baggages": 1})]
+    assert mismatches == []
+
+
+def test_calculate_bounds_products_of_floor_quotients_as_products():
+    """A floor quotient of integers is an integer as large as its dividend: a product of them is bounded
+    like any product of integers (refused before it runs), never taken for a float."""
+    env = make_env("retail")
+    quotients = " * ".join(["9" * 100 + " // 1"] * 4)  # 4 x 333 bits: past MAX_PRODUCT_BITS
+    with pytest.raises(ToolError, match=f"at most {MAX_PRODUCT_BITS}"):
+        env.precheck("calculate", {"expression": quotients})
+    assert env.call("calculate", {"expression": " * ".join(["9" * 100 + " // 1"] * 3)}) == calculate(
+        " * ".join(["9" * 100] * 3))

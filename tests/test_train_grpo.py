@@ -380,6 +380,21 @@ def test_grpo_user_samples_as_rollouts_user_from_the_same_flags(tmp_path, monkey
     assert [(c.model, c.backend) for c in loaded] == ([("other-user", "hf")] if own_model else [])
 
 
+def test_a_user_served_another_way_is_not_the_model_in_training():
+    """user_settings: the model in training plays the user only when the user's config names that model
+    served the same way; the same name on another backend or server is another copy, loaded on its own."""
+    from sca.inference.config import ModelConfig, executor_defaults
+    from stages.train_grpo import user_settings
+
+    assert user_settings(None, "ckpt") == (executor_defaults(), True)
+    user, is_policy = user_settings(ModelConfig(temperature=0.3), "ckpt")
+    assert (user.model, user.temperature, is_policy) == ("ckpt", 0.3, True)
+    for other in (ModelConfig(model="ckpt", backend="openai", base_urls=["http://gpu2:8000/v1"]),
+                  ModelConfig(backend="vllm"), ModelConfig(model="other-user")):
+        user, is_policy = user_settings(other, "ckpt")
+        assert (user.model, user.backend, is_policy) == (other.model or "ckpt", other.backend, False), other
+
+
 def test_user_flags_go_with_grpo(tmp_path):
     r = CliRunner().invoke(app, ["train", str(write(tmp_path / "t.jsonl", TASKS)), "-o", str(tmp_path / "c"),
                                  "--algo", "rft", "--user-temperature", "0.3"])
