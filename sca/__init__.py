@@ -1,7 +1,8 @@
 """sca: the Self-Challenging Agent toolkit.
 
-The core library shared by every stage: the JSONL records (:mod:`sca.records`)
-and how they are read and written (:mod:`sca.artifacts`).
+The library every stage stands on: the records between stages (:mod:`sca.records`), the agents
+and their episode engine (:mod:`sca.agent`), the benchmarks and their scorers
+(:mod:`sca.benchmarks`), inference backends (:mod:`sca.inference`), metrics, training and reports.
 """
 
 __version__ = "0.1.0"

@@ -21,7 +21,6 @@ never one: it is that action's error, as the executor sees it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -396,26 +395,9 @@ def _try_json(raw: Any) -> Any:
 def drop_infra_failures(path: str) -> int:
     """Remove the trials recorded as infrastructure failures from an output file (so they run
     again), atomically; the number removed."""
-    if path == "-" or not os.path.exists(path):
-        return 0
-    kept, dropped = [], 0
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                record = json.loads(raw)
-                failed = record.get("reward") is None and record.get("infra_error")
-            except (ValueError, AttributeError):
-                failed = False  # a torn or foreign line: the writer deals with it
-            if failed:
-                dropped += 1
-            else:
-                kept.append(raw)
-    if dropped:
-        tmp = f"{path}.retry.tmp"
-        with open(tmp, "wb") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
-    return dropped
+    from sca.records.io import drop_lines
+
+    return drop_lines(path, lambda r: r.get("reward") is None and bool(r.get("infra_error")))
 
 
 def models_info(executor_config: Any, user_config: Any, episode: ExecutorConfig, executor: Any,

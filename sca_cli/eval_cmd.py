@@ -84,7 +84,7 @@ def eval_(
     """Measure Pass@1 / Pass@k on the benchmarks (tau2's evaluator, M3ToolEval's tasks), with confidence intervals."""
     from envs._m3.official import OfficialTaskError
     from sandbox import SandboxUnavailable
-    from sca.artifacts import InputError
+    from sca.records.io import InputError
     from sca.inference import InferenceError
     from stages.eval import EvalConfig, eval_file
 

@@ -66,7 +66,7 @@ def propose(
     """Run challenger episodes until N tasks pass every CaT check."""
     from envs import UnknownEnvironmentError, env_names
     from sandbox import SandboxUnavailable
-    from sca.artifacts import InputError
+    from sca.records.io import InputError
     from sca.inference import InferenceError
     from stages.propose import ProposeConfig, propose_file
     from stages.validate import ValidateConfig

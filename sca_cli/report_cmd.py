@@ -29,7 +29,7 @@ def report(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of the permutation test."),
 ) -> None:
     """Report on runs: validation funnel, rewards per task, Pass@k per environment, training curves."""
-    from sca.artifacts import InputError
+    from sca.records.io import InputError
     from stages.report import Table
     from stages.report import report as make_report
 

@@ -79,7 +79,7 @@ def rollout(
 ) -> None:
     """Solve every task K times with the executor (and a simulated user where the environment has one)."""
     from sandbox import SandboxUnavailable
-    from sca.artifacts import InputError
+    from sca.records.io import InputError
     from sca.inference import InferenceError
     from stages.rollout import RolloutConfig, rollout_file
 

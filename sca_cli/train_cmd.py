@@ -87,7 +87,7 @@ def train(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Train a model on trajectories with TRL; the loss covers the assistant's own tokens only."""
-    from sca.artifacts import InputError
+    from sca.records.io import InputError
 
     if algo == "ppo":
         fail("--algo ppo is not offered: TRL 1.16 has no PPO trainer, and sca re-implements no trainer "

@@ -45,7 +45,7 @@ def validate(
 ) -> None:
     """Apply every Code-as-Task check (compile, failure cases, no-op, solution, failure-case runs)."""
     from sandbox import SandboxUnavailable
-    from sca.artifacts import InputError
+    from sca.records.io import InputError
     from stages.validate import REASONS, ValidateConfig, validate_file
 
     config = ValidateConfig(sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),

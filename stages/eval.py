@@ -20,15 +20,12 @@ tasks (:mod:`sca.metrics`), per environment, and the paper's Table 1 row for the
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sandbox.config import SandboxConfig
-from sca.artifacts import STDIO, InputError
+from sca.records.io import STDIO, InputError, scan_jsonl, write_json_atomic
 from sca.engine import Role, run_episodes
 from sca.executor import (
     AGENT,
@@ -41,7 +38,7 @@ from sca.executor import (
     models_info,
 )
 from sca.inference.config import ModelConfig, executor_defaults
-from sca.runs import StageRun, progress
+from sca.records.stage_run import StageRun, progress
 
 BENCHMARK_ENVS = ("calculation", "web_browsing", "retail", "airline")
 TAU_ENVS = ("retail", "airline")
@@ -180,19 +177,15 @@ def _earlier_results(path: str, wanted: dict[str, str]) -> dict[str, dict[str, A
     """The results an earlier run left in `path` for the (task, trial) ids of this run (`wanted`:
     id -> environment); the file may hold other tasks, splits or trials, which are not this run's."""
     out: dict[str, dict[str, Any]] = {}
-    if path == STDIO or not Path(path).exists():
-        return out
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                r = json.loads(raw)
-                env = wanted.get(r["id"])
-                if env is not None and r["task_id"] == r["id"].rsplit("#", 1)[0]:
-                    reward = r.get("reward")
-                    out[r["id"]] = {"env": env, "task_id": r["task_id"], "trial": r["trial"],
-                                    "reward": reward if reward in (0, 1) else None}
-            except (ValueError, TypeError, KeyError, AttributeError):
-                continue
+    for r in scan_jsonl(path):
+        try:
+            env = wanted.get(r["id"])
+            if env is not None and r["task_id"] == r["id"].rsplit("#", 1)[0]:
+                reward = r.get("reward")
+                out[r["id"]] = {"env": env, "task_id": r["task_id"], "trial": r["trial"],
+                                "reward": reward if reward in (0, 1) else None}
+        except (TypeError, KeyError, AttributeError):
+            continue
     return out
 
 
@@ -251,9 +244,7 @@ def eval_file(config: EvalConfig, output: str, *, executor_model: Any = None, us
         for model in own:
             model.close()
     if output != STDIO:
-        tmp = f"{output}.summary.json.tmp"
-        Path(tmp).write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, f"{output}.summary.json")
+        write_json_atomic(f"{output}.summary.json", summary)
     return summary
 
 

@@ -21,12 +21,10 @@ stops when ``n`` tasks are valid or ``max_episodes`` have run.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from sca.engine import Episode, Role, run_episodes
@@ -39,7 +37,8 @@ from sca.protocol import (
     parse_task,
     tool_listing,
 )
-from sca.runs import StageRun, progress
+from sca.records.io import scan_jsonl
+from sca.records.stage_run import StageRun, progress
 from stages.validate import ValidateConfig, feedback, validate_task
 
 # -- configuration ------------------------------------------------------------------------------
@@ -357,14 +356,12 @@ class ProposeSummary:
 
 
 def _existing_instructions(path: str | None) -> set[str]:
-    if not path or path == "-" or not Path(path).exists():
-        return set()
     seen = set()
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for record in scan_jsonl(path) if path else ():
         try:
-            seen.add(normalise(json.loads(line)["instruction"]))
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn line; the writer cuts it
+            seen.add(normalise(record["instruction"]))
+        except (KeyError, TypeError, AttributeError):
+            continue
     return seen
 
 

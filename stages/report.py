@@ -29,7 +29,7 @@ CaT task: ``sca propose`` output when its ``meta`` has ``source: "sca propose"``
 ``status``, validate output when it has ``validation``. Every record is then checked against
 its kind's schema (``sca.records``; the train log line of docs/TRAJECTORY.md). A line that is
 not JSON, a record that breaks its schema, a sidecar that is not JSON or names an unknown
-stage, records of no known kind: :class:`~sca.artifacts.InputError`, one line naming the file
+stage, records of no known kind: :class:`~sca.records.io.InputError`, one line naming the file
 (and the line). CaT tasks without ``validation`` (not yet validated) and empty files whose
 kind cannot be told have nothing to report: named on the command line they are an error, met
 in a directory they are skipped with a note.
@@ -85,7 +85,7 @@ from pathlib import Path
 from typing import Any
 
 from sca import metrics
-from sca.artifacts import InputError
+from sca.records.io import InputError
 from sca.paper import RETAIL_FUNNEL_8B, TABLE1_ZERO_SHOT, zero_shot_row
 from sca.records import EVAL_RESULT, TRAJECTORY, Field, RecordError, RecordSchema
 
@@ -1153,7 +1153,7 @@ def report(
     `compare`: two eval (or rollout) files, B compared against A, paired by task, per environment.
     `k`: the k of Pass@k and pass^k (default: the run's meta ``settings.k``, else its
     ``settings.trials``, else the most trials any task has). `n_boot`, `seed`: the bootstrap of every interval. Raises
-    :class:`~sca.artifacts.InputError` (one line) for missing, unknown or malformed input.
+    :class:`~sca.records.io.InputError` (one line) for missing, unknown or malformed input.
     """
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise InputError(f"k must be a positive integer, got {k!r}")

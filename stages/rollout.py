@@ -11,14 +11,12 @@ a rerun resumes per (task, trial); ``retry_failed`` reruns the infrastructure fa
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 from sandbox.config import SandboxConfig
-from sca.artifacts import STDIO, InputError, StreamedInput
+from sca.records.io import InputError, StreamedInput, scan_jsonl
 from sca.engine import Role, run_episodes
 from sca.executor import (
     AGENT,
@@ -32,7 +30,7 @@ from sca.executor import (
 )
 from sca.inference.config import ModelConfig, executor_defaults
 from sca.records import CAT_TASK
-from sca.runs import StageRun, progress
+from sca.records.stage_run import StageRun, progress
 
 
 @dataclass
@@ -122,17 +120,13 @@ class RolloutSummary:
 def _tally_existing(path: str, tallies: dict[str, TaskTally], counts: Counter, task_ids: set[str], k: int) -> None:
     """Per-task tallies and counts of the trajectories an earlier run wrote (streamed), for this
     run's tasks and trials only: the file may also hold other tasks, or more trials, of earlier runs."""
-    if path == STDIO or not Path(path).exists():
-        return
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                r = json.loads(raw)
-                trial = r["trial"]
-                if r["task_id"] in task_ids and isinstance(trial, int) and 0 <= trial < k:
-                    _count(r, tallies, counts)
-            except (ValueError, AttributeError, TypeError, KeyError):
-                continue
+    for r in scan_jsonl(path):
+        try:
+            trial = r["trial"]
+            if r["task_id"] in task_ids and isinstance(trial, int) and 0 <= trial < k:
+                _count(r, tallies, counts)
+        except (AttributeError, TypeError, KeyError):
+            continue
 
 
 def _count(record: dict[str, Any], tallies: dict[str, TaskTally], counts: Counter) -> None:

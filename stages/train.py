@@ -108,7 +108,7 @@ from pathlib import Path
 from typing import Any
 
 from sca import __version__
-from sca.artifacts import InputError, Loaded, load_records
+from sca.records.io import InputError, Loaded, load_records, write_json_atomic
 from sca.records import Field, RecordError, RecordSchema
 
 # -- the trajectory record (docs/TRAJECTORY.md): the fields this stage relies on -------------------
@@ -1400,6 +1400,4 @@ def _write_summary(out: Path, summary: TrainSummary, loaded: Loaded, config: Any
         "summary": summary.to_dict(),
         "config": json.loads(json.dumps(config.to_dict(), default=str)),
     }
-    tmp = out / "train_summary.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, out / "train_summary.json")
+    write_json_atomic(out / "train_summary.json", data)

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sca.artifacts import InputError, StreamedInput
+from sca.records.io import InputError, StreamedInput
 from sca.inference.config import ModelConfig, executor_defaults
 from sca.records import CAT_TASK
 

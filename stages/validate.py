@@ -34,10 +34,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from sandbox.config import SandboxConfig
-from sca.artifacts import load_records
+from sca.records.io import load_records
 from sca.protocol import answer_from_text, answer_to_text
 from sca.records import CAT_TASK
-from sca.runs import StageRun, progress
+from sca.records.stage_run import StageRun, progress
 
 #: every rejection reason, with what it means (the summary and README use these)
 REASONS: dict[str, str] = {

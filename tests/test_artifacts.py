@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from sca.artifacts import InputError, RecordWriter, RunMeta, load_records
+from sca.records.io import InputError, RecordWriter, load_records
+from sca.records.stage_run import RunMeta
 from sca.records import CAT_TASK, RecordError
-from sca.runs import StageRun
+from sca.records.stage_run import StageRun
 
 
 def task(i: int = 0, **over):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sca.artifacts import InputError, load_records
+from sca.records.io import InputError, load_records
 from sca_cli.app import app
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "trajectories"

@@ -14,7 +14,7 @@ from _scripted import ScriptedRoles
 from cat_sets import RETAIL_TASKS
 from typer.testing import CliRunner
 
-from sca.artifacts import InputError
+from sca.records.io import InputError
 from sca_cli.app import app
 
 # Rewards that vary within a group at temperature 1: an answer of even length passes.

@@ -1,4 +1,4 @@
-"""The bookkeeping every stage shares: inputs, resumable outputs, meta, progress, counts.
+"""The bookkeeping every stage shares: inputs, resumable outputs, the sidecar meta, progress, counts.
 
 A stage function opens a :class:`StageRun`, asks it which input records are
 still to do, hands each finished record to :meth:`StageRun.write`, and closes
@@ -8,13 +8,17 @@ summaries go to stderr, so ``-o -`` keeps stdout pure JSONL.
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
-from sca.artifacts import STDIO, InputError, Loaded, RecordWriter, RunMeta
+from sca import __version__
+from sca.records.io import STDIO, InputError, Loaded, RecordWriter, write_json_atomic
 
 
 class StageRun:
@@ -104,3 +108,56 @@ def progress(total: int, description: str, enabled: bool | None = None) -> Itera
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunMeta:
+    """The ``OUTPUT.meta.json`` sidecar: how an output file was made.
+
+    Holds the command line, sca version, inputs with hashes, settings (model,
+    sampling, seed...), start and end times and counts. A resumed run keeps
+    the earlier runs' entries under ``previous_runs``. Written atomically.
+    """
+
+    def __init__(self, output: str | Path, stage: str, inputs: Iterable[Loaded] = (), settings: dict[str, Any] | None = None):
+        self.output = str(output)
+        self.path = None if self.output == STDIO else Path(self.output + ".meta.json")
+        previous: list[dict[str, Any]] = []
+        if self.path is not None and self.path.exists():
+            try:
+                old = json.loads(self.path.read_text())
+                previous = old.pop("previous_runs", [])
+                previous.append(old)
+            except (ValueError, OSError):
+                previous = []
+        self.data: dict[str, Any] = {
+            "stage": stage,
+            "command": [Path(sys.argv[0]).name] + sys.argv[1:],
+            "sca_version": __version__,
+            "inputs": [i.describe() for i in inputs],
+            "settings": settings or {},
+            "started_at": _now(),
+            "ended_at": None,
+            "status": "running",
+            "counts": {},
+            "previous_runs": previous,
+        }
+
+    def start(self, overwrite: bool = False) -> None:
+        if overwrite:
+            self.data["previous_runs"] = []
+        self._save()
+
+    def finish(self, counts: dict[str, Any], status: str = "finished") -> None:
+        self.data["counts"] = counts
+        self.data["status"] = status
+        self.data["ended_at"] = _now()
+        self._save()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        write_json_atomic(self.path, self.data)

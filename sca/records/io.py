@@ -1,20 +1,22 @@
-"""Reading and writing the JSONL files between stages.
+"""Reading and writing the JSONL files between stages, and JSON files atomically: the only place.
 
-Reading (:func:`load_records`): every line is checked against its schema
-before any work starts. A bad line is reported as ``FILE:LINE: what is
-wrong`` (an :class:`InputError`; the CLI prints it and exits with code 2), or
-with ``skip_invalid`` reported and skipped. ``-`` is standard input.
+Reading (:func:`load_records`, :class:`StreamedInput`): every line is checked against its
+schema before any work starts. A bad line is reported as ``FILE:LINE: what is wrong`` (an
+:class:`InputError`; the CLI prints it and exits with code 2), or with ``skip_invalid`` reported
+and skipped. ``-`` is standard input. :func:`scan_jsonl` is the tolerant pass over a file a stage
+wrote itself (its resume tallies, a report): it yields the objects and passes over torn or foreign
+lines, which the writer deals with.
 
-Writing (:class:`RecordWriter`): record by record, each line written whole
-and flushed, so a stage killed at any moment leaves only complete lines plus
-at most one torn last line, which the next run discards. Re-running with the
-same output resumes: the ids already written are known and skipped by the
-stage. Every output gets a ``OUTPUT.meta.json`` sidecar (:class:`RunMeta`).
+Writing (:class:`RecordWriter`): record by record, each line written whole and flushed, so a
+stage killed at any moment leaves only complete lines plus at most one torn last line, which the
+next run discards. Re-running with the same output resumes: the ids already written are known
+and skipped by the stage. :func:`write_json_atomic` writes a whole JSON file (a sidecar, a
+summary) so that a reader never sees half of one; :func:`drop_lines` removes records from a
+JSONL file the same way.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -23,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from sca import __version__
-from sca.records import RecordError, RecordSchema
+from sca.records.schema import RecordError, RecordSchema
 
 STDIO = "-"
 
@@ -276,56 +277,51 @@ class RecordWriter:
         self.close()
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-class RunMeta:
-    """The ``OUTPUT.meta.json`` sidecar: how an output file was made.
-
-    Holds the command line, sca version, inputs with hashes, settings (model,
-    sampling, seed...), start and end times and counts. A resumed run keeps
-    the earlier runs' entries under ``previous_runs``. Written atomically.
-    """
-
-    def __init__(self, output: str | Path, stage: str, inputs: Iterable[Loaded] = (), settings: dict[str, Any] | None = None):
-        self.output = str(output)
-        self.path = None if self.output == STDIO else Path(self.output + ".meta.json")
-        previous: list[dict[str, Any]] = []
-        if self.path is not None and self.path.exists():
+def scan_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL file a stage wrote, streamed, passing over lines that are not one
+    (a torn last line, a foreign line): for resume tallies and reports, never for input a stage
+    must check (that is :class:`StreamedInput`). Nothing for ``-`` or a missing file."""
+    if str(path) == STDIO or not Path(path).exists():
+        return
+    with open(path, "rb") as f:
+        for raw in f:
             try:
-                old = json.loads(self.path.read_text())
-                previous = old.pop("previous_runs", [])
-                previous.append(old)
-            except (ValueError, OSError):
-                previous = []
-        self.data: dict[str, Any] = {
-            "stage": stage,
-            "command": [Path(sys.argv[0]).name] + sys.argv[1:],
-            "sca_version": __version__,
-            "inputs": [i.describe() for i in inputs],
-            "settings": settings or {},
-            "started_at": _now(),
-            "ended_at": None,
-            "status": "running",
-            "counts": {},
-            "previous_runs": previous,
-        }
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
 
-    def start(self, overwrite: bool = False) -> None:
-        if overwrite:
-            self.data["previous_runs"] = []
-        self._save()
 
-    def finish(self, counts: dict[str, Any], status: str = "finished") -> None:
-        self.data["counts"] = counts
-        self.data["status"] = status
-        self.data["ended_at"] = _now()
-        self._save()
+def drop_lines(path: str | Path, drop: Callable[[dict[str, Any]], bool]) -> int:
+    """Remove from a JSONL file the records for which `drop` is true, atomically (the other lines,
+    torn or foreign ones included, stay as they were); the number removed."""
+    if str(path) == STDIO or not Path(path).exists():
+        return 0
+    kept, dropped = [], 0
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                record = json.loads(raw)
+                gone = isinstance(record, dict) and drop(record)
+            except ValueError:
+                gone = False
+            if gone:
+                dropped += 1
+            else:
+                kept.append(raw)
+    if dropped:
+        tmp = Path(f"{path}.tmp")
+        with open(tmp, "wb") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
 
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, self.path)
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON to `path` through a temporary file and a rename: a reader sees
+    the old file or the new one, never half of one (values JSON has no type for become strings)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
