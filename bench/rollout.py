@@ -121,7 +121,7 @@ def throughput(n: int, sandbox_backend: str) -> tuple[float, float, int]:
     from sandbox.config import SandboxConfig
     from sca.inference import load_model
     from stages.rollout import RolloutConfig, rollout_file
-    from sca.executor import ExecutorConfig
+    from sca.agent.executor import ExecutorConfig
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
     model = load_model()
@@ -157,7 +157,7 @@ def throughput(n: int, sandbox_backend: str) -> tuple[float, float, int]:
 def memory(episodes: int) -> float:
     """MiB this process grows by holding `episodes` retail episodes, each after 3 write calls."""
     from envs import make_env
-    from sca.executor import ExecutorConfig, ExecutorEpisode
+    from sca.agent.executor import ExecutorConfig, ExecutorEpisode
 
     make_env("retail")  # the pristine database, shared by all
     gc.collect()

@@ -34,7 +34,7 @@ An instance is not thread-safe; give each thread its own (``make()`` is cheap).
 What runs here, and what tau2 replays
 -------------------------------------
 The tools run in the trusted process on arguments a trained policy chose, and tau2's scorer
-(:mod:`sca.tau2_scoring`) runs them again on tau2's own environment. Every refusal made before a
+(:mod:`sca.benchmarks.tau2`) runs them again on tau2's own environment. Every refusal made before a
 tool runs is in one place, :meth:`TauEnvironment.precheck`, a function of the call alone (name and
 arguments, never the state): an unknown tool, arguments that are no JSON object or are a record's
 truncation stub, unknown or missing arguments, more than ``MAX_ARGUMENT_BYTES`` of JSON, a list of
@@ -774,7 +774,7 @@ class TauEnvironment(Environment):
 
     def precheck(self, name: Any, args: Any) -> dict[str, Any]:
         """Every refusal made before tool `name` runs, from the call alone: the arguments the tool
-        runs with (plain JSON), or :class:`ToolError`. :mod:`sca.tau2_scoring` replays on tau2
+        runs with (plain JSON), or :class:`ToolError`. :mod:`sca.benchmarks.tau2` replays on tau2
         exactly the recorded calls that pass it, with these arguments."""
         return self._domain.precheck(name, args)
 

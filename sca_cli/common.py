@@ -155,7 +155,7 @@ def executor_configs(model: str | None, backend: str, base_url: list[str] | None
                      max_steps: int) -> tuple[ModelConfig, ModelConfig | None, Any]:
     """The executor's ModelConfig, the simulated user's (None: the executor's) and the ExecutorConfig
     that the flags describe (a one-line error, exit 2, if they are wrong)."""
-    from sca.executor import ACTION_FORMATS, ExecutorConfig
+    from sca.agent.executor import ACTION_FORMATS, ExecutorConfig
 
     if action_format not in ACTION_FORMATS:
         fail(f"--action-format must be one of {', '.join(ACTION_FORMATS)}, not {action_format!r}")

@@ -5,7 +5,7 @@ benchmark tasks:
 
 * TauBench retail and airline: tau2's own test tasks; the simulated user gets each task's user
   scenario as tau2 defines it; every trial is scored by tau2's own evaluator
-  (:mod:`sca.tau2_scoring`: database state against the gold actions' state, required
+  (:mod:`sca.benchmarks.tau2`: database state against the gold actions' state, required
   information communicated, by each task's reward basis). ``drop_noop_solvable`` removes the
   tasks tau2 scores 1 when the agent does nothing (about a third of airline's test tasks), as
   the paper did; how many is reported.
@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator
 
 from sandbox.config import SandboxConfig
 from sca.records.io import STDIO, InputError, scan_jsonl, write_json_atomic
-from sca.engine import Role, run_episodes
-from sca.executor import (
+from sca.agent.engine import Role, run_episodes
+from sca.agent.executor import (
     AGENT,
     USER,
     ExecutorConfig,
@@ -111,7 +111,7 @@ def benchmark_tasks(config: EvalConfig) -> tuple[list[BenchTask], dict[str, int]
     for name in config.envs:
         env = make_env(name)
         if name in TAU_ENVS:
-            from sca.tau2_scoring import noop_solvable, tau2_scorer
+            from sca.benchmarks.tau2 import noop_solvable, tau2_scorer
 
             if config.split not in env.splits():
                 raise InputError(f"{name}: no split {config.split!r} (have {', '.join(env.splits())})")

@@ -13,7 +13,7 @@ turn writes ``THOUGHT: ... END THOUGHT`` and then either
   reason and traceback go back to the challenger to revise.
 
 The episode ends at a valid task or after ``max_steps`` turns. Episodes run on the
-shared episode engine (:mod:`sca.engine`): every step, each live episode's next turn
+shared episode engine (:mod:`sca.agent.engine`): every step, each live episode's next turn
 is generated in one batched call. Valid tasks are written as episodes finish; the run
 stops when ``n`` tasks are valid or ``max_episodes`` have run.
 """
@@ -27,9 +27,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from sca.engine import Episode, Role, run_episodes
+from sca.agent.engine import Episode, Role, run_episodes
 from sca.inference.config import ModelConfig, challenger_defaults
-from sca.protocol import (
+from sca.agent.reply import (
     STOP,
     complete_reply,
     format_observation,

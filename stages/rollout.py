@@ -1,7 +1,7 @@
 """`sca rollout`: the executor solves CaT tasks, k trials each, every trajectory scored by the task's code.
 
 For each task of the input (streamed: a million-task file is never held in memory) and each
-trial, one :class:`~sca.executor.ExecutorEpisode` runs on the shared episode engine: the
+trial, one :class:`~sca.agent.executor.ExecutorEpisode` runs on the shared episode engine: the
 executor (and, in retail and airline, the simulated user, which may be another model on
 another backend) generate in batches, actions run in the sandbox against the episode's own
 environment state, and at the end the task's ``evaluate`` runs on the final state. Each
@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 from sandbox.config import SandboxConfig
 from sca.records.io import InputError, StreamedInput, scan_jsonl
-from sca.engine import Role, run_episodes
-from sca.executor import (
+from sca.agent.engine import Role, run_episodes
+from sca.agent.executor import (
     AGENT,
     USER,
     ExecutorConfig,

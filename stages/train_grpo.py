@@ -126,7 +126,7 @@ class EpisodeRollouts:
 
     def __init__(self, tasks: list[dict[str, Any]], tokenizer: Any, config: Any, sandbox: Any,
                  user_config: ModelConfig | None, stats: Counter, eos_ids: list[int]):
-        from sca.executor import ExecutorConfig
+        from sca.agent.executor import ExecutorConfig
 
         self.tasks = {t["id"]: t for t in tasks}
         self.tokenizer = tokenizer
@@ -162,8 +162,8 @@ class EpisodeRollouts:
         import torch
 
         from envs import make_env
-        from sca.engine import Role, run_episodes
-        from sca.executor import (
+        from sca.agent.engine import Role, run_episodes
+        from sca.agent.executor import (
             AGENT,
             USER,
             ExecutorEpisode,

@@ -10,7 +10,7 @@ For each task, in CAT.md's order, with the environment reset before every run:
    ``evaluate`` returns True;
 5. ``answer_round_trip``: if ``evaluate`` takes the answer, it still returns True
    for the solution's answer turned into the text an agent would write and back
-   (:func:`sca.protocol.answer_from_text`): a task an executor could pass only by
+   (:func:`sca.agent.reply.answer_from_text`): a task an executor could pass only by
    handing over a Python object is rejected (``answer_not_typeable``);
 6. ``failure_case_runs``: each failure case runs (a ``ToolError`` escaping it
    is allowed, any other exception is not), then ``evaluate`` returns False.
@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from sandbox.config import SandboxConfig
 from sca.records.io import load_records
-from sca.protocol import answer_from_text, answer_to_text
+from sca.agent.reply import answer_from_text, answer_to_text
 from sca.records import CAT_TASK
 from sca.records.stage_run import StageRun, progress
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sca.engine import Episode, Role, run_episodes
+from sca.agent.engine import Episode, Role, run_episodes
 from sca.inference.base import ChatModel, Generation, SamplingParams, ServerError
 
 

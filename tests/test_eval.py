@@ -242,8 +242,8 @@ def test_tau2s_evaluator_scores_gold_replays_one_and_doing_nothing_zero(tmp_path
     doing nothing scores 0 on every task that needs an action (and 1 on the tasks tau2 itself scores
     1 without any, which --drop-noop-solvable leaves out)."""
     from envs import make_env
-    from sca import user_sim
-    from sca.tau2_scoring import noop_solvable
+    from sca.agent import user_sim
+    from sca.benchmarks.tau2 import noop_solvable
 
     tasks = make_env(domain).tasks("test")
     by_instruction = {t.instruction.strip(): t.id for t in tasks}
@@ -282,7 +282,7 @@ def test_tau2s_evaluator_scores_gold_replays_one_and_doing_nothing_zero(tmp_path
 def _episode(tool_calls, messages=None):
     from types import SimpleNamespace
 
-    from sca.executor import ExecutorConfig
+    from sca.agent.executor import ExecutorConfig
 
     messages = messages or [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi"},
                             {"role": "assistant", "content": "THOUGHT: look END THOUGHT\nACTION:\nx\nEND ACTION"},
@@ -295,7 +295,7 @@ def _episode(tool_calls, messages=None):
 
 def test_tau2_scoring_reports_replay_mismatches_and_survives_what_tau2_cannot_take():
     from envs import make_env
-    from sca.tau2_scoring import tau2_scorer
+    from sca.benchmarks.tau2 import tau2_scorer
 
     task = make_env("retail").tasks("test")[0]
     score = tau2_scorer("retail", task.data)

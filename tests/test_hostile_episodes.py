@@ -236,7 +236,7 @@ def test_calls_our_environment_refused_are_never_replayed_by_tau2(tmp_path, back
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_what_an_episode_keeps_of_its_calls_is_bounded(tmp_path, backend):
     from sandbox.result import is_stub
-    from sca.executor import KEEP_EPISODE_BYTES
+    from sca.agent.executor import KEEP_EPISODE_BYTES
 
     task, _, honest = key_task()
     records = rollout(tmp_path, backend, task, [[SPEND_THE_BUDGET] * 3 + [last_number], [honest, last_number]])

@@ -20,7 +20,7 @@ from cat_sets import RETAIL_TASKS, cat, write_jsonl
 from typer.testing import CliRunner
 
 from sandbox.config import SandboxConfig
-from sca.executor import ExecutorConfig
+from sca.agent.executor import ExecutorConfig
 from sca.records import TRAJECTORY
 from sca_cli.app import app
 from stages.rollout import RolloutConfig, rollout_file
@@ -396,7 +396,7 @@ def test_a_record_keeps_what_the_code_sent_within_bounds(tmp_path):
     """An executor that spent its budget on arguments of refused calls once made a 38 MiB record (13 KB
     for an honest one), its episode holding the decoded arguments, about 18x their JSON, throughout."""
     from sandbox.result import is_stub
-    from sca.executor import KEEP_EPISODE_BYTES, MAX_CALL_RECORDS
+    from sca.agent.executor import KEEP_EPISODE_BYTES, MAX_CALL_RECORDS
 
     flood = ("THOUGHT: t END THOUGHT\nACTION:\nfor i in range(1100):\n    try:\n        "
              "get_order_details(order_id='#W' + str(i))\n    except ToolError:\n        pass\n")

@@ -372,7 +372,8 @@ def test_garbage_after_the_job_started_is_the_runs_failure(env):
             return data + GARBAGE if b'"started"' in (data or b"") else data
 
         worker._read_some = read
-        res = sb.run(env, "answer = 1")
+        # the code takes a moment: its report cannot come in the same read as "started"
+        res = sb.run(env, "import time\ntime.sleep(0.3)\nanswer = 1")
         assert res.status == "sandbox_error" and "garbage" in res.error and res.infra is False, res
         assert not worker.alive()
         assert ok(sb.run(env, "answer = 1")).answer == 1

@@ -25,8 +25,8 @@ from envs._tau import (
     calculate,
 )
 from envs.base import ToolError, UnknownToolError
-from sca.executor import ExecutorConfig
-from sca.tau2_scoring import TERMINATIONS, tau2_messages, tau2_scorer, tau2_termination
+from sca.agent.executor import ExecutorConfig
+from sca.benchmarks.tau2 import TERMINATIONS, tau2_messages, tau2_scorer, tau2_termination
 
 STUB = {"_truncated": {"bytes": 1 << 20, "sha256": "0" * 64, "prefix": '{"user_id": "'}}
 
@@ -373,7 +373,7 @@ def test_every_ending_of_ours_reaches_tau2_as_its_reason():
     """Only the user's stop is scored; the others reach tau2 as the reason its orchestrator would give."""
     expected = {"user_stop": "user_stop", "max_steps": "max_steps", "context_limit": "agent_error",
                 "error": "agent_error", "final_answer": "agent_error", "": "agent_error"}
-    source = (Path(__file__).parent.parent / "sca" / "executor.py").read_text()
+    source = (Path(__file__).parent.parent / "sca" / "agent" / "executor.py").read_text()
     produced = set(re.findall(r'_end\("(\w+)"\)', source)) | set(re.findall(r'termination or "(\w+)"', source))
     assert produced and produced <= set(expected), produced - set(expected)  # a new ending needs a mapping
     assert set(TERMINATIONS) <= set(expected)
@@ -437,7 +437,7 @@ def _json_gold_eval(tmp_path, monkeypatch, domain, only=None):
 
     from envs._tau import TauEnvironment
     from sandbox.config import SandboxConfig
-    from sca import user_sim
+    from sca.agent import user_sim
     from stages.eval import EvalConfig, eval_file
 
     backend_or_skip("bwrap")

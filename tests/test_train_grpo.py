@@ -45,7 +45,7 @@ def tokenizer():
 def test_episodes_become_prompt_completion_and_a_mask_of_the_models_own_tokens(tokenizer):
     """What TRL gets for one episode: the prompt up to the first reply, then everything else, with
     env_mask 1 exactly on the tokens the model generated (its replies, as generated)."""
-    from sca.executor import ExecutorConfig, ExecutorEpisode
+    from sca.agent.executor import ExecutorConfig, ExecutorEpisode
     from stages.train_grpo import EpisodeRollouts
 
     replies = ["THOUGHT: look END THOUGHT\nACTION:\nprint(string_length(string='ab'))\nEND ACTION",

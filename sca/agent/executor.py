@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 from sandbox.result import KEEP_ERROR_CHARS, KEEP_PAYLOAD_BYTES, payload_stub
 from sandbox.runner import json_depth
-from sca import user_sim
-from sca.engine import Episode
-from sca.protocol import (
+from sca.agent import user_sim
+from sca.agent.engine import Episode
+from sca.agent.reply import (
     OBSERVATION,
     STOP,
     answer_from_text,

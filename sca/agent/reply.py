@@ -1,4 +1,4 @@
-"""The reply protocol every agent of the toolkit speaks, and how a final answer becomes a value.
+"""The reply format every agent of the toolkit speaks, and how a final answer becomes a value.
 
 A reply is ``THOUGHT: ... END THOUGHT`` and then one of
 

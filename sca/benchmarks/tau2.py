@@ -43,7 +43,7 @@ arguments and the database (``calculate`` included: no power, at most 1000 chara
 :mod:`envs._tau`); a replay costs about what the same calls cost our environment during the
 episode. The rest of tau2's evaluation is linear in the message texts (model output, bounded by
 the generation limits) and in the database; reading each reply here is the executor's own
-parsing of it (:func:`sca.protocol.parse_reply`), which the episode already paid for.
+parsing of it (:func:`sca.agent.reply.parse_reply`), which the episode already paid for.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from sca.protocol import OBSERVATION, parse_reply
+from sca.agent.reply import OBSERVATION, parse_reply
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def _noop_solvable(domain: str, task_json: str) -> bool:
 
 def unreplayable(ep: Any) -> str | None:
     """Why the episode's record cannot show tau2 exactly what ran, or None. A trajectory keeps tool
-    calls within bounds (see ``sca.executor.KEEP_EPISODE_BYTES``): past them a call's arguments are a
+    calls within bounds (see ``sca.agent.executor.KEEP_EPISODE_BYTES``): past them a call's arguments are a
     stub, and past 1,000 calls a call is only counted. A stub of more bytes than any call may have was
     refused before it ran, and is rightly not replayed; a smaller one, or a call not recorded at all,
     may have changed the database. Only an executor that flooded its episode with calls gets there,

@@ -1,4 +1,4 @@
-"""The reply protocol (one parser for the challenger and the executor) and the answer conversion."""
+"""The reply format (one parser for the challenger and the executor) and the answer conversion."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from sca import protocol
-from sca.protocol import (
+from sca.agent import reply as protocol
+from sca.agent.reply import (
     answer_from_text,
     answer_to_text,
     clean_code,
@@ -208,7 +208,7 @@ def test_the_parsers_use_no_regular_expression_that_can_backtrack(monkeypatch):
 
     class NoRegex:
         def __getattr__(self, name):
-            raise AssertionError(f"sca.protocol used re.{name} while parsing")
+            raise AssertionError(f"sca.agent.reply used re.{name} while parsing")
 
     monkeypatch.setattr(protocol, "re", NoRegex())
     r = parse_reply("THOUGHT: t END THOUGHT\nACTION:\n```python\n  x = 1\n```\nEND ACTION")
