@@ -17,19 +17,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sandbox.errors import ToolError, UnknownToolError, WriteForbiddenError
+
+__all__ = ["BenchmarkTask", "Environment", "Tool", "ToolError", "ToolKind", "UnknownToolError", "WriteForbiddenError",
+           "check_arguments", "schema_from_signature", "to_json_value"]
+
 ToolKind = Literal["read", "write"]
-
-
-class ToolError(Exception):
-    """A tool refused the call; the message is the environment's own."""
-
-
-class UnknownToolError(ToolError):
-    """A call named a tool the environment does not have."""
-
-
-class WriteForbiddenError(ToolError):
-    """A write tool was called where only read tools are allowed (in `evaluate`)."""
 
 
 @dataclass(frozen=True)

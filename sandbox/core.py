@@ -19,7 +19,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from envs.base import ToolError, WriteForbiddenError
+from sandbox.errors import ToolError, WriteForbiddenError
 from sandbox.backends import Backend, make_backend, resolve_backend
 from sandbox.config import SandboxConfig
 from sandbox.result import (
