@@ -67,7 +67,7 @@ def main() -> None:
     from sandbox import Sandbox
     from stages.propose import ProposeConfig, propose_file
     from sandbox.config import SandboxConfig
-    from stages.validate import ValidateConfig
+    from sca.cat import ValidateConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=40)

@@ -108,7 +108,8 @@ def baseline_validate(task: dict) -> bool:
 def bench_backend(backend: str, tasks: list[dict], workers: int) -> tuple[float, int] | str:
     from sandbox import Sandbox, SandboxUnavailable
     from sandbox.config import SandboxConfig
-    from stages.validate import ValidateConfig, validate_records
+    from sca.cat import ValidateConfig
+    from stages.validate import validate_records
 
     cfg = ValidateConfig(SandboxConfig(backend=backend, workers=workers))
     try:

@@ -69,7 +69,7 @@ def propose(
     from sca.records.io import InputError
     from sca.inference import InferenceError
     from stages.propose import ProposeConfig, propose_file
-    from stages.validate import ValidateConfig
+    from sca.cat import ValidateConfig
 
     if env not in env_names():
         fail(f"unknown environment {env!r} (available: {', '.join(env_names())})")

@@ -46,7 +46,8 @@ def validate(
     """Apply every Code-as-Task check (compile, failure cases, no-op, solution, failure-case runs)."""
     from sandbox import SandboxUnavailable
     from sca.records.io import InputError
-    from stages.validate import REASONS, ValidateConfig, validate_file
+    from sca.cat import REASONS, ValidateConfig
+    from stages.validate import validate_file
 
     config = ValidateConfig(sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
                             min_failure_cases=min_failure_cases)

@@ -9,7 +9,7 @@ turn writes ``THOUGHT: ... END THOUGHT`` and then either
   value of ``answer``, or the error and traceback; or
 * ``ANSWER: <instruction> <evaluation_function> <solution> <failure_case>x3
   END ANSWER``: the task is checked at once with exactly the checks of
-  ``sca validate`` (:func:`stages.validate.validate_task`); if it fails, the
+  ``sca validate`` (:func:`sca.cat.validate_task`); if it fails, the
   reason and traceback go back to the challenger to revise.
 
 The episode ends at a valid task or after ``max_steps`` turns. Episodes run on the
@@ -39,7 +39,7 @@ from sca.agent.reply import (
 )
 from sca.records.io import scan_jsonl
 from sca.records.stage_run import StageRun, progress
-from stages.validate import ValidateConfig, feedback, validate_task
+from sca.cat import ValidateConfig, feedback, validate_task
 
 # -- configuration ------------------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ from pathlib import Path
 from typing import Any
 
 from sca import metrics
+from sca.cat import CHECK_OF_REASON, CHECKS
 from sca.records.io import InputError
 from sca.paper import RETAIL_FUNNEL_8B, TABLE1_ZERO_SHOT, zero_shot_row
 from sca.records import EVAL_RESULT, TRAJECTORY, Field, RecordError, RecordSchema
@@ -117,14 +118,6 @@ KINDS = ("propose", "validate", "rollout", "eval", "train")
 FUNNEL_STAGES = ("proposed", "code runs", "solution passes", "failure cases fail (valid)")
 
 #: the checks of sca validate, in their order (stages/validate.py)
-CHECKS = ("compile", "failure_case_count", "noop_run", "solution_run", "answer_round_trip", "failure_case_runs")
-
-#: the check each reason belongs to, where there is only one (for records without failed_check)
-_CHECK_OF_REASON = {
-    "compile": "compile", "failure_case_count": "failure_case_count", "noop_passes": "noop_run",
-    "solution_error": "solution_run", "solution_fails": "solution_run", "answer_not_typeable": "answer_round_trip",
-    "failure_case_error": "failure_case_runs", "failure_case_passes": "failure_case_runs",
-}
 
 #: (failed check, reasons, furthest stage reached): the mapping the README page shows
 FUNNEL_RULES: tuple[tuple[str, str, int], ...] = (
@@ -303,7 +296,7 @@ def _failed_check(v: dict[str, Any]) -> str | None:
     for c in v.get("checks") or ():
         if isinstance(c, dict) and c.get("ok") is False and isinstance(c.get("check"), str):
             return c["check"]
-    return _CHECK_OF_REASON.get(v.get("reason"))
+    return CHECK_OF_REASON.get(v.get("reason"))
 
 
 def funnel_stage(validation: dict[str, Any] | None) -> int:
@@ -611,7 +604,7 @@ class Funnel:
 
 
 def _reason_meaning(reason: str) -> str:
-    from stages.validate import REASONS
+    from sca.cat import REASONS
 
     if reason in REASONS:
         return REASONS[reason]

@@ -10,7 +10,7 @@ from _scripted import ScriptedModel
 from cat_sets import cat
 from stages.propose import ProposeConfig, propose_file
 from sandbox.config import SandboxConfig
-from stages.validate import ValidateConfig, validate_task
+from sca.cat import ValidateConfig, validate_task
 
 HEX_EVAL = "def evaluate(answer):\n    return isinstance(answer, str) and answer.strip().lower() == 'hi there'\n"
 HEX_SOLUTION = "answer = convert_hex_to_ascii(hex_string='6869207468657265')\n"

@@ -12,7 +12,7 @@ from stages.propose import (
 )
 from sandbox.config import SandboxConfig
 from envs.retail import remove_order_ids
-from stages.validate import ValidateConfig
+from sca.cat import ValidateConfig
 
 ORDER = "#W2974929"  # Fatima Anderson's pending skateboard order
 
@@ -251,7 +251,7 @@ GARBAGE = "I am not sure what to do."
 
 
 def test_validation_reason_detail_and_traceback_reach_the_next_prompt(tmp_path):
-    from stages.validate import REASONS
+    from sca.cat import REASONS
 
     seen = {}
 

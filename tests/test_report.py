@@ -135,7 +135,7 @@ def test_funnel_matches_the_hand_count(rep):
         "failure_case_error": (1, {"failure_case_runs": 1}, "solution passes"),
         "failure_case_passes": (2, {"failure_case_runs": 2}, "solution passes"),
     }
-    from stages.validate import REASONS
+    from sca.cat import REASONS
 
     readme = rep.readme.read_text()
     assert "| 13 (100.0%) | 7 (53.8%) | 5 (38.5%) | 3 (23.1%) |" in readme

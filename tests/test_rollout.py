@@ -220,7 +220,8 @@ FINALS = {"calc-number": "THOUGHT: it is 4 END THOUGHT\n4", "calc-list": "THOUGH
 
 
 def test_answers_are_converted_the_same_way_in_validation_and_rollout(tmp_path):
-    from stages.validate import ValidateConfig, validate_file
+    from sca.cat import ValidateConfig
+    from stages.validate import validate_file
 
     src = write_jsonl(tmp_path / "calc.jsonl", CALC)
     validate_file(str(src), str(tmp_path / "ok.jsonl"), rejected=str(tmp_path / "rej.jsonl"),

@@ -9,7 +9,8 @@ from _sandbox_util import backend_or_skip, unavailable
 
 from cat_sets import ALL_TASKS, ORDER, RETAIL_TASKS, cat, write_jsonl
 from sandbox.config import SandboxConfig
-from stages.validate import REASONS, ValidateConfig, feedback, validate_file, validate_task
+from sca.cat import REASONS, ValidateConfig, feedback, validate_task
+from stages.validate import validate_file
 
 BACKENDS = ["bwrap", pytest.param("docker", marks=pytest.mark.docker)]
 
