@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from envs import env_names
-    from sandbox import Sandbox, SandboxUnavailable
+    from sandbox import Sandbox, SandboxConfig, SandboxUnavailable
 
     env_name = args.env or ("retail" if "retail" in env_names() else "store")
     env = load_env(env_name)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                sb = Sandbox(backend=backend, workers=args.workers)
+                sb = Sandbox(SandboxConfig(backend=backend, workers=args.workers))
             start = time.perf_counter() - t0
         except SandboxUnavailable as e:
             print(f"{backend:<11} skipped: {e}")

@@ -113,7 +113,7 @@ def bench_backend(backend: str, tasks: list[dict], workers: int) -> tuple[float,
 
     cfg = ValidateConfig(SandboxConfig(backend=backend, workers=workers))
     try:
-        sb = Sandbox(backend=backend, workers=workers)
+        sb = Sandbox(SandboxConfig(backend=backend, workers=workers))
     except SandboxUnavailable as e:
         return f"unavailable: {e}"
     with sb:

@@ -26,12 +26,12 @@ from pathlib import Path
 
 from sandbox import cgroups
 from sandbox.result import SandboxUnavailable
-from sandbox.runner import runner_digest
+from sandbox.runner.wire import runner_digest
 from sandbox.workers import DockerWorker, PipeWorker, Worker
 
-BACKENDS = ("auto", "docker", "bwrap", "subprocess")
-RUNNER = Path(__file__).with_name("runner.py")
-RUNNER_IN_SANDBOX = "/opt/sca/runner.py"
+#: the runner's folder (standard library only), run as ``python -I -S -B <folder>`` in every worker
+RUNNER = Path(__file__).with_name("runner")
+RUNNER_IN_SANDBOX = "/opt/sca/runner"
 PYTHON_IN_SANDBOX = "/opt/sca/python"
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 #: extra memory a worker's cgroup or container may hold beyond the per-run limit
@@ -50,10 +50,11 @@ def resolve_backend(name: str) -> str:
     """The backend `name` stands for, checked to work here; SandboxUnavailable says why not.
 
     ``auto`` is ``docker`` when a Docker engine answers (``DOCKER_HOST`` or the
-    default socket), else ``bwrap``.
+    default socket), else ``bwrap``. The names are those of ``sandbox.config.BACKEND_NAMES``
+    (``SandboxConfig`` checks them); any other is a ValueError.
     """
-    if name not in BACKENDS:
-        raise ValueError(f"unknown sandbox backend {name!r} (choose from {', '.join(BACKENDS)})")
+    if name not in ("auto", *_CONCRETE):
+        raise ValueError(f"unknown sandbox backend {name!r} (choose from auto, {', '.join(_CONCRETE)})")
     if name == "subprocess":
         return name
     if name == "docker":
@@ -403,7 +404,7 @@ class DockerBackend(Backend):
         worker.start(self.startup_timeout)
         if worker.info.get("runner") != runner_digest(str(RUNNER)):
             worker.kill()
-            raise SandboxUnavailable(f"Docker image {self.image} holds an older sandbox/runner.py: rebuild it with "
+            raise SandboxUnavailable(f"Docker image {self.image} holds an older sandbox/runner: rebuild it with "
                                      "`python -m sandbox.image build` (or `bash .ci/docker.sh`)")
         _check_hardening(worker, required=True, host_uid=NOBODY)  # user="65534:65534", no user namespace
         return worker
@@ -426,6 +427,10 @@ def _check_hardening(worker: Worker, required: bool, host_uid: int | None) -> No
         worker.limits["user"] = f"uid {uid} inside"
     if host_uid is not None:
         worker.limits["user"] = f"{worker.limits.get('user', 'uid ?')}, host uid {host_uid}"
+
+
+#: the names of the backends that start workers (``auto`` stands for one of them)
+_CONCRETE = tuple(b.name for b in (DockerBackend, BwrapBackend, SubprocessBackend))
 
 
 def make_backend(name: str, memory_mb: int, max_procs: int, image: str) -> Backend:

@@ -1,7 +1,10 @@
-"""Every setting of a sandbox in one place: :class:`SandboxConfig`.
+"""Every setting of a sandbox in one place, with its default: :class:`SandboxConfig`.
 
-Stages hold one and build their :class:`~sandbox.Sandbox` with :meth:`SandboxConfig.build`;
-the command line takes its defaults from here. Standard library only (``sca --help`` imports it).
+A :class:`~sandbox.pool.Sandbox` is made from one (``Sandbox(config)``); stages hold one and build
+their sandbox with :meth:`SandboxConfig.build`; the command line takes its defaults from here. No
+other module holds a default of these settings: the parent sends each of them with every job, and
+the runner reads them from the job. Standard library only, and nothing of the package but the pool
+that :meth:`SandboxConfig.build` imports when called (``sca --help`` imports this module).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class SandboxConfig:
         return asdict(self)
 
     def build(self, workers: int | None = None):
-        """Start a :class:`~sandbox.Sandbox` with these settings (`workers` overrides the count)."""
-        from sandbox.core import Sandbox
+        """Start a :class:`~sandbox.pool.Sandbox` with these settings (`workers` overrides the count)."""
+        from sandbox.pool import Sandbox  # imported on use: the command line imports this module at start-up
 
-        return Sandbox.from_config(self if workers is None else replace(self, workers=max(1, workers)))
+        return Sandbox(self if workers is None else replace(self, workers=max(1, workers)))

@@ -1,7 +1,7 @@
 """Build the Docker sandbox image, with or without a registry.
 
 The image is the ``sandbox`` target of the repository's Dockerfile: a Python
-interpreter and ``sandbox/runner.py``. Its base is ``python:3.11-slim`` from a
+interpreter and the runner's folder, ``sandbox/runner``. Its base is ``python:3.11-slim`` from a
 registry, or, where none is reachable, a root filesystem made from this
 machine's own Python (the interpreter, its standard library without installed
 packages, and the shared libraries they load), imported with ``docker import``.
@@ -21,10 +21,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from sandbox.config import SandboxConfig
 from sandbox.interpreter import SKIP_DIRS, extension_modules, interpreter, libpython, shared_libraries
+from sandbox.runner.wire import RUNNER_DIR
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TAG = "sca-sandbox:latest"
+DEFAULT_TAG = SandboxConfig.image  # the image the docker backend runs
 BASE_REPOSITORY = "sca-python-base"
 PYTHON_IN_IMAGE = "/opt/sca/python"
 def write_rootfs(out: str | Path, python: str = sys.executable) -> str:
@@ -142,7 +144,9 @@ def build(tag: str = DEFAULT_TAG, base: str | None = None, python: str = sys.exe
         context = io.BytesIO()
         with tarfile.open(fileobj=context, mode="w") as tar:
             tar.add(REPO / "Dockerfile", arcname="Dockerfile")
-            tar.add(REPO / "sandbox" / "runner.py", arcname="sandbox/runner.py")
+            for runner_file in sorted(Path(RUNNER_DIR).iterdir()):  # every file runner_digest covers
+                if runner_file.is_file():
+                    tar.add(runner_file, arcname=f"sandbox/runner/{runner_file.name}")
         context.seek(0)
         log(f"building {tag} (Dockerfile target 'sandbox', base {base})")
         try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sandbox import cgroups
 from sandbox.result import SandboxUnavailable
-from sandbox.runner import FrameBuffer, ProtocolError, encode_frame
+from sandbox.runner.wire import FrameBuffer, ProtocolError, encode_frame
 
 #: frame limits between runs (the greeting, a clean-up's confirmation, a runner's last words): small
 IDLE_FRAME, IDLE_ITEMS = 1 << 20, 100_000

@@ -49,9 +49,9 @@ CALC_TASKS = [
 
 
 def web_tasks():
-    from envs import make_env
+    from sca.benchmarks import benchmark
 
-    bench = make_env("web_browsing").tasks(split="test")[0]
+    bench = benchmark("web_browsing").tasks(split="test")[0]
     evaluate, solution = bench.data["evaluation_function"], bench.data["solution"]
     return [
         cat("web-valid-price", "web_browsing", "valid", "How much does the Ridgeline 2 Tent cost now?",
@@ -72,7 +72,7 @@ def web_tasks():
 def sandbox():
     from sandbox import Sandbox
 
-    with Sandbox(backend="bwrap", workers=1, timeout=5.0) as sb:
+    with Sandbox(SandboxConfig(backend="bwrap", workers=1, timeout=5.0)) as sb:
         yield sb
 
 

@@ -15,19 +15,20 @@ import pytest
 from _sandbox_util import INITIAL, StoreEnv, backend_or_skip, unavailable
 
 from envs.base import Tool, ToolError
-from sandbox import BACKENDS, RunResult, Sandbox, SandboxUnavailable, resolve_backend
-from sandbox.runner import MAX_FRAME, FrameBuffer, ProtocolError, encode_frame, make_tool_functions
+from sandbox import BACKENDS, RunResult, Sandbox, SandboxConfig, SandboxUnavailable, resolve_backend
+from sandbox.runner.child import make_tool_functions
+from sandbox.runner.wire import MAX_FRAME, FrameBuffer, ProtocolError, encode_frame
 
 ALL = ["bwrap", "subprocess", pytest.param("docker", marks=pytest.mark.docker)]
 
 
 def open_sandbox(backend: str, **kw) -> Sandbox:
     backend_or_skip(backend)
-    kw = {"timeout": 5.0, "output_limit": 300, **kw}
+    kw = {"workers": 1, "timeout": 5.0, "output_limit": 300, **kw}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the subprocess backend's warning, tested below
         try:
-            return Sandbox(backend=backend, **kw)
+            return Sandbox(SandboxConfig(backend=backend, **kw))
         except SandboxUnavailable as e:  # e.g. a Docker image built from an older runner
             unavailable(backend, e)
 
@@ -239,7 +240,7 @@ def test_traceback_shows_only_the_code(sb, env):
     assert tb.startswith("Traceback (most recent call last):")
     assert 'File "<code>", line 4, in <module>' in tb and 'File "<code>", line 2, in f' in tb
     assert "return get_value(x)" in tb  # source lines are shown
-    assert "runner.py" not in tb and "sca-tools" not in tb
+    assert "runner/" not in tb and "sca-tools" not in tb  # no frame of the runner's folder
     assert tb.rstrip().endswith("ToolError: no such key: missing")
 
 
@@ -380,9 +381,9 @@ def test_garbage_after_the_job_started_is_the_runs_failure(env):
 
 
 def test_no_worker_that_starts_the_job_is_an_infrastructure_failure(env, monkeypatch):
-    import sandbox.core
+    import sandbox.pool
 
-    monkeypatch.setattr(sandbox.core, "WATCHDOG_GRACE", 0.2)
+    monkeypatch.setattr(sandbox.pool, "WATCHDOG_GRACE", 0.2)
     with open_sandbox("subprocess") as sb:
         stopped = []
 
@@ -395,13 +396,13 @@ def test_no_worker_that_starts_the_job_is_an_infrastructure_failure(env, monkeyp
         res = sb.run(env, "answer = 1", timeout=0.3)
         assert res.infra is True and res.status == "timeout", res
         assert res.error.startswith("no worker started the job")
-        assert len(stopped) == sandbox.core.DELIVERY_ATTEMPTS and not any(w.alive() for w in stopped)
+        assert len(stopped) == sandbox.pool.DELIVERY_ATTEMPTS and not any(w.alive() for w in stopped)
 
 
 def test_watchdog_kills_a_hung_worker(env, monkeypatch):
-    import sandbox.core
+    import sandbox.pool
 
-    monkeypatch.setattr(sandbox.core, "WATCHDOG_GRACE", 0.5)
+    monkeypatch.setattr(sandbox.pool, "WATCHDOG_GRACE", 0.5)
     with open_sandbox("subprocess") as sb:
         (worker,) = sb._idle
         # the code stops its own zygote (it can, outside a PID namespace): the runner stops answering
@@ -534,7 +535,7 @@ def test_docker_unavailable_says_why(monkeypatch):
 def test_subprocess_backend_warns():
     backend_or_skip("subprocess")
     with pytest.warns(RuntimeWarning, match="does not isolate"):
-        Sandbox(backend="subprocess").close()
+        Sandbox(SandboxConfig(backend="subprocess", workers=1)).close()
 
 
 #: a runner that greets like a real one whose seccomp probe failed
@@ -659,7 +660,7 @@ def test_a_checkout_under_tmp_starts_bwrap_workers(tmp_path):
     shutil.copytree(root / "sandbox", copy / "sandbox", ignore=shutil.ignore_patterns("__pycache__"))
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import sandbox; "
             "assert sandbox.__file__.startswith(sys.argv[1]), sandbox.__file__; "
-            "sb = sandbox.Sandbox(backend='bwrap', workers=1); r = sb.run(None, 'answer = 6 * 7'); sb.close(); "
+            "sb = sandbox.SandboxConfig(backend='bwrap', workers=1).build(); r = sb.run(None, 'answer = 6 * 7'); sb.close(); "
             "print(r.status, r.answer, r.error)")
     out = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -15,7 +15,7 @@ import warnings
 import pytest
 from _sandbox_util import HIDDEN_SECRET, StoreEnv, backend_or_skip, unavailable
 
-from sandbox import Sandbox, SandboxUnavailable
+from sandbox import Sandbox, SandboxConfig, SandboxUnavailable
 
 ISOLATING = ["bwrap", pytest.param("docker", marks=pytest.mark.docker)]
 MAX_PROCS = 40
@@ -27,8 +27,8 @@ def sb(request):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
-            sandbox = Sandbox(backend=request.param, timeout=10.0, memory_mb=512, max_procs=MAX_PROCS,
-                              output_limit=1000)
+            sandbox = Sandbox(SandboxConfig(backend=request.param, workers=1, timeout=10.0, memory_mb=512,
+                                            max_procs=MAX_PROCS, output_limit=1000))
         except SandboxUnavailable as e:
             unavailable(request.param, e)
     yield sandbox
@@ -82,7 +82,7 @@ answer = {{"files": found, "root": sorted(os.listdir("/"))}}
 def test_cannot_write_host_files(sb, env, tmp_path):
     target = tmp_path / "pwned.txt"
     in_tmp = f"/tmp/sca-pwned-{uuid.uuid4()}"
-    runner = "/opt/sca/runner.py"
+    runner = "/opt/sca/runner/zygote.py"  # a file of the runner's folder
     code = f"""
 outcome = {{}}
 for p in [{str(target)!r}, {in_tmp!r}, {runner!r}, "/usr/lib/pwned", "/opt/pwned"]:

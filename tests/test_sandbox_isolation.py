@@ -16,7 +16,9 @@ from _sandbox_util import StoreEnv, backend_or_skip
 
 from envs.base import Tool, schema_from_signature
 from sandbox import Sandbox, SandboxConfig
-from sandbox import runner as sandbox_runner
+from sandbox.runner import scrub as runner_scrub
+from sandbox.runner import wire as runner_wire
+from sandbox.runner import zygote as runner_zygote
 
 ISOLATING = ["bwrap", pytest.param("docker", marks=pytest.mark.docker)]
 
@@ -29,8 +31,8 @@ def backend(request):
 
 @pytest.fixture(scope="module")
 def sb(backend):
-    with Sandbox(backend=backend, workers=1, timeout=10.0, memory_mb=1024, max_tool_calls=50,
-                 max_tool_bytes=1 << 20, max_depth=16) as sandbox:
+    with Sandbox(SandboxConfig(backend=backend, workers=1, timeout=10.0, memory_mb=1024, max_tool_calls=50,
+                               max_tool_bytes=1 << 20, max_depth=16)) as sandbox:
         yield sandbox
 
 
@@ -209,12 +211,12 @@ def test_a_clean_up_that_fails_retires_the_worker(tmp_path, monkeypatch):
     removed, is a failure with its reason (the worker then says so and serves no more runs)."""
     place = tmp_path / "place"
     place.mkdir()
-    zygote = sandbox_runner.Zygote(-1, -1, pid_namespace=False, scrub=[str(place)])
+    zygote = runner_zygote.Zygote(-1, -1, pid_namespace=False, scrub=[str(place)])
     (place / "deep").mkdir()
     (place / "deep" / "f").write_text("x")
     assert zygote._scrub() is None and list(place.iterdir()) == []  # the real thing works
     (place / "survivor").write_text("x")
-    monkeypatch.setattr(sandbox_runner, "_empty_directory", lambda path, deadline: None)  # one that misses it
+    monkeypatch.setattr(runner_scrub, "_empty_directory", lambda path, deadline: None)  # one that misses it
     why = zygote._scrub()
     assert why and "not empty" in why and "survivor" in why, why
     monkeypatch.undo()
@@ -233,7 +235,7 @@ def test_a_clean_up_that_fails_retires_the_worker(tmp_path, monkeypatch):
 
 def _scrub_as_nobody(place: str) -> None:
     os.chown(place, 65534, 65534)
-    zygote = sandbox_runner.Zygote(-1, -1, pid_namespace=False, scrub=[place])
+    zygote = runner_zygote.Zygote(-1, -1, pid_namespace=False, scrub=[place])
     os.mkdir(os.path.join(place, "locked"), 0o755)
     with open(os.path.join(place, "locked", "f"), "w") as f:
         f.write("x")
@@ -350,7 +352,7 @@ answer = [libc.syscall(nr, b"user", b"k", b"v", 1, -4), ctypes.get_errno()]
 
 
 def test_no_process_of_the_sandbox_is_host_root(backend):
-    with Sandbox(backend=backend, workers=1) as sb:
+    with Sandbox(SandboxConfig(backend=backend, workers=1)) as sb:
         assert "host uid 0" not in sb.limits["user"], sb.limits
         assert "uid 0 inside" not in sb.limits["user"], sb.limits
         if backend == "bwrap" and os.geteuid() == 0:
@@ -450,7 +452,7 @@ def test_reports_past_max_report_are_refused_where_the_byte_budget_lets_larger_f
     call may be that large): a report of 5 MiB passes the frame limit, and is refused by its own."""
     build = ("p = b'{\"op\":\"done\",\"status\":\"ok\",\"answer\":1,\"junk\":\"' + b'x' * (5 << 20) + b'\"}'\n"
              "data = struct.pack('>I', len(p)) + p")
-    with Sandbox(backend=backend, workers=1) as sb:
+    with Sandbox(SandboxConfig(backend=backend, workers=1)) as sb:
         res = sb.run(env, raw_frames(build=build))
         assert res.status == "sandbox_error" and not res.infra and res.answer is None, res
         assert res.error.startswith("the code broke the sandbox protocol: a report of"), res.error
@@ -478,9 +480,9 @@ def test_dense_raw_call_frames_are_refused_before_they_are_decoded(sb, env, name
 
 
 def test_calls_and_answers_past_the_items_limit_are_refused_where_they_are_made(sb, env):
-    limit = sandbox_runner.MAX_ITEMS
+    limit = runner_wire.MAX_ITEMS
     args = {"text": list(range(limit - 3))}
-    assert sandbox_runner.json_items(json.dumps(args)) == limit  # at the limit: passes everywhere
+    assert runner_wire.json_items(json.dumps(args)) == limit  # at the limit: passes everywhere
     fits = sb.run(env, f"try:\n    search(list(range({limit - 3})))\nexcept ToolError:\n    answer = 'it reached the tool'")
     assert (fits.status, fits.answer) == ("ok", "it reached the tool"), fits
     assert len(fits.tool_calls) == 1
@@ -493,10 +495,11 @@ def test_calls_and_answers_past_the_items_limit_are_refused_where_they_are_made(
 
 
 def test_the_zygote_keeps_the_items_limit_by_itself(sb, env):
-    """Code that switches off its own process's check of MAX_ITEMS (the runner is its __main__): the
-    zygote refuses the call by itself, BudgetExceeded where it was made, and nothing reaches the parent."""
-    limit = sandbox_runner.MAX_ITEMS
-    code = (f"import sys\nsys.modules['__main__'].MAX_ITEMS = 1 << 40\ntry:\n    search(list(range({limit})))\n"
+    """Code that switches off its own process's check of MAX_ITEMS (the runner's child module, which it
+    runs in): the zygote refuses the call by itself, BudgetExceeded where it was made, and nothing
+    reaches the parent."""
+    limit = runner_wire.MAX_ITEMS
+    code = (f"import sys\nsys.modules['runner.child'].MAX_ITEMS = 1 << 40\ntry:\n    search(list(range({limit})))\n"
             "except BudgetExceeded as e:\n    answer = str(e)\n")
     res = sb.run(env, code)
     assert res.status == "ok" and "JSON items" in res.answer and not res.infra, res
@@ -504,9 +507,9 @@ def test_the_zygote_keeps_the_items_limit_by_itself(sb, env):
 
 
 def test_honest_answers_near_the_size_limit(sb, env):
-    fits = sb.run(env, f"answer = 'x' * {sandbox_runner.MAX_ANSWER - 2}")  # 2 bytes of quotes: exactly the limit
-    assert fits.status == "ok" and len(fits.answer) == sandbox_runner.MAX_ANSWER - 2, fits.error
-    over = sb.run(env, f"answer = 'é' * {sandbox_runner.MAX_ANSWER // 2}")  # 2 bytes each in UTF-8
+    fits = sb.run(env, f"answer = 'x' * {runner_wire.MAX_ANSWER - 2}")  # 2 bytes of quotes: exactly the limit
+    assert fits.status == "ok" and len(fits.answer) == runner_wire.MAX_ANSWER - 2, fits.error
+    over = sb.run(env, f"answer = 'é' * {runner_wire.MAX_ANSWER // 2}")  # 2 bytes each in UTF-8
     assert over.status == "sandbox_error" and "too large" in over.error and not over.infra, over
 
 
@@ -516,8 +519,8 @@ def test_a_tool_call_the_zygote_cannot_pass_on_is_the_runs_violation(backend):
     if backend == "docker":
         pytest.skip("the same runner code as bwrap; 64 MB frames are slow through the engine")
     env = StoreEnv()
-    with Sandbox(backend=backend, workers=1, max_tool_bytes=128 << 20, memory_mb=2048) as sb:
-        pad = sandbox_runner.MAX_FRAME - len(b'{"op":"call","name":"search","args":{"text":""}}')
+    with Sandbox(SandboxConfig(backend=backend, workers=1, max_tool_bytes=128 << 20, memory_mb=2048)) as sb:
+        pad = runner_wire.MAX_FRAME - len(b'{"op":"call","name":"search","args":{"text":""}}')
         res = sb.run(env, raw_frames(build="p = b'{\"op\":\"call\",\"name\":\"search\",\"args\":{\"text\":\"' "
                                            f"+ b'x' * {pad} + b'\"}}}}'\ndata = struct.pack('>I', len(p)) + p"))
         assert res.status == "sandbox_error" and not res.infra, res.error
@@ -621,12 +624,12 @@ def test_text_that_is_not_unicode_is_reported_not_an_error(sb, env):
 def test_a_fault_in_the_parents_bookkeeping_is_that_runs_sandbox_error(sb, env, monkeypatch):
     """Whatever goes wrong while the parent handles a run's messages (here: injected), Sandbox.run
     returns the run as a sandbox_error and the next run gets a working worker."""
-    import sandbox.core
+    import sandbox.pool
 
     def broken(self, msg, size):
         raise KeyError("injected")
 
-    monkeypatch.setattr(sandbox.core._Run, "_result", broken)
+    monkeypatch.setattr(sandbox.pool._Run, "_result", broken)
     res = sb.run(env, "answer = 1")
     assert res.status == "sandbox_error" and "KeyError" in res.error, res
     assert not res.infra  # whatever the worker's bytes did here is the run's failure, never a retry
@@ -682,9 +685,9 @@ def test_a_call_far_past_the_byte_budget_is_refused_where_it_is_made(sb, env):
     assert res.tool_calls == [] and not res.infra
 
 
-#: code that switches off its own process's budget checks (the runner is its process's __main__), so
-#: that what it sends is held to the budgets by the zygote alone
-NO_CHILD_CHECKS = "import sys\nchannel = sys.modules['__main__']._CHANNEL\nchannel.bytes_left = 1 << 40\n"
+#: code that switches off its own process's budget checks (in the runner's child module, which it runs
+#: in), so that what it sends is held to the budgets by the zygote alone
+NO_CHILD_CHECKS = "import sys\nchannel = sys.modules['runner.child']._CHANNEL\nchannel.bytes_left = 1 << 40\n"
 
 
 def test_the_zygote_keeps_the_byte_budget_by_itself(sb, env):
@@ -805,11 +808,11 @@ class SlowEnv(StoreEnv):
 
 
 def test_tool_time_counts_in_the_run_timeout(backend, monkeypatch):
-    import sandbox.core
+    import sandbox.pool
 
-    monkeypatch.setattr(sandbox.core, "WATCHDOG_GRACE", 0.3)  # the slow tool outlasts limit + grace
+    monkeypatch.setattr(sandbox.pool, "WATCHDOG_GRACE", 0.3)  # the slow tool outlasts limit + grace
     env = SlowEnv()
-    with Sandbox(backend=backend, workers=1, timeout=1.0) as sb:
+    with Sandbox(SandboxConfig(backend=backend, workers=1, timeout=1.0)) as sb:
         before = worker_pid(sb)
         t0 = time.monotonic()
         res = sb.run(env, "for _ in range(10):\n    slow()")
@@ -824,10 +827,11 @@ def test_tool_time_counts_in_the_run_timeout(backend, monkeypatch):
 # -- the budgets, configurable ------------------------------------------------------------------------
 
 
-def test_sandbox_config_defaults_match_the_runner_and_build():
+def test_sandbox_config_holds_the_defaults_and_builds():
     cfg = SandboxConfig()
-    assert (cfg.max_tool_calls, cfg.max_tool_bytes, cfg.max_depth) == (
-        sandbox_runner.MAX_TOOL_CALLS, sandbox_runner.MAX_TOOL_BYTES, sandbox_runner.MAX_DEPTH)
+    assert (cfg.max_tool_calls, cfg.max_tool_bytes, cfg.max_depth) == (2000, 8 << 20, 64)  # as sandbox/README.md says
+    # the only copy: the parent sends every budget with the job, and the runner holds no default of its own
+    assert not {"MAX_TOOL_CALLS", "MAX_TOOL_BYTES", "MAX_DEPTH"} & set(vars(runner_wire))
     with pytest.raises(ValueError, match="max_tool_calls"):
         SandboxConfig(max_tool_calls=0)
     with pytest.raises(ValueError, match="unknown sandbox backend"):
@@ -842,7 +846,7 @@ def test_sandbox_config_defaults_match_the_runner_and_build():
 def test_parent_memory_stays_bounded_under_huge_calls(backend):
     """15 calls of 50 MB once took the trusted process from 139 MB to 989 MB."""
     env = StoreEnv()
-    with Sandbox(backend=backend, workers=1) as sb:
+    with Sandbox(SandboxConfig(backend=backend, workers=1)) as sb:
         sb.run(env, "get_value('apples')")
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         res = sb.run(env, "big = 'x' * (50 << 20)\nfor _ in range(15):\n    try:\n        search(big)\n"
@@ -954,7 +958,7 @@ def test_a_hostile_worker_cannot_make_the_parent_raise(name, monkeypatch, tmp_pa
     make the run a sandbox_error: Sandbox.run returns, and the next worker is a fresh one."""
     backend_or_skip("bwrap")
     env = StoreEnv()
-    with Sandbox(backend="bwrap", workers=1, max_depth=16, max_tool_calls=1) as sb:
+    with Sandbox(SandboxConfig(backend="bwrap", workers=1, max_depth=16, max_tool_calls=1)) as sb:
         real_start = _fake_workers(sb, monkeypatch, tmp_path, HOSTILE_FRAMES[name])
         t0 = time.monotonic()
         res = sb.run(env, "answer = 1")
@@ -1013,7 +1017,7 @@ def test_a_worker_whose_clean_up_failed_runs_no_further_job(ending, monkeypatch)
 
     backend_or_skip("bwrap")
     env = StoreEnv()
-    with Sandbox(backend="bwrap", workers=1) as sb:
+    with Sandbox(SandboxConfig(backend="bwrap", workers=1)) as sb:
         for w in sb._idle:
             w.close()
         sb._idle.clear()
@@ -1057,12 +1061,12 @@ def test_a_call_before_the_worker_started_the_job_is_never_served(monkeypatch):
     worker: a tool call then is out of turn, and never runs against the environment."""
     import sys as _sys
 
-    import sandbox.core
+    import sandbox.pool
     from sandbox.workers import PipeWorker
 
     backend_or_skip("bwrap")
     env = StoreEnv()
-    with Sandbox(backend="bwrap", workers=1) as sb:
+    with Sandbox(SandboxConfig(backend="bwrap", workers=1)) as sb:
         for w in sb._idle:
             w.close()
         sb._idle.clear()
@@ -1078,7 +1082,7 @@ def test_a_call_before_the_worker_started_the_job_is_never_served(monkeypatch):
         res = sb.run(env, "answer = 1")
         assert res.infra is True and res.error.startswith("no worker started the job"), res
         assert res.tool_calls == [] and env.db["apples"] == 3, (res.tool_calls, env.db)
-        assert len(started) == sandbox.core.DELIVERY_ATTEMPTS and not any(w.alive() for w in started)
+        assert len(started) == sandbox.pool.DELIVERY_ATTEMPTS and not any(w.alive() for w in started)
         monkeypatch.setattr(sb._backend, "start_worker", real_start)
         assert sb.run(env, "answer = get_value('apples')").answer == 3
 
@@ -1095,15 +1099,15 @@ CLEAN_UP_ENDINGS = {  # what a worker sends after a good report instead of confi
 def test_a_worker_whose_clean_up_failed_never_gets_the_next_run(ending, monkeypatch, tmp_path):
     """The runner confirms its clean-up after each run; a worker that says it failed (or does not say
     it succeeded) is retired before the next run, which runs on a fresh worker and never fails for it."""
-    import sandbox.core
+    import sandbox.pool
 
     backend_or_skip("bwrap")
-    monkeypatch.setattr(sandbox.core, "CLEANUP_WAIT", 1.0)
+    monkeypatch.setattr(sandbox.pool, "CLEANUP_WAIT", 1.0)
     env = StoreEnv()
     payloads = ['{"op":"done","run":RUN,"status":"ok","answer":"first","answer_type":"str"}']
     if CLEAN_UP_ENDINGS[ending] is not None:
         payloads.append(CLEAN_UP_ENDINGS[ending])
-    with Sandbox(backend="bwrap", workers=1) as sb:
+    with Sandbox(SandboxConfig(backend="bwrap", workers=1)) as sb:
         real_start = _fake_workers(sb, monkeypatch, tmp_path, payloads)
         first = sb.run(env, "answer = 'first'")
         assert (first.status, first.answer) == ("ok", "first"), first  # the run itself stands
@@ -1160,7 +1164,7 @@ def test_no_later_run_can_read_an_earlier_runs_job_from_memory(backend, between)
     key = secrets.token_hex(16)
     digest = hashlib.sha256(key.encode()).hexdigest()
     env = StoreEnv()
-    with Sandbox(backend=backend, workers=1) as sb:
+    with Sandbox(SandboxConfig(backend=backend, workers=1)) as sb:
         before = worker_pid(sb)
         evaluation = f"KEY = 'SCAKEY-{key}'\ndef evaluate(answer):\n    return answer == KEY\n"
         assert sb.run(env, evaluation, mode="evaluate", answer=f"SCAKEY-{key}").verdict is True

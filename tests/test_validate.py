@@ -21,7 +21,7 @@ def sandbox(request):
 
     backend_or_skip(request.param)
     try:
-        sb = Sandbox(backend=request.param, workers=1, timeout=2.0)
+        sb = Sandbox(SandboxConfig(backend=request.param, workers=1, timeout=2.0))
     except SandboxUnavailable as e:  # e.g. a Docker image built from an older runner
         unavailable(request.param, e)
     with sb:

@@ -5,6 +5,11 @@ where every tool is a function that sends ``(name, args)`` back here; this
 process calls ``env.call`` and sends the result or the refusal back. The code
 never holds a reference to the environment or its state: they are not in its
 process.
+
+A sandbox is built from a :class:`~sandbox.config.SandboxConfig`, which holds every setting and
+its default (``Sandbox(config)``, or ``config.build()``). This module does not import
+``sandbox.config``: ``SandboxConfig.build`` imports this one, and the two must not import each
+other; a config is only read here.
 """
 
 from __future__ import annotations
@@ -19,9 +24,8 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sandbox.errors import ToolError, WriteForbiddenError
 from sandbox.backends import Backend, make_backend, resolve_backend
-from sandbox.config import SandboxConfig
+from sandbox.errors import ToolError, WriteForbiddenError
 from sandbox.result import (
     KEEP_ERROR_CHARS,
     KEEP_PAYLOAD_BYTES,
@@ -32,13 +36,10 @@ from sandbox.result import (
     ToolCallRecord,
     payload_stub,
 )
-from sandbox.runner import (
+from sandbox.runner.wire import (
     FRAME_OVERHEAD,
-    MAX_DEPTH,
     MAX_ERROR_TEXT,
     MAX_ITEMS,
-    MAX_TOOL_BYTES,
-    MAX_TOOL_CALLS,
     encode_frame,
     json_depth,
     json_measure,
@@ -60,43 +61,37 @@ CLEANUP_WAIT = 15.0
 #: workers a job is offered to before the run is given up as an infrastructure failure: a job goes to
 #: another worker only when the one it was sent to never said it started it
 DELIVERY_ATTEMPTS = 3
+
+
 class Sandbox:
     """Runs code strings in isolated, warm workers; thread-safe.
 
-    >>> with Sandbox(backend="bwrap") as sb:                            # doctest: +SKIP
+    >>> with Sandbox(SandboxConfig(backend="bwrap", workers=1)) as sb:   # doctest: +SKIP
     ...     res = sb.run(env, "answer = get_order_details('#W1')['status']")
     ...     res.status, res.answer, [c.name for c in res.tool_calls]
 
-    `workers` is how many runs may go at once (one worker each, started when
-    first needed and reused); each run gets `timeout` seconds of wall clock
-    (tool calls included), `memory_mb` of address space per process, at most
-    `max_procs` processes, `output_limit` characters of stdout and of stderr,
-    `max_tool_calls` tool calls and `max_tool_bytes` bytes of tool arguments
-    and results, nested at most `max_depth` levels. See :class:`SandboxConfig`.
+    Every setting comes from `config` (see :class:`~sandbox.config.SandboxConfig`, which holds the
+    defaults and checks the values): `workers` is how many runs may go at once (one worker each,
+    started when first needed and reused); each run gets `timeout` seconds of wall clock (tool
+    calls included), `memory_mb` of address space per process, at most `max_procs` processes,
+    `output_limit` characters of stdout and of stderr, `max_tool_calls` tool calls and
+    `max_tool_bytes` bytes of tool arguments and results, nested at most `max_depth` levels.
     """
 
-    def __init__(self, backend: str = "auto", workers: int = 1, timeout: float = 10.0, memory_mb: int = 1024,
-                 max_procs: int = 64, output_limit: int = 10_000, image: str = "sca-sandbox:latest", *,
-                 max_tool_calls: int = MAX_TOOL_CALLS, max_tool_bytes: int = MAX_TOOL_BYTES,
-                 max_depth: int = MAX_DEPTH) -> None:
-        for name, value in (("workers", workers), ("timeout", timeout), ("memory_mb", memory_mb),
-                            ("max_procs", max_procs), ("output_limit", output_limit),
-                            ("max_tool_calls", max_tool_calls), ("max_tool_bytes", max_tool_bytes),
-                            ("max_depth", max_depth)):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, not {value!r}")
-        self.backend_name = resolve_backend(backend)
-        self.timeout = float(timeout)
-        self.memory_mb = int(memory_mb)
-        self.max_procs = int(max_procs)
-        self.output_limit = int(output_limit)
-        self.max_tool_calls = int(max_tool_calls)
-        self.max_tool_bytes = int(max_tool_bytes)
-        self.max_depth = int(max_depth)
-        self.image = image
-        self.workers = workers
-        self._backend: Backend = make_backend(self.backend_name, self.memory_mb, self.max_procs, image)
-        self._slots = threading.BoundedSemaphore(workers)
+    def __init__(self, config: SandboxConfig) -> None:  # noqa: F821 - not imported here: see the module's docstring
+        self.config = config
+        self.backend_name = resolve_backend(config.backend)
+        self.timeout = float(config.timeout)
+        self.memory_mb = int(config.memory_mb)
+        self.max_procs = int(config.max_procs)
+        self.output_limit = int(config.output_limit)
+        self.max_tool_calls = int(config.max_tool_calls)
+        self.max_tool_bytes = int(config.max_tool_bytes)
+        self.max_depth = int(config.max_depth)
+        self.image = config.image
+        self.workers = config.workers
+        self._backend: Backend = make_backend(self.backend_name, self.memory_mb, self.max_procs, self.image)
+        self._slots = threading.BoundedSemaphore(self.workers)
         self._lock = threading.Lock()
         self._idle: list[Worker] = []
         self._busy: set[Worker] = set()
@@ -114,14 +109,6 @@ class Sandbox:
         self.limits: dict[str, str] = dict(first.limits)
         self._idle.append(first)
         log.info("sandbox backend %s: %s", self.backend_name, "; ".join(f"{k}: {v}" for k, v in self.limits.items()))
-
-    @classmethod
-    def from_config(cls, config: SandboxConfig) -> Sandbox:
-        """The sandbox a :class:`SandboxConfig` describes."""
-        return cls(backend=config.backend, workers=config.workers, timeout=config.timeout,
-                   memory_mb=config.memory_mb, max_procs=config.max_procs, output_limit=config.output_limit,
-                   image=config.image, max_tool_calls=config.max_tool_calls,
-                   max_tool_bytes=config.max_tool_bytes, max_depth=config.max_depth)
 
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> Sandbox:
