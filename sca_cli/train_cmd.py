@@ -8,6 +8,8 @@ from typing import Any, List, Optional
 import typer
 
 from sca.inference.config import executor_defaults
+from sca.training.algorithms import ALGORITHMS
+from sca.training.options import TOKEN_ID_POLICIES, EpisodeOptions, ScaOptions
 from sca_cli.common import (
     OVERWRITE,
     SANDBOX,
@@ -27,6 +29,8 @@ from sca_cli.common import (
 
 #: the simulated user's settings where no --user-* flag says otherwise: sca rollout's and sca eval's
 _USER = executor_defaults()
+#: the defaults of the config fields that flags set (sca.training.options: no TRL import for --help)
+_OURS, _EPISODE = ScaOptions(), EpisodeOptions()
 
 EXAMPLES = examples(
     "sca train trajectories.jsonl -o ckpt --algo rft --preset paper",
@@ -37,20 +41,23 @@ EXAMPLES = examples(
     "sca train tasks.jsonl -o ckpt --algo grpo --k 8 --preset paper   # online: episodes played during training",
 )
 
-ALGOS = ("rft", "sft", "dpo", "grpo")
+ALGOS = tuple(ALGORITHMS)
+_ALGO_HELP = " | ".join(f"{a.name}: {a.help}" for a in ALGORITHMS.values()) + "."
+_TOKEN_IDS_HELP = " | ".join(
+    name + (" (default)" if name == _OURS.token_ids else "") + (f": {what}" if what else "")
+    for name, what in TOKEN_ID_POLICIES.items()) + "."
 
 
 def train(
     trajectories: str = typer.Argument(..., help="Trajectories (JSONL, docs/TRAJECTORY.md); for --algo grpo, CaT "
                                                  "tasks. - for stdin."),
     output: str = typer.Option(..., "-o", "--output", help="Checkpoint directory to write."),
-    algo: str = typer.Option(..., "--algo", help="rft: SFT on reward-1 trajectories (the paper) | sft: SFT on "
-                                                 "every rewarded one (distillation) | dpo: reward-1 vs reward-0 "
-                                                 "pairs of a task | grpo: online, K live episodes per task."),
+    algo: str = typer.Option(..., "--algo", help=_ALGO_HELP),
     k: Optional[int] = typer.Option(None, "--k", min=2, help="grpo: episodes per task and step (num_generations) "
-                                                             "[default 8]."),
-    max_steps_per_episode: Optional[int] = typer.Option(None, "--episode-max-steps", min=1,
-                                                        help="grpo: executor replies per episode [default 15]."),
+                                                             f"[default {_EPISODE.num_generations}]."),
+    max_steps_per_episode: Optional[int] = typer.Option(
+        None, "--episode-max-steps", min=1,
+        help=f"grpo: executor replies per episode [default {_EPISODE.episode_max_steps}]."),
     user_model: Optional[str] = USER_MODEL,
     user_backend: Optional[str] = USER_BACKEND,
     user_base_url: Optional[List[str]] = USER_BASE_URL,
@@ -74,9 +81,7 @@ def train(
                                              help="Examples per optimizer step over all GPUs (global_batch_size)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1,
                                              help="Tokens per example; longer ones are cut (start kept)."),
-    token_ids: Optional[str] = typer.Option(None, "--token-ids", help="check (default): generated token ids must "
-                                                                      "match re-tokenizing | use: train on them | "
-                                                                      "ignore."),
+    token_ids: Optional[str] = typer.Option(None, "--token-ids", help=_TOKEN_IDS_HELP),
     config: Optional[str] = typer.Option(None, "--config", help="YAML file of TRL options (SFTConfig/DPOConfig "
                                                                 "fields, and ours)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="key=value: any config option; repeatable; "

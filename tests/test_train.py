@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sca.records.io import InputError, load_records
+from sca.records.schema import TRAIN_LOG_LINE
 from sca_cli.app import app
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "trajectories"
@@ -75,19 +76,19 @@ def cli(*args: str):
 
 
 def records(path: Path) -> list[dict]:
-    from stages.train import TRAJECTORY
+    from sca.records.schema import TRAINING_TRAJECTORY
 
-    return load_records(path, TRAJECTORY).records
+    return load_records(path, TRAINING_TRAJECTORY).records
 
 
 def encoder(tok, policy: str = "check"):
-    from stages.train import ChatEncoder
+    from sca.training.encoding import ChatEncoder
 
     return ChatEncoder(tok, policy)
 
 
 def trained_texts(tok, ids: list[int], mask: list[int]) -> list[str]:
-    from stages.train import mask_runs
+    from sca.training.encoding import mask_runs
 
     return [tok.decode(ids[s:e], skip_special_tokens=False) for s, e in mask_runs(mask)]
 
@@ -95,7 +96,7 @@ def trained_texts(tok, ids: list[int], mask: list[int]) -> list[str]:
 def encoded_replies(tok, enc):
     """Each retail record encoded, its mask checked, and its trained text exactly each assistant reply
     ending in <|im_end|>; yields (record, encoding) for further checks."""
-    from stages.train import verify_mask
+    from sca.training.encoding import verify_mask
 
     for record in records(RETAIL):
         e = enc.encode(record, record["id"])
@@ -106,7 +107,7 @@ def encoded_replies(tok, enc):
 
 
 def chatml_oracle(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Independent of stages.train: the whole conversation (to its last reply's <|im_end|>: the template's
+    """Independent of sca.training: the whole conversation (to its last reply's <|im_end|>: the template's
     newline after it is glue, no part of any example) tokenized at once, and 1 on each assistant reply of
     the ChatML: from after <|im_start|>assistant\n to <|im_end|> included."""
     start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
@@ -155,6 +156,7 @@ def test_rft_trains_on_reward_1_and_writes_checkpoint_log_and_summary(rft_run):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in log] == [1, 2]
     for line in log:
+        TRAIN_LOG_LINE.check(line)  # the shape docs/TRAJECTORY.md describes, as sca report reads it
         assert {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "elapsed_s"} <= set(line)
         assert math.isfinite(line["loss"]) and line["tokens_per_s"] > 0
     summary = json.loads((out / "train_summary.json").read_text())
@@ -223,13 +225,16 @@ def test_dpo_trains_on_pairs_of_a_task_scoring_assistant_tokens_only(tmp_path, t
     import torch
     from transformers import AutoModelForCausalLM
 
-    from stages.train import build_config, prepare, train
+    from sca.training.configs import build_config
+    from sca.training.fit import prepare
+    from stages.train import train
 
     s = train(TINY, tmp_path / "ckpt", algo="dpo", options={"max_steps": 1, "per_device_train_batch_size": 2})
     assert s.examples == 2 and s.notes == {"tasks paired": 2} and s.steps == 1
     assert s.final_loss is not None and math.isfinite(s.final_loss)
     assert abs(s.final_loss - math.log(2)) < 1e-3  # the first DPO step: policy == reference
     [log] = [json.loads(line) for line in (tmp_path / "ckpt" / "train_log.jsonl").read_text().splitlines()]
+    TRAIN_LOG_LINE.check(log)
     assert "reward_margin" in log
     # what TRL scored: the log-probability of the assistant tokens of each completion, observations left out
     _, prep = prepare("dpo", records(TINY), tokenizer, build_config("dpo", tmp_path / "unused"))
@@ -302,7 +307,7 @@ def test_mask_on_a_template_without_generation_markers(tokenizer):
         assert "User: " in context and "Agent: " in context
         assert not any(m["content"] in context for m in record["messages"] if m["role"] == "assistant")
         # the newline the template writes after the end-of-turn token is context, never trained
-        runs = __import__("stages.train", fromlist=["mask_runs"]).mask_runs(e.mask)
+        runs = __import__("sca.training.encoding", fromlist=["mask_runs"]).mask_runs(e.mask)
         assert all(tokenizer.decode(e.input_ids[s2:s2 + 1]) == "\n" for _, s2 in runs[:-1])
         # after the last reply: nothing (the template's trailing newline is trimmed, neither trained nor kept)
         assert runs[-1][1] == len(e.input_ids) and e.input_ids[-1] == tokenizer.eos_token_id
@@ -318,7 +323,7 @@ def test_a_template_that_rewrites_past_turns_is_refused(tokenizer):
 def test_verify_mask_catches_a_wrong_or_empty_mask(tokenizer):
     import dataclasses
 
-    from stages.train import mask_runs, verify_mask
+    from sca.training.encoding import mask_runs, verify_mask
 
     e = encoder(tokenizer).encode(records(RETAIL)[0], "r0")
     verify_mask(tokenizer, e, "r0")
@@ -351,7 +356,7 @@ EMPTY_TURN_TEMPLATE = (
 def test_glue_after_the_last_reply_is_trimmed(tokenizer):
     """Nothing after the last reply's end-of-turn token: not the template's newline, nor an empty turn or a
     generation prompt it writes there (neither trained nor left untrained at the end of the example)."""
-    from stages.train import mask_runs, verify_mask
+    from sca.training.encoding import mask_runs, verify_mask
 
     record = {**records(RETAIL)[0]}
     first_reply = next(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
@@ -370,7 +375,7 @@ def test_glue_after_the_last_reply_is_trimmed(tokenizer):
 def test_the_templates_end_of_turn_is_used_when_the_tokenizer_names_another_or_none(tokenizer):
     """A tokenizer whose eos token is not the template's end-of-turn (a base model's), or is missing: the
     end-of-turn token is read from the chat template, so each reply is trained to its <|im_end|>."""
-    from stages.train import end_of_turn_ids, ensure_pad_token
+    from sca.training.encoding import end_of_turn_ids, ensure_pad_token
 
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for eos in ("<|endoftext|>", None):
@@ -385,7 +390,7 @@ def test_the_templates_end_of_turn_is_used_when_the_tokenizer_names_another_or_n
 def test_verify_mask_needs_each_end_of_turn_token_under_the_mask(tokenizer):
     import dataclasses
 
-    from stages.train import mask_runs, verify_mask
+    from sca.training.encoding import mask_runs, verify_mask
 
     e = encoder(tokenizer).encode(records(RETAIL)[0], "r0")
     _, t = mask_runs(e.mask)[1]
@@ -399,7 +404,7 @@ def test_verify_mask_checks_examples_as_cut_at_max_length(tokenizer):
     """The mask is checked on the example as trained, after the cut at max_length, not only before it."""
     import dataclasses
 
-    from stages.train import mask_runs, verify_mask, window
+    from sca.training.encoding import mask_runs, verify_mask, window
 
     e = encoder(tokenizer).encode(records(RETAIL)[0], "r0")
     runs = mask_runs(e.mask)
@@ -423,7 +428,8 @@ def test_verify_mask_checks_examples_as_cut_at_max_length(tokenizer):
 def test_token_parity_check_trains_what_use_trains(tokenizer):
     """check == use: a reply the model ended without its end-of-turn token (a stop string, put back in the text)
     is trained on its generated ids under check as under use; the template's end-of-turn is context."""
-    from stages.train import build_config, prepare
+    from sca.training.configs import build_config
+    from sca.training.fit import prepare
 
     record = json.loads(json.dumps(records(TINY)[0]))
     record["reward"] = 1
@@ -450,7 +456,8 @@ def test_resume_needs_a_checkpoint(tmp_path):
 
 
 def test_rft_and_sft_select_by_reward(tokenizer):
-    from stages.train import build_config, prepare
+    from sca.training.configs import build_config
+    from sca.training.fit import prepare
 
     sel, prep = prepare("rft", records(RETAIL), tokenizer, build_config("rft", "/tmp/unused"))
     assert [r["id"] for r in sel.records] == ["retail-cancel-001#0", "retail-address-002#0", "retail-total-003#0"]
@@ -461,7 +468,8 @@ def test_rft_and_sft_select_by_reward(tokenizer):
 
 
 def test_truncation_keeps_the_start_and_drops_examples_left_without_a_reply(tokenizer):
-    from stages.train import build_config, prepare
+    from sca.training.configs import build_config
+    from sca.training.fit import prepare
 
     cfg = build_config("rft", "/tmp/unused", options={"max_length": 200})
     _, prep = prepare("rft", records(RETAIL), tokenizer, cfg)
@@ -476,7 +484,8 @@ def test_truncation_keeps_the_start_and_drops_examples_left_without_a_reply(toke
 
 
 def test_dpo_prompt_is_the_shared_prefix_and_completions_score_assistant_tokens_only(tokenizer):
-    from stages.train import build_config, prepare
+    from sca.training.configs import build_config
+    from sca.training.fit import prepare
 
     cfg = build_config("dpo", "/tmp/unused")
     sel, prep = prepare("dpo", records(RETAIL), tokenizer, cfg)
@@ -511,7 +520,7 @@ def test_dpo_prompt_is_the_shared_prefix_and_completions_score_assistant_tokens_
 
 
 def test_dpo_collator_applies_the_assistant_masks():
-    from stages.train import MaskedPreferenceCollator
+    from sca.training.dpo import MaskedPreferenceCollator
 
     collate = MaskedPreferenceCollator(pad_token_id=0)
     batch = collate([
@@ -559,14 +568,16 @@ def generated(tokenizer):
 
 
 def test_generated_token_ids_match_re_tokenizing(tokenizer, generated):
-    from stages.train import build_config, prepare
+    from sca.training.configs import build_config
+    from sca.training.fit import prepare
 
     _, prep = prepare("rft", [generated], tokenizer, build_config("rft", "/tmp/unused"))
     assert prep.parity.checked == 2 and prep.parity.mismatched == 0
 
 
 def test_a_token_id_mismatch_is_reported_never_silently_trained(tokenizer, generated, tmp_path):
-    from stages.train import build_config, prepare
+    from sca.training.configs import build_config
+    from sca.training.fit import prepare
 
     bad = json.loads(json.dumps(generated))
     bad["assistant_token_ids"][1][0] = 1000  # not what re-tokenizing gives
@@ -593,7 +604,7 @@ def test_a_token_id_mismatch_is_reported_never_silently_trained(tokenizer, gener
 
 
 def test_paper_preset_yaml_and_set_layer_onto_the_typed_config(tmp_path):
-    from stages.train import DPOTrainConfig, SFTTrainConfig, build_config
+    from sca.training.configs import DPOTrainConfig, SFTTrainConfig, build_config
 
     cfg = build_config("rft", tmp_path, preset="paper")
     assert isinstance(cfg, SFTTrainConfig)
@@ -655,6 +666,21 @@ def test_malformed_record_is_a_one_line_error_naming_file_and_line(tmp_path):
     ):
         bad.write_text(json.dumps(broken) + "\n")
         assert one_line_error(cli("train", bad, "-o", tmp_path / "c", "--algo", "rft")).endswith(f"{bad}:1: {expected}")
+
+
+def test_a_trajectory_from_another_tool_needs_no_trial_env_or_instruction():
+    """sca train reads the fields training relies on: trial, env and instruction may be missing (another tool's
+    trajectories), the id need not be <task_id>#<trial>, a reward may be written 1.0; the reward must be there."""
+    from sca.records.schema import TRAINING_TRAJECTORY, TRAJECTORY, RecordError
+
+    record = records(TINY)[0]
+    other = {k: v for k, v in record.items() if k not in ("trial", "env", "instruction")}
+    TRAINING_TRAJECTORY.check({**other, "id": "from-elsewhere", "reward": 1.0})
+    TRAINING_TRAJECTORY.check({**other, "reward": None})
+    with pytest.raises(RecordError, match="trial: missing required field"):
+        TRAJECTORY.check(other)  # what sca rollout writes has them all
+    with pytest.raises(RecordError, match="reward: missing required field"):
+        TRAINING_TRAJECTORY.check({k: v for k, v in other.items() if k != "reward"})
 
 
 def test_bad_options_are_one_line_errors(tmp_path):

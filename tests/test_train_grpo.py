@@ -15,6 +15,7 @@ from cat_sets import RETAIL_TASKS
 from typer.testing import CliRunner
 
 from sca.records.io import InputError
+from sca.records.schema import TRAIN_LOG_LINE
 from sca_cli.app import app
 
 # Rewards that vary within a group at temperature 1: an answer of even length passes.
@@ -46,7 +47,7 @@ def test_episodes_become_prompt_completion_and_a_mask_of_the_models_own_tokens(t
     """What TRL gets for one episode: the prompt up to the first reply, then everything else, with
     env_mask 1 exactly on the tokens the model generated (its replies, as generated)."""
     from sca.agent.executor import ExecutorConfig, ExecutorEpisode
-    from stages.train_grpo import EpisodeRollouts
+    from sca.training.grpo import EpisodeRollouts
 
     replies = ["THOUGHT: look END THOUGHT\nACTION:\nprint(string_length(string='ab'))\nEND ACTION",
                "THOUGHT: done END THOUGHT\n2"]
@@ -85,7 +86,7 @@ def test_episodes_become_prompt_completion_and_a_mask_of_the_models_own_tokens(t
     ep.infra_error, ep.reward = {"kind": "sandbox", "message": "lost"}, None
     out = roll._to_trl([ep])
     assert out["sca_reward"] == [None] and not any(out["env_mask"][0])
-    from stages.train_grpo import episode_reward
+    from sca.training.grpo import episode_reward
 
     assert episode_reward(sca_reward=out["sca_reward"]) == [None]
     # an episode with nothing the model generated to train on (it ended before the first reply): None as well
@@ -97,7 +98,8 @@ def test_episodes_become_prompt_completion_and_a_mask_of_the_models_own_tokens(t
 
 
 def test_uniform_groups_are_counted_and_can_be_left_out(tmp_path):
-    from stages.train_grpo import EpisodeRollouts, load_tasks
+    from sca.training.grpo import EpisodeRollouts
+    from sca.training.selection import load_tasks
 
     stats = Counter()
     roll = EpisodeRollouts.__new__(EpisodeRollouts)
@@ -154,7 +156,7 @@ def last_line(result) -> str:
 def test_vllm_options_our_episodes_cannot_work_with_are_off_or_refused(tmp_path):
     """TRL's importance-sampling correction needs the sampler's per-token log-probabilities (we hand none), and
     vLLM sleep mode is woken only around TRL's own generate calls: off by default, refused when turned on."""
-    from stages.train import build_config
+    from sca.training.configs import build_config
 
     cfg = build_config("grpo", tmp_path / "c", sets=["num_generations=2", "per_device_train_batch_size=2"])
     assert cfg.vllm_importance_sampling_correction is False  # TRL's default is True
@@ -167,8 +169,8 @@ def test_vllm_options_our_episodes_cannot_work_with_are_off_or_refused(tmp_path)
 
 def test_sharded_training_model_without_vllm_is_refused(tmp_path, monkeypatch):
     """Without vLLM each process generates with its own training model: ZeRO-3 and FSDP shard it."""
-    from stages.train import build_config
-    from stages.train_grpo import check_grpo_config
+    from sca.training.configs import build_config
+    from sca.training.grpo import check_grpo_config
 
     cfg = build_config("grpo", tmp_path / "c", sets=["num_generations=2", "per_device_train_batch_size=2"])
     check_grpo_config(cfg)  # plain: fine
@@ -187,7 +189,7 @@ def test_sharded_training_model_without_vllm_is_refused(tmp_path, monkeypatch):
 def test_generation_batch_must_hold_whole_groups_checked_before_trl(tmp_path, monkeypatch):
     """per-device batch x gradient accumulation x processes episodes per generation, a multiple of --k;
     our one line, before GRPOConfig's own check (and the global batch is applied before TRL derives it)."""
-    from stages.train import build_config
+    from sca.training.configs import build_config
 
     line = last_line(grpo_cli(tmp_path, "--k", "3", "--set", "per_device_train_batch_size=4"))
     assert line == ("error: bad training option: the generation batch (per_device_train_batch_size 4 x "
@@ -207,7 +209,7 @@ def test_tasks_from_stdin_are_read_once(tmp_path):
     text = "".join(json.dumps(t) + "\n" for t in TASKS)
     line = last_line(grpo_cli(tmp_path, "--set", "use_vllm=true", "--set", "vllm_mode=server", input=text))
     assert "vllm_mode=server" in line  # reached the option check: the tasks were there the second time too
-    from stages.train_grpo import load_tasks, read_tasks
+    from sca.training.selection import load_tasks, read_tasks
 
     source = read_tasks(str(write(tmp_path / "t.jsonl", TASKS)))
     assert [t["id"] for t in load_tasks(source, None)[0]] == ["even-1", "even-2"]
@@ -215,7 +217,7 @@ def test_tasks_from_stdin_are_read_once(tmp_path):
 
 
 def test_text_or_bool_options_are_typed(tmp_path):
-    from stages.train import build_config
+    from sca.training.configs import build_config
 
     cfg = build_config("grpo", tmp_path / "c", sets=["num_generations=2", "per_device_train_batch_size=2",
                                                      "scale_rewards=false", "include_num_input_tokens_seen=non_padding"])
@@ -244,8 +246,8 @@ def test_rollout_plays_one_episode_per_prompt_with_the_training_model_and_restor
 
     from sandbox.config import SandboxConfig
     from sca.inference import default_model_path
-    from stages.train import build_config
-    from stages.train_grpo import EpisodeRollouts
+    from sca.training.configs import build_config
+    from sca.training.grpo import EpisodeRollouts
 
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(str(default_model_path()))
@@ -313,12 +315,12 @@ def _rollout_user(tmp_path, monkeypatch, flags):
 
 def _grpo_user(tmp_path, monkeypatch, flags):
     """`sca train --algo grpo` with `flags`, up to one generation batch of TRL's (a stand-in trainer at the edge
-    asks run_grpo's rollout_func for it, as GRPOTrainer does, then stops): who played the user ("policy", the
+    asks the GRPO job's rollout_func for it, as GRPOTrainer does, then stops): who played the user ("policy", the
     model in training, or the name of the model loaded for it), the sampling it got, the configs loaded."""
     import torch
     import trl
 
-    from stages.train_grpo import EpisodeRollouts
+    from sca.training.grpo import EpisodeRollouts
 
     doubles, loaded = _loading(monkeypatch)
     policy = ScriptedRoles(_reply, _customer)
@@ -384,7 +386,7 @@ def test_a_user_served_another_way_is_not_the_model_in_training():
     """user_settings: the model in training plays the user only when the user's config names that model
     served the same way; the same name on another backend or server is another copy, loaded on its own."""
     from sca.inference.config import ModelConfig, executor_defaults
-    from stages.train_grpo import user_settings
+    from sca.training.grpo import user_settings
 
     assert user_settings(None, "ckpt") == (executor_defaults(), True)
     user, is_policy = user_settings(ModelConfig(temperature=0.3), "ckpt")
@@ -407,7 +409,7 @@ from collections import Counter
 import torch
 from types import SimpleNamespace
 from accelerate import Accelerator
-from stages.train_grpo import EpisodeRollouts
+from sca.training.grpo import EpisodeRollouts
 
 acc = Accelerator(cpu=True)
 rank = acc.process_index
@@ -469,6 +471,8 @@ def test_a_few_grpo_steps_on_live_episodes(tmp_path):
                                  "--set", "save_strategy=steps", "--set", "save_steps=2"])
     assert r.exit_code == 0, r.output
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    for line in log:
+        TRAIN_LOG_LINE.check(line)  # the shape docs/TRAJECTORY.md describes, GRPO's counts included
     assert [line["step"] for line in log] == [1, 2]
     assert all(math.isfinite(line["loss"]) for line in log)
     assert log[-1]["episodes"] == 8 and log[-1]["groups"] == 2

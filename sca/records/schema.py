@@ -2,12 +2,14 @@
 
 Records stay plain dicts (so fields a stage does not know pass through
 untouched); a :class:`RecordSchema` names the fields a stage relies on and
-checks them. The CaT task follows ``docs/CAT.md`` exactly; the trajectory, ``docs/TRAJECTORY.md``.
+checks them. The CaT task follows ``docs/CAT.md`` exactly; the trajectory (as rollout writes it,
+and as train reads it) and the training log line, ``docs/TRAJECTORY.md``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 
@@ -108,29 +110,61 @@ CAT_TASK = RecordSchema(
 )
 
 
-def check_trajectory(record: dict[str, Any]) -> None:
-    """What a reader of trajectories relies on beyond the field types."""
+#: the roles of a trajectory's messages
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_messages(record: dict[str, Any]) -> None:
+    """Each message an object with a known role and text content (an assistant message that calls tools may
+    have null content); the system prompt first."""
     messages = record["messages"]
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
-            raise RecordError(f"messages[{i}]", "expected an object with role system, user, assistant or tool")
-        if not isinstance(m.get("content"), str) and not (m.get("role") == "assistant" and m.get("tool_calls")):
-            raise RecordError(f"messages[{i}].content", "expected a string")
-    if not messages or messages[0].get("role") != "system":
-        raise RecordError("messages", "the first message must be the system prompt")
-    reward = record.get("reward")
-    if reward not in (0, 1, None) or isinstance(reward, float) and reward not in (0.0, 1.0):
-        raise RecordError("reward", f"expected 0, 1 or null, got {reward!r}")
+        if not isinstance(m, dict):
+            raise RecordError(f"messages[{i}]", f"expected an object, got {_type_name(m)}")
+        role = m.get("role")
+        if role not in ROLES:
+            raise RecordError(f"messages[{i}].role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+        content = m.get("content")
+        if not isinstance(content, str) and not (content is None and role == "assistant" and m.get("tool_calls")):
+            raise RecordError(f"messages[{i}].content", f"expected string, got {_type_name(content)}")
+    if messages[0].get("role") != "system":
+        raise RecordError("messages[0].role", f"the system prompt must come first, got {messages[0].get('role')!r}")
+
+
+def check_reward(record: dict[str, Any]) -> None:
+    """A reward, where there is one, is 0, 1 or null (an infrastructure failure); never a boolean."""
+    r = record.get("reward")
+    if r is not None and (isinstance(r, bool) or r not in (0, 1)):
+        raise RecordError("reward", f"expected 0, 1 or null, got {json.dumps(r)}")
+
+
+def check_reward_present(record: dict[str, Any]) -> None:
+    """The reward is there, null included (a reader that sorts trajectories by reward cannot guess one)."""
+    if "reward" not in record:
+        raise RecordError("reward", "missing required field")
+
+
+def check_trial_id(record: dict[str, Any]) -> None:
+    """The id of a trajectory that sca rollout wrote is ``<task_id>#<trial>``: the key of resume."""
     if record["id"] != f"{record['task_id']}#{record['trial']}":
         raise RecordError("id", f"expected {record['task_id']}#{record['trial']}, got {record['id']!r}")
+
+
+def check_token_ids(record: dict[str, Any]) -> None:
+    """``assistant_token_ids``: one entry per assistant message, each a list of token ids or null."""
     ids = record.get("assistant_token_ids")
-    if ids is not None:
-        assistants = sum(1 for m in messages if m.get("role") == "assistant")
-        if not isinstance(ids, list) or len(ids) != assistants:
-            raise RecordError("assistant_token_ids", f"expected a list of {assistants} entries (one per assistant message)")
-        for i, row in enumerate(ids):
-            if row is not None and (not isinstance(row, list) or not all(isinstance(t, int) for t in row)):
-                raise RecordError(f"assistant_token_ids[{i}]", "expected a list of integers or null")
+    if ids is None:
+        return
+    if not isinstance(ids, list):
+        raise RecordError("assistant_token_ids", f"expected list or null, got {_type_name(ids)}")
+    n = sum(1 for m in record["messages"] if m.get("role") == "assistant")
+    if len(ids) != n:
+        raise RecordError("assistant_token_ids", f"{len(ids)} entries for {n} assistant messages")
+    for i, entry in enumerate(ids):
+        if entry is None:
+            continue
+        if not isinstance(entry, list) or any(not isinstance(t, int) or isinstance(t, bool) or t < 0 for t in entry):
+            raise RecordError(f"assistant_token_ids[{i}]", "expected a list of token ids (integers >= 0) or null")
 
 
 # -- the trajectory (docs/TRAJECTORY.md): what sca rollout writes, sca train reads --------------
@@ -158,11 +192,29 @@ TRAJECTORY = RecordSchema(
         Field("models", dict, required=False),
         Field("meta", dict, required=False),
     ),
-    extra_checks=(check_trajectory,),
+    extra_checks=(check_messages, check_reward, check_trial_id, check_token_ids),
 )
 
 #: every way an episode of the executor ends
 TERMINATIONS = ("final_answer", "user_stop", "max_steps", "context_limit", "error")
+
+
+def _picked(schema: RecordSchema, names: tuple[str, ...], optional: tuple[str, ...] = ()) -> tuple[Field, ...]:
+    """The fields `names` of `schema`, as it defines them; those in `optional` may be missing or null."""
+    by_name = {f.name: f for f in schema.fields}
+    return tuple(replace(by_name[n], required=False) if n in optional else by_name[n] for n in names)
+
+
+# -- the trajectory as sca train reads it: the fields it relies on, from another tool as from rollout --------
+TRAINING_TRAJECTORY = RecordSchema(
+    name="trajectory",
+    fields=_picked(TRAJECTORY, ("id", "task_id", "trial", "messages", "assistant_token_ids"), optional=("trial",)),
+    extra_checks=(check_messages, check_reward_present, check_reward, check_token_ids),
+)
+"""The trajectory record as ``sca train`` reads it: the same fields and checks as :data:`TRAJECTORY`, but only
+those training relies on. Trajectories written by another tool are trained on too, so ``trial`` (used only to
+order DPO pairs), ``env`` and ``instruction`` may be missing and the id need not be ``<task_id>#<trial>``; the
+reward must be there (0, 1, or null: left out), as it decides what is trained, and may be written 1.0 or 0.0."""
 
 # -- an eval result: a trajectory scored by a benchmark's own scorer ----------------------------
 EVAL_RESULT = RecordSchema(
@@ -172,5 +224,38 @@ EVAL_RESULT = RecordSchema(
         Field("scorer", str, required=False, doc="tau2 | m3_tolerant | evaluate"),
         Field("scorer_detail", dict, required=False),
     ),
-    extra_checks=(check_trajectory,),
+    extra_checks=TRAJECTORY.extra_checks,
 )
+
+# -- a training log line (docs/TRAJECTORY.md, "Training logs"): what sca train writes, sca report reads ----------
+#: the numbers of a train log line, each a number or null where present: every line's, DPO's, GRPO's
+TRAIN_LOG_NUMBERS = ("epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s", "elapsed_s",
+                     "reward_margin", "reward_accuracy", "logps_chosen", "logps_rejected",
+                     "reward", "reward_std", "frac_reward_zero_std", "kl")
+#: the counts of a train log line, each an integer or null where present: tokens trained on so far (TRL's
+#: count), and GRPO's episodes and groups since the start of the run
+TRAIN_LOG_COUNTS = ("num_tokens", "groups", "groups_uniform", "episodes", "rewarded", "infra_failures", "unrewarded")
+
+
+def check_train_log_line(record: dict[str, Any]) -> None:
+    """A step (an integer), its numbers and counts, and a loss: the training loss or an eval loss."""
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise RecordError("step", "missing or not an integer")
+    for name in TRAIN_LOG_NUMBERS:
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RecordError(name, f"expected a number or null, got {type(value).__name__}")
+    for name in TRAIN_LOG_COUNTS:
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RecordError(name, f"expected an integer or null, got {type(value).__name__}")
+    if record.get("loss") is None and record.get("eval_loss") is None:
+        raise RecordError("loss", "a train log line needs loss or eval_loss")
+
+
+TRAIN_LOG_LINE = RecordSchema(name="train log line", fields=(), id_field="step", extra_checks=(check_train_log_line,))
+"""One line of ``CHECKPOINT_DIR/train_log.jsonl``: ``step`` and, as the logging step had them, the numbers of
+:data:`TRAIN_LOG_NUMBERS` and the counts of :data:`TRAIN_LOG_COUNTS`; fields beyond those pass. Steps repeat
+(an eval line beside a training line, a run resumed from an earlier checkpoint), so check lines one by one
+(``TRAIN_LOG_LINE.check``) rather than through a reader that wants unique ids."""

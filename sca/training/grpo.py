@@ -1,4 +1,4 @@
-"""GRPO on CaT tasks: TRL's GRPOTrainer, its rollouts produced by our episode engine.
+"""GRPO on CaT tasks (``grpo``): TRL's GRPOTrainer, its rollouts produced by our episode engine.
 
 ``sca train TASKS --algo grpo --k K``: each task of the input is a GRPO prompt; for every prompt
 TRL asks for K completions, and each completion is one whole multi-turn episode of **our**
@@ -35,77 +35,34 @@ keeps its vLLM engine's weights in sync before each rollout; the engine then gen
 vLLM engine (``sca.inference.vllm``). Our episodes hand TRL no sampling log-probabilities, so TRL's
 vLLM importance-sampling correction is off (turning it on is refused), and vLLM sleep mode, which
 TRL wakes only around its own generate calls, is refused.
+
+**How an episode knows its task.** TRL 1.16 hands ``rollout_func`` only the ``prompt`` column of
+its batch (``GRPOTrainer._generate`` calls ``rollout_func(prompts, trainer)`` with
+``prompts = [row["prompt"] for row in inputs]``; the other dataset columns reach the reward
+functions, never the rollout). So the task id travels as the prompt: each dataset row is
+``{"prompt": [{"role": "user", "content": TASK_ID}]}`` (a conversational prompt, as TRL's
+logging and completion decoding expect), and :meth:`EpisodeRollouts._key` reads the id back.
+That message is never shown to a model: the episode renders its own conversation from the task.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from sca.records.io import InputError, StreamedInput
 from sca.inference.config import ModelConfig, executor_defaults
-from sca.records import CAT_TASK
-
-#: the extra fields of the GRPO config (besides SCA_FIELDS): (name, type, default, help)
-GRPO_EXTRA_FIELDS: tuple[tuple[str, Any, Any, str], ...] = (
-    ("episode_max_steps", "int", 15, "Executor replies per episode (the paper's cap is 15)."),
-    ("action_format", "str", "code", "code (THOUGHT/ACTION blocks) | json (native function calling)."),
-    ("episode_max_new_tokens", "int", 512, "Tokens per executor reply at most."),
-    ("skip_uniform_from", "str | None", None,
-     "A rollout file (sca rollout): leave out the tasks it solved in none or all of their trials."),
-)
-
-#: TRL defaults the GRPO config changes: our episodes hand TRL no sampling log-probabilities (a multi-turn
-#: episode's replies come from many generate calls), so TRL's vLLM importance-sampling correction, which
-#: needs them, is off (turning it on is refused: see check_grpo_config)
-GRPO_DEFAULTS: dict[str, Any] = {"vllm_importance_sampling_correction": False}
-
-
-def read_tasks(path: str) -> StreamedInput:
-    """The CaT task file, every line checked (one-line error at the first bad one); standard input (``-``)
-    is read once and held, so later passes over it see the same tasks."""
-    return StreamedInput(path, CAT_TASK).scan()
-
-
-def load_tasks(source: str | StreamedInput, skip_uniform_from: str | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The CaT tasks to train on (a path, or a :func:`read_tasks` input), and what was left out and why."""
-    if not isinstance(source, StreamedInput):
-        source = read_tasks(source)
-    path = source.name
-    tasks = list(source)
-    notes: dict[str, int] = {}
-    if skip_uniform_from:
-        tallies: dict[str, list[int]] = {}
-        p = Path(skip_uniform_from)
-        if not p.exists():
-            raise InputError(f"{skip_uniform_from}: no such file")
-        with open(p, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    r = json.loads(raw)
-                    reward = r.get("reward")
-                    task_id = r["task_id"]
-                except (ValueError, KeyError, AttributeError):
-                    raise InputError(f"{skip_uniform_from}:{lineno}: not a trajectory record") from None
-                if reward is None:
-                    continue
-                t = tallies.setdefault(task_id, [0, 0])
-                t[0] += 1
-                t[1] += int(reward == 1)
-        uniform = {tid for tid, (n, c) in tallies.items() if n and c in (0, n)}
-        kept = [t for t in tasks if t["id"] not in uniform]
-        notes["left out: solved by none or all trials of the earlier rollout"] = len(tasks) - len(kept)
-        tasks = kept
-    if not tasks:
-        raise InputError(f"{path}: no task to train on" + (" after leaving out uniform ones" if skip_uniform_from else ""))
-    return tasks, notes
+from sca.records.io import InputError, StreamedInput
+from sca.training.algorithms import Algorithm
+from sca.training.configs import env_true
+from sca.training.encoding import ChatEncoder, verify_mask
+from sca.training.job import Job
+from sca.training.selection import load_tasks
 
 
 def user_settings(user_config: ModelConfig | None, trained_model: str | None) -> tuple[ModelConfig, bool]:
@@ -213,15 +170,13 @@ class EpisodeRollouts:
 
     @staticmethod
     def _key(prompt: Any) -> str:
+        """The task id a prompt carries (see the module docstring)."""
         if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
             return str(prompt[-1].get("content", ""))
         return str(prompt)
 
     def _to_trl(self, episodes: list[Any]) -> dict[str, Any]:
         """Each finished episode as TRL's prompt ids, completion ids, env mask and reward (None: not trainable)."""
-        from stages.train import ChatEncoder, verify_mask
-        from stages.train import InputError as _E
-
         encoder = ChatEncoder(self.tokenizer, "use", self.eos_ids)
         prompt_ids, completion_ids, masks = [], [], []
         rewards: list[float | None] = []
@@ -233,7 +188,7 @@ class EpisodeRollouts:
                 enc = encoder.encode(record, where=f"episode {record['id']}")
                 if any(enc.mask):
                     verify_mask(self.tokenizer, enc, where=f"episode {record['id']}")
-            except _E as e:
+            except InputError as e:
                 self.stats["episodes_not_encodable"] += 1
                 self.stats["last_encoding_error"] = str(e)[:300]
                 enc = None
@@ -307,8 +262,6 @@ def episode_reward(prompts: Any = None, completions: Any = None, sca_reward: lis
 
 def check_grpo_config(config: Any) -> None:
     """Refuse, with one line, the GRPO settings our episodes cannot work with (before any model is loaded)."""
-    from stages.train import _env_true
-
     if config.use_vllm:
         if config.vllm_mode != "colocate":
             raise InputError(f"vllm_mode={config.vllm_mode}: our episodes generate through a vLLM engine in this "
@@ -323,13 +276,13 @@ def check_grpo_config(config: Any) -> None:
         return
     plugin = getattr(config, "deepspeed_plugin", None)
     stage = getattr(plugin, "zero_stage", None) if plugin is not None else None
-    if stage is None and _env_true("ACCELERATE_USE_DEEPSPEED"):
+    if stage is None and env_true("ACCELERATE_USE_DEEPSPEED"):
         try:
             stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") or 0)
         except ValueError:
             stage = None
     sharding = "DeepSpeed ZeRO-3" if stage == 3 else None
-    if getattr(config, "fsdp", None) or getattr(config, "fsdp_plugin_args", None) or _env_true("ACCELERATE_USE_FSDP"):
+    if getattr(config, "fsdp", None) or getattr(config, "fsdp_plugin_args", None) or env_true("ACCELERATE_USE_FSDP"):
         sharding = "FSDP"
     if sharding:
         raise InputError(f"{sharding} shards the model over the processes, and without use_vllm our episodes "
@@ -337,72 +290,55 @@ def check_grpo_config(config: Any) -> None:
                          "(vllm_mode=colocate), or ZeRO-2 / plain data parallel")
 
 
-def run_grpo(tasks_path: str | StreamedInput, output_dir: str | Path, config: Any, *, sandbox: Any,
-             user_config: Any = None, overwrite: bool = False, on_log: Callable[[dict], None] | None = None,
-             on_status: Callable[[str], None] | None = None) -> Any:
-    """Train with GRPO; returns a :class:`stages.train.TrainSummary`. `tasks_path`: a CaT task file or
-    a :func:`read_tasks` input (standard input is read once)."""
-    from stages import train as T
+class GRPOJob(Job):
+    """``grpo``: the tasks of a CaT file, each a GRPO prompt whose completions are live episodes (see the module
+    docstring), through TRL's GRPOTrainer."""
 
-    status = on_status or (lambda msg: None)
-    started, wall0 = T._now(), time.monotonic()
-    out = Path(output_dir)
-    source = tasks_path if isinstance(tasks_path, StreamedInput) else read_tasks(tasks_path)
-    tasks, notes = load_tasks(source, config.skip_uniform_from)
-    from envs import make_env
+    def __init__(self, algorithm: Algorithm, source: StreamedInput, *, sandbox: Any, user_config: ModelConfig | None = None):
+        super().__init__(algorithm, source)
+        self.sandbox = sandbox  # a built Sandbox, entered while training: episodes run their actions and rewards there
+        self.user_config = user_config  # the simulated user's (None: the model in training, as in sca rollout)
+        self.stats: Counter = Counter()  # the episodes and groups of the run, for the log and the summary
+        self.tasks: list[dict[str, Any]] = []
+        self.notes: dict[str, int] = {}
+        self.eos_ids: list[int] = []
+        self._running: Any = None  # the entered sandbox
 
-    for name in sorted({t["env"] for t in tasks}):
-        make_env(name)
-    resume = T.resume_checkpoint(config, out)
-    T._check_output(out, overwrite, resume is not None)
-    T._check_report_to(config)
-    check_grpo_config(config)
-    model = T._model_path(config)
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    def check(self, config: Any) -> None:
+        from envs import make_env
 
-    status("loading the model")
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import GRPOTrainer
+        self.tasks, self.notes = load_tasks(self.source, config.skip_uniform_from)
+        for name in sorted({t["env"] for t in self.tasks}):
+            make_env(name)
+        check_grpo_config(config)
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=config.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot load the tokenizer of {model}: {' '.join(str(e).split())[:300]}") from None
-    eos = T.end_of_turn_ids(tokenizer, T.eos_token_ids(model))
-    T.ensure_pad_token(tokenizer, eos)
-    stats: Counter = Counter()
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": t["id"]}]} for t in tasks])
-    with sandbox as sb:
-        rollouts = EpisodeRollouts(tasks, tokenizer, config, sb, user_config, stats, eos)
-        log = T._heavy()["TrainLog"](out / "train_log.jsonl", append=resume is not None, echo=on_log, extra=lambda: {
-            "groups": stats["groups"], "groups_uniform": stats["groups_uniform"], "episodes": stats["episodes"],
-            "rewarded": stats["rewarded"], "infra_failures": stats["infra_failures"],
-            "unrewarded": stats["unrewarded"]})
-        trainer = GRPOTrainer(model=model, reward_funcs=[episode_reward], args=config, train_dataset=dataset,
-                              processing_class=tokenizer, peft_config=T._peft_config(config), callbacks=[log],
-                              rollout_func=rollouts)
-        status("training")
-        result = trainer.train(resume_from_checkpoint=resume)
-        status("saving")
-        merged = False
-        if config.lora and config.merge_lora:
-            trainer.save_model(str(out / "adapter"))
-            if trainer.is_world_process_zero():
-                T._merge_lora(model, out / "adapter", out, tokenizer, config.trust_remote_code)
-            merged = True
-        else:
-            trainer.save_model(str(out))
-    losses = [line["loss"] for line in log.lines if "loss" in line]
-    train_seconds = float(log.final.get("train_runtime", result.metrics.get("train_runtime", 0.0)))
-    notes.update({k: v for k, v in stats.items() if isinstance(v, int)})
-    summary = T.TrainSummary(
-        algo="grpo", model=model, output_dir=str(out), records=len(tasks), examples=stats["episodes"],
-        notes=notes, steps=trainer.state.global_step, epochs=round(float(trainer.state.epoch or 0.0), 4),
-        first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
-        train_seconds=round(train_seconds, 3), wall_seconds=round(time.monotonic() - wall0, 3),
-        lora=bool(config.lora), merged=merged, settings=T._settings("grpo", config, model, None),
-        main_process=trainer.is_world_process_zero())
-    if trainer.is_world_process_zero():
-        T._write_summary(out, summary, source, config, started)
-    return summary
+    def prepare(self, tokenizer: Any, eos_ids: list[int], config: Any) -> None:
+        self.eos_ids = eos_ids  # episodes are encoded as they finish, during training
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        with self.sandbox as sb:
+            self._running = sb
+            yield
+
+    def log_extra(self) -> Callable[[], dict[str, Any]]:
+        return lambda: {k: self.stats[k] for k in ("groups", "groups_uniform", "episodes", "rewarded",
+                                                   "infra_failures", "unrewarded")}
+
+    def trainer(self, config: Any, model: str, tokenizer: Any, callbacks: list, peft_config: Any) -> Any:
+        from datasets import Dataset
+        from trl import GRPOTrainer
+
+        # the task id as the prompt: TRL hands rollout_func nothing else of a row (see the module docstring)
+        dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": t["id"]}]} for t in self.tasks])
+        rollouts = EpisodeRollouts(self.tasks, tokenizer, config, self._running, self.user_config, self.stats,
+                                   self.eos_ids)
+        return GRPOTrainer(model=model, reward_funcs=[episode_reward], args=config, train_dataset=dataset,
+                           processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+                           rollout_func=rollouts)
+
+    def counts(self) -> dict[str, Any]:
+        notes = dict(self.notes)
+        notes.update({k: v for k, v in self.stats.items() if isinstance(v, int)})
+        return {"records": len(self.tasks), "examples": self.stats["episodes"], "notes": notes}
