@@ -30,7 +30,7 @@ def report(
 ) -> None:
     """Report on runs: validation funnel, rewards per task, Pass@k per environment, training curves."""
     from sca.records.io import InputError
-    from stages.report import Table
+    from sca.report.render import Table
     from stages.report import report as make_report
 
     try:

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sca import metrics
+from sca.report import inputs, render, sections
 from sca_cli.app import app
 from stages import report as rp
 
@@ -124,7 +125,7 @@ def test_funnel_matches_the_hand_count(rep):
     assert prop.model == "meta-llama/Llama-3.1-8B-Instruct"
     # 15 tasks -> 9 -> 7 -> 4
     assert val.counts == (15, 9, 7, 4)
-    reasons = {rc.reason: (rc.count, dict(rc.checks), rp.FUNNEL_STAGES[rc.stage]) for rc in val.reasons}
+    reasons = {rc.reason: (rc.count, dict(rc.checks), sections.FUNNEL_STAGES[rc.stage]) for rc in val.reasons}
     assert reasons == {
         "compile": (2, {"compile": 2}, "proposed"),
         "failure_case_count": (1, {"failure_case_count": 1}, "proposed"),
@@ -170,14 +171,14 @@ def test_funnel_of_the_accepted_output_alone_brings_its_rejected_output(tmp_path
     ({"valid": False, "reason": "solution_fails"}, 1),
 ])
 def test_funnel_stage_of_each_validation(validation, stage):
-    assert rp.funnel_stage(validation) == stage
+    assert sections.funnel_stage(validation) == stage
 
 
 def test_funnel_stage_refuses_what_it_cannot_place():
     with pytest.raises(ValueError, match="unknown check 'typecheck'"):
-        rp.funnel_stage({"valid": False, "reason": "compile", "failed_check": "typecheck"})
+        sections.funnel_stage({"valid": False, "reason": "compile", "failed_check": "typecheck"})
     with pytest.raises(ValueError, match="which check"):
-        rp.funnel_stage({"valid": False, "reason": "timeout"})
+        sections.funnel_stage({"valid": False, "reason": "timeout"})
 
 
 # -- rewards per task ------------------------------------------------------------------------------
@@ -250,9 +251,9 @@ def test_table_1_only_beside_the_papers_benchmark(tmp_path):
         return dict(r, env="airline") if r["env"] == "retail" else r
 
     def rows_of(path):
-        sources, _ = rp.collect([path])
+        sources, _ = inputs.collect([path])
         src = next(s for s in sources if s.kind == "eval")
-        rows, notes = rp.build_pass_rows(src, 4, n_boot=10, seed=0)
+        rows, notes = sections.build_pass_rows(src, 4, n_boot=10, seed=0)
         return {r.env: r for r in rows}, notes
 
     rows, notes = rows_of(BASE)
@@ -280,7 +281,7 @@ def test_table_1_only_beside_the_papers_benchmark(tmp_path):
     (None, False),
 ])
 def test_paper_model_is_llama_8b_instruct_itself(name, yes):
-    assert rp.is_paper_model(name) is yes
+    assert sections.is_paper_model(name) is yes
 
 
 # -- training ---------------------------------------------------------------------------------------
@@ -345,7 +346,7 @@ def test_compare_tables_verdict_cell_is_the_verdict_of_the_sentence(rep):
         verdict = metrics._verdict(c.name_a, c.name_b, "Pass@1", 0.1, ci, p, c.tasks, c.confidence)
         changed = dataclasses.replace(c, mean_diff=0.1, ci=ci, p_value=p, significant=p < 0.05 and not ci[0] <= 0 <= ci[1],
                                       verdict=verdict)
-        (row,) = rp._compare_table([rp.CompareRow("calculation", "test", "pass1", changed)], "A", "B").rows
+        (row,) = render.compare_table([sections.CompareRow("calculation", "test", "pass1", changed)], "A", "B").rows
         assert row[-1] == _verdict_word(verdict)
         assert row[-1] == {(0.03, 0.0): "borderline", (0.03, -0.2): "borderline", (0.03, 0.01): "larger than the noise",
                            (0.2, 0.01): "within the noise"}[p, ci[0]]

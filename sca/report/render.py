@@ -1,0 +1,334 @@
+"""The sections of a report drawn: tables (shown on the terminal and as Markdown) and PNG plots.
+
+A :class:`Table` is plain text cells, so that the terminal (``sca report`` prints them with rich)
+and the page show the same figures. The plots use matplotlib's Agg canvas directly (no pyplot,
+no display); matplotlib is imported only inside the functions that draw, so that reading and
+computing a report, and ``sca --help``, never load it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sca import metrics
+from sca.report.inputs import Source
+from sca.report.sections import (
+    FUNNEL_RULES,
+    FUNNEL_STAGES,
+    PAPER_FUNNEL,
+    PAPER_MODEL,
+    CompareRow,
+    Funnel,
+    PassRow,
+    RewardStats,
+    TrainCurve,
+)
+
+
+@dataclass
+class Table:
+    """A table of the report: shown on the terminal and as Markdown."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str = ""
+    terminal: bool = True  # also shown on the terminal (the README shows every table)
+
+
+@dataclass
+class Plot:
+    path: Path
+    caption: str
+
+
+# =========================================================================== formatting
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _ci(ci: Sequence[float]) -> str:
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _n_pct(n: int, total: int) -> str:
+    return f"{n} ({100 * n / total:.1f}%)" if total else str(n)
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def table_markdown(t: Table) -> str:
+    lines = [f"**{t.title}**", "", "| " + " | ".join(_md_cell(c) for c in t.columns) + " |",
+             "|" + "|".join("---" for _ in t.columns) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+    if t.note:
+        lines += ["", t.note]
+    return "\n".join(lines)
+
+
+# =========================================================================== tables
+
+
+def inputs_table(sources: list[Source]) -> Table:
+    return Table("Inputs", ["file", "kind", "told by", "records", "model / run"],
+                 [[s.label, s.kind or "skipped", s.told_by, str(len(s.records)), s.name or s.model or "-"]
+                  for s in sources])
+
+
+def rules_table() -> Table:
+    return Table("Funnel stage of a validation record", ["failed check", "reasons", "furthest stage reached"],
+                 [[check, reasons or "-", FUNNEL_STAGES[stage]] for check, reasons, stage in FUNNEL_RULES],
+                 terminal=False)
+
+
+def funnel_tables(funnels: list[Funnel]) -> list[Table]:
+    """The funnels side by side with the paper's, then the rejection reasons of each."""
+    label, paper = PAPER_FUNNEL
+    rows = []
+    for f in funnels:
+        rows.append([f.label, f.model or "-", ", ".join(f.envs) or "-"]
+                    + [_n_pct(f.counts[i], f.counts[0]) for i in range(len(FUNNEL_STAGES))])
+    rows.append([label, PAPER_MODEL, "retail"] + [f"{p:.1f}%" for p in paper])
+    tables = [Table("Validation funnel", ["run", "model", "env"] + list(FUNNEL_STAGES), rows,
+                    note="Counts, and in brackets % of proposed; each stage is a subset of the one before.")]
+    for f in funnels:
+        reason_rows = [[rc.reason, str(rc.count), _pct(rc.count / f.counts[0]) if f.counts[0] else "-",
+                        ", ".join(f"{c} {n}" for c, n in rc.checks.most_common()) or "-",
+                        FUNNEL_STAGES[rc.stage], rc.meaning] for rc in f.reasons]
+        if not reason_rows:
+            reason_rows = [["(none)", "0", "-", "-", "-", "every task is valid"]]
+        tables.append(Table(f"Rejection reasons: {f.label}",
+                            ["reason", "count", "% of proposed", "failed check", "furthest stage", "meaning"],
+                            reason_rows))
+    return tables
+
+
+def reward_table(stats: list[RewardStats]) -> Table:
+    rows = []
+    for s in stats:
+        sm = s.summary
+        rows.append([
+            s.name, s.file, ", ".join(s.envs), str(s.k), str(s.tasks), str(s.trials),
+            f"{s.excluded}" + (f" ({', '.join(f'{k} {n}' for k, n in s.infra.items())})" if s.infra else ""),
+            f"{s.mean_reward:.3f}",
+            f"{_pct(sm.pass1)} {_ci(sm.pass1_ci)}" if sm else "-",
+            f"{_pct(sm.pass_k)} {_ci(sm.pass_k_ci)}" if sm else "-",
+            f"{_pct(sm.pass_hat_k)} {_ci(sm.pass_hat_k_ci)}" if sm else "-",
+            _n_pct(s.none, s.tasks), _n_pct(s.some, s.tasks), _n_pct(s.all, s.tasks),
+            ", ".join(f"{t} {n}" for t, n in s.terminations.items()),
+        ])
+    return Table("Rewards per task", ["run", "file", "env", "k", "tasks", "valid trials", "infra failures (excluded)",
+                                      "mean reward", "Pass@1 [95% CI]", "Pass@k [95% CI]", "pass^k [95% CI]",
+                                      "solved by none", "some", "all", "terminations"], rows,
+                 note="Tasks solved by some but not all trials are the ones that can teach something. Trials with "
+                      "reward null (infrastructure failures) are excluded from every figure; tasks with no valid "
+                      "trial are not scored. Intervals: 95% percentile bootstrap over tasks (sca.metrics.summarize).")
+
+
+def pass_table(rows: list[PassRow]) -> Table:
+    out = []
+    for r in rows:
+        s = r.summary
+        out.append([r.run, r.env, r.split or "-", str(r.k), str(s.tasks), str(s.trials), str(s.excluded),
+                    f"{_pct(s.pass1)} {_ci(s.pass1_ci)}", f"{_pct(s.pass_k)} {_ci(s.pass_k_ci)}",
+                    f"{_pct(s.pass_hat_k)} {_ci(s.pass_hat_k_ci)}",
+                    f"{r.paper[0]:.1f}% / {r.paper[1]:.1f}%" if r.paper else "-"])
+    return Table("Pass@k per environment", ["run", "env", "split", "k", "tasks", "valid trials", "excluded",
+                                            "Pass@1 [95% CI]", "Pass@k [95% CI]", "pass^k [95% CI]",
+                                            "paper Pass@1 / Pass@4"], out,
+                 note="Means over tasks, 95% percentile bootstrap intervals over tasks (sca.metrics.summarize); "
+                      "infrastructure failures excluded. The paper's Table 1 (Llama-3.1-8B-Instruct zero-shot) is "
+                      "shown beside runs of that model itself.")
+
+
+def train_table(curves: list[TrainCurve]) -> Table:
+    rows = []
+    for c in curves:
+        _, loss = c.series("loss")
+        _, ev = c.series("eval_loss")
+        _, lr = c.series("learning_rate")
+        _, gn = c.series("grad_norm")
+        _, tps = c.series("tokens_per_s")
+        steps = [ln["step"] for ln in c.lines]
+        elapsed = [ln["elapsed_s"] for ln in c.lines if isinstance(ln.get("elapsed_s"), (int, float))]
+
+        def num(v: float | None, fmt: str = ".4g") -> str:
+            return "-" if v is None else format(v, fmt)
+
+        rows.append([c.name, c.model or "-", str(max(steps, default=0)), num(loss[0] if loss else None),
+                     num(loss[-1] if loss else None), num(min(loss) if loss else None),
+                     num(ev[-1] if ev else None), num(lr[-1] if lr else None),
+                     num(sum(gn) / len(gn) if gn else None), num(sum(tps) / len(tps) if tps else None, ".1f"),
+                     num(max(elapsed) if elapsed else None, ".1f")])
+    return Table("Training", ["checkpoint", "model", "steps", "first loss", "final loss", "min loss",
+                              "final eval loss", "final learning rate", "mean grad norm", "mean tokens/s",
+                              "elapsed s"], rows)
+
+
+def compare_table(rows: list[CompareRow], name_a: str, name_b: str) -> Table:
+    out = []
+    for r in rows:
+        c = r.comparison
+        env = r.env + (f" ({r.split})" if r.split else "")
+        if c is None:
+            out.append([env, r.metric, "-", "-", "-", "-", "-", "-", r.note])
+            continue
+        label = "Pass@1" if c.metric == "pass1" else f"Pass@{c.k}"
+        out.append([env, label, str(c.tasks), _pct(c.score_a), _pct(c.score_b), f"{100 * c.mean_diff:+.1f}",
+                    f"[{100 * c.ci[0]:+.1f}, {100 * c.ci[1]:+.1f}]",
+                    f"{c.p_value:.3g}" + ("" if c.p_exact else " (MC)"), _short_verdict(c)])
+    return Table(f"Comparison: B = {name_b} against A = {name_a}",
+                 ["env", "metric", "paired tasks", "A", "B", "B - A (points)", "95% CI", "p", "verdict"], out,
+                 note="Paired by task (sca.metrics.compare): tasks scored in only one run are left out; the interval "
+                      "is a paired bootstrap over tasks, p a two-sided paired sign-flip permutation test.")
+
+
+def _short_verdict(c: metrics.Comparison) -> str:
+    if c.significant:
+        return "larger than the noise"
+    return "within the noise" if c.p_value >= 1 - c.confidence else "borderline"
+
+
+def verdict_line(r: CompareRow) -> str:
+    """The comparison of one environment and metric as a sentence (its verdict, or why there is none)."""
+    env = r.env + (f" ({r.split})" if r.split else "")
+    return f"{env}: {r.comparison.verdict}" if r.comparison is not None else f"{env}, {r.metric}: {r.note}"
+
+
+# =========================================================================== plots
+
+
+def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.savefig(path, format="png")
+
+
+def _legend_name(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def plot_funnel(funnels: list[Funnel], path: Path) -> None:
+    fig, axes = _figure(8, 4.5)
+    ax = axes[0][0]
+    x = list(range(len(FUNNEL_STAGES)))
+    width = 0.8 / max(1, len(funnels))
+    for i, f in enumerate(funnels):
+        xs = [xi - 0.4 + width * (i + 0.5) for xi in x]
+        ys = [f.percent(j) for j in x]
+        bars = ax.bar(xs, ys, width, label=_legend_name(f"{f.label} (n={f.counts[0]})", 60))
+        for b, n in zip(bars, f.counts):
+            ax.annotate(str(n), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                        fontsize=8)
+    label, paper = PAPER_FUNNEL
+    ax.plot(x, paper, "k--o", label=label)
+    ax.set_xticks(x, [s.replace(" (valid)", "\n(valid)") for s in FUNNEL_STAGES])
+    ax.set_ylabel("% of proposed tasks")
+    ax.set_ylim(0, 110)
+    ax.set_title("Validation funnel")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_rewards(stats: RewardStats, path: Path) -> None:
+    fig, axes = _figure(7, 4)
+    ax = axes[0][0]
+    some = Counter(round(r, 6) for r in stats.rates if 0 < r < 1)
+    xs = sorted(some)
+    width = min(0.8 * min((b - a for a, b in zip([0.0] + xs, xs + [1.0]))), 0.05)
+    if len(some) <= 19:  # one bar per success rate (every task has the same few trials)
+        ax.bar(xs, [some[v] for v in xs], width=width, color="tab:blue")
+    else:
+        width = 0.05
+        ax.hist([r for r in stats.rates if 0 < r < 1], bins=18, range=(0.05, 0.95), color="tab:blue")
+    ax.bar([0.0], [stats.none], width=width, color="tab:red")
+    ax.bar([1.0], [stats.all], width=width, color="tab:green")
+    ax.set_xlim(-0.06, 1.06)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("success rate of a task over its trials (c / n)")
+    ax.set_ylabel("tasks")
+    s = stats.summary
+    head = f"{_legend_name(stats.name)}: Pass@1 {_pct(s.pass1)}, Pass@{stats.k} {_pct(s.pass_k)}" if s else stats.name
+    ax.set_title(f"{head}\nsolved by none {stats.none} (red), some {stats.some} (blue), all {stats.all} (green)",
+                 fontsize=10)
+    _save(fig, path)
+
+
+def plot_pass(rows: list[PassRow], path: Path) -> None:
+    runs = list(dict.fromkeys(r.run for r in rows))
+    groups = list(dict.fromkeys(r.env + (f" ({r.split})" if r.split else "") for r in rows))
+    ks = sorted({r.k for r in rows})
+    k_label = f"k={ks[0]}" if len(ks) == 1 else "k per run"
+    panels = (("pass1", "Pass@1"), ("pass_k", f"Pass@k ({k_label})"), ("pass_hat_k", f"pass^k ({k_label})"))
+    fig, axes = _figure(5 * len(panels), 4.5, ncols=len(panels))
+    width = 0.8 / max(1, len(runs))
+    by = {(r.run, r.env + (f" ({r.split})" if r.split else "")): r for r in rows}
+    paper_drawn = False
+    for p, (metric, title) in enumerate(panels):
+        ax = axes[0][p]
+        for i, run in enumerate(runs):
+            xs, ys, lo, hi = [], [], [], []
+            for g, group in enumerate(groups):
+                row = by.get((run, group))
+                if row is None:
+                    continue
+                mean = getattr(row.summary, metric)
+                ci = getattr(row.summary, f"{metric}_ci")
+                xs.append(g - 0.4 + width * (i + 0.5))
+                ys.append(100 * mean)
+                lo.append(max(0.0, 100 * (mean - ci[0])))
+                hi.append(max(0.0, 100 * (ci[1] - mean)))
+                if row.paper and (metric == "pass1" or metric == "pass_k" and row.k == 4):
+                    ref = row.paper[0] if metric == "pass1" else row.paper[1]
+                    ax.plot([xs[-1]], [ref], "kD", markersize=6, markerfacecolor="none",
+                            label=None if paper_drawn else "paper Table 1 (Pass@1, Pass@4)")
+                    paper_drawn = True
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=_legend_name(run) if p == 0 else None)
+        ax.set_xticks(range(len(groups)), groups, rotation=15)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("%")
+        ax.set_title(title)
+    handles, labels = [], []
+    for ax in axes[0]:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    axes[0][0].legend(handles, labels, fontsize=8)
+    _save(fig, path)
+
+
+def plot_training(curves: list[TrainCurve], path: Path) -> None:
+    fig, axes = _figure(11, 7, ncols=2, nrows=2)
+    panels = ((axes[0][0], ("loss", "eval_loss"), "loss"), (axes[0][1], ("learning_rate",), "learning rate"),
+              (axes[1][0], ("grad_norm",), "grad norm"), (axes[1][1], ("tokens_per_s",), "tokens/s"))
+    for ax, keys, title in panels:
+        for c in curves:
+            for key in keys:
+                xs, ys = c.series(key)
+                if xs:
+                    style = "--o" if key == "eval_loss" else "-"
+                    ax.plot(xs, ys, style, markersize=3,
+                            label=_legend_name(c.name) + (" (eval)" if key == "eval_loss" else ""))
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    _save(fig, path)
