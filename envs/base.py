@@ -1,8 +1,13 @@
-"""The interface every environment implements.
+"""The interface every environment implements, and what is known of one without building it.
 
 An environment is a tool-using world: a policy text, a set of tools (each
-read or write, each with a JSON schema of its parameters), a hidden state that
-the tools read and change, and the benchmark tasks measured on it.
+read or write, each with a JSON schema of its parameters), and a hidden state
+that the tools read and change. (The tasks measured on it are its benchmark's:
+:mod:`sca.benchmarks`.)
+
+An :class:`EnvSpec` holds the static facts of an environment (its name, description,
+whether a simulated user speaks in it, its tools) and its factory: stages that need a fact
+ask the spec, and build an environment only to run an episode in it.
 
 The environment object lives only in the trusted process. Model-written code
 reaches it through :meth:`Environment.call` (from the sandbox's request
@@ -14,12 +19,12 @@ from __future__ import annotations
 import inspect
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 from sandbox.errors import ToolError, UnknownToolError, WriteForbiddenError
 
-__all__ = ["BenchmarkTask", "Environment", "Tool", "ToolError", "ToolKind", "UnknownToolError", "WriteForbiddenError",
+__all__ = ["EnvSpec", "Environment", "Tool", "ToolError", "ToolKind", "UnknownToolError", "WriteForbiddenError",
            "check_arguments", "schema_from_signature", "to_json_value"]
 
 ToolKind = Literal["read", "write"]
@@ -89,16 +94,6 @@ def _schema_type_name(schema: dict[str, Any]) -> str:
     return ""
 
 
-@dataclass
-class BenchmarkTask:
-    """One task of an environment's own benchmark (measured by ``sca eval``)."""
-
-    id: str
-    split: str  # "train" or "test" (or another name the benchmark uses)
-    instruction: str  # what the user wants, as text
-    data: dict[str, Any] = field(default_factory=dict)  # the benchmark's own record, untouched
-
-
 class Environment(ABC):
     """Base class of every environment.
 
@@ -161,22 +156,6 @@ class Environment(ABC):
         result = self._call(name, args)
         return to_json_value(result)
 
-    # -- benchmark ---------------------------------------------------------
-    def tasks(self, split: str | None = None) -> list[BenchmarkTask]:
-        """The environment's benchmark tasks, optionally only one split."""
-        tasks = self._tasks()
-        if split is None:
-            return tasks
-        if split not in self.splits():
-            raise ValueError(f"{self.name}: unknown split {split!r} (have: {', '.join(self.splits())})")
-        return [t for t in tasks if t.split == split]
-
-    def _tasks(self) -> list[BenchmarkTask]:
-        return []
-
-    def splits(self) -> list[str]:
-        return sorted({t.split for t in self._tasks()})
-
     # -- prompts and the environment's own rules ----------------------------
     #: one more rule for the challenger's prompt: what makes a good task here (may be empty)
     challenger_guidance: str = ""
@@ -193,7 +172,54 @@ class Environment(ABC):
         """
         return instruction
 
+
+class EnvSpec:
+    """An environment as known without building one: its name, description, whether a simulated
+    user speaks in it, its tools (names, kinds, JSON schemas), and the factory of fresh instances.
+
+    A built-in environment's module declares its spec (``SPEC``); a plug-in's entry point names
+    one, or names a factory only, whose spec is then read off one instance (:meth:`of_instance`).
+    `tools` is called once, on first use: the tools of some environments come from an installed
+    package (tau2's toolkits) that a command listing names only should not import.
+    """
+
+    def __init__(self, name: str, description: str, factory: Callable[[], Environment], *,
+                 tools: Callable[[], list[Tool]], user_facing: bool = False) -> None:
+        self.name = name
+        self.description = description
+        self.factory = factory
+        self.user_facing = user_facing
+        self._load_tools = tools
+        self._tools: list[Tool] | None = None
+
+    @classmethod
+    def of_class(cls, env_class: type[Environment], factory: Callable[[], Environment], *,
+                 tools: Callable[[], list[Tool]]) -> EnvSpec:
+        """The spec of an environment whose class states its name, description and user."""
+        return cls(env_class.name, env_class.description, factory, tools=tools, user_facing=env_class.user_facing)
+
+    @classmethod
+    def of_instance(cls, factory: Callable[[], Environment], where: str) -> EnvSpec:
+        """The spec of a factory that declares nothing: read off one instance it builds."""
+        env = _checked(factory(), where)
+        return cls(env.name, env.description, factory, tools=env.tools, user_facing=env.user_facing)
+
+    def tools(self) -> list[Tool]:
+        """Every tool, in the environment's order."""
+        if self._tools is None:
+            self._tools = list(self._load_tools())
+        return list(self._tools)
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        """The tools in the OpenAI function-calling format (offered to a model natively)."""
+        return [t.openai_schema() for t in self.tools()]
+
+    def make(self) -> Environment:
+        """A fresh instance, in its initial state."""
+        return _checked(self.factory(), repr(self.name))
+
     def summary(self) -> dict[str, Any]:
+        """What ``sca envs`` lists of it."""
         tools = self.tools()
         return {
             "name": self.name,
@@ -203,6 +229,12 @@ class Environment(ABC):
             "write_tools": sum(t.kind == "write" for t in tools),
             "user_facing": self.user_facing,
         }
+
+
+def _checked(env: Any, where: str) -> Environment:
+    if not isinstance(env, Environment):
+        raise TypeError(f"environment factory for {where} returned {type(env).__name__}, not an Environment")
+    return env
 
 
 def check_arguments(tool: Tool, args: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ three deliberate differences:
 
 Nothing here changes state: every tool is "read" (``book_hotel`` searches
 hotels, as in M3ToolEval; it books nothing). A task's answer is checked by
-its ``evaluate(answer)`` (see :func:`envs._m3.scoring.answers_match`).
+its ``evaluate(answer)`` (see :func:`sca.benchmarks.m3.scoring.answers_match`).
 """
 
 import hashlib
@@ -31,7 +31,6 @@ from typing import Any
 
 from envs._m3 import DATA_DIR
 from envs._m3.arith import MAX_INT_BITS
-from envs._m3.benchmark import load_tasks
 from envs._m3.toolkit import (
     CalculatorTool,
     ToolkitEnvironment,
@@ -42,11 +41,10 @@ from envs._m3.toolkit import (
     as_text_list,
     tool,
 )
-from envs.base import BenchmarkTask, ToolError
+from envs.base import EnvSpec, ToolError
 
-__all__ = ["CalculationEnv", "DOMAINS", "make"]
+__all__ = ["CalculationEnv", "DOMAINS", "SPEC", "make"]
 
-TASK_FILE = "tasks_calculation.jsonl"
 TRAVEL_FILE = "travel.json"
 
 #: each domain: what it is about, and the tools its tasks need
@@ -135,9 +133,6 @@ class CalculationEnv(ToolkitEnvironment, CalculatorTool):
             raise ToolError(f"{name}: {e}") from None
         _check_numbers(result, f"{name}: the result")
         return result
-
-    def _tasks(self) -> list[BenchmarkTask]:
-        return load_tasks(TASK_FILE, self.name)
 
     def challenger_context(self, rng: Any) -> dict[str, Any]:
         """A domain to write a task in: its name, what it is about, its tools, and the recipe."""
@@ -476,3 +471,6 @@ def _choice(rng: Any, items: list) -> Any:
 
 def make() -> CalculationEnv:
     return CalculationEnv()
+
+
+SPEC = EnvSpec.of_class(CalculationEnv, make, tools=CalculationEnv.class_tools)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from envs._tau import RETAIL, TauEnvironment
+from envs._tau import RETAIL, TauEnvironment, domain_tools
+from envs.base import EnvSpec
 
 _ORDER_ID = re.compile(r"\s*#W\d{7}\b")
 
@@ -27,3 +28,7 @@ class RetailEnvironment(TauEnvironment):
 def make() -> RetailEnvironment:
     """A retail environment in its initial state."""
     return RetailEnvironment(RETAIL)
+
+
+SPEC = EnvSpec(RETAIL.name, RETAIL.description, make, tools=lambda: domain_tools(RETAIL),
+               user_facing=RetailEnvironment.user_facing)

@@ -36,18 +36,16 @@ import re
 from typing import Any
 
 from envs._m3 import DATA_DIR
-from envs._m3.benchmark import load_tasks
 from envs._m3.toolkit import CalculatorTool, ToolkitEnvironment, as_text, tool
-from envs.base import BenchmarkTask, ToolError
+from envs.base import EnvSpec, ToolError
 
-__all__ = ["WebBrowsingEnv", "LINES_PER_VIEW", "MAX_URL_CHARS", "load_site", "site_from_m3_pages", "make"]
+__all__ = ["WebBrowsingEnv", "LINES_PER_VIEW", "MAX_URL_CHARS", "SPEC", "load_site", "site_from_m3_pages", "make"]
 
 LINES_PER_VIEW = 5
 #: longest ``url`` argument taken (the site's links are under 70 characters): reading a link out of
 #: a text with the link pattern costs time quadratic in its length ("[[[[..." has a link start
 #: at every character), so a longer text is refused before it is read
 MAX_URL_CHARS = 500
-TASK_FILE = "tasks_web_browsing.jsonl"
 SITE_FILE = "site.json"
 
 # [text](/url) on our pages; [Clickable '/url'] on M3ToolEval's.
@@ -117,9 +115,6 @@ class WebBrowsingEnv(ToolkitEnvironment, CalculatorTool):
     def state_hash(self) -> str:
         state = {"url": self._url, "offset": self._offset, "history": self._history}
         return hashlib.sha256(json.dumps(state).encode()).hexdigest()
-
-    def _tasks(self) -> list[BenchmarkTask]:
-        return load_tasks(TASK_FILE, self.name)
 
     def challenger_context(self, rng: Any) -> dict[str, Any]:
         """Where browsing starts, and the recipe for a good task."""
@@ -237,3 +232,6 @@ def _normalise_url(url: str) -> str:
 
 def make() -> WebBrowsingEnv:
     return WebBrowsingEnv()
+
+
+SPEC = EnvSpec.of_class(WebBrowsingEnv, make, tools=WebBrowsingEnv.class_tools)

@@ -20,11 +20,11 @@ EXAMPLES_SHOW = examples("sca envs show retail", "sca envs show airline --json >
                          "sca envs show calculation --no-policy")
 
 
-def _load(name: str):
-    from envs import UnknownEnvironmentError, make_env
+def _spec(name: str):
+    from envs import UnknownEnvironmentError, env_spec
 
     try:
-        return make_env(name)
+        return env_spec(name)
     except UnknownEnvironmentError as e:
         fail(str(e))
 
@@ -42,7 +42,7 @@ def list_envs(
     summaries = []
     for name in env_names():
         try:
-            summaries.append(_load(name).summary())
+            summaries.append(_spec(name).summary())
         except Exception as e:  # an environment whose package is broken must not hide the others
             summaries.append({"name": name, "description": f"(failed to load: {e})", "tools": None,
                               "read_tools": None, "write_tools": None, "user_facing": None})
@@ -68,18 +68,19 @@ def show(
     no_policy: bool = typer.Option(False, "--no-policy", help="Leave the policy text out."),
 ) -> None:
     """Show an environment's tools (name, signature, description, read or write) and its policy."""
-    env = _load(name)
-    tools = env.tools()
+    spec = _spec(name)
+    tools = spec.tools()
+    policy = None if no_policy else spec.make().policy
     if as_json:
-        doc = {**env.summary(), "tool_list": [t.to_dict() for t in tools]}
-        if not no_policy:
-            doc["policy"] = env.policy
+        doc = {**spec.summary(), "tool_list": [t.to_dict() for t in tools]}
+        if policy is not None:
+            doc["policy"] = policy
         typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
         return
     from rich.markup import escape
 
-    s = env.summary()
-    out_console.print(f"[bold]{env.name}[/]: {escape(env.description)}")
+    s = spec.summary()
+    out_console.print(f"[bold]{spec.name}[/]: {escape(spec.description)}")
     out_console.print(f"{s['tools']} tools ({s['read_tools']} read, {s['write_tools']} write)\n")
     for t in tools:
         tag = "[red]write[/]" if t.kind == "write" else "[green]read[/]"
@@ -87,9 +88,9 @@ def show(
         for line in t.description.strip().splitlines():
             out_console.print(f"       {escape(line)}", soft_wrap=True)
         out_console.print()
-    if not no_policy:
+    if policy is not None:
         out_console.rule("policy")
-        out_console.print(escape(env.policy.strip() or "(no policy)"), soft_wrap=True)
+        out_console.print(escape(policy.strip() or "(no policy)"), soft_wrap=True)
     err_console.print(f"[dim]{len(tools)} tools[/]")
 
 
@@ -110,19 +111,26 @@ def tasks(
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per task, with its data."),
 ) -> None:
     """List an environment's benchmark tasks (what `sca eval` measures)."""
-    env = _load(name)
+    from sca.benchmarks import checkout_benchmark_names, find_benchmark
+
+    _spec(name)
+    bench = find_benchmark(name)
     if m3tooleval_dir:
-        if name not in ("calculation", "web_browsing"):
-            fail("--m3tooleval-dir goes with calculation or web_browsing")
-        from envs._m3.official import OfficialTaskError, load_official_tasks
+        if name not in checkout_benchmark_names():
+            fail(f"--m3tooleval-dir goes with {' or '.join(checkout_benchmark_names())}")
+        from sca.benchmarks.m3.official import OfficialTaskError
 
         try:
-            found = [t for t in load_official_tasks(m3tooleval_dir) if t.data.get("env") == name]
+            found = bench.from_checkout(m3tooleval_dir).tasks()
         except OfficialTaskError as e:
             fail(str(e))
+    elif bench is None:  # an environment without a benchmark: no tasks, and no split
+        if split:
+            fail(f"{name}: unknown split {split!r} (have: )")
+        found = []
     else:
         try:
-            found = env.tasks(split)
+            found = bench.tasks(split)
         except ValueError as e:
             fail(str(e))
     if split and m3tooleval_dir:

@@ -82,7 +82,7 @@ def eval_(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Measure Pass@1 / Pass@k on the benchmarks (tau2's evaluator, M3ToolEval's tasks), with confidence intervals."""
-    from envs._m3.official import OfficialTaskError
+    from sca.benchmarks.m3.official import OfficialTaskError
     from sandbox import SandboxUnavailable
     from sca.records.io import InputError
     from sca.inference import InferenceError

@@ -1,7 +1,9 @@
 """`sca eval`: the executor on the real benchmarks, scored by their official scorers.
 
-The same engine and executor as ``sca rollout`` (no second agent loop), on each environment's
-benchmark tasks:
+Input, library, output: each environment's benchmark (:mod:`sca.benchmarks`) gives its tasks and
+scorer; :func:`sca.agent.run.run_executor` runs them, as for ``sca rollout`` (no second agent loop);
+each trial's result is written as it finishes, and the summary is computed from this run's results.
+The benchmarks today:
 
 * TauBench retail and airline: tau2's own test tasks; the simulated user gets each task's user
   scenario as tau2 defines it; every trial is scored by tau2's own evaluator
@@ -20,28 +22,18 @@ tasks (:mod:`sca.metrics`), per environment, and the paper's Table 1 row for the
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from sandbox.config import SandboxConfig
-from sca.records.io import STDIO, InputError, scan_jsonl, write_json_atomic
-from sca.agent.engine import Role, run_episodes
-from sca.agent.executor import (
-    AGENT,
-    USER,
-    ExecutorConfig,
-    ExecutorEpisode,
-    drop_infra_failures,
-    evaluate_scorer,
-    executor_stop,
-    models_info,
-)
+from sca.agent.engine import CONCURRENCY, engine_seed
+from sca.agent.executor import ExecutorConfig, drop_infra_failures
+from sca.agent.run import ExecutorTask, open_roles, run_executor
+from sca.benchmarks import benchmark, benchmark_names
 from sca.inference.config import ModelConfig, executor_defaults
+from sca.records.io import STDIO, InputError, scan_jsonl, write_json_atomic
 from sca.records.stage_run import StageRun, progress
 
-BENCHMARK_ENVS = ("calculation", "web_browsing", "retail", "airline")
-TAU_ENVS = ("retail", "airline")
 
 def paper_row(model_name: str | None) -> tuple[str, dict[str, tuple[float, float]]] | None:
     """The paper's zero-shot row for the base model `model_name` names, if the paper has one."""
@@ -58,7 +50,7 @@ class EvalConfig:
     split: str = "test"
     trials: int = 4  # the paper: Pass@1 averaged over 4 trials, Pass@4 from the same trials
     k: int | None = None  # Pass@k's k (default: trials)
-    concurrency: int = 8
+    concurrency: int = CONCURRENCY
     seed: int = 0
     executor: ModelConfig = field(default_factory=executor_defaults)
     user: ModelConfig | None = None  # the simulated user; None: the executor's model and settings
@@ -71,12 +63,13 @@ class EvalConfig:
     retry_failed: bool = False
 
     def __post_init__(self) -> None:
+        names = benchmark_names()
         if self.envs == ["all"]:
-            self.envs = list(BENCHMARK_ENVS)
-        unknown = [e for e in self.envs if e not in BENCHMARK_ENVS]
+            self.envs = list(names)
+        unknown = [e for e in self.envs if e not in names]
         if unknown:
             raise ValueError(f"no benchmark for {', '.join(unknown)} (environments with one: "
-                             f"{', '.join(BENCHMARK_ENVS)}, or all)")
+                             f"{', '.join(names)}, or all)")
         if self.trials < 1:
             raise ValueError("trials must be >= 1")
         if self.k is not None and not 1 <= self.k <= self.trials:
@@ -88,61 +81,36 @@ class EvalConfig:
 
 
 @dataclass
-class BenchTask:
-    """One benchmark task ready to run: its instruction, a fresh environment, its scorer."""
+class BenchMeta:
+    """What a result record says of its benchmark task, beside the trajectory."""
 
-    env_name: str
-    task_id: str  # <env>/<benchmark id>: unique across environments
-    benchmark_id: str
+    env: str
+    benchmark_task_id: str
     split: str
-    instruction: str
-    make_env: Callable[[], Any]
-    make_scorer: Callable[[], Any]
     scorer: str
 
 
-def benchmark_tasks(config: EvalConfig) -> tuple[list[BenchTask], dict[str, int]]:
-    """Every task to evaluate, and per environment how many tau2 tasks were dropped as solvable
-    by doing nothing (only with ``drop_noop_solvable``)."""
-    from envs import make_env
+def benchmark_tasks(config: EvalConfig) -> tuple[list[ExecutorTask], dict[str, int]]:
+    """Every task to evaluate (``<env>/<benchmark id>``: unique across environments), each with all
+    its trials, and per environment how many tasks were left out as solvable by doing nothing (only
+    with ``drop_noop_solvable``, where the benchmark can tell)."""
+    from envs import env_spec
 
-    out: list[BenchTask] = []
+    out: list[ExecutorTask] = []
     dropped: dict[str, int] = {}
     for name in config.envs:
-        env = make_env(name)
-        if name in TAU_ENVS:
-            from sca.benchmarks.tau2 import noop_solvable, tau2_scorer
-
-            if config.split not in env.splits():
-                raise InputError(f"{name}: no split {config.split!r} (have {', '.join(env.splits())})")
-            tasks = env.tasks(split=config.split)
-            if config.limit:
-                tasks = tasks[:config.limit]
-            if config.drop_noop_solvable:
-                kept = [t for t in tasks if not noop_solvable(name, t.data)]
-                dropped[name] = len(tasks) - len(kept)
-                tasks = kept
-            for t in tasks:
-                out.append(BenchTask(name, f"{name}/{t.id}", t.id, t.split, t.instruction,
-                                     lambda name=name: make_env(name),
-                                     lambda name=name, data=t.data: tau2_scorer(name, data), "tau2"))
-            continue
+        bench = benchmark(name)
         if config.m3tooleval_dir:
-            from envs._m3 import official
-
-            tasks = [t for t in official.load_official_tasks(config.m3tooleval_dir) if t.data.get("env") == name]
-            factory = official.make_env
-        else:
-            if config.split not in env.splits():
-                raise InputError(f"{name}: no split {config.split!r} (have {', '.join(env.splits())})")
-            tasks = env.tasks(split=config.split)
-            factory = None
-        if config.limit:
-            tasks = tasks[:config.limit]
+            bench = bench.from_checkout(config.m3tooleval_dir)
+        tasks, left_out = bench.eval_tasks(config.split, limit=config.limit,
+                                           drop_noop_solvable=config.drop_noop_solvable)
+        if left_out is not None:
+            dropped[name] = left_out
+        spec = env_spec(name)
         for t in tasks:
-            build = (lambda t=t, f=factory: f(t)) if factory else (lambda name=name: make_env(name))
-            out.append(BenchTask(name, f"{name}/{t.id}", t.id, t.split, t.instruction, build,
-                                 lambda src=t.data["evaluation_function"]: evaluate_scorer(src), "m3_tolerant"))
+            out.append(ExecutorTask(id=f"{name}/{t.id}", instruction=t.instruction, env=spec, scorer=bench.scorer(t),
+                                    trials=range(config.trials), build=lambda bench=bench, t=t: bench.make_env(t),
+                                    meta=BenchMeta(name, t.id, t.split, bench.scorer_name)))
     return out, dropped
 
 
@@ -196,39 +164,41 @@ def eval_file(config: EvalConfig, output: str, *, executor_model: Any = None, us
     if not tasks:
         raise InputError("no benchmark task to evaluate (check --env, --split and --limit)")
     retried = drop_infra_failures(output) if config.retry_failed and not overwrite else 0
-    needs_user = any(t.env_name in TAU_ENVS for t in tasks)
-    own = []
-    try:
-        if executor_model is None:
-            executor_model = config.executor.load()
-            own.append(executor_model)
-        if needs_user and user_model is None:
-            if config.user is None or config.user.same_model(config.executor):
-                user_model = executor_model
-            else:
-                user_model = config.user.load()
-                own.append(user_model)
-        models = models_info(config.executor, config.user or config.executor, config.episode, executor_model,
-                             user_model if needs_user else None)
+    needs_user = any(t.env.user_facing for t in tasks)
+    with open_roles(config.executor, config.user, config.episode, needs_user=needs_user,
+                    executor_model=executor_model, user_model=user_model) as roles:
+        models = roles.info()
         settings = {**asdict(config), "retried_infra_failures": retried, "dropped_noop_solvable": dropped,
                     "models": models}
         with StageRun("eval", {"results": output}, settings=settings, overwrite=overwrite) as run:
-            wanted = {f"{t.task_id}#{trial}": t.env_name for t in tasks for trial in range(config.trials)}
+            wanted = {f"{t.id}#{trial}": t.meta.env for t in tasks for trial in t.trials}
             results = {} if overwrite else _earlier_results(output, wanted)
-            todo = [(t, trial) for t in tasks for trial in range(config.trials)
-                    if f"{t.task_id}#{trial}" not in run.done_ids]
+            for t in tasks:
+                t.trials = [trial for trial in t.trials if f"{t.id}#{trial}" not in run.done_ids]
+            todo = sum(len(t.trials) for t in tasks)
 
-            def write(record: dict[str, Any]) -> None:
+            def write(task: ExecutorTask, record: dict[str, Any]) -> None:
+                meta: BenchMeta = task.meta
+                record["env"] = meta.env
+                record.update(benchmark_task_id=meta.benchmark_task_id, split=meta.split, scorer=meta.scorer,
+                              scorer_detail=record.get("evaluation"))
+                run.counts[f"env:{meta.env}"] += 1
+                run.counts[f"termination:{record['termination']}"] += 1
+                if record["reward"] is None:
+                    run.counts["infra"] += 1
                 run.write("results", record)
                 results[record["id"]] = {"env": record["env"], "task_id": record["task_id"],
                                          "trial": record["trial"], "reward": record["reward"]}
+                advance(1)
 
             if todo:
                 with config.sandbox.build(workers=min(config.sandbox.workers, config.concurrency)) as sandbox:
                     run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
-                    with progress(len(todo), "eval", show_progress) as advance:
-                        _run(todo, config, executor_model, user_model if needs_user else None, sandbox, models,
-                             write, run.counts, advance)
+                    with progress(todo, "eval", show_progress) as advance:
+                        if config.episode.action_format == "json" and len({t.env.name for t in tasks}) > 1:
+                            raise InputError("--action-format json evaluates one environment at a time")
+                        run_executor([t for t in tasks if t.trials], roles, sandbox, config.episode,
+                                     concurrency=config.concurrency, seed=engine_seed(config.seed), on_record=write)
             summary = {"trials": config.trials, "k": config.pass_k, "split": config.split,
                        "model": models["executor"].get("model"), "models": models,
                        "dropped_noop_solvable": dropped, "envs": summarize_results(list(results.values()), config, config.envs)}
@@ -240,47 +210,6 @@ def eval_file(config: EvalConfig, output: str, *, executor_model: Any = None, us
                                                if e in comparable and comparable[e] is None},
                                     "not_comparable": {e: why for e, why in comparable.items() if why}}
             run.meta.data["summary"] = summary["envs"]
-    finally:
-        for model in own:
-            model.close()
     if output != STDIO:
         write_json_atomic(f"{output}.summary.json", summary)
     return summary
-
-
-def _run(todo: list[tuple[BenchTask, int]], config: EvalConfig, executor: Any, user: Any | None, sandbox: Any,
-         models: dict[str, Any], write: Callable[[dict[str, Any]], None], counts: Counter, advance: Any) -> None:
-    tools = None
-    if config.episode.action_format == "json":
-        names = {t.env_name for t, _ in todo}
-        if len(names) > 1:
-            raise InputError("--action-format json evaluates one environment at a time")
-        tools = [t.openai_schema() for t in todo[0][0].make_env().tools()]
-
-    def episodes() -> Iterator[ExecutorEpisode]:
-        for task, trial in todo:
-            ep = ExecutorEpisode.start(task_id=task.task_id, trial=trial, instruction=task.instruction,
-                                       env=task.make_env(), sandbox=sandbox, config=config.episode,
-                                       scorer=task.make_scorer())
-            ep.meta["bench"] = task
-            yield ep
-
-    source = episodes()
-
-    def finish(ep: ExecutorEpisode) -> None:
-        task: BenchTask = ep.meta["bench"]
-        record = ep.record(models)
-        record["env"] = task.env_name
-        record.update(benchmark_task_id=task.benchmark_id, split=task.split, scorer=task.scorer,
-                      scorer_detail=record.get("evaluation"))
-        counts[f"env:{task.env_name}"] += 1
-        counts[f"termination:{record['termination']}"] += 1
-        if record["reward"] is None:
-            counts["infra"] += 1
-        write(record)
-        advance(1)
-
-    roles = {AGENT: Role(AGENT, executor, config.executor.sampling(executor_stop(config.episode)), tools=tools),
-             USER: Role(USER, user if user is not None else executor, (config.user or config.executor).sampling())}
-    run_episodes(lambda: next(source, None), roles, concurrency=config.concurrency, on_finish=finish,
-                 workers=max(1, getattr(sandbox, "workers", 1)), seed=config.seed * 7919)

@@ -1,12 +1,12 @@
 """`sca rollout`: the executor solves CaT tasks, k trials each, every trajectory scored by the task's code.
 
-For each task of the input (streamed: a million-task file is never held in memory) and each
-trial, one :class:`~sca.agent.executor.ExecutorEpisode` runs on the shared episode engine: the
-executor (and, in retail and airline, the simulated user, which may be another model on
-another backend) generate in batches, actions run in the sandbox against the episode's own
-environment state, and at the end the task's ``evaluate`` runs on the final state. Each
-finished trial is one trajectory record (docs/TRAJECTORY.md), written as it finishes;
-a rerun resumes per (task, trial); ``retry_failed`` reruns the infrastructure failures.
+Input, library, output: the tasks of the input (streamed: a million-task file is never held in
+memory) become executor tasks scored by their own ``evaluate`` (:func:`~sca.agent.executor.evaluate_scorer`),
+with the trials the output does not hold yet; :func:`sca.agent.run.run_executor` runs them (the
+executor and, where the environment has one, the simulated user, which may be another model on
+another backend); each finished trial is one trajectory record (docs/TRAJECTORY.md), written as it
+finishes, and counted for the summary. A rerun resumes per (task, trial); ``retry_failed`` reruns the
+infrastructure failures.
 """
 
 from __future__ import annotations
@@ -16,20 +16,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 from sandbox.config import SandboxConfig
-from sca.records.io import InputError, StreamedInput, scan_jsonl
-from sca.agent.engine import Role, run_episodes
-from sca.agent.executor import (
-    AGENT,
-    USER,
-    ExecutorConfig,
-    ExecutorEpisode,
-    drop_infra_failures,
-    evaluate_scorer,
-    executor_stop,
-    models_info,
-)
+from sca.agent.engine import CONCURRENCY, engine_seed
+from sca.agent.executor import ExecutorConfig, drop_infra_failures, evaluate_scorer
+from sca.agent.run import ExecutorTask, open_roles, run_executor
 from sca.inference.config import ModelConfig, executor_defaults
 from sca.records import CAT_TASK
+from sca.records.io import InputError, StreamedInput, scan_jsonl
 from sca.records.stage_run import StageRun, progress
 
 
@@ -38,7 +30,7 @@ class RolloutConfig:
     """Options of `sca rollout` (the CLI flags and their defaults)."""
 
     k: int = 16  # trials per task (the paper: 12k trajectories for 800 tasks, about 15 each)
-    concurrency: int = 8  # episodes live at once
+    concurrency: int = CONCURRENCY  # episodes live at once
     seed: int = 0
     executor: ModelConfig = field(default_factory=executor_defaults)
     user: ModelConfig | None = None  # the simulated user; None: the executor's model and settings
@@ -49,10 +41,6 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         if self.k < 1 or self.concurrency < 1:
             raise ValueError("k and concurrency must be >= 1")
-
-    @property
-    def user_model(self) -> ModelConfig:
-        return self.user or self.executor
 
 
 @dataclass
@@ -129,6 +117,16 @@ def _tally_existing(path: str, tallies: dict[str, TaskTally], counts: Counter, t
             continue
 
 
+def _count_trial(record: dict[str, Any], tallies: dict[str, TaskTally], counts: Counter) -> None:
+    """A trajectory this run wrote: its time and tokens, then as :func:`_count` counts it."""
+    counts["generate_s"] += record["timings"]["generate_s"] + record["timings"]["user_s"]
+    counts["sandbox_s"] += record["timings"]["sandbox_s"]
+    for role, t in record["tokens"].items():
+        counts[f"tokens:{role}_prompt"] += t["prompt"]
+        counts[f"tokens:{role}_completion"] += t["completion"]
+    _count(record, tallies, counts)
+
+
 def _count(record: dict[str, Any], tallies: dict[str, TaskTally], counts: Counter) -> None:
     tally = tallies.setdefault(record["task_id"], TaskTally())
     counts[f"termination:{record.get('termination') or 'unknown'}"] += 1
@@ -140,44 +138,14 @@ def _count(record: dict[str, Any], tallies: dict[str, TaskTally], counts: Counte
     tally.c += int(record["reward"] == 1)
 
 
-def run_rollout(tasks: Iterator[dict[str, Any]], config: RolloutConfig, executor: Any, user: Any | None, sandbox: Any, *,
-                done_ids: set[str], on_record: Any, counts: Counter, tallies: dict[str, TaskTally],
-                tools: list[dict] | None = None, advance: Any = lambda n=1: None) -> None:
-    """Run every pending (task, trial) of `tasks`; hand each trajectory record to `on_record`.
+def executor_tasks(tasks: Iterator[dict[str, Any]], k: int, done_ids: set[str]) -> Iterator[ExecutorTask]:
+    """The CaT tasks of `tasks` as the executor's, each with its trials of `k` not in `done_ids`."""
+    from envs import env_spec
 
-    `tools`: the OpenAI schemas of the environment's tools, offered natively to the executor
-    (``--action-format json``: the tasks are then of one environment)."""
-    from envs import make_env
-
-    models = models_info(config.executor, config.user_model, config.episode, executor, user)
-
-    def episodes() -> Iterator[ExecutorEpisode]:
-        for task in tasks:
-            scorer = evaluate_scorer(task["evaluation_function"])
-            for trial in range(config.k):
-                if f"{task['id']}#{trial}" in done_ids:
-                    continue
-                yield ExecutorEpisode.start(task_id=task["id"], trial=trial, instruction=task["instruction"],
-                                            env=make_env(task["env"]), sandbox=sandbox, config=config.episode,
-                                            scorer=scorer)
-
-    source = episodes()
-
-    def finish(ep: ExecutorEpisode) -> None:
-        record = ep.record(models)
-        counts["generate_s"] += record["timings"]["generate_s"] + record["timings"]["user_s"]
-        counts["sandbox_s"] += record["timings"]["sandbox_s"]
-        for role, t in record["tokens"].items():
-            counts[f"tokens:{role}_prompt"] += t["prompt"]
-            counts[f"tokens:{role}_completion"] += t["completion"]
-        _count(record, tallies, counts)
-        on_record(record)
-        advance(1)
-
-    roles = {AGENT: Role(AGENT, executor, config.executor.sampling(executor_stop(config.episode)), tools=tools),
-             USER: Role(USER, user if user is not None else executor, config.user_model.sampling())}
-    run_episodes(lambda: next(source, None), roles, concurrency=config.concurrency, on_finish=finish,
-                 workers=max(1, getattr(sandbox, "workers", 1)), seed=config.seed * 7919)
+    for task in tasks:
+        yield ExecutorTask(id=task["id"], instruction=task["instruction"], env=env_spec(task["env"]),
+                           scorer=evaluate_scorer(task["evaluation_function"]),
+                           trials=[trial for trial in range(k) if f"{task['id']}#{trial}" not in done_ids])
 
 
 def rollout_file(
@@ -198,7 +166,7 @@ def rollout_file(
     work); by default the ones the config names are loaded (one copy when both roles name the
     same model) and closed at the end.
     """
-    from envs import make_env
+    from envs import env_spec
 
     config = config or RolloutConfig()
     source = StreamedInput(tasks_path, CAT_TASK, skip_invalid=skip_invalid, on_skip=on_skip).scan()
@@ -207,30 +175,19 @@ def rollout_file(
     for task in source:
         envs_used.add(task["env"])
         task_ids.add(task["id"])
-    for name in sorted(envs_used):
-        make_env(name)  # every environment loads before any model does
-    tools = None
-    if config.episode.action_format == "json" and envs_used:
-        if len(envs_used) > 1:
-            raise InputError(f"{source.name}: --action-format json needs tasks of one environment, not "
-                             f"{', '.join(sorted(envs_used))}")
-        tools = [t.openai_schema() for t in make_env(next(iter(envs_used))).tools()]
+    specs = [env_spec(name) for name in sorted(envs_used)]
+    for spec in specs:
+        spec.tools()  # every environment's tools load (tau2's: its domain) before any model does
+    if config.episode.action_format == "json" and len(envs_used) > 1:
+        raise InputError(f"{source.name}: --action-format json needs tasks of one environment, not "
+                         f"{', '.join(sorted(envs_used))}")
     if config.retry_failed and not overwrite:
         retried = drop_infra_failures(output)
     else:
         retried = 0
-    needs_user = any(make_env(name).user_facing for name in envs_used)
-    own = []
-    try:
-        if executor_model is None:
-            executor_model = config.executor.load()
-            own.append(executor_model)
-        if needs_user and user_model is None:
-            if config.user is None or config.user.same_model(config.executor):
-                user_model = executor_model
-            else:
-                user_model = config.user.load()
-                own.append(user_model)
+    needs_user = any(spec.user_facing for spec in specs)
+    with open_roles(config.executor, config.user, config.episode, needs_user=needs_user,
+                    executor_model=executor_model, user_model=user_model) as roles:
         settings = {**asdict(config), "retried_infra_failures": retried}
         tallies: dict[str, TaskTally] = {}
         with StageRun("rollout", {"trajectories": output}, inputs=[source], settings=settings,
@@ -243,13 +200,17 @@ def rollout_file(
             if todo > 0:
                 with config.sandbox.build(workers=min(config.sandbox.workers, config.concurrency)) as sandbox:
                     run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
-                    run.meta.data["settings"]["models"] = models_info(
-                        config.executor, config.user_model, config.episode, executor_model,
-                        user_model if needs_user else None)
+                    run.meta.data["settings"]["models"] = roles.info()
                     with progress(todo, "rollout", show_progress) as advance:
-                        run_rollout(iter(source), config, executor_model, user_model if needs_user else None,
-                                    sandbox, done_ids=run.done_ids, on_record=lambda r: run.write("trajectories", r),
-                                    counts=counts, tallies=tallies, tools=tools, advance=advance)
+
+                        def write(task: ExecutorTask, record: dict[str, Any]) -> None:
+                            _count_trial(record, tallies, counts)
+                            run.write("trajectories", record)
+                            advance(1)
+
+                        run_executor(executor_tasks(iter(source), config.k, run.done_ids), roles, sandbox,
+                                     config.episode, concurrency=config.concurrency, seed=engine_seed(config.seed),
+                                     on_record=write)
             final = dict(counts)
             final["seconds"] = run.elapsed
             summary = RolloutSummary.build(final, tallies, config.k)
@@ -258,7 +219,4 @@ def rollout_file(
                                "solved_all": summary.solved_all})
             run.meta.data["summary"] = {"mean_reward": summary.mean_reward, "pass1": summary.pass1,
                                         f"pass{config.k}": summary.pass_k}
-    finally:
-        for model in own:
-            model.close()
     return summary

@@ -8,10 +8,11 @@ import pytest
 
 from envs import make_env
 from envs._m3.arith import MAX_INT_BITS, ExpressionError, evaluate_expression
-from envs._m3.benchmark import run_solution
-from envs._m3.scoring import answers_match, evaluation_source
 from envs.base import ToolError, UnknownToolError
 from envs.calculation import DOMAINS, CalculationEnv
+from sca.benchmarks import benchmark
+from sca.benchmarks.m3.scoring import answers_match, evaluation_source
+from sca.benchmarks.m3.tasks import run_solution
 
 
 @pytest.fixture(scope="module")
@@ -250,21 +251,22 @@ def test_challenger_context_accepts_a_numpy_generator(env):
 # -- the benchmark task set -------------------------------------------------------------------
 
 
-def test_task_set_size_and_fields(env):
-    tasks = env.tasks()
-    test = env.tasks("test")
+def test_task_set_size_and_fields():
+    bench = benchmark("calculation")
+    tasks = bench.tasks()
+    test = bench.tasks("test")
     assert len(test) >= 40
     per_domain = Counter(t.data["domain"] for t in test)
     assert set(per_domain) == set(DOMAINS) and min(per_domain.values()) >= 10
-    assert set(env.splits()) == {"test", "train"}
+    assert set(bench.splits()) == {"test", "train"}
     assert len({t.id for t in tasks}) == len(tasks)
     for t in tasks:
         assert t.instruction and "answer" in t.data and t.data["solution"] and t.data["env"] == "calculation"
     with pytest.raises(ValueError):
-        env.tasks("dev")
+        bench.tasks("dev")
 
 
-_TASKS = CalculationEnv().tasks()
+_TASKS = benchmark("calculation").tasks()
 
 
 @pytest.mark.parametrize("task", _TASKS, ids=[t.id for t in _TASKS])
@@ -276,8 +278,8 @@ def test_reference_solution_reaches_the_gold_answer(env, task):
     assert tools_called, "the solution must use the domain's tools"
 
 
-def test_evaluation_function_checks_the_answer(env):
-    task = env.tasks("test")[0]
+def test_evaluation_function_checks_the_answer():
+    task = benchmark("calculation").tasks("test")[0]
     namespace: dict = {}
     exec(task.data["evaluation_function"], namespace)
     evaluate = namespace["evaluate"]

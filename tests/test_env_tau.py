@@ -375,19 +375,21 @@ def test_collection_journal_keeps_key_order() -> None:
 # -- tasks, prompts --------------------------------------------------------------------------
 @pytest.mark.parametrize("name,train,test", [("retail", 74, 40), ("airline", 30, 20)])
 def test_tasks_and_splits(name: str, train: int, test: int) -> None:
-    env = make_env(name)
-    assert env.splits() == ["test", "train"]
-    assert len(env.tasks("train")) == train and len(env.tasks("test")) == test
-    tasks = env.tasks()
+    from sca.benchmarks import benchmark
+
+    bench = benchmark(name)
+    assert bench.splits() == ["test", "train"]
+    assert len(bench.tasks("train")) == train and len(bench.tasks("test")) == test
+    tasks = bench.tasks()
     assert len(tasks) == train + test and len({t.id for t in tasks}) == len(tasks)
     for task in tasks:
         assert task.data["id"] == task.id
         reason = task.data["user_scenario"]["instructions"]["reason_for_call"]
         assert task.instruction.startswith("Reason for call:\n") and reason.strip() in task.instruction
     tasks[0].data["id"] = "changed"  # callers get their own copies
-    assert env.tasks()[0].data["id"] == tasks[0].id
+    assert bench.tasks()[0].data["id"] == tasks[0].id
     with pytest.raises(ValueError):
-        env.tasks("base")
+        bench.tasks("base")
 
 
 @pytest.mark.parametrize("name", sorted(FINDERS))

@@ -6,10 +6,11 @@ from collections import deque
 import pytest
 
 from envs import make_env
-from envs._m3.benchmark import run_solution
-from envs._m3.scoring import answers_match
 from envs.base import ToolError, WriteForbiddenError
 from envs.web_browsing import LINES_PER_VIEW, MAX_URL_CHARS, WebBrowsingEnv, load_site, site_from_m3_pages
+from sca.benchmarks import benchmark
+from sca.benchmarks.m3.scoring import answers_match
+from sca.benchmarks.m3.tasks import run_solution
 
 NAVIGATION = {"click_url", "go_to_previous_page", "scroll_down", "scroll_up"}
 
@@ -185,18 +186,19 @@ def test_challenger_context(env):
     assert ctx["start_url"] == "/" and ctx["lines_per_view"] == LINES_PER_VIEW and ctx["hint"]
 
 
-def test_task_set_size_and_fields(env):
-    test = env.tasks("test")
+def test_task_set_size_and_fields():
+    bench = benchmark("web_browsing")
+    test = bench.tasks("test")
     assert len(test) >= 30
-    assert set(env.splits()) == {"test", "train"}
-    ids = [t.id for t in env.tasks()]
+    assert set(bench.splits()) == {"test", "train"}
+    ids = [t.id for t in bench.tasks()]
     assert len(ids) == len(set(ids))
-    for t in env.tasks():
+    for t in bench.tasks():
         assert t.instruction and t.data["solution"] and "answer" in t.data
         assert t.data["domain"] == "web_browsing" and t.data["env"] == "web_browsing"
 
 
-_TASKS = WebBrowsingEnv().tasks()
+_TASKS = benchmark("web_browsing").tasks()
 
 
 @pytest.mark.parametrize("task", _TASKS, ids=[t.id for t in _TASKS])
@@ -215,8 +217,8 @@ def test_reference_solution_reaches_the_gold_answer(task):
     assert "click_url" in calls and sum(c in NAVIGATION for c in calls) >= 3, "every task needs several moves"
 
 
-def test_evaluation_function_rejects_wrong_answers(env):
-    task = next(t for t in env.tasks("test") if isinstance(t.data["answer"], float))
+def test_evaluation_function_rejects_wrong_answers():
+    task = next(t for t in benchmark("web_browsing").tasks("test") if isinstance(t.data["answer"], float))
     namespace: dict = {}
     exec(task.data["evaluation_function"], namespace)
     assert namespace["evaluate"](f"{task.data['answer']:.2f}") is True

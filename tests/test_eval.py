@@ -36,9 +36,9 @@ def config(**over):
 # -- M3ToolEval-style environments: the reference solutions pass, wrong answers fail --------------------
 def solver(env_name):
     """An executor that runs each task's reference solution in an ACTION, then gives its answer."""
-    from envs import make_env
+    from sca.benchmarks import benchmark
 
-    by_instruction = {t.instruction: t for t in make_env(env_name).tasks("test")}
+    by_instruction = {t.instruction: t for t in benchmark(env_name).tasks("test")}
 
     def agent(turn, conv):
         task = by_instruction[conv[1]["content"]]
@@ -56,9 +56,9 @@ def test_reference_solutions_score_one_and_wrong_answers_zero(tmp_path, env_name
     summary = eval_file(config(envs=[env_name], trials=2), str(out), executor_model=ScriptedRoles(solver(env_name)),
                         show_progress=False)
     records = read(out)
-    from envs import make_env
+    from sca.benchmarks import benchmark
 
-    assert len(records) == 2 * len(make_env(env_name).tasks("test"))
+    assert len(records) == 2 * len(benchmark(env_name).tasks("test"))
     for r in records:
         EVAL_RESULT.check(r)
         assert r["scorer"] == "m3_tolerant" and r["split"] == "test" and r["task_id"].startswith(f"{env_name}/")
@@ -207,9 +207,9 @@ def test_cli_errors(tmp_path):
 def gold_replayer(domain):
     """An executor that replays each tau2 task's gold actions in one ACTION, then says every piece of
     required information; the scripted user names the task in its first message."""
-    from envs import make_env
+    from sca.benchmarks import benchmark
 
-    tasks = {t.id: t.data for t in make_env(domain).tasks("test")}
+    tasks = {t.id: t.data for t in benchmark(domain).tasks("test")}
 
     def user(turn, conv):
         task_id = conv[0]["content"].split("TASK-ID ", 1)[1].split()[0] if "TASK-ID " in conv[0]["content"] else "?"
@@ -241,11 +241,11 @@ def test_tau2s_evaluator_scores_gold_replays_one_and_doing_nothing_zero(tmp_path
     """Every test task: replaying the gold actions and saying the required information scores 1;
     doing nothing scores 0 on every task that needs an action (and 1 on the tasks tau2 itself scores
     1 without any, which --drop-noop-solvable leaves out)."""
-    from envs import make_env
     from sca.agent import user_sim
+    from sca.benchmarks import benchmark
     from sca.benchmarks.tau2 import noop_solvable
 
-    tasks = make_env(domain).tasks("test")
+    tasks = benchmark(domain).tasks("test")
     by_instruction = {t.instruction.strip(): t.id for t in tasks}
     real = user_sim.system_prompt
     # the scripted user learns its task id from its own scenario (the real user gets the scenario only)
@@ -295,9 +295,10 @@ def _episode(tool_calls, messages=None):
 
 def test_tau2_scoring_reports_replay_mismatches_and_survives_what_tau2_cannot_take():
     from envs import make_env
+    from sca.benchmarks import benchmark
     from sca.benchmarks.tau2 import tau2_scorer
 
-    task = make_env("retail").tasks("test")[0]
+    task = benchmark("retail").tasks("test")[0]
     score = tau2_scorer("retail", task.data)
     real = make_env("retail").call("get_order_details", {"order_id": "#W2974929"})
     honest = {"message": 2, "name": "get_order_details", "arguments": {"order_id": "#W2974929"}, "result": real,
@@ -339,9 +340,9 @@ def _cli_eval_replies(tmp_path, name, reply, *args):
 
 
 def _first_calculation_answer():
-    from envs import make_env
+    from sca.benchmarks import benchmark
 
-    return make_env("calculation").tasks("test")[0].data["answer"]
+    return benchmark("calculation").tasks("test")[0].data["answer"]
 
 
 def test_max_steps_flag_reaches_the_executor(tmp_path):

@@ -205,9 +205,9 @@ def _eval_retail(tmp_path: Path, backend: str, agent, user) -> list[dict]:
 def test_calls_our_environment_refused_are_never_replayed_by_tau2(tmp_path, backend):
     """The tau2 conversion replayed every recorded call in the trusted process, refused or not:
     `sca eval` hung on the executor's refused calculate('9**9**8')."""
-    from envs import make_env
+    from sca.benchmarks import benchmark
 
-    task = make_env("retail").tasks("test")[0]
+    task = benchmark("retail").tasks("test")[0]
     criteria = task.data["evaluation_criteria"]
     gold = "\n".join(f"{a['name']}(**{a['arguments']!r})" for a in criteria.get("actions") or []) or "pass"
     info = "; ".join(criteria.get("communicate_info") or []) or "All done."

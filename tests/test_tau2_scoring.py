@@ -14,18 +14,11 @@ from pathlib import Path
 import pytest
 
 from envs import make_env
-from envs._tau import (
-    MAX_ARGUMENT_BYTES,
-    MAX_ARGUMENT_DEPTH,
-    MAX_EXPRESSION_CHARS,
-    MAX_LIST_ITEMS,
-    MAX_NESTING,
-    MAX_PRODUCT_BITS,
-    _Costly,
-    calculate,
-)
+from envs._tau import MAX_ARGUMENT_BYTES, MAX_ARGUMENT_DEPTH, MAX_LIST_ITEMS
+from envs._tau_calculate import MAX_EXPRESSION_CHARS, MAX_NESTING, MAX_PRODUCT_BITS, CostlyExpression, calculate
 from envs.base import ToolError, UnknownToolError
 from sca.agent.executor import ExecutorConfig
+from sca.benchmarks import benchmark
 from sca.benchmarks.tau2 import TERMINATIONS, tau2_messages, tau2_scorer, tau2_termination
 
 STUB = {"_truncated": {"bytes": 1 << 20, "sha256": "0" * 64, "prefix": '{"user_id": "'}}
@@ -44,7 +37,7 @@ def _outcome(fn, expression):
         warnings.simplefilter("ignore")  # eval's SyntaxWarning on "(1)(2)"
         try:
             return "ok", fn(expression)
-        except _Costly:
+        except CostlyExpression:
             return "costly", None
         except Exception:  # noqa: BLE001 - any refusal counts as one
             return "refused", None
@@ -255,7 +248,7 @@ def test_a_huge_list_argument_is_refused():
 def test_every_gold_action_of_every_task_passes_the_precheck(domain):
     """The caps never refuse what the benchmark itself asks for (gold calls, as tau2's tasks give them)."""
     env = make_env(domain)
-    for task in env.tasks():
+    for task in benchmark(domain).tasks():
         for action in task.data["evaluation_criteria"].get("actions") or []:
             env.precheck(action["name"], action["arguments"])
 
@@ -264,7 +257,7 @@ def test_every_gold_action_of_every_task_passes_the_precheck(domain):
 def _gold_task(domain="retail"):
     """A test task whose gold actions write and which must be told something."""
     env = make_env(domain)
-    return next(t for t in env.tasks("test") if t.data["evaluation_criteria"].get("communicate_info")
+    return next(t for t in benchmark(domain).tasks("test") if t.data["evaluation_criteria"].get("communicate_info")
                 and any(env.tool(a["name"]).kind == "write" for a in t.data["evaluation_criteria"]["actions"]))
 
 
@@ -399,7 +392,7 @@ class NativeGold:
     context_length = None
 
     def __init__(self, domain):
-        self.tasks = {t.id: t.data for t in make_env(domain).tasks()}
+        self.tasks = {t.id: t.data for t in benchmark(domain).tasks()}
 
     def generate(self, conversations, sampling, tools=None):
         from sca.inference.base import Generation
@@ -435,16 +428,16 @@ class NativeGold:
 def _json_gold_eval(tmp_path, monkeypatch, domain, only=None):
     from _sandbox_util import backend_or_skip
 
-    from envs._tau import TauEnvironment
     from sandbox.config import SandboxConfig
     from sca.agent import user_sim
+    from sca.benchmarks.tau2 import Tau2Benchmark
     from stages.eval import EvalConfig, eval_file
 
     backend_or_skip("bwrap")
     if only is not None:
-        real_tasks = TauEnvironment._tasks
-        monkeypatch.setattr(TauEnvironment, "_tasks", lambda self: [t for t in real_tasks(self) if t.id in only])
-    tasks = make_env(domain).tasks("test")
+        real_tasks = Tau2Benchmark._tasks
+        monkeypatch.setattr(Tau2Benchmark, "_tasks", lambda self: [t for t in real_tasks(self) if t.id in only])
+    tasks = benchmark(domain).tasks("test")
     by_instruction = {t.instruction.strip(): t.id for t in tasks}
     real = user_sim.system_prompt
     monkeypatch.setattr(user_sim, "system_prompt",
@@ -471,7 +464,7 @@ FEW = {"retail": {"5", "36", "38", "70"}, "airline": {"2", "18", "26"}}
 def test_json_gold_replay_scores_one_on_a_few_tasks(tmp_path, monkeypatch, domain):
     records = _json_gold_eval(tmp_path, monkeypatch, domain, only=FEW[domain])
     assert {r["benchmark_task_id"] for r in records} == FEW[domain]
-    criteria = {t.id: t.data["evaluation_criteria"] for t in make_env(domain).tasks("test")}
+    criteria = {t.id: t.data["evaluation_criteria"] for t in benchmark(domain).tasks("test")}
     assert any(criteria[i].get("communicate_info") and criteria[i].get("actions") for i in FEW[domain])
 
 

@@ -81,9 +81,13 @@ class ToolkitEnvironment(Environment):
     _tool_cache: dict[type, list[Tool]] = {}
 
     def tools(self) -> list[Tool]:
-        cls = type(self)
+        return type(self).class_tools()
+
+    @classmethod
+    def class_tools(cls) -> list[Tool]:
+        """The tools of every instance of `cls`, known from the class alone (what its spec declares)."""
         if cls not in ToolkitEnvironment._tool_cache:
-            ToolkitEnvironment._tool_cache[cls] = [self._describe(name, m) for name, m in self._tool_methods(cls)]
+            ToolkitEnvironment._tool_cache[cls] = [cls._describe(name, m) for name, m in cls._tool_methods(cls)]
         return list(ToolkitEnvironment._tool_cache[cls])
 
     @staticmethod

@@ -26,6 +26,11 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
+#: episodes live at once, by default, in every stage that runs agents (one batched generate per role per step)
+CONCURRENCY = 8
+#: replies per episode, by default, of the challenger and of the executor alike: the paper's cap
+MAX_STEPS = 15
+
 
 @dataclass
 class Role:
@@ -182,6 +187,11 @@ def run_episodes(
             finish_ready()
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def engine_seed(seed: int) -> int:
+    """The engine's seed (:func:`run_episodes`) for a stage run with ``--seed`` `seed`."""
+    return seed * 7919
 
 
 def call_seed(seed: int, role: str, group: list[Episode]) -> int:

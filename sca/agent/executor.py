@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sandbox.result import KEEP_ERROR_CHARS, KEEP_PAYLOAD_BYTES, payload_stub
-from sandbox.runner import json_depth
+from sandbox.runner.wire import json_depth
 from sca.agent import user_sim
-from sca.agent.engine import Episode
+from sca.agent.engine import MAX_STEPS, Episode
 from sca.agent.reply import (
     OBSERVATION,
+    OBSERVATION_LIMIT,
     STOP,
     answer_from_text,
     complete_reply,
@@ -59,9 +60,9 @@ MAX_CALL_RECORDS = 1000
 class ExecutorConfig:
     """How the executor runs (the model settings are the stage's ModelConfigs)."""
 
-    max_steps: int = 15  # executor replies per episode: the paper's cap
+    max_steps: int = MAX_STEPS  # executor replies per episode: the paper's cap
     action_format: str = "code"  # code | json
-    observation_limit: int = 4000  # characters of an observation shown to the executor
+    observation_limit: int = OBSERVATION_LIMIT  # characters of an observation shown to the executor
 
     def __post_init__(self) -> None:
         if self.action_format not in ACTION_FORMATS:
@@ -399,10 +400,3 @@ def drop_infra_failures(path: str) -> int:
 
     return drop_lines(path, lambda r: r.get("reward") is None and bool(r.get("infra_error")))
 
-
-def models_info(executor_config: Any, user_config: Any, episode: ExecutorConfig, executor: Any,
-                user: Any | None) -> dict[str, Any]:
-    """Both roles' models (what the backends say of them) and sampling, as records keep them."""
-    info = {"executor": {**executor.info(), "sampling": executor_config.sampling(executor_stop(episode)).to_dict()}}
-    info["user"] = {**user.info(), "sampling": user_config.sampling().to_dict()} if user is not None else None
-    return info

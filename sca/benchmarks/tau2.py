@@ -1,4 +1,10 @@
-"""TauBench's official scorer on our trajectories: tau2's own evaluator, fed tau2's message types.
+"""TauBench as a benchmark: tau2's own tasks, and tau2's own evaluator as the scorer of our trajectories.
+
+The tasks are tau2's train and test tasks of each domain, in tau2's order; the instruction is the
+task's user scenario as text (what the simulated user is given). :data:`RETAIL` and :data:`AIRLINE`
+are the registry's benchmarks (:mod:`sca.benchmarks`).
+
+The scorer feeds tau2's evaluator tau2's message types.
 
 An executor episode in retail or airline is converted to the messages tau2 records in its own
 simulations: the simulated user's messages become ``UserMessage`` (our ``OBSERVATION:`` messages,
@@ -48,18 +54,21 @@ parsing of it (:func:`sca.agent.reply.parse_reply`), which the episode already p
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import os
 from functools import lru_cache
 from typing import Any
 
 from sca.agent.reply import OBSERVATION, parse_reply
+from sca.benchmarks.base import Benchmark, BenchmarkTask
 
 log = logging.getLogger(__name__)
 
 
-def _tau2():
-    """tau2's evaluator and message types; imported once, quietly and offline."""
+def _quiet() -> None:
+    """tau2 imported quietly and offline, whichever part of it is imported first."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # tau2 imports litellm, which fetches otherwise
     try:
         from loguru import logger as loguru_logger
@@ -67,6 +76,11 @@ def _tau2():
         loguru_logger.disable("tau2")
     except ImportError:
         pass
+
+
+def _tau2():
+    """tau2's evaluator and message types; imported once, quietly and offline."""
+    _quiet()
     from tau2.registry import registry
     from tau2.data_model import message as m
     from tau2.data_model.simulation import SimulationRun, TerminationReason
@@ -251,3 +265,70 @@ def tau2_scorer(domain: str, task_data: dict[str, Any]):
                                     "replay_mismatches": mismatches[:20]}
 
     return score
+
+
+# -- the benchmark: tau2's tasks ---------------------------------------------------------------------
+SPLITS = ("train", "test")
+
+
+def instruction_text(task: Any) -> str:
+    """A readable instruction from a tau2 task's user scenario."""
+    scenario = task.user_scenario
+    instructions = scenario.instructions
+    if isinstance(instructions, str):
+        body = instructions.strip()
+    else:
+        sections = [
+            ("Reason for call", instructions.reason_for_call),
+            ("Known info", instructions.known_info),
+            ("Unknown info", instructions.unknown_info),
+            ("Task instructions", instructions.task_instructions),
+        ]
+        body = "\n\n".join(f"{label}:\n{text.strip()}" for label, text in sections if text and text.strip())
+    if scenario.persona:
+        body = f"Persona:\n{scenario.persona.strip()}\n\n{body}"
+    return body
+
+
+@lru_cache(maxsize=None)
+def _task_rows(domain: str) -> tuple[tuple[str, str, str, str], ...]:
+    """(id, split, instruction, data as JSON) of every train and test task of `domain`, in tau2's order
+    (read once per process; each caller then gets its own copies)."""
+    _quiet()
+    env_module = importlib.import_module(f"tau2.domains.{domain}.environment")
+    split_of = {}
+    for split, ids in env_module.get_tasks_split().items():
+        if split in SPLITS:
+            split_of.update({task_id: split for task_id in ids})
+    rows = []
+    for task in env_module.get_tasks(task_split_name=None):
+        if task.id in split_of:
+            rows.append((task.id, split_of[task.id], instruction_text(task), json.dumps(task.model_dump(mode="json"))))
+    return tuple(rows)
+
+
+class Tau2Benchmark(Benchmark):
+    """One tau2 domain's tasks, scored by tau2's evaluator (:func:`tau2_scorer`)."""
+
+    scorer_name = "tau2"
+
+    def __init__(self, domain: str) -> None:
+        self.env = domain
+
+    def _tasks(self) -> list[BenchmarkTask]:
+        return [BenchmarkTask(id=task_id, split=split, instruction=text, data=json.loads(data))
+                for task_id, split, text, data in _task_rows(self.env)]
+
+    def splits(self) -> list[str]:
+        return sorted(SPLITS)
+
+    def without_noop_solvable(self, tasks: list[BenchmarkTask]) -> tuple[list[BenchmarkTask], int | None]:
+        kept = [t for t in tasks if not noop_solvable(self.env, t.data)]
+        return kept, len(tasks) - len(kept)
+
+    def scorer(self, task: BenchmarkTask) -> Any:
+        return tau2_scorer(self.env, task.data)
+
+
+RETAIL = Tau2Benchmark("retail")
+AIRLINE = Tau2Benchmark("airline")

@@ -26,7 +26,7 @@ A checkout is untrusted code, so we run those modules in our sandbox
    task data; ours records each ``Task`` and each ``register_task_iterator``.
 3. Here again, everything that comes back is checked as untrusted data
    (shapes, types, finite numbers, counts, unique names) before it becomes
-   our :class:`~envs.base.BenchmarkTask` objects. A checkout that fails to load,
+   our :class:`~sca.benchmarks.base.BenchmarkTask` objects. A checkout that fails to load,
    loops, or reports something else raises :class:`OfficialTaskError` with one
    line saying what went wrong.
 
@@ -47,8 +47,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from envs._m3.scoring import answers_match, evaluation_source
-from envs.base import BenchmarkTask, Environment, ToolError
+from envs.base import Environment, ToolError
+from sca.benchmarks.base import BenchmarkTask
+from sca.benchmarks.m3.scoring import answers_match, evaluation_source
 
 __all__ = [
     "DOMAIN_FILES",
@@ -166,7 +167,7 @@ def tool_drift(m3tooleval_dir: str | Path, domains: list[str] | None = None, *, 
     recording each call of an official tool function (its arguments and result) and
     the task whose expected output it served. Each call is then made again with our
     environment's matching tool (:data:`OFFICIAL_TOOLS`; travel over the module's own
-    tables) and the results compared with :func:`~envs._m3.scoring.answers_match`
+    tables) and the results compared with :func:`~sca.benchmarks.m3.scoring.answers_match`
     (relative tolerance `rel_tol`; texts as the scorer compares them). An official call
     that raised is recorded with the result None (what the profiler sees).
 

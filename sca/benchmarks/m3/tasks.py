@@ -5,7 +5,7 @@ A task file is JSON Lines, one task a line::
     {"id": "calc-md-01", "split": "test", "domain": "message_decoder",
      "instruction": "...", "answer": "...", "solution": "answer = caesar_decode(...)"}
 
-``answer`` is the gold answer, compared with :func:`envs._m3.scoring.answers_match`;
+``answer`` is the gold answer, compared with :func:`sca.benchmarks.m3.scoring.answers_match`;
 ``solution`` is Python that calls the environment's tools as global functions
 (as in a CaT task) and leaves its result in the global ``answer``.
 """
@@ -17,9 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from envs._m3 import DATA_DIR
-from envs._m3.scoring import evaluation_source
-from envs.base import BenchmarkTask, Environment, ToolError
+from envs.base import Environment, ToolError
+from sca.benchmarks.base import BenchmarkTask
+from sca.benchmarks.m3 import DATA_DIR
+from sca.benchmarks.m3.scoring import evaluation_source
 
 __all__ = ["load_tasks", "read_task_file", "run_solution", "tool_namespace"]
 
