@@ -31,7 +31,7 @@ mutant at a time, always restored). Standard library only; run it with the proje
 
 Each pytest run gets ``PYTHONDONTWRITEBYTECODE=1`` (no bytecode of a mutant is cached, so none is
 ever read back after the restore) and the tree on ``PYTHONPATH`` (subprocesses the tests start import
-the mutated tree too). A mutant of ``sandbox/runner.py`` is checked on bwrap, which binds the tree's
+the mutated tree too). A mutant of ``sandbox/runner/`` is checked on bwrap, which binds the tree's
 runner: a docker worker refuses a runner other than its image's.
 
 To measure an older test suite against the same mutants, extract it (``git archive REV | tar -x -C
