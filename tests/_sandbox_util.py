@@ -133,3 +133,32 @@ def backend_or_skip(name: str) -> None:
         resolve_backend(name)
     except SandboxUnavailable as e:
         unavailable(name, e)
+
+
+def refuse_the_first_worker_start(monkeypatch) -> list:
+    """From now on, every sandbox a stage builds (`SandboxConfig.build`) starts with no idle worker, and its
+    backend refuses the first worker start it is asked for (an engine that went away), then starts them as
+    usual: the first run nothing could start. Returns the list of refusals made (one entry each)."""
+    from sandbox import SandboxUnavailable
+    from sandbox.config import SandboxConfig
+
+    real_build, refusals = SandboxConfig.build, []
+
+    def build(self, workers=None):
+        sb = real_build(self, workers)
+        for w in sb._idle:
+            w.close()
+        sb._idle.clear()
+        real_start = sb._backend.start_worker
+
+        def start():
+            if not refusals:
+                refusals.append(1)
+                raise SandboxUnavailable("no Docker engine answers at unix:///gone.sock")
+            return real_start()
+
+        monkeypatch.setattr(sb._backend, "start_worker", start)
+        return sb
+
+    monkeypatch.setattr(SandboxConfig, "build", build)
+    return refusals

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _sandbox_util import backend_or_skip
+from _sandbox_util import backend_or_skip, refuse_the_first_worker_start
 from _scripted import ScriptedRoles
 from _servers import ReplayServer
 from typer.testing import CliRunner
@@ -95,27 +95,7 @@ def test_resume_per_task_and_trial_and_the_summary_file(tmp_path):
 def test_an_infrastructure_failure_stays_out_of_the_summary_and_is_retried(tmp_path, monkeypatch):
     """The sandbox cannot start a worker for the first task's action: that trial is recorded with reward
     None and left out of the summary, also when a rerun resumes the file; --retry-failed runs it again."""
-    from sandbox import SandboxUnavailable
-
-    real_build, refusals = SandboxConfig.build, []
-
-    def build(self, workers=None):
-        sb = real_build(self, workers)
-        for w in sb._idle:
-            w.close()
-        sb._idle.clear()
-        real_start = sb._backend.start_worker
-
-        def start():
-            if not refusals:
-                refusals.append(1)
-                raise SandboxUnavailable("no Docker engine answers at unix:///gone.sock")
-            return real_start()
-
-        monkeypatch.setattr(sb._backend, "start_worker", start)
-        return sb
-
-    monkeypatch.setattr(SandboxConfig, "build", build)
+    refusals = refuse_the_first_worker_start(monkeypatch)
     out = tmp_path / "r.jsonl"
 
     def evaluate(**over):

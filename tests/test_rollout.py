@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _sandbox_util import backend_or_skip
+from _sandbox_util import backend_or_skip, refuse_the_first_worker_start
 from _scripted import ScriptedModel, ScriptedRoles
 from _servers import ReplayServer
 from cat_sets import RETAIL_TASKS, cat, write_jsonl
@@ -330,28 +330,7 @@ def test_no_worker_to_start_an_action_is_an_infrastructure_failure_and_is_retrie
     """The sandbox cannot start a worker for trial 0's first action (the engine went away): nothing of the
     trial ran there, so it is recorded with reward None and the kind of failure, counted apart, and
     --retry-failed runs it again."""
-    from sandbox import SandboxUnavailable
-
-    real_build = SandboxConfig.build
-    refusals = []
-
-    def build(self, workers=None):
-        sb = real_build(self, workers)
-        for w in sb._idle:
-            w.close()
-        sb._idle.clear()
-        real_start = sb._backend.start_worker
-
-        def start():
-            if not refusals:
-                refusals.append(1)
-                raise SandboxUnavailable("no Docker engine answers at unix:///gone.sock")
-            return real_start()
-
-        monkeypatch.setattr(sb._backend, "start_worker", start)
-        return sb
-
-    monkeypatch.setattr(SandboxConfig, "build", build)
+    refusals = refuse_the_first_worker_start(monkeypatch)
     model = ScriptedRoles(lambda turn, conv: [CANCEL, DONE][turn], customer)
     summary, records = run(tmp_path, [CANCEL_TASK], model, k=2, concurrency=1)
     assert refusals == [1]
@@ -439,27 +418,7 @@ def test_an_episode_keeps_payloads_within_bounds_across_its_actions(tmp_path):
 def test_no_worker_to_start_evaluate_is_an_infrastructure_failure_and_is_retried(tmp_path, monkeypatch):
     """The sandbox cannot start a worker for the trial's evaluate(): nothing of the scoring ran, so the trial
     is an infrastructure failure (reward None), never a 0, and --retry-failed scores it."""
-    from sandbox import SandboxUnavailable
-
-    real_build, refusals = SandboxConfig.build, []
-
-    def build(self, workers=None):
-        sb = real_build(self, workers)
-        for w in sb._idle:
-            w.close()
-        sb._idle.clear()
-        real_start = sb._backend.start_worker
-
-        def start():
-            if not refusals:
-                refusals.append(1)
-                raise SandboxUnavailable("no Docker engine answers at unix:///gone.sock")
-            return real_start()
-
-        monkeypatch.setattr(sb._backend, "start_worker", start)
-        return sb
-
-    monkeypatch.setattr(SandboxConfig, "build", build)
+    refusals = refuse_the_first_worker_start(monkeypatch)
     model = ScriptedModel(lambda turn, conv: "THOUGHT: counted END THOUGHT\n4")  # no action: evaluate is the first run
     summary, (r,) = run(tmp_path, [CALC[0]], model, k=1, concurrency=1)
     assert refusals == [1]
