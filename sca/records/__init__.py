@@ -21,13 +21,17 @@ from sca.records.schema import (
     CAT_TASK,
     EVAL_RESULT,
     TERMINATIONS,
+    TRAIN_LOG_LINE,
+    TRAINING_TRAJECTORY,
     TRAJECTORY,
+    VALIDATED_TASK,
     Field,
     RecordError,
     RecordSchema,
 )
 from sca.records.stage_run import RunMeta, StageRun, progress
 
-__all__ = ["CAT_TASK", "EVAL_RESULT", "STDIO", "TERMINATIONS", "TRAJECTORY", "Field", "InputError", "Loaded",
+__all__ = ["CAT_TASK", "EVAL_RESULT", "STDIO", "TERMINATIONS", "TRAIN_LOG_LINE", "TRAINING_TRAJECTORY", "TRAJECTORY",
+           "VALIDATED_TASK", "Field", "InputError", "Loaded",
            "RecordError", "RecordSchema", "RecordWriter", "RunMeta", "StageRun", "StreamedInput", "drop_lines",
            "dumps_record", "load_records", "progress", "scan_jsonl", "write_json_atomic"]

@@ -110,6 +110,37 @@ CAT_TASK = RecordSchema(
 )
 
 
+def check_validation(record: dict[str, Any]) -> None:
+    """The ``validation`` object `sca validate` adds (docs/CAT.md, "The checks"), when present: ``valid``,
+    each of ``checks`` naming its check and whether it passed, and for a rejected task its ``reason`` and
+    the ``failed_check``."""
+    v = record.get("validation")
+    if v is None:
+        return
+    if not isinstance(v.get("valid"), bool):
+        raise RecordError("validation.valid", "expected a boolean")
+    checks = v.get("checks")
+    if checks is not None:
+        if not isinstance(checks, list):
+            raise RecordError("validation.checks", "expected a list")
+        for i, c in enumerate(checks):
+            if not isinstance(c, dict) or not isinstance(c.get("check"), str) or not isinstance(c.get("ok"), bool):
+                raise RecordError(f"validation.checks[{i}]", "expected an object with check (string) and ok (boolean)")
+    if not v["valid"]:
+        if not isinstance(v.get("reason"), str) or not v["reason"]:
+            raise RecordError("validation.reason", "expected the rejection reason (a string)")
+        if v.get("failed_check") is not None and not isinstance(v["failed_check"], str):
+            raise RecordError("validation.failed_check", "expected a string")
+
+
+# -- a validated task: what sca validate writes (accepted and rejected alike) ---------------------
+VALIDATED_TASK = RecordSchema(
+    name="validated CaT task",
+    fields=CAT_TASK.fields + (Field("validation", dict, doc="the verdict of the CaT checks"),),
+    extra_checks=(check_known_env, check_validation),
+)
+
+
 #: the roles of a trajectory's messages
 ROLES = ("system", "user", "assistant", "tool")
 

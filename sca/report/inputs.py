@@ -49,7 +49,7 @@ from sca.records import (
     RecordSchema,
 )
 from sca.records.io import InputError
-from sca.records.schema import TRAIN_LOG_LINE, check_reward_present
+from sca.records.schema import TRAIN_LOG_LINE, check_reward_present, check_validation
 
 #: the kinds of input a report reads
 KINDS = ("propose", "validate", "rollout", "eval", "train")
@@ -121,24 +121,11 @@ def _told_check(v: dict[str, Any]) -> str | None:
 
 
 def _check_validation(record: dict[str, Any]) -> None:
-    """The validation object as docs/CAT.md describes it, and that it names the check that failed."""
+    """The validation object's shape (the records' own check), and that the funnel can place a rejected
+    task: that it names the check that failed."""
+    check_validation(record)
     v = record.get("validation")
-    if v is None:
-        return
-    if not isinstance(v.get("valid"), bool):
-        raise RecordError("validation.valid", "expected a boolean")
-    checks = v.get("checks")
-    if checks is not None:
-        if not isinstance(checks, list):
-            raise RecordError("validation.checks", "expected a list")
-        for i, c in enumerate(checks):
-            if not isinstance(c, dict) or not isinstance(c.get("check"), str) or not isinstance(c.get("ok"), bool):
-                raise RecordError(f"validation.checks[{i}]", "expected an object with check (string) and ok (boolean)")
-    if not v["valid"]:
-        if not isinstance(v.get("reason"), str) or not v["reason"]:
-            raise RecordError("validation.reason", "expected the rejection reason (a string)")
-        if v.get("failed_check") is not None and not isinstance(v["failed_check"], str):
-            raise RecordError("validation.failed_check", "expected a string")
+    if v is not None and not v["valid"]:
         failed_check(v)  # raises when the funnel could not place the record
 
 
