@@ -1,10 +1,11 @@
 """Every setting of a sandbox in one place, with its default: :class:`SandboxConfig`.
 
 A :class:`~sandbox.pool.Sandbox` is made from one (``Sandbox(config)``); stages hold one and build
-their sandbox with :meth:`SandboxConfig.build`; the command line takes its defaults from here. No
-other module holds a default of these settings: the parent sends each of them with every job, and
-the runner reads them from the job. Standard library only, and nothing of the package but the pool
-that :meth:`SandboxConfig.build` imports when called (``sca --help`` imports this module).
+their sandbox with :meth:`SandboxConfig.build`; the command line takes its flags' defaults, help and
+bounds from here. No other module holds a default of these settings: the parent sends each of them
+with every job, and the runner reads them from the job. Standard library only, and nothing of the
+package but the pool that :meth:`SandboxConfig.build` imports when called (``sca --help`` imports
+this module).
 """
 
 from __future__ import annotations
@@ -29,14 +30,19 @@ class SandboxConfig:
     that goes over (it is the code's error, like any exception it raises).
     """
 
-    backend: str = "auto"  # auto | docker | bwrap | subprocess
-    workers: int = field(default_factory=_cores)  # runs at once (one warm worker each)
-    timeout: float = 10.0  # seconds of wall clock per run, tool calls included
-    memory_mb: int = 1024  # address space per process of a run
+    # `metadata`: the help and bounds of the command line's flag (``sca_cli.common.flag``)
+    backend: str = field(default="auto", metadata={"help": " | ".join(BACKEND_NAMES) + " (subprocess: no isolation)."})
+    workers: int = field(default_factory=_cores, metadata={  # one warm worker each
+        "help": "Sandbox workers, runs at once [default: cores].", "min": 1})
+    timeout: float = field(default=10.0, metadata={
+        "help": "Seconds of wall clock for each run of code, tool calls included.", "min": 0.1})
+    memory_mb: int = field(default=1024, metadata={  # address space
+        "help": "Memory cap of each process of a run, MiB.", "min": 64})
     max_procs: int = 64  # processes a run may have at once
     output_limit: int = 10_000  # characters of stdout and of stderr kept per run
-    max_tool_calls: int = 2000  # tool calls per run
-    max_tool_bytes: int = 8 << 20  # bytes of JSON tool arguments and results per run, together
+    max_tool_calls: int = field(default=2000, metadata={"help": "Tool calls allowed per run.", "min": 1})
+    max_tool_bytes: int = field(default=8 << 20, metadata={  # arguments and results together
+        "help": "Bytes of JSON tool arguments and results allowed per run.", "min": 1024})
     max_depth: int = 64  # nesting of lists/objects in tool arguments, answers and returned values
     image: str = "sca-sandbox:latest"  # the docker backend's image
 

@@ -62,7 +62,7 @@ class ValidateConfig:
     (backend, workers, per-run timeout, memory and budgets) and the CaT rule on failure cases."""
 
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    min_failure_cases: int = 3
+    min_failure_cases: int = field(default=3, metadata={"help": "Failure cases a task must have.", "min": 0})
 
     @property
     def timeout(self) -> float:

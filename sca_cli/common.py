@@ -1,26 +1,41 @@
-"""What every command shares: consoles, option definitions, error exits.
+"""What every command shares: consoles, flags derived from the config dataclasses, error exits.
 
-rich is imported on first use only, so `sca --help` stays fast.
+A command's flags are written out in its function's signature: typer reads them there, and a reader
+sees every flag of a command in one place, in the order of its `--help`. Each takes its default, help
+and bounds from a config field (:func:`flag`), so the library states each default once (as TRL's
+scripts derive their parsers from dataclass fields). Every command runs its stage inside
+:func:`stage_errors`, the one mapping from the errors a user can fix to a one-line message and an
+exit code.
+
+rich is imported on first use only, and the config modules are standard library only, so
+`sca --help` stays fast.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, NoReturn
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import MISSING, fields
+from functools import cache
+from typing import Any, NoReturn, TypeVar
 
 import typer
 
 from sandbox.config import BACKEND_NAMES, SandboxConfig
+from sca.agent.config import ACTION_FORMATS, ExecutorConfig
 from sca.inference.config import BACKEND_NAMES as MODEL_BACKENDS
 from sca.inference.config import ModelConfig
 
+#: exit codes (README, "Common behaviour of every stage"): bad input, options or setup; the model failed
 EXIT_BAD_INPUT = 2
+EXIT_MODEL = 1
+
+Config = TypeVar("Config")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _console(stderr: bool) -> Any:
-    import sys
-
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
@@ -66,102 +81,136 @@ def examples(*commands: str) -> str:
     return "Examples:\n\n\b\n" + "\n".join(f"  {c}" for c in commands)
 
 
-
-# -- the sandbox flags, shared by every command that runs model-written code --------------------------
-# Defaults come from SandboxConfig: the one place they are set.
-_SANDBOX = SandboxConfig(workers=1)
-SANDBOX = typer.Option(_SANDBOX.backend, "--sandbox", help=" | ".join(BACKEND_NAMES) + " (subprocess: no isolation).")
-WORKERS = typer.Option(None, "--workers", min=1, help="Sandbox workers, runs at once [default: cores].")
-TIMEOUT = typer.Option(_SANDBOX.timeout, "--timeout", min=0.1,
-                       help="Seconds of wall clock for each run of code, tool calls included.")
-MEMORY_MB = typer.Option(_SANDBOX.memory_mb, "--memory-mb", min=64, help="Memory cap of each process of a run, MiB.")
-MAX_TOOL_CALLS = typer.Option(_SANDBOX.max_tool_calls, "--max-tool-calls", min=1, help="Tool calls allowed per run.")
-MAX_TOOL_BYTES = typer.Option(_SANDBOX.max_tool_bytes, "--max-tool-bytes", min=1024,
-                              help="Bytes of JSON tool arguments and results allowed per run.")
+# -- flags from config fields ------------------------------------------------------------------------
 
 
-def sandbox_config(backend: str, workers: int | None, timeout: float, memory_mb: int, max_tool_calls: int,
-                   max_tool_bytes: int) -> SandboxConfig:
-    """The SandboxConfig the sandbox flags describe (a one-line error, exit 2, if they are wrong)."""
-    if backend not in BACKEND_NAMES:
-        fail(f"--sandbox must be one of {', '.join(BACKEND_NAMES)}, not {backend!r}")
+def flag(config: Any, name: str, *decls: str, **option: Any) -> Any:
+    """The typer option `decls` of the field `name` of `config`, a config dataclass or an instance of one
+    (a role's defaults, such as ``executor_defaults()``): its default is the field's (the instance's
+    value), its help and bounds those in the field's ``metadata`` ("help", "min", "max"). `option` adds
+    to them or overrides them: another help, or ``default=None`` where an unset flag leaves the config
+    its own default (which the help then names)."""
+    spec = {f.name: f for f in fields(config)}[name]
+    settings = {key: spec.metadata[key] for key in ("help", "min", "max") if key in spec.metadata}
+    settings.update(option)
+    if "default" in settings:
+        default = settings.pop("default")
+    elif not isinstance(config, type):
+        default = getattr(config, name)
+    else:
+        default = spec.default if spec.default is not MISSING else spec.default_factory()
+    return typer.Option(default, *decls, **settings)
+
+
+def field_help(config: Any, name: str) -> str:
+    """The help of the field `name` of `config` (for a flag whose help adds to it)."""
+    return {f.name: f for f in fields(config)}[name].metadata["help"]
+
+
+def configured(cls: type[Config], *args: Any, **kwargs: Any) -> Config:
+    """``cls(*args, **kwargs)``: a config from the flags; a value it refuses (its ValueError) is a one-line
+    error, exit 2."""
     try:
-        return SandboxConfig(backend=backend, timeout=timeout, memory_mb=memory_mb, max_tool_calls=max_tool_calls,
-                             max_tool_bytes=max_tool_bytes).with_(workers=workers)
+        return cls(*args, **kwargs)
     except ValueError as e:
         fail(str(e))
+
+
+# -- errors: one mapping for every command --------------------------------------------------------------
+#: the errors a stage raises for what the user can fix: (module, class, message, exit code). Anything
+#: else is a bug, and keeps its traceback.
+EXITS = (
+    ("sca.records.io", "InputError", "{}", EXIT_BAD_INPUT),  # bad input: FILE:LINE: what is wrong
+    ("envs", "UnknownEnvironmentError", "{}", EXIT_BAD_INPUT),
+    ("sca.benchmarks.m3.official", "OfficialTaskError", "{}", EXIT_BAD_INPUT),  # a CodeAct checkout refused
+    ("sandbox.result", "SandboxUnavailable", "sandbox unavailable: {}", EXIT_BAD_INPUT),
+    ("sca.inference.base", "InferenceError", "model: {}", EXIT_MODEL),
+)
+
+
+@contextmanager
+def stage_errors() -> Iterator[None]:
+    """Run a stage: an error of :data:`EXITS` becomes its one-line message and exit code.
+
+    Each class is looked up only where its module is loaded: an error of a module never imported
+    cannot have been raised, and so this imports nothing (the command imports what its stage needs).
+    """
+    try:
+        yield
+    except Exception as e:
+        for module, name, message, code in EXITS:
+            cls = getattr(sys.modules.get(module), name, None)
+            if cls is not None and isinstance(e, cls):
+                fail(message.format(e), code)
+        raise
+
+
+# -- the sandbox flags, shared by every command that runs model-written code --------------------------
+SANDBOX = flag(SandboxConfig, "backend", "--sandbox")
+WORKERS = flag(SandboxConfig, "workers", "--workers", default=None)  # None: SandboxConfig's (the cores)
+TIMEOUT = flag(SandboxConfig, "timeout", "--timeout")
+MEMORY_MB = flag(SandboxConfig, "memory_mb", "--memory-mb")
+MAX_TOOL_CALLS = flag(SandboxConfig, "max_tool_calls", "--max-tool-calls")
+MAX_TOOL_BYTES = flag(SandboxConfig, "max_tool_bytes", "--max-tool-bytes")
+
+
+def sandbox_config(backend: str, workers: int | None, timeout: float, memory_mb: int | None = None,
+                   max_tool_calls: int | None = None, max_tool_bytes: int | None = None) -> SandboxConfig:
+    """The SandboxConfig the sandbox flags describe (a one-line error, exit 2, if they are wrong); a
+    setting without a flag (None: `sca train` has only the first three) keeps SandboxConfig's default."""
+    if backend not in BACKEND_NAMES:
+        fail(f"--sandbox must be one of {', '.join(BACKEND_NAMES)}, not {backend!r}")
+    given = {"timeout": timeout, "memory_mb": memory_mb, "max_tool_calls": max_tool_calls,
+             "max_tool_bytes": max_tool_bytes, "workers": workers}
+    return configured(SandboxConfig, backend=backend, **{k: v for k, v in given.items() if v is not None})
 
 
 # -- model flags: a role's model, backend, servers and sampling ----------------------------------------
-# Each command passes its stage's default ModelConfig, so the defaults shown are the stage's own.
+# A command takes the defaults of its stage's role (flag(executor_defaults(), "temperature", ...)), so
+# the defaults shown are the role's own.
 
 
-def model_flag(prefix: str = "", what: str = "") -> Any:
-    return typer.Option(None, f"--{prefix}model",
-                        help=f"{what}HF name or local path (hf, vllm) or served name (openai) "
-                             "[default: bundled SmolLM2-135M-Instruct].")
+def model_flag(what: str = "") -> Any:
+    """--model, its help led by the role it names (`what`: "Executor: ")."""
+    return flag(ModelConfig, "model", "--model", help=what + field_help(ModelConfig, "model"))
 
 
-def backend_flag(default: ModelConfig, prefix: str = "") -> Any:
-    return typer.Option(default.backend, f"--{prefix}backend", help=" | ".join(MODEL_BACKENDS) + ".")
-
-
-def base_url_flag(prefix: str = "") -> Any:
-    return typer.Option(None, f"--{prefix}base-url",
-                        help="OpenAI-compatible server (with the openai backend); repeat to share load round-robin.")
-
-
-def temperature_flag(default: ModelConfig, prefix: str = "") -> Any:
-    return typer.Option(default.temperature, f"--{prefix}temperature", min=0.0, help="Sampling temperature (0: greedy).")
-
-
-def top_p_flag(default: ModelConfig, prefix: str = "") -> Any:
-    return typer.Option(default.top_p, f"--{prefix}top-p", min=0.0, max=1.0)
-
-
-def max_new_tokens_flag(default: ModelConfig, prefix: str = "") -> Any:
-    return typer.Option(default.max_new_tokens, f"--{prefix}max-new-tokens", min=1, help="Tokens per reply at most.")
+BASE_URL = flag(ModelConfig, "base_urls", "--base-url", default=None)  # None: no server (not an empty list)
 
 
 def model_config(model: str | None, backend: str, base_urls: list[str] | None, temperature: float, top_p: float,
-                 max_new_tokens: int, flag: str = "--") -> ModelConfig:
-    """The ModelConfig the model flags describe (a one-line error, exit 2, if they are wrong)."""
+                 max_new_tokens: int, prefix: str = "--") -> ModelConfig:
+    """The ModelConfig the model flags describe (a one-line error, exit 2, if they are wrong); `prefix`:
+    their names' ("--user-" for the simulated user's)."""
     if backend not in MODEL_BACKENDS:
-        fail(f"{flag}backend must be one of {', '.join(MODEL_BACKENDS)}, not {backend!r}")
+        fail(f"{prefix}backend must be one of {', '.join(MODEL_BACKENDS)}, not {backend!r}")
     if base_urls and backend != "openai":
-        fail(f"{flag}base-url goes with {flag}backend openai")
-    try:
-        return ModelConfig(model=model, backend=backend, base_urls=list(base_urls or []), temperature=temperature,
-                           top_p=top_p, max_new_tokens=max_new_tokens)
-    except ValueError as e:
-        fail(str(e))
+        fail(f"{prefix}base-url goes with {prefix}backend openai")
+    return configured(ModelConfig, model=model, backend=backend, base_urls=list(base_urls or []),
+                      temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
 
 
 # -- the executor's flags, shared by `sca rollout` and `sca eval` ----------------------------------------
 USER_MODEL = typer.Option(None, "--user-model", help="Simulated user's model [default: the executor's].")
 USER_BACKEND = typer.Option(None, "--user-backend", help="Simulated user's backend [default: the executor's].")
 USER_BASE_URL = typer.Option(None, "--user-base-url", help="Simulated user's server(s) [default: the executor's].")
-USER_TEMPERATURE = typer.Option(None, "--user-temperature", min=0.0, help="[default: the executor's]")
-ACTION_FORMAT = typer.Option("code", "--action-format",
-                             help="code (THOUGHT/ACTION blocks, as in the paper) | json (native function calling).")
-MAX_STEPS = typer.Option(15, "--max-steps", min=1, help="Executor replies per episode (the paper's cap is 15).")
-CONCURRENCY = typer.Option(8, "--concurrency", min=1,
-                           help="Episodes live at once (one batched generation per role per step).")
+USER_TEMPERATURE = flag(ModelConfig, "temperature", "--user-temperature", default=None,
+                        help="[default: the executor's]")
+ACTION_FORMAT = flag(ExecutorConfig, "action_format", "--action-format")
+MAX_STEPS = flag(ExecutorConfig, "max_steps", "--max-steps")
 
 
 def executor_configs(model: str | None, backend: str, base_url: list[str] | None, temperature: float, top_p: float,
                      max_new_tokens: int, user_model: str | None, user_backend: str | None,
                      user_base_url: list[str] | None, user_temperature: float | None, action_format: str,
-                     max_steps: int) -> tuple[ModelConfig, ModelConfig | None, Any]:
+                     max_steps: int) -> tuple[ModelConfig, ModelConfig | None, ExecutorConfig]:
     """The executor's ModelConfig, the simulated user's (None: the executor's) and the ExecutorConfig
     that the flags describe (a one-line error, exit 2, if they are wrong)."""
-    from sca.agent.executor import ACTION_FORMATS, ExecutorConfig
-
     if action_format not in ACTION_FORMATS:
         fail(f"--action-format must be one of {', '.join(ACTION_FORMATS)}, not {action_format!r}")
     executor = model_config(model, backend, base_url, temperature, top_p, max_new_tokens)
     user = user_config(executor, user_model, user_backend, user_base_url, user_temperature)
-    return executor, user, ExecutorConfig(max_steps=max_steps, action_format=action_format)
+    return executor, user, configured(ExecutorConfig, max_steps=max_steps, action_format=action_format)
 
 
 def user_config(executor: ModelConfig, user_model: str | None, user_backend: str | None,
@@ -176,4 +225,4 @@ def user_config(executor: ModelConfig, user_model: str | None, user_backend: str
     urls = user_base_url if user_base_url else (executor.base_urls if ub == executor.backend else None)
     return model_config(user_model or executor.model, ub, urls,
                         executor.temperature if user_temperature is None else user_temperature, executor.top_p,
-                        executor.max_new_tokens, flag="--user-")
+                        executor.max_new_tokens, prefix="--user-")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sca_cli.common import err_console, examples, fail, out_console
+from sca_cli.common import err_console, examples, fail, out_console, stage_errors
 
 app = typer.Typer(
     help="List the tool environments, or show one's tools, policy and benchmark tasks.",
@@ -21,12 +21,10 @@ EXAMPLES_SHOW = examples("sca envs show retail", "sca envs show airline --json >
 
 
 def _spec(name: str):
-    from envs import UnknownEnvironmentError, env_spec
+    from envs import env_spec
 
-    try:
+    with stage_errors():
         return env_spec(name)
-    except UnknownEnvironmentError as e:
-        fail(str(e))
 
 
 @app.callback(epilog=EXAMPLES_LIST)
@@ -118,12 +116,8 @@ def tasks(
     if m3tooleval_dir:
         if name not in checkout_benchmark_names():
             fail(f"--m3tooleval-dir goes with {' or '.join(checkout_benchmark_names())}")
-        from sca.benchmarks.m3.official import OfficialTaskError
-
-        try:
+        with stage_errors():
             found = bench.from_checkout(m3tooleval_dir).tasks()
-        except OfficialTaskError as e:
-            fail(str(e))
     elif bench is None:  # an environment without a benchmark: no tasks, and no split
         if split:
             fail(f"{name}: unknown split {split!r} (have: )")

@@ -9,7 +9,7 @@ import typer
 from sca.inference.config import executor_defaults
 from sca_cli.common import (
     ACTION_FORMAT,
-    CONCURRENCY,
+    BASE_URL,
     MAX_STEPS,
     MAX_TOOL_BYTES,
     MAX_TOOL_CALLS,
@@ -22,18 +22,16 @@ from sca_cli.common import (
     USER_MODEL,
     USER_TEMPERATURE,
     WORKERS,
-    backend_flag,
-    base_url_flag,
+    configured,
     err_console,
     examples,
     executor_configs,
-    fail,
-    max_new_tokens_flag,
+    flag,
     model_flag,
     sandbox_config,
-    temperature_flag,
-    top_p_flag,
+    stage_errors,
 )
+from stages.config import EvalConfig
 
 _EXECUTOR = executor_defaults()
 
@@ -48,65 +46,50 @@ EXAMPLES = examples(
 
 
 def eval_(
-    env: List[str] = typer.Option(["retail"], "--env", help="Benchmark environment(s): calculation, web_browsing, retail, airline, or all; repeat for several."),
-    split: str = typer.Option("test", "--split", help="Benchmark split (tau2: test, train; ours: test)."),
+    env: List[str] = flag(EvalConfig, "envs", "--env"),
+    split: str = flag(EvalConfig, "split", "--split"),
     output: str = typer.Option(..., "-o", "--output", help="Per-trial results (JSONL); a summary JSON goes beside it."),
-    trials: int = typer.Option(4, "--trials", min=1, help="Trials per task (the paper: 4)."),
-    k: Optional[int] = typer.Option(None, "--k", min=1, help="Pass@k's k [default: trials]."),
+    trials: int = flag(EvalConfig, "trials", "--trials"),
+    k: Optional[int] = flag(EvalConfig, "k", "--k"),
     model: Optional[str] = model_flag(what="Executor: "),
-    backend: str = backend_flag(_EXECUTOR),
-    base_url: Optional[List[str]] = base_url_flag(),
+    backend: str = flag(_EXECUTOR, "backend", "--backend"),
+    base_url: Optional[List[str]] = BASE_URL,
     user_model: Optional[str] = USER_MODEL,
     user_backend: Optional[str] = USER_BACKEND,
     user_base_url: Optional[List[str]] = USER_BASE_URL,
     user_temperature: Optional[float] = USER_TEMPERATURE,
     action_format: str = ACTION_FORMAT,
     max_steps: int = MAX_STEPS,
-    temperature: float = temperature_flag(_EXECUTOR),
-    top_p: float = top_p_flag(_EXECUTOR),
-    max_new_tokens: int = max_new_tokens_flag(_EXECUTOR),
-    concurrency: int = CONCURRENCY,
-    seed: int = typer.Option(0, "--seed", help="Seed of sampling and of the bootstrap."),
-    drop_noop_solvable: bool = typer.Option(False, "--drop-noop-solvable",
-                                            help="Leave out the tau2 tasks that pass with no action (as the paper did in airline)."),
-    m3tooleval_dir: Optional[str] = typer.Option(None, "--m3tooleval-dir",
-                                                 help="The official M3ToolEval tasks from a CodeAct checkout, for calculation and web_browsing."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N tasks of each environment."),
+    temperature: float = flag(_EXECUTOR, "temperature", "--temperature"),
+    top_p: float = flag(_EXECUTOR, "top_p", "--top-p"),
+    max_new_tokens: int = flag(_EXECUTOR, "max_new_tokens", "--max-new-tokens"),
+    concurrency: int = flag(EvalConfig, "concurrency", "--concurrency"),
+    seed: int = flag(EvalConfig, "seed", "--seed"),
+    drop_noop_solvable: bool = flag(EvalConfig, "drop_noop_solvable", "--drop-noop-solvable"),
+    m3tooleval_dir: Optional[str] = flag(EvalConfig, "m3tooleval_dir", "--m3tooleval-dir"),
+    limit: Optional[int] = flag(EvalConfig, "limit", "--limit"),
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
     timeout: float = TIMEOUT,
     memory_mb: int = MEMORY_MB,
     max_tool_calls: int = MAX_TOOL_CALLS,
     max_tool_bytes: int = MAX_TOOL_BYTES,
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun the trials recorded as infrastructure failures."),
+    retry_failed: bool = flag(EvalConfig, "retry_failed", "--retry-failed"),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Measure Pass@1 / Pass@k on the benchmarks (tau2's evaluator, M3ToolEval's tasks), with confidence intervals."""
-    from sca.benchmarks.m3.official import OfficialTaskError
-    from sandbox import SandboxUnavailable
-    from sca.records.io import InputError
-    from sca.inference import InferenceError
-    from stages.eval import EvalConfig, eval_file
+    from stages.eval import eval_file
 
     executor, user, episode = executor_configs(model, backend, base_url, temperature, top_p, max_new_tokens,
                                                user_model, user_backend, user_base_url, user_temperature,
                                                action_format, max_steps)
-    try:
-        config = EvalConfig(envs=list(env), split=split, trials=trials, k=k, concurrency=concurrency, seed=seed,
-                            executor=executor, user=user, episode=episode,
-                            sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
-                            drop_noop_solvable=drop_noop_solvable, m3tooleval_dir=m3tooleval_dir, limit=limit,
-                            retry_failed=retry_failed)
-    except ValueError as e:
-        fail(str(e))
-    try:
+    config = configured(EvalConfig, envs=list(env), split=split, trials=trials, k=k, concurrency=concurrency,
+                        seed=seed, executor=executor, user=user, episode=episode,
+                        sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
+                        drop_noop_solvable=drop_noop_solvable, m3tooleval_dir=m3tooleval_dir, limit=limit,
+                        retry_failed=retry_failed)
+    with stage_errors():
         summary = eval_file(config, output, overwrite=overwrite)
-    except (InputError, OfficialTaskError) as e:
-        fail(str(e))
-    except SandboxUnavailable as e:
-        fail(f"sandbox unavailable: {e}")
-    except InferenceError as e:
-        fail(f"model: {e}", code=1)
     print_summary(summary)
 
 

@@ -6,8 +6,10 @@ from typing import List, Optional
 
 import typer
 
+from sca.cat import ValidateConfig
 from sca.inference.config import challenger_defaults
 from sca_cli.common import (
+    BASE_URL,
     MAX_TOOL_BYTES,
     MAX_TOOL_CALLS,
     MEMORY_MB,
@@ -15,18 +17,17 @@ from sca_cli.common import (
     SANDBOX,
     TIMEOUT,
     WORKERS,
-    backend_flag,
-    base_url_flag,
+    configured,
     err_console,
     examples,
     fail,
-    max_new_tokens_flag,
+    flag,
     model_config,
     model_flag,
     sandbox_config,
-    temperature_flag,
-    top_p_flag,
+    stage_errors,
 )
+from stages.config import ProposeConfig
 
 _CHALLENGER = challenger_defaults()
 
@@ -40,52 +41,42 @@ EXAMPLES = examples(
 
 
 def propose(
-    env: str = typer.Option("retail", "--env", help="Environment to write tasks for (see `sca envs`)."),
-    n: int = typer.Option(800, "--n", min=1, help="Valid tasks wanted."),
+    env: str = flag(ProposeConfig, "env", "--env"),
+    n: int = flag(ProposeConfig, "n", "--n"),
     output: str = typer.Option(..., "-o", "--output", help="Valid tasks (CaT JSONL); - for stdout."),
     rejected: Optional[str] = typer.Option(None, "--rejected", help="Failed episodes, with transcripts, go here."),
     model: Optional[str] = model_flag(),
-    backend: str = backend_flag(_CHALLENGER),
-    base_url: Optional[List[str]] = base_url_flag(),
-    max_steps: int = typer.Option(15, "--max-steps", min=1, help="Replies per episode (the paper's cap is 15)."),
-    max_episodes: Optional[int] = typer.Option(None, "--max-episodes", min=1, help="Give up after this many episodes [default: 20 x n]."),
-    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Episodes stepping together (one batched generation per step)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of sampling and of the users sampled for tasks."),
-    temperature: float = temperature_flag(_CHALLENGER),
-    top_p: float = top_p_flag(_CHALLENGER),
-    max_new_tokens: int = max_new_tokens_flag(_CHALLENGER),
+    backend: str = flag(_CHALLENGER, "backend", "--backend"),
+    base_url: Optional[List[str]] = BASE_URL,
+    max_steps: int = flag(ProposeConfig, "max_steps", "--max-steps"),
+    max_episodes: Optional[int] = flag(ProposeConfig, "max_episodes", "--max-episodes"),
+    concurrency: int = flag(ProposeConfig, "concurrency", "--concurrency"),
+    seed: int = flag(ProposeConfig, "seed", "--seed"),
+    temperature: float = flag(_CHALLENGER, "temperature", "--temperature"),
+    top_p: float = flag(_CHALLENGER, "top_p", "--top-p"),
+    max_new_tokens: int = flag(_CHALLENGER, "max_new_tokens", "--max-new-tokens"),
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
     timeout: float = TIMEOUT,
     memory_mb: int = MEMORY_MB,
     max_tool_calls: int = MAX_TOOL_CALLS,
     max_tool_bytes: int = MAX_TOOL_BYTES,
-    min_failure_cases: int = typer.Option(3, "--min-failure-cases", min=0),
+    min_failure_cases: int = flag(ValidateConfig, "min_failure_cases", "--min-failure-cases"),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Run challenger episodes until N tasks pass every CaT check."""
-    from envs import UnknownEnvironmentError, env_names
-    from sandbox import SandboxUnavailable
-    from sca.records.io import InputError
-    from sca.inference import InferenceError
-    from stages.propose import ProposeConfig, propose_file
-    from sca.cat import ValidateConfig
+    from envs import env_names
+    from stages.propose import propose_file
 
     if env not in env_names():
         fail(f"unknown environment {env!r} (available: {', '.join(env_names())})")
-    vcfg = ValidateConfig(sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
-                          min_failure_cases=min_failure_cases)
+    vcfg = configured(ValidateConfig, sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls,
+                                                     max_tool_bytes), min_failure_cases=min_failure_cases)
     mcfg = model_config(model, backend, base_url, temperature, top_p, max_new_tokens)
-    config = ProposeConfig(env=env, n=n, max_episodes=max_episodes, max_steps=max_steps, concurrency=concurrency,
-                           seed=seed, model=mcfg, validate=vcfg)
-    try:
+    config = configured(ProposeConfig, env=env, n=n, max_episodes=max_episodes, max_steps=max_steps,
+                        concurrency=concurrency, seed=seed, model=mcfg, validate=vcfg)
+    with stage_errors():
         summary = propose_file(config, output, rejected=rejected, overwrite=overwrite)
-    except (InputError, UnknownEnvironmentError) as e:
-        fail(str(e))
-    except SandboxUnavailable as e:
-        fail(f"sandbox unavailable: {e}")
-    except InferenceError as e:
-        fail(f"model: {e}", code=1)
 
     from rich.table import Table
 

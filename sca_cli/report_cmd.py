@@ -6,7 +6,8 @@ from typing import Any, List, Optional, Tuple
 
 import typer
 
-from sca_cli.common import err_console, examples, fail, warn
+from sca_cli.common import err_console, examples, flag, stage_errors, warn
+from stages.config import ReportConfig
 
 EXAMPLES = examples(
     "sca report runs/retail/                                  # every *.jsonl in it, train logs below it",
@@ -20,23 +21,19 @@ def report(
     inputs: Optional[List[str]] = typer.Argument(
         None, metavar="RUN_OR_FILE",
         help="Outputs of sca propose / validate / rollout / eval, train_log.jsonl files, or directories of them."),
-    output: str = typer.Option("report", "-o", "--output", help="Directory for README.md and the PNG plots."),
+    output: str = flag(ReportConfig, "output", "-o", "--output"),
     compare: Optional[Tuple[str, str]] = typer.Option(
         None, "--compare", metavar="A B", help="Two eval results files: B against A, paired by task, per environment."),
-    k: Optional[int] = typer.Option(None, "--k", min=1,
-                                    help="k of Pass@k and pass^k [default: the run's k, else its most trials per task]."),
-    n_boot: int = typer.Option(2000, "--n-boot", min=1, help="Bootstrap resamples of every confidence interval."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of the permutation test."),
+    k: Optional[int] = flag(ReportConfig, "k", "--k"),
+    n_boot: int = flag(ReportConfig, "n_boot", "--n-boot"),
+    seed: int = flag(ReportConfig, "seed", "--seed"),
 ) -> None:
     """Report on runs: validation funnel, rewards per task, Pass@k per environment, training curves."""
-    from sca.records.io import InputError
     from sca.report.render import Table
     from stages.report import report as make_report
 
-    try:
+    with stage_errors():
         rep = make_report(list(inputs or []), output, compare=compare, k=k, n_boot=n_boot, seed=seed)
-    except InputError as e:
-        fail(str(e))
 
     from rich.rule import Rule
 

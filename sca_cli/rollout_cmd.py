@@ -9,7 +9,7 @@ import typer
 from sca.inference.config import executor_defaults
 from sca_cli.common import (
     ACTION_FORMAT,
-    CONCURRENCY,
+    BASE_URL,
     MAX_STEPS,
     MAX_TOOL_BYTES,
     MAX_TOOL_CALLS,
@@ -23,19 +23,17 @@ from sca_cli.common import (
     USER_MODEL,
     USER_TEMPERATURE,
     WORKERS,
-    backend_flag,
-    base_url_flag,
+    configured,
     err_console,
     examples,
     executor_configs,
-    fail,
-    max_new_tokens_flag,
+    flag,
     model_flag,
     sandbox_config,
-    temperature_flag,
-    top_p_flag,
+    stage_errors,
     warn,
 )
+from stages.config import RolloutConfig
 
 _EXECUTOR = executor_defaults()
 
@@ -52,52 +50,43 @@ EXAMPLES = examples(
 def rollout(
     tasks: str = typer.Argument(..., help="Valid CaT tasks (JSONL, e.g. from sca validate); - for stdin."),
     output: str = typer.Option(..., "-o", "--output", help="Trajectories (JSONL), one per (task, trial); - for stdout."),
-    k: int = typer.Option(16, "--k", min=1, help="Trials per task."),
+    k: int = flag(RolloutConfig, "k", "--k"),
     model: Optional[str] = model_flag(what="Executor: "),
-    backend: str = backend_flag(_EXECUTOR),
-    base_url: Optional[List[str]] = base_url_flag(),
+    backend: str = flag(_EXECUTOR, "backend", "--backend"),
+    base_url: Optional[List[str]] = BASE_URL,
     user_model: Optional[str] = USER_MODEL,
     user_backend: Optional[str] = USER_BACKEND,
     user_base_url: Optional[List[str]] = USER_BASE_URL,
     user_temperature: Optional[float] = USER_TEMPERATURE,
     action_format: str = ACTION_FORMAT,
     max_steps: int = MAX_STEPS,
-    temperature: float = temperature_flag(_EXECUTOR),
-    top_p: float = top_p_flag(_EXECUTOR),
-    max_new_tokens: int = max_new_tokens_flag(_EXECUTOR),
-    concurrency: int = CONCURRENCY,
-    seed: int = typer.Option(0, "--seed", help="Seed of sampling."),
+    temperature: float = flag(_EXECUTOR, "temperature", "--temperature"),
+    top_p: float = flag(_EXECUTOR, "top_p", "--top-p"),
+    max_new_tokens: int = flag(_EXECUTOR, "max_new_tokens", "--max-new-tokens"),
+    concurrency: int = flag(RolloutConfig, "concurrency", "--concurrency"),
+    seed: int = flag(RolloutConfig, "seed", "--seed"),
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
     timeout: float = TIMEOUT,
     memory_mb: int = MEMORY_MB,
     max_tool_calls: int = MAX_TOOL_CALLS,
     max_tool_bytes: int = MAX_TOOL_BYTES,
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun the trials recorded as infrastructure failures."),
+    retry_failed: bool = flag(RolloutConfig, "retry_failed", "--retry-failed"),
     skip_invalid: bool = SKIP_INVALID,
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Solve every task K times with the executor (and a simulated user where the environment has one)."""
-    from sandbox import SandboxUnavailable
-    from sca.records.io import InputError
-    from sca.inference import InferenceError
-    from stages.rollout import RolloutConfig, rollout_file
+    from stages.rollout import rollout_file
 
     executor, user, episode = executor_configs(model, backend, base_url, temperature, top_p, max_new_tokens,
                                                user_model, user_backend, user_base_url, user_temperature,
                                                action_format, max_steps)
-    config = RolloutConfig(k=k, concurrency=concurrency, seed=seed, executor=executor, user=user, episode=episode,
-                           sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
-                           retry_failed=retry_failed)
-    try:
+    config = configured(RolloutConfig, k=k, concurrency=concurrency, seed=seed, executor=executor, user=user,
+                        episode=episode, retry_failed=retry_failed,
+                        sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes))
+    with stage_errors():
         s = rollout_file(tasks, output, config, overwrite=overwrite, skip_invalid=skip_invalid,
                          on_skip=lambda msg: warn(f"skipped {msg}"))
-    except InputError as e:
-        fail(str(e))
-    except SandboxUnavailable as e:
-        fail(f"sandbox unavailable: {e}")
-    except InferenceError as e:
-        fail(f"model: {e}", code=1)
 
     from rich.table import Table
 

@@ -7,7 +7,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from sca.inference.config import executor_defaults
+from sca.inference.config import ModelConfig, executor_defaults
 from sca.training.algorithms import ALGORITHMS
 from sca.training.options import TOKEN_ID_POLICIES, EpisodeOptions, ScaOptions
 from sca_cli.common import (
@@ -22,7 +22,9 @@ from sca_cli.common import (
     err_console,
     examples,
     fail,
+    flag,
     sandbox_config,
+    stage_errors,
     user_config,
     warn,
 )
@@ -43,14 +45,18 @@ EXAMPLES = examples(
 
 ALGOS = tuple(ALGORITHMS)
 _ALGO_HELP = " | ".join(f"{a.name}: {a.help}" for a in ALGORITHMS.values()) + "."
+#: what the first argument is, by algorithm: the trajectories an offline one selects from, an online one's tasks
+_INPUT_HELP = (", ".join(a.name for a in ALGORITHMS.values() if not a.online)
+               + ": trajectories (JSONL from sca rollout, docs/TRAJECTORY.md); "
+               + ", ".join(a.name for a in ALGORITHMS.values() if a.online)
+               + ": CaT tasks (JSONL, e.g. from sca validate). - for stdin.")
 _TOKEN_IDS_HELP = " | ".join(
     name + (" (default)" if name == _OURS.token_ids else "") + (f": {what}" if what else "")
     for name, what in TOKEN_ID_POLICIES.items()) + "."
 
 
 def train(
-    trajectories: str = typer.Argument(..., help="Trajectories (JSONL, docs/TRAJECTORY.md); for --algo grpo, CaT "
-                                                 "tasks. - for stdin."),
+    trajectories_or_tasks: str = typer.Argument(..., help=_INPUT_HELP),
     output: str = typer.Option(..., "-o", "--output", help="Checkpoint directory to write."),
     algo: str = typer.Option(..., "--algo", help=_ALGO_HELP),
     k: Optional[int] = typer.Option(None, "--k", min=2, help="grpo: episodes per task and step (num_generations) "
@@ -61,8 +67,8 @@ def train(
     user_model: Optional[str] = USER_MODEL,
     user_backend: Optional[str] = USER_BACKEND,
     user_base_url: Optional[List[str]] = USER_BASE_URL,
-    user_temperature: Optional[float] = typer.Option(
-        None, "--user-temperature", min=0.0,
+    user_temperature: Optional[float] = flag(
+        ModelConfig, "temperature", "--user-temperature", default=None,
         help=f"Simulated user's sampling temperature [default: {_USER.temperature:g}, as in sca rollout]."),
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
@@ -92,8 +98,6 @@ def train(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Train a model on trajectories with TRL; the loss covers the assistant's own tokens only."""
-    from sca.records.io import InputError
-
     if algo == "ppo":
         fail("--algo ppo is not offered: TRL 1.16 has no PPO trainer, and sca re-implements no trainer "
              "(README: 'Why there is no PPO'); GRPO is the online algorithm TRL runs on our episodes")
@@ -115,15 +119,15 @@ def train(
         options.update(num_generations=k, episode_max_steps=max_steps_per_episode)
     from stages.train import train as run_train
 
-    try:
+    sandbox_settings = sandbox_config(sandbox, workers, timeout)  # grpo's; its other limits: SandboxConfig's
+    with stage_errors():
         summary = run_train(
-            trajectories, output, algo=algo, preset=preset, config_file=config, options=options, sets=set_ or [],
-            overwrite=overwrite, skip_invalid=skip_invalid, on_skip=lambda msg: warn(f"skipped {msg}"),
+            trajectories_or_tasks, output, algo=algo, preset=preset, config_file=config, options=options,
+            sets=set_ or [], overwrite=overwrite, skip_invalid=skip_invalid,
+            on_skip=lambda msg: warn(f"skipped {msg}"),
             on_status=lambda msg: err_console.print(f"[dim]sca train: {msg}[/]"),
-            sandbox=sandbox_config(sandbox, workers, timeout, 1024, 2000, 8 << 20), user=user,
+            sandbox=sandbox_settings, user=user,
         )
-    except InputError as e:
-        fail(str(e))
     if summary.main_process:  # one table for a distributed run
         _print_summary(summary)
 

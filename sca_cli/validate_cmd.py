@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from sca.cat import REASONS, ValidateConfig
 from sca_cli.common import (
     MAX_TOOL_BYTES,
     MAX_TOOL_CALLS,
@@ -15,10 +16,12 @@ from sca_cli.common import (
     SKIP_INVALID,
     TIMEOUT,
     WORKERS,
+    configured,
     err_console,
     examples,
-    fail,
+    flag,
     sandbox_config,
+    stage_errors,
     warn,
 )
 
@@ -36,7 +39,7 @@ def validate(
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
     timeout: float = TIMEOUT,
-    min_failure_cases: int = typer.Option(3, "--min-failure-cases", min=0, help="Failure cases a task must have."),
+    min_failure_cases: int = flag(ValidateConfig, "min_failure_cases", "--min-failure-cases"),
     memory_mb: int = MEMORY_MB,
     max_tool_calls: int = MAX_TOOL_CALLS,
     max_tool_bytes: int = MAX_TOOL_BYTES,
@@ -44,20 +47,13 @@ def validate(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Apply every Code-as-Task check (compile, failure cases, no-op, solution, failure-case runs)."""
-    from sandbox import SandboxUnavailable
-    from sca.records.io import InputError
-    from sca.cat import REASONS, ValidateConfig
     from stages.validate import validate_file
 
-    config = ValidateConfig(sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
-                            min_failure_cases=min_failure_cases)
-    try:
+    config = configured(ValidateConfig, sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls,
+                                                       max_tool_bytes), min_failure_cases=min_failure_cases)
+    with stage_errors():
         summary = validate_file(input, output, rejected=rejected, config=config, skip_invalid=skip_invalid,
                                 overwrite=overwrite, on_skip=lambda msg: warn(f"skipped {msg}"))
-    except InputError as e:
-        fail(str(e))
-    except SandboxUnavailable as e:
-        fail(f"sandbox unavailable: {e}")
 
     from rich.table import Table
 

@@ -22,17 +22,16 @@ tasks (:mod:`sca.metrics`), per environment, and the paper's Table 1 row for the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from sandbox.config import SandboxConfig
-from sca.agent.engine import CONCURRENCY, engine_seed
-from sca.agent.executor import ExecutorConfig, drop_infra_failures
+from sca.agent.engine import engine_seed
+from sca.agent.executor import drop_infra_failures
 from sca.agent.run import ExecutorTask, open_roles, run_executor
-from sca.benchmarks import benchmark, benchmark_names
-from sca.inference.config import ModelConfig, executor_defaults
+from sca.benchmarks import benchmark
 from sca.records.io import STDIO, InputError, scan_jsonl, write_json_atomic
 from sca.records.stage_run import StageRun, progress
+from stages.config import EvalConfig
 
 
 def paper_row(model_name: str | None) -> tuple[str, dict[str, tuple[float, float]]] | None:
@@ -40,44 +39,6 @@ def paper_row(model_name: str | None) -> tuple[str, dict[str, tuple[float, float
     from sca.paper import base_model_row
 
     return base_model_row(model_name)
-
-
-@dataclass
-class EvalConfig:
-    """Options of `sca eval` (the CLI flags and their defaults)."""
-
-    envs: list[str] = field(default_factory=lambda: ["retail"])
-    split: str = "test"
-    trials: int = 4  # the paper: Pass@1 averaged over 4 trials, Pass@4 from the same trials
-    k: int | None = None  # Pass@k's k (default: trials)
-    concurrency: int = CONCURRENCY
-    seed: int = 0
-    executor: ModelConfig = field(default_factory=executor_defaults)
-    user: ModelConfig | None = None  # the simulated user; None: the executor's model and settings
-    episode: ExecutorConfig = field(default_factory=ExecutorConfig)
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    drop_noop_solvable: bool = False
-    m3tooleval_dir: str | None = None
-    limit: int | None = None  # only the first N tasks of each environment (smoke runs)
-    n_boot: int = 2000
-    retry_failed: bool = False
-
-    def __post_init__(self) -> None:
-        names = benchmark_names()
-        if self.envs == ["all"]:
-            self.envs = list(names)
-        unknown = [e for e in self.envs if e not in names]
-        if unknown:
-            raise ValueError(f"no benchmark for {', '.join(unknown)} (environments with one: "
-                             f"{', '.join(names)}, or all)")
-        if self.trials < 1:
-            raise ValueError("trials must be >= 1")
-        if self.k is not None and not 1 <= self.k <= self.trials:
-            raise ValueError(f"k must be between 1 and trials ({self.trials})")
-
-    @property
-    def pass_k(self) -> int:
-        return self.k or self.trials
 
 
 @dataclass

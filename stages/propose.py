@@ -13,19 +13,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sca.agent.challenger import AnswerCheck, ChallengerConfig, normalise, run_challenger
+from sca.agent.challenger import AnswerCheck, normalise, run_challenger
 from sca.agent.reply import STOP
-from sca.cat import ValidateConfig, feedback, validate_task
+from sca.cat import feedback, validate_task
 from sca.records.io import scan_jsonl
 from sca.records.stage_run import StageRun, progress
-
-
-@dataclass
-class ProposeConfig(ChallengerConfig):
-    """Options of `sca propose` (the CLI flags and their defaults): the challenger's, and the CaT
-    checks its answers go through."""
-
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
+from stages.config import ProposeConfig
 
 
 @dataclass

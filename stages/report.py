@@ -15,18 +15,19 @@ from pathlib import Path
 from sca.records.io import InputError
 from sca.report import inputs, page, sections
 from sca.report.page import Report
+from stages.config import ReportConfig
 
 __all__ = ["report"]
 
 
 def report(
     paths: Sequence[str | Path],
-    out_dir: str | Path = "report",
+    out_dir: str | Path = ReportConfig.output,
     *,
     compare: tuple[str | Path, str | Path] | None = None,
-    k: int | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
+    k: int | None = ReportConfig.k,
+    n_boot: int = ReportConfig.n_boot,
+    seed: int = ReportConfig.seed,
     plots: bool = True,
 ) -> Report:
     """Read the inputs, compute every section, write ``out_dir/README.md`` and its PNG plots.

@@ -15,32 +15,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from sandbox.config import SandboxConfig
-from sca.agent.engine import CONCURRENCY, engine_seed
-from sca.agent.executor import ExecutorConfig, drop_infra_failures, evaluate_scorer
+from sca.agent.engine import engine_seed
+from sca.agent.executor import drop_infra_failures, evaluate_scorer
 from sca.agent.run import ExecutorTask, open_roles, run_executor
-from sca.inference.config import ModelConfig, executor_defaults
 from sca.records import CAT_TASK
 from sca.records.io import InputError, StreamedInput, scan_jsonl
 from sca.records.stage_run import StageRun, progress
-
-
-@dataclass
-class RolloutConfig:
-    """Options of `sca rollout` (the CLI flags and their defaults)."""
-
-    k: int = 16  # trials per task (the paper: 12k trajectories for 800 tasks, about 15 each)
-    concurrency: int = CONCURRENCY  # episodes live at once
-    seed: int = 0
-    executor: ModelConfig = field(default_factory=executor_defaults)
-    user: ModelConfig | None = None  # the simulated user; None: the executor's model and settings
-    episode: ExecutorConfig = field(default_factory=ExecutorConfig)
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    retry_failed: bool = False  # rerun the trials recorded as infrastructure failures
-
-    def __post_init__(self) -> None:
-        if self.k < 1 or self.concurrency < 1:
-            raise ValueError("k and concurrency must be >= 1")
+from stages.config import RolloutConfig
 
 
 @dataclass

@@ -292,3 +292,91 @@ def test_environment_from_an_entry_point(plugin_env, tmp_path):
     [bad] = [json.loads(x) for x in rej.read_text().splitlines()]
     assert ok["id"] == "store-add" and ok["validation"]["valid"] is True
     assert bad["id"] == "store-trivial" and bad["validation"]["reason"] == "noop_passes"
+
+
+# -- one error mapping, and defaults stated once -------------------------------------------------------
+def _errors():
+    from envs import UnknownEnvironmentError
+    from sandbox.result import SandboxUnavailable
+    from sca.benchmarks.m3.official import OfficialTaskError
+    from sca.inference.base import InferenceError, ServerError
+    from sca.records.io import InputError
+
+    return [  # (the error a stage raises, what the command prints, its exit code)
+        (InputError("in.jsonl:3: not valid JSON"), "error: in.jsonl:3: not valid JSON", 2),
+        (UnknownEnvironmentError("unknown environment 'mars'"), "error: unknown environment 'mars'", 2),
+        (OfficialTaskError("no tasks in the checkout"), "error: no tasks in the checkout", 2),
+        (SandboxUnavailable("bubblewrap not found"), "error: sandbox unavailable: bubblewrap not found", 2),
+        (InferenceError("server down"), "error: model: server down", 1),
+        (ServerError("502 after 5 tries"), "error: model: 502 after 5 tries", 1),
+    ]
+
+
+#: each command that runs a stage: its arguments, and the stage function it calls (module, name)
+STAGE_COMMANDS = {
+    "validate": (["validate", "in.jsonl", "-o", "out.jsonl"], ("stages.validate", "validate_file")),
+    "propose": (["propose", "-o", "out.jsonl"], ("stages.propose", "propose_file")),
+    "rollout": (["rollout", "in.jsonl", "-o", "out.jsonl"], ("stages.rollout", "rollout_file")),
+    "eval": (["eval", "-o", "out.jsonl"], ("stages.eval", "eval_file")),
+    "train": (["train", "in.jsonl", "-o", "ckpt", "--algo", "rft"], ("stages.train", "train")),
+    "report": (["report", "-o", "rep"], ("stages.report", "report")),
+}
+
+
+@pytest.mark.parametrize("command", sorted(STAGE_COMMANDS))
+def test_every_command_maps_a_stage_error_to_the_same_message_and_exit_code(command, monkeypatch, tmp_path):
+    import importlib
+
+    args, (module, name) = STAGE_COMMANDS[command]
+    monkeypatch.chdir(tmp_path)
+    for error, message, code in _errors():
+        def raising(*a, error=error, **kw):
+            raise error
+
+        monkeypatch.setattr(importlib.import_module(module), name, raising)
+        r = runner.invoke(app, args)
+        assert (r.exit_code, r.output.strip()) == (code, message), (command, error)
+    # anything else is a bug: it keeps its traceback
+    monkeypatch.setattr(importlib.import_module(module), name, lambda *a, **kw: 1 / 0)
+    r = runner.invoke(app, args)
+    assert isinstance(r.exception, ZeroDivisionError), (command, r.output)
+
+
+def test_flag_defaults_are_stated_in_the_library_only():
+    """A typer option in sca_cli defaults to nothing (None, False, or ... for a required one): every real
+    default is a config field's, through sca_cli.common.flag."""
+    import ast
+
+    for path in sorted((ROOT / "sca_cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("Option", "Argument") and node.args):
+                try:
+                    default = ast.literal_eval(node.args[0])
+                except ValueError:
+                    continue  # not a literal: a value from elsewhere (flag's, from the config field)
+                assert default is None or default is False or default is ..., (
+                    f"{path.name}:{node.lineno}: a literal default; state it in the config dataclass")
+
+
+def test_flags_show_the_configs_defaults_help_and_bounds():
+    import typer
+
+    from sandbox.config import SandboxConfig
+    from sca.agent.config import ExecutorConfig
+    from sca.inference.config import challenger_defaults
+    from stages.config import EvalConfig, ProposeConfig, ReportConfig, RolloutConfig
+
+    commands = typer.main.get_command(app).commands
+    params = {c: {p.name: p for p in commands[c].params} for c in ("rollout", "eval", "propose", "report", "validate")}
+    assert params["rollout"]["k"].default == RolloutConfig.k and params["eval"]["trials"].default == EvalConfig.trials
+    assert params["eval"]["env"].default == EvalConfig().envs
+    assert params["propose"]["n"].default == ProposeConfig.n
+    assert params["propose"]["temperature"].default == challenger_defaults().temperature
+    assert params["report"]["n_boot"].default == ReportConfig.n_boot == EvalConfig.n_boot
+    for c in ("rollout", "eval"):
+        assert params[c]["max_steps"].default == ExecutorConfig.max_steps
+    for c in ("rollout", "eval", "propose", "validate"):
+        memory = params[c]["memory_mb"]
+        assert (memory.default, memory.min) == (SandboxConfig.memory_mb, 64)
+        assert memory.help == "Memory cap of each process of a run, MiB."

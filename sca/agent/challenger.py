@@ -28,9 +28,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sca.agent.engine import CONCURRENCY, MAX_STEPS, Episode, Role, engine_seed, run_episodes
+from sca.agent.config import ChallengerConfig
+from sca.agent.engine import Episode, Role, engine_seed, run_episodes
 from sca.agent.reply import (
-    OBSERVATION_LIMIT,
     STOP,
     complete_reply,
     format_observation,
@@ -38,28 +38,9 @@ from sca.agent.reply import (
     parse_task,
     tool_listing,
 )
-from sca.inference.config import ModelConfig, challenger_defaults
 
 #: the challenger's role in the engine
 CHALLENGER = "challenger"
-
-
-@dataclass
-class ChallengerConfig:
-    """How challenger episodes run (the options of `sca propose` but its checks)."""
-
-    env: str = "retail"
-    n: int = 800  # valid tasks wanted
-    max_episodes: int | None = None  # default: 20 * n
-    max_steps: int = MAX_STEPS  # the paper's cap per episode
-    concurrency: int = CONCURRENCY  # episodes stepping together (one batched generate per step)
-    seed: int = 0
-    model: ModelConfig = field(default_factory=challenger_defaults)
-    observation_limit: int = OBSERVATION_LIMIT  # characters of an observation shown to the challenger
-
-    @property
-    def episode_budget(self) -> int:
-        return self.max_episodes if self.max_episodes is not None else 20 * self.n
 
 
 @dataclass(frozen=True)

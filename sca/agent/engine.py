@@ -26,11 +26,6 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-#: episodes live at once, by default, in every stage that runs agents (one batched generate per role per step)
-CONCURRENCY = 8
-#: replies per episode, by default, of the challenger and of the executor alike: the paper's cap
-MAX_STEPS = 15
-
 
 @dataclass
 class Role:

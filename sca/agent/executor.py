@@ -25,13 +25,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from sandbox.config import SandboxConfig
 from sandbox.result import KEEP_ERROR_CHARS, KEEP_PAYLOAD_BYTES, payload_stub
 from sandbox.runner.wire import json_depth
 from sca.agent import user_sim
-from sca.agent.engine import MAX_STEPS, Episode
+from sca.agent.config import ExecutorConfig
+from sca.agent.engine import Episode
 from sca.agent.reply import (
     OBSERVATION,
-    OBSERVATION_LIMIT,
     STOP,
     answer_from_text,
     complete_reply,
@@ -40,9 +41,8 @@ from sca.agent.reply import (
     tool_listing,
 )
 
-ACTION_FORMATS = ("code", "json")
 AGENT, USER = "agent", "user"
-MAX_ARGS_DEPTH = 64  # how deeply a native tool call's arguments may nest (as the sandbox allows)
+MAX_ARGS_DEPTH = SandboxConfig.max_depth  # how deeply a native tool call's arguments may nest (as the sandbox allows)
 #: bytes of tool-call payloads (arguments and results, as JSON) one episode keeps in full; past it,
 #: payloads are kept as stubs (size, digest, prefix). With MAX_CALL_RECORDS, what a live episode holds
 #: of what its code sent is bounded whatever the code sends. The ceiling, per live episode: 1 MiB of
@@ -54,21 +54,6 @@ MAX_ARGS_DEPTH = 64  # how deeply a native tool call's arguments may nest (as th
 KEEP_EPISODE_BYTES = 1 << 20
 #: tool calls an episode records one by one; the rest are only counted (``tool_calls_omitted``)
 MAX_CALL_RECORDS = 1000
-
-
-@dataclass
-class ExecutorConfig:
-    """How the executor runs (the model settings are the stage's ModelConfigs)."""
-
-    max_steps: int = MAX_STEPS  # executor replies per episode: the paper's cap
-    action_format: str = "code"  # code | json
-    observation_limit: int = OBSERVATION_LIMIT  # characters of an observation shown to the executor
-
-    def __post_init__(self) -> None:
-        if self.action_format not in ACTION_FORMATS:
-            raise ValueError(f"action_format must be one of {', '.join(ACTION_FORMATS)}, not {self.action_format!r}")
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, not {self.max_steps}")
 
 
 def executor_stop(config: ExecutorConfig) -> list[str]:
@@ -147,7 +132,7 @@ def evaluate_scorer(evaluation_function: str) -> Scorer:
 
 def _bounded(answer: Any, sandbox: Any) -> Any:
     """The answer, or its text when it is nested too deeply to hand to the sandbox."""
-    limit = getattr(sandbox, "max_depth", 64)
+    limit = sandbox.max_depth
     return answer if json_depth(answer, limit) <= limit else json.dumps(answer)
 
 

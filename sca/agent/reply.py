@@ -37,8 +37,6 @@ from typing import Any
 STOP = ["END ACTION", "END ANSWER"]
 #: what starts an observation message in the transcript
 OBSERVATION = "OBSERVATION:"
-#: characters of an observation an agent is shown, by default (the challenger's and the executor's)
-OBSERVATION_LIMIT = 4000
 
 _TAGS = ("instruction", "evaluation_function", "solution", "failure_case")
 #: the language tag after a fence's backticks (```python): one character class, linear to match

@@ -1,7 +1,8 @@
 """Every setting of a model role in one place: :class:`ModelConfig`.
 
 A stage holds one per role (the challenger; the executor and the simulated user) and loads
-the model with :meth:`ModelConfig.load`; the command line takes its defaults from here.
+the model with :meth:`ModelConfig.load`; the command line takes its flags' defaults (each role's,
+below), help and bounds from here.
 Standard library only (``sca --help`` imports it).
 """
 
@@ -18,12 +19,15 @@ BACKEND_NAMES = ("hf", "vllm", "openai")
 class ModelConfig:
     """Which model plays a role, served how, sampled how."""
 
-    model: str | None = None  # HF id or local path (hf, vllm), served name (openai); None: the bundled default
-    backend: str = "hf"  # hf | vllm | openai
-    base_urls: list[str] = field(default_factory=list)  # openai servers, used round-robin
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
+    # `metadata`: the help and bounds of the command line's flag (``sca_cli.common.flag``)
+    model: str | None = field(default=None, metadata={"help": (  # None: the bundled default
+        "HF name or local path (hf, vllm) or served name (openai) [default: bundled SmolLM2-135M-Instruct].")})
+    backend: str = field(default="hf", metadata={"help": " | ".join(BACKEND_NAMES) + "."})
+    base_urls: list[str] = field(default_factory=list, metadata={  # used round-robin
+        "help": "OpenAI-compatible server (with the openai backend); repeat to share load round-robin."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0: greedy).", "min": 0.0})
+    top_p: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
+    max_new_tokens: int = field(default=1024, metadata={"help": "Tokens per reply at most.", "min": 1})
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_NAMES:
@@ -67,10 +71,11 @@ class ModelConfig:
 
 # The defaults of each role, used by the stages and, through them, by the command line.
 def challenger_defaults() -> ModelConfig:
-    """The challenger of ``sca propose``: diverse tasks."""
-    return ModelConfig(temperature=0.8, top_p=0.95, max_new_tokens=1024)
+    """The challenger of ``sca propose``: diverse tasks (more randomness than the executor)."""
+    return ModelConfig(temperature=0.8, top_p=0.95)
 
 
 def executor_defaults() -> ModelConfig:
-    """The executor of ``sca rollout`` and ``sca eval``."""
-    return ModelConfig(temperature=0.7, top_p=1.0, max_new_tokens=1024)
+    """The executor of ``sca rollout`` and ``sca eval`` (and the simulated user's, unless set): ModelConfig's
+    own defaults."""
+    return ModelConfig()

@@ -1,0 +1,111 @@
+"""The options of every stage, with their defaults: :class:`RolloutConfig`, :class:`EvalConfig`,
+:class:`ProposeConfig`, :class:`ReportConfig` (``sca validate``'s is :class:`sca.cat.ValidateConfig`,
+``sca train``'s are TRL's configs with :mod:`sca.training.options`).
+
+Each stage takes its config from here, and the command line derives its flags from them: a field's
+default is the flag's default, and its ``metadata`` holds the flag's help and bounds
+(``sca_cli.common.flag``), as TRL's scripts derive their parsers from dataclass fields. Kept apart
+from the stages, and light (the settings modules below it, and :mod:`sca.cat` for ValidateConfig),
+because ``sca --help`` imports it: importing the stages would cost it tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sandbox.config import SandboxConfig
+from sca.agent.config import CONCURRENCY, ChallengerConfig, ExecutorConfig
+from sca.cat import ValidateConfig
+from sca.inference.config import ModelConfig, executor_defaults
+
+#: bootstrap resamples of every confidence interval (``sca eval``'s summary, ``sca report``)
+N_BOOT = 2000
+
+# The executor's stages (rollout and eval) share these flags' words.
+_CONCURRENCY = {"help": "Episodes live at once (one batched generation per role per step).", "min": 1}
+_RETRY_FAILED = {"help": "Rerun the trials recorded as infrastructure failures."}
+
+
+@dataclass
+class RolloutConfig:
+    """Options of `sca rollout` (the CLI flags and their defaults)."""
+
+    k: int = field(default=16, metadata={  # the paper: 12k trajectories for 800 tasks, about 15 each
+        "help": "Trials per task.", "min": 1})
+    concurrency: int = field(default=CONCURRENCY, metadata=_CONCURRENCY)
+    seed: int = field(default=0, metadata={"help": "Seed of sampling."})
+    executor: ModelConfig = field(default_factory=executor_defaults)
+    user: ModelConfig | None = None  # the simulated user; None: the executor's model and settings
+    episode: ExecutorConfig = field(default_factory=ExecutorConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    retry_failed: bool = field(default=False, metadata=_RETRY_FAILED)
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.concurrency < 1:
+            raise ValueError("k and concurrency must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Options of `sca eval` (the CLI flags and their defaults)."""
+
+    envs: list[str] = field(default_factory=lambda: ["retail"], metadata={"help": (
+        "Benchmark environment(s): calculation, web_browsing, retail, airline, or all; repeat for several.")})
+    split: str = field(default="test", metadata={"help": "Benchmark split (tau2: test, train; ours: test)."})
+    trials: int = field(default=4, metadata={  # the paper: Pass@1 averaged over 4 trials, Pass@4 from the same
+        "help": "Trials per task (the paper: 4).", "min": 1})
+    k: int | None = field(default=None, metadata={"help": "Pass@k's k [default: trials].", "min": 1})
+    concurrency: int = field(default=CONCURRENCY, metadata=_CONCURRENCY)
+    seed: int = field(default=0, metadata={"help": "Seed of sampling and of the bootstrap."})
+    executor: ModelConfig = field(default_factory=executor_defaults)
+    user: ModelConfig | None = None  # the simulated user; None: the executor's model and settings
+    episode: ExecutorConfig = field(default_factory=ExecutorConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    drop_noop_solvable: bool = field(default=False, metadata={
+        "help": "Leave out the tau2 tasks that pass with no action (as the paper did in airline)."})
+    m3tooleval_dir: str | None = field(default=None, metadata={
+        "help": "The official M3ToolEval tasks from a CodeAct checkout, for calculation and web_browsing."})
+    limit: int | None = field(default=None, metadata={  # smoke runs
+        "help": "Only the first N tasks of each environment.", "min": 1})
+    n_boot: int = N_BOOT
+    retry_failed: bool = field(default=False, metadata=_RETRY_FAILED)
+
+    def __post_init__(self) -> None:
+        # imported here, not above: the command line imports this module, and needs no benchmark for --help
+        from sca.benchmarks import benchmark_names
+
+        names = benchmark_names()
+        if self.envs == ["all"]:
+            self.envs = list(names)
+        unknown = [e for e in self.envs if e not in names]
+        if unknown:
+            raise ValueError(f"no benchmark for {', '.join(unknown)} (environments with one: "
+                             f"{', '.join(names)}, or all)")
+        if self.trials < 1:
+            raise ValueError("trials must be >= 1")
+        if self.k is not None and not 1 <= self.k <= self.trials:
+            raise ValueError(f"k must be between 1 and trials ({self.trials})")
+
+    @property
+    def pass_k(self) -> int:
+        return self.k or self.trials
+
+
+@dataclass
+class ProposeConfig(ChallengerConfig):
+    """Options of `sca propose` (the CLI flags and their defaults): the challenger's, and the CaT
+    checks its answers go through."""
+
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+
+
+@dataclass
+class ReportConfig:
+    """Options of `sca report` (the CLI flags and the defaults of :func:`stages.report.report`)."""
+
+    output: str = field(default="report", metadata={"help": "Directory for README.md and the PNG plots."})
+    k: int | None = field(default=None, metadata={
+        "help": "k of Pass@k and pass^k [default: the run's k, else its most trials per task].", "min": 1})
+    n_boot: int = field(default=N_BOOT, metadata={"help": "Bootstrap resamples of every confidence interval.",
+                                                  "min": 1})
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap and of the permutation test."})
