@@ -68,7 +68,7 @@ def test_episodes_become_prompt_completion_and_a_mask_of_the_models_own_tokens(t
     stats = Counter()
     roll = EpisodeRollouts([], tokenizer, type("C", (), {"episode_max_steps": 15, "action_format": "code"})(),
                            None, None, stats, [tokenizer.eos_token_id])
-    out = roll._to_trl([ep])
+    out = roll._to_trl([ep.record({})])
     prompt, completion, mask = out["prompt_ids"][0], out["completion_ids"][0], out["env_mask"][0]
     full = tokenizer.apply_chat_template(ep.messages, tokenize=False)
     assert full.endswith("<|im_end|>\n")
@@ -84,7 +84,7 @@ def test_episodes_become_prompt_completion_and_a_mask_of_the_models_own_tokens(t
     # an infrastructure failure trains nothing and has no reward: None, which TRL leaves out of the group's
     # mean and std (advantage 0), where a 0 would teach that the answer was bad
     ep.infra_error, ep.reward = {"kind": "sandbox", "message": "lost"}, None
-    out = roll._to_trl([ep])
+    out = roll._to_trl([ep.record({})])
     assert out["sca_reward"] == [None] and not any(out["env_mask"][0])
     from sca.training.grpo import episode_reward
 
@@ -92,7 +92,7 @@ def test_episodes_become_prompt_completion_and_a_mask_of_the_models_own_tokens(t
     # an episode with nothing the model generated to train on (it ended before the first reply): None as well
     ep.infra_error, ep.reward = None, 0
     ep.messages, ep.assistant_token_ids = ep.messages[:2], []
-    out = roll._to_trl([ep])
+    out = roll._to_trl([ep.record({})])
     assert out["sca_reward"] == [None] and out["env_mask"] == [[0]]
     assert stats["episodes_without_trained_tokens"] == 1
 
@@ -202,6 +202,15 @@ def test_generation_batch_must_hold_whole_groups_checked_before_trl(tmp_path, mo
     with pytest.raises(InputError, match=r"4 x gradient_accumulation_steps 1 x 2 processes = 8 episodes\) is not a "
                                          r"multiple of num_generations \(--k\) 16"):
         build_config("grpo", tmp_path / "c", sets=["num_generations=16", "per_device_train_batch_size=4"])
+
+
+def test_native_tool_calls_need_tasks_of_one_environment(tmp_path):
+    """With json actions the executor is offered one environment's tools (as in sca rollout): refused up front."""
+    mixed = TASKS + [{**CANCEL, "id": "retail-1"}]
+    r = CliRunner().invoke(app, ["train", str(write(tmp_path / "t.jsonl", mixed)), "-o", str(tmp_path / "c"),
+                                 "--algo", "grpo", "--sandbox", "subprocess", "--set", "action_format=json"])
+    assert last_line(r).endswith("action_format=json needs tasks of one environment, not calculation, retail")
+    assert not (tmp_path / "c").exists()
 
 
 def test_tasks_from_stdin_are_read_once(tmp_path):

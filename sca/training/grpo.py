@@ -7,7 +7,9 @@ executor (the same engine, executor, simulated user, sandbox and ``evaluate`` re
 model in training as well unless ``--user-model``, ``--user-backend`` or ``--user-base-url`` name
 another, and it samples as rollout's and eval's user does: from the same ``--user-*`` flags, with the
 same defaults (:func:`user_settings`). TRL's ``rollout_func`` hook gets the prompts; we run the
-episodes, then hand TRL, per episode:
+episodes (:func:`sca.agent.run.run_executor`, as rollout and eval do: one task per prompt, whose trial is
+the prompt's index in the batch, played by the model in training with GRPO's own sampling), then hand
+TRL, per episode's record:
 
 * ``prompt_ids``: the conversation's tokens up to the executor's first reply (system prompt,
   first user message, the generation prompt), rendered by the chat template;
@@ -115,56 +117,51 @@ class EpisodeRollouts:
         digest = hashlib.sha256(f"{self.config.seed}:{rank}:{self.calls}".encode()).digest()
         return int.from_bytes(digest[:4], "big") % (2**31 - 2**20)  # room for run_episodes' seed + k
 
+    def _sampling(self) -> Any:
+        """How the model in training samples its replies: GRPO's own temperature, top_p and reply length."""
+        from sca.agent.executor import executor_stop
+        from sca.inference.base import SamplingParams
+
+        temperature = max(float(self.config.temperature), 1e-5) if self.config.temperature else 0
+        return SamplingParams(temperature=temperature, top_p=float(getattr(self.config, "top_p", 1.0) or 1.0),
+                              max_new_tokens=self.config.episode_max_new_tokens, stop=executor_stop(self.episode))
+
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
         import torch
 
-        from envs import make_env
-        from sca.agent.engine import Role, run_episodes
-        from sca.agent.executor import (
-            AGENT,
-            USER,
-            ExecutorEpisode,
-            evaluate_scorer,
-            executor_stop,
-        )
-        from sca.inference.base import SamplingParams
+        from envs import env_spec
+        from sca.agent.executor import evaluate_scorer
+        from sca.agent.run import ExecutorRoles, ExecutorTask, run_executor
 
-        # one episode per prompt: TRL's sampler already repeats each task num_generations times
+        # one episode per prompt: TRL's sampler already repeats each task num_generations times; the prompt's
+        # index is the episode's trial, so each of a group's episodes samples with seeds of its own
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         was_training = bool(getattr(unwrapped, "training", False))  # before the policy wrapper sets eval mode
         policy = self._policy(trainer, len(prompts))
         if not self.user_is_policy and self._user_model is None:
             self._user_model = self.user_config.load()
+        roles = ExecutorRoles(policy, self._sampling(), self._user_model or policy, self.user_config.sampling())
         keys = [self._key(p) for p in prompts]
-        episodes = []
-        for i, key in enumerate(keys):
-            task = self.tasks[key]
-            episodes.append(ExecutorEpisode.start(task_id=key, trial=i, instruction=task["instruction"],
-                                                  env=make_env(task["env"]), sandbox=self.sandbox,
-                                                  config=self.episode,
-                                                  scorer=evaluate_scorer(task["evaluation_function"])))
-        source = iter(episodes)
-        sampling = SamplingParams(temperature=max(float(self.config.temperature), 1e-5) if self.config.temperature else 0,
-                                  top_p=float(getattr(self.config, "top_p", 1.0) or 1.0),
-                                  max_new_tokens=self.config.episode_max_new_tokens,
-                                  stop=executor_stop(self.episode))
-        tools = None
-        if self.episode.action_format == "json":
-            tools = [t.openai_schema() for t in episodes[0].env.tools()]
-        roles = {AGENT: Role(AGENT, policy, sampling, tools=tools),
-                 USER: Role(USER, self._user_model or policy, self.user_config.sampling())}
+        tasks = [ExecutorTask(id=key, instruction=self.tasks[key]["instruction"], env=env_spec(self.tasks[key]["env"]),
+                              scorer=evaluate_scorer(self.tasks[key]["evaluation_function"]), trials=[i])
+                 for i, key in enumerate(keys)]
+        records: list[dict[str, Any]] = [{}] * len(tasks)
+
+        def keep(task: ExecutorTask, record: dict[str, Any]) -> None:
+            records[record["trial"]] = record  # as they finish; TRL wants them in the order of its prompts
+
         t0 = time.monotonic()
         try:
             unwrapped.eval()
             with torch.no_grad():
-                run_episodes(lambda: next(source, None), roles, concurrency=len(episodes), on_finish=lambda ep: None,
-                             workers=max(1, getattr(self.sandbox, "workers", 1)), seed=self._seed(trainer))
+                run_executor(tasks, roles, self.sandbox, self.episode, concurrency=len(tasks),
+                             seed=self._seed(trainer), on_record=keep)
         finally:
             if was_training:
                 unwrapped.train()  # dropout and the rest of training mode back on for the update
         self.calls += 1
-        out = self._to_trl(episodes)
-        self._count_groups(keys, out["sca_reward"], trainer, [ep.infra_error is not None for ep in episodes])
+        out = self._to_trl(records)
+        self._count_groups(keys, out["sca_reward"], trainer, [r["infra_error"] is not None for r in records])
         self.stats["rollout_s"] += time.monotonic() - t0
         return out
 
@@ -175,15 +172,14 @@ class EpisodeRollouts:
             return str(prompt[-1].get("content", ""))
         return str(prompt)
 
-    def _to_trl(self, episodes: list[Any]) -> dict[str, Any]:
-        """Each finished episode as TRL's prompt ids, completion ids, env mask and reward (None: not trainable)."""
+    def _to_trl(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Each finished episode's record (docs/TRAJECTORY.md) as TRL's prompt ids, completion ids, env mask and
+        reward (None: not trainable)."""
         encoder = ChatEncoder(self.tokenizer, "use", self.eos_ids)
         prompt_ids, completion_ids, masks = [], [], []
         rewards: list[float | None] = []
-        for ep in episodes:
-            record = {"id": f"{ep.task_id}#{ep.trial}", "messages": ep.messages,
-                      "assistant_token_ids": ep.assistant_token_ids}
-            reward = ep.reward if ep.infra_error is None else None
+        for record in records:
+            reward = record["reward"]  # None for an infrastructure failure
             try:
                 enc = encoder.encode(record, where=f"episode {record['id']}")
                 if any(enc.mask):
@@ -195,7 +191,7 @@ class EpisodeRollouts:
             if enc is None or not any(enc.mask):
                 # nothing the model generated can be trained: the prompt, one token, masked out, and no reward
                 # (None: TRL leaves it out of the group's baseline; a 0 would count it as a failed answer)
-                text = self.tokenizer.apply_chat_template(ep.messages[:2], tokenize=False, add_generation_prompt=True)
+                text = self.tokenizer.apply_chat_template(record["messages"][:2], tokenize=False, add_generation_prompt=True)
                 ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
                 prompt_ids.append(ids)
                 completion_ids.append([encoder_pad(self.tokenizer, self.eos_ids)])
@@ -212,7 +208,7 @@ class EpisodeRollouts:
                 rewards.append(None)
             else:
                 rewards.append(float(reward))
-            self.stats[f"termination:{ep.termination}"] += 1
+            self.stats[f"termination:{record['termination']}"] += 1
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None, "env_mask": masks,
                 "sca_reward": rewards}
 
@@ -308,8 +304,12 @@ class GRPOJob(Job):
         from envs import make_env
 
         self.tasks, self.notes = load_tasks(self.source, config.skip_uniform_from)
-        for name in sorted({t["env"] for t in self.tasks}):
+        names = sorted({t["env"] for t in self.tasks})
+        for name in names:
             make_env(name)
+        if config.action_format == "json" and len(names) > 1:  # the executor is offered one environment's tools
+            raise InputError(f"{self.source.name}: action_format=json needs tasks of one environment, not "
+                             f"{', '.join(names)}")
         check_grpo_config(config)
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
