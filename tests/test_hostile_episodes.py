@@ -127,13 +127,14 @@ def last_number(conv: list[dict]) -> str:
     return f"THOUGHT: answer END THOUGHT\n{numbers[-1] if numbers else 0}"
 
 
-def rollout(tmp_path: Path, backend: str, task: dict, plans: list[list]) -> list[dict]:
-    """The trials of `task`, one per plan, in order, in one sandbox worker; their records by trial."""
+def rollout(tmp_path: Path, backend: str, task: dict, plans: list[list], **limits) -> list[dict]:
+    """The trials of `task`, one per plan, in order, in one sandbox worker (the default limits but for
+    `limits`, SandboxConfig's); their records by trial."""
     backend_or_skip(backend)
     src = tmp_path / "tasks.jsonl"
     src.write_text(json.dumps(task) + "\n")
     out = tmp_path / "out.jsonl"
-    config = RolloutConfig(k=len(plans), concurrency=1, sandbox=SandboxConfig(backend=backend, workers=1))
+    config = RolloutConfig(k=len(plans), concurrency=1, sandbox=SandboxConfig(backend=backend, workers=1, **limits))
     rollout_file(str(src), str(out), config, executor_model=Episodes(plans), show_progress=False)
     records = sorted((json.loads(x) for x in out.read_text().splitlines()), key=lambda r: r["trial"])
     assert [r["trial"] for r in records] == list(range(len(plans)))
@@ -233,17 +234,26 @@ def test_calls_our_environment_refused_are_never_replayed_by_tau2(tmp_path, back
     assert hostile["scorer_detail"]["status"] == "ok" and hostile["scorer_detail"]["replay_mismatches"] == []
 
 
+#: each run's byte budget in the flood below: 62 calls of 16.8 kB a run, 3.1 MB in three runs, more than the
+#: record may hold (1 MiB kept in full and 1,000 stubs). The default 8 MiB (1,500 calls) took 15 s a backend
+#: and checked no more: the bound of 1,000 call records is test_rollout.py's (..._within_bounds).
+FLOOD_BUDGET = 1 << 20
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_what_an_episode_keeps_of_its_calls_is_bounded(tmp_path, backend):
     from sandbox.result import is_stub
     from sca.agent.executor import KEEP_EPISODE_BYTES
 
     task, _, honest = key_task()
-    records = rollout(tmp_path, backend, task, [[SPEND_THE_BUDGET] * 3 + [last_number], [honest, last_number]])
+    records = rollout(tmp_path, backend, task, [[SPEND_THE_BUDGET] * 3 + [last_number], [honest, last_number]],
+                      max_tool_bytes=FLOOD_BUDGET)
     flood, after = records
     assert flood["infra_error"] is None and flood["reward"] == 0 and flood["steps"] == 4
     calls = flood["tool_calls"]
-    assert len(calls) + flood["tool_calls_omitted"] > 3 * 400  # the code made its calls; the record kept a bound
+    assert len(calls) + flood["tool_calls_omitted"] > 3 * 60  # the code made its calls; the record kept a bound
     assert all(is_stub(c["arguments"]) for c in calls)  # each 16 KiB of lists: over the size kept in full
+    sent = sum(c["arguments"]["_truncated"]["bytes"] for c in calls)
+    assert sent > KEEP_EPISODE_BYTES + 1_000 * 600  # what the code sent: more than the record may hold
     assert len(json.dumps(flood)) < KEEP_EPISODE_BYTES + 1_000 * 600
     assert after["reward"] == 1

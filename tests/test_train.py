@@ -1,8 +1,11 @@
-"""`sca train`: RFT, SFT and DPO with TRL on the default model (CPU), the assistant-only mask,
-token parity, options, the checkpoint, and bad input.
+"""`sca train`: RFT, SFT and DPO with TRL (CPU), the assistant-only mask, token parity, options, the
+checkpoint, and bad input.
 
 The training tests use tests/fixtures/trajectories/tiny.jsonl (conversations of about 100-200
-tokens: this CPU trains the default model at a few dozen tokens per second) and one thread.
+tokens: this CPU trains the default model at a few dozen tokens per second) and one thread. They
+train the tiny random model of conftest.py (what they check: which examples, which tokens the loss
+covers, what is logged and written) and, in the slow tier, the bundled default model too. The masks
+and token parity are checked with the bundled tokenizer, which the tiny model shares.
 """
 
 from __future__ import annotations
@@ -69,6 +72,24 @@ def tokenizer(model_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_path)
+
+
+class Base:
+    """The model a training test trains: `path` to load it from, and how to name it to the stage (the
+    bundled model is not named: the stage's default)."""
+
+    def __init__(self, path: str, named: bool):
+        self.path = path
+        self.args = ["--model", path] if named else []
+        self.options = {"model_name_or_path": path} if named else {}
+
+
+@pytest.fixture(scope="module", params=["tiny", pytest.param("bundled", marks=pytest.mark.slow)])
+def base(request, model_path) -> Base:
+    """The tiny random model (fast tier), then the bundled default model (slow tier)."""
+    if request.param == "tiny":
+        return Base(request.getfixturevalue("tiny_model"), named=True)
+    return Base(model_path, named=False)
 
 
 def cli(*args: str):
@@ -142,10 +163,10 @@ def one_line_error(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def rft_run(tmp_path_factory):
+def rft_run(tmp_path_factory, base):
     out = tmp_path_factory.mktemp("rft") / "ckpt"
     result = cli("train", TINY, "-o", out, "--algo", "rft", "--lr", "1e-5", "--max-length", "512",
-                 "--set", "max_steps=2", "--set", "per_device_train_batch_size=2")
+                 "--set", "max_steps=2", "--set", "per_device_train_batch_size=2", *base.args)
     return out, result
 
 
@@ -171,7 +192,7 @@ def test_rft_trains_on_reward_1_and_writes_checkpoint_log_and_summary(rft_run):
         assert (out / name).is_file(), name
 
 
-def test_rft_loss_is_the_mean_over_assistant_tokens_only(rft_run, tokenizer, model_path):
+def test_rft_loss_is_the_mean_over_assistant_tokens_only(rft_run, tokenizer, base):
     """The first logged loss, recomputed with the base model over the assistant tokens alone."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -179,7 +200,7 @@ def test_rft_loss_is_the_mean_over_assistant_tokens_only(rft_run, tokenizer, mod
     out, result = rft_run
     assert result.exit_code == 0, result.output
     first = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["loss"]
-    model = AutoModelForCausalLM.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(base.path)
     nll, n, total = 0.0, 0, 0
     for record in records(TINY):
         if record["reward"] != 1:
@@ -212,16 +233,16 @@ def test_checkpoint_reloads_with_plain_transformers_and_generates(rft_run, token
     assert gen.shape[1] > ids["input_ids"].shape[1]
 
 
-def test_sft_trains_on_every_rewarded_trajectory(tmp_path):
+def test_sft_trains_on_every_rewarded_trajectory(tmp_path, base):
     from stages.train import train
 
     s = train(TINY, tmp_path / "ckpt", algo="sft",
-              options={"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 512})
+              options={"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 512, **base.options})
     assert s.examples == 4 and s.skipped == {} and s.steps == 1
     assert s.final_loss is not None and math.isfinite(s.final_loss)
 
 
-def test_dpo_trains_on_pairs_of_a_task_scoring_assistant_tokens_only(tmp_path, tokenizer, model_path):
+def test_dpo_trains_on_pairs_of_a_task_scoring_assistant_tokens_only(tmp_path, tokenizer, base):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -229,7 +250,8 @@ def test_dpo_trains_on_pairs_of_a_task_scoring_assistant_tokens_only(tmp_path, t
     from sca.training.fit import prepare
     from stages.train import train
 
-    s = train(TINY, tmp_path / "ckpt", algo="dpo", options={"max_steps": 1, "per_device_train_batch_size": 2})
+    s = train(TINY, tmp_path / "ckpt", algo="dpo",
+              options={"max_steps": 1, "per_device_train_batch_size": 2, **base.options})
     assert s.examples == 2 and s.notes == {"tasks paired": 2} and s.steps == 1
     assert s.final_loss is not None and math.isfinite(s.final_loss)
     assert abs(s.final_loss - math.log(2)) < 1e-3  # the first DPO step: policy == reference
@@ -238,7 +260,7 @@ def test_dpo_trains_on_pairs_of_a_task_scoring_assistant_tokens_only(tmp_path, t
     assert "reward_margin" in log
     # what TRL scored: the log-probability of the assistant tokens of each completion, observations left out
     _, prep = prepare("dpo", records(TINY), tokenizer, build_config("dpo", tmp_path / "unused"))
-    model = AutoModelForCausalLM.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(base.path)
     expected = {}
     for side in ("chosen", "rejected"):
         total = 0.0
