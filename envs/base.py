@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal
 from sandbox.errors import ToolError, UnknownToolError, WriteForbiddenError
 
 __all__ = ["EnvSpec", "Environment", "Tool", "ToolError", "ToolKind", "UnknownToolError", "WriteForbiddenError",
-           "check_arguments", "schema_from_signature", "to_json_value"]
+           "check_arguments", "schema_alternatives", "schema_from_signature", "to_json_value"]
 
 ToolKind = Literal["read", "write"]
 
@@ -172,6 +172,30 @@ class Environment(ABC):
         """
         return instruction
 
+    # -- what `sca audit` asks (mutants of a task's solution: sca.audit) ------------------------
+    #: whether the state the write tools leave is what a task asks for. False where the writes only move
+    #: a position (web browsing's page and scroll): a task there is judged on its answer, so a mutant that
+    #: only browses differently is no counterexample, and `sca audit` compares answers only.
+    outcome_state: bool = True
+
+    def argument_alternatives(self, tool: str, args: dict[str, Any]) -> dict[str, list[Any]]:
+        """Other values each argument of a call of write tool `tool` with `args` could take that the tool
+        would accept, by argument name, the most plausible first (the current state is the initial one).
+        ``sca audit`` changes one argument of a solution's write to each, to see whether ``evaluate()``
+        notices. Default: what the tool's schema alone offers (another member of an enum, the other
+        boolean, an integer one up or down); an environment adds what its state knows (tau: another id of
+        the same kind that the same user owns)."""
+        try:
+            properties = self.tool(tool).parameters.get("properties", {})
+        except UnknownToolError:
+            return {}
+        out: dict[str, list[Any]] = {}
+        for name, value in args.items():
+            others = schema_alternatives(properties.get(name, {}), value)
+            if others:
+                out[name] = others
+        return out
+
 
 class EnvSpec:
     """An environment as known without building one: its name, description, whether a simulated
@@ -235,6 +259,24 @@ def _checked(env: Any, where: str) -> Environment:
     if not isinstance(env, Environment):
         raise TypeError(f"environment factory for {where} returned {type(env).__name__}, not an Environment")
     return env
+
+
+def schema_alternatives(schema: dict[str, Any], value: Any) -> list[Any]:
+    """Other values than `value` that a parameter's JSON schema alone names: the other members of its
+    enum (also inside ``anyOf``/``oneOf``), the other boolean, or an integer one up and one down (not
+    below 0: counts and amounts)."""
+    enums = list(schema.get("enum", []))
+    for key in ("anyOf", "oneOf"):
+        for option in schema.get(key, []):
+            if isinstance(option, dict):
+                enums += option.get("enum", [])
+    if enums:
+        return [e for i, e in enumerate(enums) if e != value and e not in enums[:i]]
+    if isinstance(value, bool):
+        return [not value] if schema.get("type") in (None, "boolean") else []
+    if isinstance(value, int) and schema.get("type") == "integer":
+        return [value + 1] + ([value - 1] if value > 0 else [])
+    return []
 
 
 def check_arguments(tool: Tool, args: dict[str, Any]) -> None:

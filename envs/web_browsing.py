@@ -88,6 +88,7 @@ class WebBrowsingEnv(ToolkitEnvironment, CalculatorTool):
                    "seen five lines at a time; answer questions by browsing it.")
     user_facing = False
     challenger_guidance = CHALLENGER_GUIDANCE
+    outcome_state = False  # the "writes" only move the position: a task is judged on its answer
 
     def __init__(self, site: dict[str, Any] | None = None):
         """`site`: pages to browse (see :func:`load_site`); ``links_anywhere`` lets any page be opened by URL."""

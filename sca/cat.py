@@ -22,6 +22,13 @@ of that fails the check in which it happened with its own reason.
 
 The first failed check ends the validation; its reason and traceback are what
 ``sca propose`` feeds back to the challenger.
+
+Those six are the checks of a ``cat`` task. Each task format (:mod:`sca.task_formats`) gets the
+checks that fit its parts (:data:`CHECKS_OF_FORMAT`): an ``eval-only`` task ("SCA no filtering")
+only ``compile``, an ``instruction-only`` one (PAE) only ``instruction``, that its instruction is
+not empty. ``ValidateConfig.verification_only`` gives Figure 4's "verification only" for cat tasks:
+the evaluation function and the solution, the failure cases left out entirely
+(:data:`VERIFICATION_ONLY`), so a task with none passes.
 """
 
 from __future__ import annotations
@@ -34,9 +41,20 @@ from typing import Any
 
 from sandbox.config import SandboxConfig
 from sca.agent.reply import answer_from_text, answer_to_text
+from sca.task_formats import task_format
 
-#: the checks, in the order they run (the first that fails rejects the task)
+#: the checks of a cat task, in the order they run (the first that fails rejects the task)
 CHECKS = ("compile", "failure_case_count", "noop_run", "solution_run", "answer_round_trip", "failure_case_runs")
+#: the checks each task format gets, in the order they run
+CHECKS_OF_FORMAT: dict[str, tuple[str, ...]] = {
+    "cat": CHECKS,
+    "eval-only": ("compile",),  # nothing filtered but that the code compiles and defines evaluate
+    "instruction-only": ("instruction",),
+}
+#: a cat task's checks under ``verification_only`` (Figure 4): the evaluation function and the solution
+VERIFICATION_ONLY = ("compile", "noop_run", "solution_run", "answer_round_trip")
+#: every check any format runs: the instruction check, then the cat checks in their order
+ALL_CHECKS = ("instruction",) + CHECKS
 
 #: every rejection reason, with what it means (the summary and README use these)
 REASONS: dict[str, str] = {
@@ -53,16 +71,23 @@ REASONS: dict[str, str] = {
     "answer_not_typeable": "evaluate() accepts the solution's answer but not the same answer typed by an agent",
     "timeout": "a run went past the time limit",
     "sandbox_error": "the sandbox lost the run (crash, memory, killed worker)",
+    "empty_instruction": "the instruction is empty",
+    "lax_verifier": "a mutant of the solution leaves another final state and passes evaluate() (sca validate --audit)",
 }
 
 
 @dataclass
 class ValidateConfig:
     """Options of `sca validate` (also used by `sca propose` for its answers): the sandbox
-    (backend, workers, per-run timeout, memory and budgets) and the CaT rule on failure cases."""
+    (backend, workers, per-run timeout, memory and budgets) and the CaT rules on failure cases."""
 
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     min_failure_cases: int = field(default=3, metadata={"help": "Failure cases a task must have.", "min": 0})
+    verification_only: bool = field(default=False, metadata={"help": (
+        "Figure 4's 'verification only': check cat tasks' evaluation function and solution (compile, "
+        "noop_run, solution_run, answer_round_trip), not their failure cases, which may be none.")})
+    audit: bool = field(default=False, metadata={"help": (
+        "Also mutation-test each valid task's evaluate() (sca audit) and reject a lax one (lax_verifier).")})
 
     @property
     def timeout(self) -> float:
@@ -78,10 +103,21 @@ class _Rejected(Exception):
         self.reason, self.detail, self.traceback = reason, detail, traceback
 
 
-def _check_compiles(task: dict[str, Any]) -> bool:
-    """Every code string compiles; returns whether evaluate takes the answer."""
-    sources = [("evaluation_function", task["evaluation_function"]), ("solution", task["solution"])]
-    sources += [(f"failure_cases[{i}]", src) for i, src in enumerate(task["failure_cases"])]
+def checks_of(fmt: str, config: ValidateConfig) -> tuple[str, ...]:
+    """The checks a task of format `fmt` gets under `config`, in the order they run."""
+    if fmt == "cat" and config.verification_only:
+        return VERIFICATION_ONLY
+    return CHECKS_OF_FORMAT[fmt]
+
+
+def _check_compiles(task: dict[str, Any], failure_cases: bool) -> bool:
+    """Every code string the checks run compiles (the failure cases' where `failure_cases`); returns
+    whether evaluate takes the answer."""
+    sources = [("evaluation_function", task["evaluation_function"])]
+    if "solution" in task:
+        sources.append(("solution", task["solution"]))
+    if failure_cases:
+        sources += [(f"failure_cases[{i}]", src) for i, src in enumerate(task["failure_cases"])]
     for name, src in sources:
         try:
             tree = ast.parse(src, filename=f"<{name}>")
@@ -159,77 +195,100 @@ def _exec(env: Any, sandbox: Any, source: str, timeout: float, run_name: str, al
 
 
 def validate_task(task: dict[str, Any], env: Any, sandbox: Any, config: ValidateConfig | None = None) -> dict[str, Any]:
-    """Apply every CaT check to one task; return its ``validation`` object.
+    """Apply the checks of the task's format (:func:`checks_of`) to one task; return its ``validation``
+    object, which names the task's ``format`` and the ``check_set`` it was held to.
 
     `env` must be the task's environment; it is reset before every run.
     """
     config = config or ValidateConfig()
+    fmt = task_format(task)
+    plan = checks_of(fmt, config)
     started = time.monotonic()
-    checks: list[dict[str, Any]] = []
-    runs: list[dict[str, Any]] = []
+    log = _Log(plan[0])
+    try:
+        if "instruction" in plan:
+            if not task["instruction"].strip():
+                raise _Rejected("empty_instruction", "the instruction is empty")
+            log.passed()
+        if "compile" in plan:
+            log.current = "compile"
+            takes_answer = _check_compiles(task, failure_cases="failure_case_runs" in plan)
+            log.passed()
+        if "solution_run" in plan:
+            _run_code_checks(task, env, sandbox, config, plan, takes_answer, log)
+    except _Rejected as r:
+        log.checks.append({"check": log.current, "ok": False, "reason": r.reason, "detail": r.detail})
+        return {
+            "valid": False, "reason": r.reason, "failed_check": log.current, "detail": r.detail,
+            "traceback": r.traceback, "format": fmt, "check_set": list(plan), "checks": log.checks,
+            "runs": log.runs, "seconds": round(time.monotonic() - started, 4),
+        }
+    finally:
+        env.reset()
+    return {"valid": True, "reason": None, "format": fmt, "check_set": list(plan), "checks": log.checks,
+            "runs": log.runs, "traceback": None, "seconds": round(time.monotonic() - started, 4)}
+
+
+@dataclass
+class _Log:
+    """The check running now, the checks passed so far and every sandbox run."""
+
+    current: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def passed(self, detail: str = "") -> None:
+        self.checks.append({"check": self.current, "ok": True, **({"detail": detail} if detail else {})})
+
+
+def _run_code_checks(task: dict[str, Any], env: Any, sandbox: Any, config: ValidateConfig, plan: tuple[str, ...],
+                     takes_answer: bool, log: _Log) -> None:
+    """The cat checks after compile that `plan` holds, in their order: those that run the code."""
     write_tools = {t.name for t in env.tools() if t.kind == "write"}
     evaluate_src = task["evaluation_function"]
-    timeout = config.timeout
-    current = "compile"
+    timeout, runs = config.timeout, log.runs
 
-    def passed(name: str, detail: str = "") -> None:
-        checks.append({"check": name, "ok": True, **({"detail": detail} if detail else {})})
-
-    try:
-        takes_answer = _check_compiles(task)
-        passed("compile")
-
-        current = "failure_case_count"
+    if "failure_case_count" in plan:
+        log.current = "failure_case_count"
         n = len(task["failure_cases"])
         if n < config.min_failure_cases:
             raise _Rejected("failure_case_count", f"{n} failure case(s); at least {config.min_failure_cases} required")
-        passed(current, f"{n} failure cases")
+        log.passed(f"{n} failure cases")
 
-        current = "noop_run"
-        env.reset()
-        if _judge(env, sandbox, evaluate_src, None, timeout, "no action", write_tools, runs):
-            raise _Rejected("noop_passes", "evaluate() returns True on the untouched initial state")
-        passed(current)
+    log.current = "noop_run"
+    env.reset()
+    if _judge(env, sandbox, evaluate_src, None, timeout, "no action", write_tools, runs):
+        raise _Rejected("noop_passes", "evaluate() returns True on the untouched initial state")
+    log.passed()
 
-        current = "solution_run"
-        answer = _exec(env, sandbox, task["solution"], timeout, "the solution", (), "solution_error", runs)
-        if not _judge(env, sandbox, evaluate_src, answer, timeout, "the solution", write_tools, runs):
-            raise _Rejected("solution_fails", "evaluate() returns False after the solution ran")
-        passed(current)
+    log.current = "solution_run"
+    answer = _exec(env, sandbox, task["solution"], timeout, "the solution", (), "solution_error", runs)
+    if not _judge(env, sandbox, evaluate_src, answer, timeout, "the solution", write_tools, runs):
+        raise _Rejected("solution_fails", "evaluate() returns False after the solution ran")
+    log.passed()
 
-        current = "answer_round_trip"  # the answer as an executor would give it (docs/CAT.md, "The answer")
-        if not takes_answer or answer is None:
-            passed(current, "evaluate() takes no answer" if not takes_answer else "the solution gives no answer")
-        else:
-            text = answer_to_text(answer)
-            typed = answer_from_text(text, env.user_facing)
-            if _canonical(typed) != _canonical(answer) and not _judge(
-                    env, sandbox, evaluate_src, typed, timeout, "the solution, with its answer typed", write_tools,
-                    runs):
-                raise _Rejected("answer_not_typeable",
-                                f"evaluate() accepts the solution's answer {answer!r:.100} but not {typed!r:.100}, "
-                                f"which an agent's reply {text!r:.100} becomes; an agent gives its answer as text "
-                                "(docs/CAT.md, 'The answer')")
-            passed(current, "" if _canonical(typed) == _canonical(answer) else f"typed as {typed!r:.100}")
+    log.current = "answer_round_trip"  # the answer as an executor would give it (docs/CAT.md, "The answer")
+    if not takes_answer or answer is None:
+        log.passed("evaluate() takes no answer" if not takes_answer else "the solution gives no answer")
+    else:
+        text = answer_to_text(answer)
+        typed = answer_from_text(text, env.user_facing)
+        if _canonical(typed) != _canonical(answer) and not _judge(
+                env, sandbox, evaluate_src, typed, timeout, "the solution, with its answer typed", write_tools, runs):
+            raise _Rejected("answer_not_typeable",
+                            f"evaluate() accepts the solution's answer {answer!r:.100} but not {typed!r:.100}, "
+                            f"which an agent's reply {text!r:.100} becomes; an agent gives its answer as text "
+                            "(docs/CAT.md, 'The answer')")
+        log.passed("" if _canonical(typed) == _canonical(answer) else f"typed as {typed!r:.100}")
 
-        current = "failure_case_runs"
+    if "failure_case_runs" in plan:
+        log.current = "failure_case_runs"
         for i, src in enumerate(task["failure_cases"]):
             name = f"failure case {i}"
             answer = _exec(env, sandbox, src, timeout, name, ("ToolError",), "failure_case_error", runs)
             if _judge(env, sandbox, evaluate_src, answer, timeout, name, write_tools, runs):
                 raise _Rejected("failure_case_passes", f"evaluate() returns True after failure case {i}")
-        passed(current, f"{len(task['failure_cases'])} failure cases fail")
-    except _Rejected as r:
-        checks.append({"check": current, "ok": False, "reason": r.reason, "detail": r.detail})
-        return {
-            "valid": False, "reason": r.reason, "failed_check": current, "detail": r.detail,
-            "traceback": r.traceback, "checks": checks, "runs": runs,
-            "seconds": round(time.monotonic() - started, 4),
-        }
-    finally:
-        env.reset()
-    return {"valid": True, "reason": None, "checks": checks, "runs": runs, "traceback": None,
-            "seconds": round(time.monotonic() - started, 4)}
+        log.passed(f"{len(task['failure_cases'])} failure cases fail")
 
 
 def _canonical(value: Any) -> str:
@@ -265,4 +324,5 @@ CHECK_OF_REASON = {
     "compile": "compile", "failure_case_count": "failure_case_count", "noop_passes": "noop_run",
     "solution_error": "solution_run", "solution_fails": "solution_run", "answer_not_typeable": "answer_round_trip",
     "failure_case_error": "failure_case_runs", "failure_case_passes": "failure_case_runs",
+    "empty_instruction": "instruction", "lax_verifier": "failure_case_runs",
 }

@@ -10,6 +10,7 @@ import typer
 
 from sca import __version__
 from sca_cli import (
+    audit_cmd,
     envs_cmd,
     eval_cmd,
     propose_cmd,
@@ -57,6 +58,7 @@ app.command("train", epilog=train_cmd.EXAMPLES)(train_cmd.train)
 app.command("rollout", epilog=rollout_cmd.EXAMPLES)(rollout_cmd.rollout)
 app.command("eval", epilog=eval_cmd.EXAMPLES)(eval_cmd.eval_)
 app.command("report", epilog=report_cmd.EXAMPLES)(report_cmd.report)
+app.command("audit", epilog=audit_cmd.EXAMPLES)(audit_cmd.audit)
 
 
 def main() -> None:

@@ -37,12 +37,15 @@ EXAMPLES = examples(
     "sca propose --env calculation --n 200 -o calc.jsonl --backend openai "
     "--base-url http://gpu1:8000/v1 --base-url http://gpu2:8000/v1 --model llama-3.1-8b",
     "sca propose --n 2 --max-episodes 4 --max-steps 3 -o smoke.jsonl   # bundled model, CPU",
+    "sca propose --env retail --n 800 --task-format eval-only -o tasks.eval-only.raw.jsonl   # SCA no filtering",
+    "sca propose --env retail --n 800 --task-format instruction-only -o tasks.pae.jsonl   # PAE",
 )
 
 
 def propose(
     env: str = flag(ProposeConfig, "env", "--env"),
     n: int = flag(ProposeConfig, "n", "--n"),
+    task_format: str = flag(ProposeConfig, "task_format", "--task-format"),
     output: str = typer.Option(..., "-o", "--output", help="Valid tasks (CaT JSONL); - for stdout."),
     rejected: Optional[str] = typer.Option(None, "--rejected", help="Failed episodes, with transcripts, go here."),
     model: Optional[str] = model_flag(),
@@ -64,7 +67,7 @@ def propose(
     min_failure_cases: int = flag(ValidateConfig, "min_failure_cases", "--min-failure-cases"),
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """Run challenger episodes until N tasks pass every CaT check."""
+    """Run challenger episodes until N tasks pass the checks of their format (cat: every CaT check)."""
     from envs import env_names
     from stages.propose import propose_file
 
@@ -74,13 +77,13 @@ def propose(
                                                      max_tool_bytes), min_failure_cases=min_failure_cases)
     mcfg = model_config(model, backend, base_url, temperature, top_p, max_new_tokens)
     config = configured(ProposeConfig, env=env, n=n, max_episodes=max_episodes, max_steps=max_steps,
-                        concurrency=concurrency, seed=seed, model=mcfg, validate=vcfg)
+                        concurrency=concurrency, seed=seed, model=mcfg, validate=vcfg, task_format=task_format)
     with stage_errors():
         summary = propose_file(config, output, rejected=rejected, overwrite=overwrite)
 
     from rich.table import Table
 
-    t = Table(title=f"sca propose ({env})", title_justify="left", show_header=False)
+    t = Table(title=f"sca propose ({env}, {summary.task_format} tasks)", title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
     t.add_column()

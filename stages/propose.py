@@ -5,7 +5,9 @@ tasks are valid or ``max_episodes`` have run; every answer is checked at once wi
 checks of ``sca validate`` (:func:`sca.cat.validate_task`); an instruction already in the output,
 or a test task's of the environment's benchmark (:mod:`sca.benchmarks`), counts as a duplicate.
 Valid tasks are written to the output and failed episodes to ``rejected`` as they finish; a rerun
-resumes, skipping the episodes an earlier run finished.
+resumes, skipping the episodes an earlier run finished. The task format (``--task-format``) decides
+what the challenger writes and what its answers are checked for; every record names it, and a rerun
+onto files of another format is refused rather than mixing formats in one file.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import Any
 from sca.agent.challenger import AnswerCheck, normalise, run_challenger
 from sca.agent.reply import STOP
 from sca.cat import feedback, validate_task
-from sca.records.io import scan_jsonl
+from sca.records.io import InputError, scan_jsonl
 from sca.records.stage_run import StageRun, progress
+from sca.task_formats import DEFAULT_FORMAT, task_format
 from stages.config import ProposeConfig
 
 
@@ -36,10 +39,11 @@ class ProposeSummary:
     seconds: float = 0.0
     generate_s: float = 0.0
     sandbox_s: float = 0.0
+    task_format: str = DEFAULT_FORMAT
 
     @classmethod
-    def from_counts(cls, counts: dict[str, Any]) -> ProposeSummary:
-        return cls(
+    def from_counts(cls, counts: dict[str, Any], task_format: str = DEFAULT_FORMAT) -> ProposeSummary:
+        return cls(task_format=task_format,
             episodes=counts.get("episodes", 0), valid=counts.get("accepted", 0),
             failed=counts.get("failed", 0), duplicates=counts.get("duplicates", 0),
             resumed_valid=counts.get("resumed_valid", 0),
@@ -62,6 +66,17 @@ def _existing_instructions(path: str | None) -> set[str]:
         except (KeyError, TypeError, AttributeError):
             continue
     return seen
+
+
+def refuse_other_format(paths: list[str | None], fmt: str) -> None:
+    """Raise InputError if a record in one of the files `paths` (those that exist) is of another task
+    format than `fmt`: a resumed run must not mix formats in a file."""
+    for path in paths:
+        for record in scan_jsonl(path) if path else ():
+            found = task_format(record)
+            if found != fmt:
+                raise InputError(f"{path}: holds {found} tasks, and this run writes {fmt} tasks; resuming would "
+                                 "mix them (write to another file, or pass --overwrite)")
 
 
 def benchmark_instructions(env: str) -> set[str]:
@@ -91,6 +106,8 @@ def propose_file(
     from envs import env_spec
 
     env_spec(config.env).tools()  # an unknown environment fails here, and its tools load, before a model does
+    if not overwrite:
+        refuse_other_format([output, rejected], config.task_format)
     own_model = model is None
     if own_model:
         model = config.model.load()
@@ -116,4 +133,4 @@ def propose_file(
     finally:
         if own_model:
             model.close()
-    return ProposeSummary.from_counts(counts)
+    return ProposeSummary.from_counts(counts, config.task_format)

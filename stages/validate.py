@@ -4,6 +4,11 @@ Every task goes through the CaT checks of :mod:`sca.cat` (the contract's checks,
 their rejection reasons), tasks in parallel over the sandbox's workers, each thread with its own
 environments; accepted tasks go to the output, rejected ones (with the reason, detail and
 traceback of the first failed check) to the rejected file. Resumable; the summary counts reasons.
+
+Each task gets the checks of its format (:data:`sca.cat.CHECKS_OF_FORMAT`; ``verification_only``:
+Figure 4's, for cat tasks), and the summary counts each format apart. A resumed run whose outputs
+hold tasks of a format the input has not, or tasks held to other checks (a run with
+``--verification-only`` onto one without), is refused: one file, one set of checks per format.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from sca.cat import ValidateConfig, validate_task
+from sca.cat import CHECKS_OF_FORMAT, ValidateConfig, checks_of, validate_task
 from sca.records import CAT_TASK
-from sca.records.io import load_records
+from sca.records.io import InputError, load_records, scan_jsonl
 from sca.records.stage_run import StageRun, progress
+from sca.task_formats import task_format
 
 __all__ = ["ValidateConfig", "ValidateSummary", "validate_file", "validate_records", "validate_task"]
 
@@ -35,10 +41,17 @@ class ValidateSummary:
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     sandbox: str = ""
+    #: for each task format this run validated: accepted and rejected, as counted above
+    by_format: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def from_counts(cls, counts: dict[str, Any], sandbox: str = "") -> ValidateSummary:
-        return cls(accepted=counts.get("accepted", 0), rejected=counts.get("rejected", 0),
+        by_format: dict[str, dict[str, int]] = {}
+        for key, n in counts.items():
+            if key.startswith("format:"):
+                _, fmt, outcome = key.split(":")
+                by_format.setdefault(fmt, {"accepted": 0, "rejected": 0})[outcome] = n
+        return cls(by_format=by_format, accepted=counts.get("accepted", 0), rejected=counts.get("rejected", 0),
                    resumed=counts.get("resumed", 0), skipped_invalid=counts.get("skipped_invalid", 0),
                    total_input=counts.get("input", 0),
                    reasons={k.split(":", 1)[1]: v for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
@@ -75,12 +88,47 @@ def validate_records(records: list[dict[str, Any]], config: ValidateConfig, sand
 
     def one(task: dict[str, Any]) -> dict[str, Any]:
         env = envs.get(task["env"])
-        return {**task, "validation": {**validate_task(task, env, sandbox, config), "sandbox": sandbox.backend_name}}
+        validation = {**validate_task(task, env, sandbox, config), "sandbox": sandbox.backend_name}
+        if config.audit and validation["valid"]:  # --audit: a lax verifier is rejected (sca.audit)
+            from sca.audit import AuditConfig, audit_task, reject_if_lax
+
+            audit = audit_task(task, env, sandbox, AuditConfig(sandbox=config.sandbox))
+            return {**task, "validation": reject_if_lax(validation, audit), "audit": audit}
+        return {**task, "validation": validation}
 
     workers = max(1, min(config.sandbox.workers, len(records) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
         for result in pool.map(one, records):
             on_result(result)
+
+
+def refuse_mixing(paths: list[str | None], formats: set[str], config: ValidateConfig) -> None:
+    """Raise InputError if an output an earlier run wrote (of `paths`) holds a task of a format not among the
+    input's `formats`, one held to other checks than `config` gives its format, or one validated with --audit
+    where `config` has none (or the other way round): resuming would mix them.
+    An empty input writes nothing, and mixes nothing."""
+    if not formats:
+        return
+    for path in paths:
+        for record in scan_jsonl(path) if path else ():
+            fmt = task_format(record)
+            if fmt not in formats:
+                raise InputError(f"{path}: holds {fmt} tasks, which the input has not ({', '.join(sorted(formats))}); "
+                                 "resuming would mix them (write to another file, or pass --overwrite)")
+            v = record.get("validation")
+            # a record written before validation named its checks was held to its format's full set
+            held = (v.get("check_set") or list(CHECKS_OF_FORMAT.get(fmt, ()))) if isinstance(v, dict) else None
+            now = list(checks_of(fmt, config))
+            if held is not None and held != now:
+                raise InputError(f"{path}: its {fmt} tasks were held to the checks {', '.join(map(str, held))}, "
+                                 f"this run's are {', '.join(now)}; resuming would mix them (write to another file, "
+                                 "or pass --overwrite)")
+            # --audit: every valid task of an audited run carries its audit, no task of another run does
+            audited = "audit" in record
+            if audited != config.audit and (audited or (isinstance(v, dict) and v.get("valid") is True)):
+                raise InputError(f"{path}: its tasks were validated {'with' if audited else 'without'} --audit, this "
+                                 f"run {'with' if config.audit else 'without'}; resuming would mix them (write to "
+                                 "another file, or pass --overwrite)")
 
 
 def validate_file(
@@ -97,6 +145,8 @@ def validate_file(
     """Validate every task of `input_path`; valid ones to `output`, rejected ones to `rejected`."""
     config = config or ValidateConfig()
     loaded = load_records(input_path, CAT_TASK, skip_invalid=skip_invalid, on_skip=on_skip)
+    if not overwrite:
+        refuse_mixing([output, rejected], {task_format(r) for r in loaded.records}, config)
     settings = asdict(config)
     backend = ""
     with StageRun("validate", {"accepted": output, "rejected": rejected}, inputs=[loaded],
@@ -112,6 +162,7 @@ def validate_file(
                 with progress(len(todo), "validate", show_progress) as advance:
                     def done(record: dict[str, Any]) -> None:
                         v = record["validation"]
+                        run.counts[f"format:{v['format']}:{'accepted' if v['valid'] else 'rejected'}"] += 1
                         if v["valid"]:
                             run.write("accepted", record)
                         else:

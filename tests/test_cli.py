@@ -320,6 +320,7 @@ STAGE_COMMANDS = {
     "eval": (["eval", "-o", "out.jsonl"], ("stages.eval", "eval_file")),
     "train": (["train", "in.jsonl", "-o", "ckpt", "--algo", "rft"], ("stages.train", "train")),
     "report": (["report", "-o", "rep"], ("stages.report", "report")),
+    "audit": (["audit", "in.jsonl", "-o", "out.jsonl"], ("stages.audit", "audit_file")),
 }
 
 

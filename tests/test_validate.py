@@ -9,7 +9,7 @@ from _sandbox_util import backend_or_skip, unavailable
 
 from cat_sets import ALL_TASKS, ORDER, RETAIL_TASKS, cat, write_jsonl
 from sandbox.config import SandboxConfig
-from sca.cat import REASONS, ValidateConfig, feedback, validate_task
+from sca.cat import CHECKS, REASONS, ValidateConfig, feedback, validate_task
 from stages.validate import validate_file
 
 BACKENDS = ["bwrap", pytest.param("docker", marks=pytest.mark.docker)]
@@ -68,6 +68,8 @@ def test_each_check(task, sandbox, envs):
     got = "valid" if v["valid"] else v["reason"]
     assert got == expect, json.dumps(v, indent=1)[:3000]
     assert env.state_hash() == initial  # the stage leaves the environment as it found it
+    # a task without a format is a cat task, held to the six checks (tests/test_task_formats.py: the others)
+    assert v["format"] == "cat" and v["check_set"] == list(CHECKS)
     if v["valid"]:
         assert [c["check"] for c in v["checks"]] == [
             "compile", "failure_case_count", "noop_run", "solution_run", "answer_round_trip", "failure_case_runs"]

@@ -12,6 +12,12 @@ turn writes ``THOUGHT: ... END THOUGHT`` and then either
   exactly the checks of ``sca validate``); if it fails, the reason and traceback go back to
   the challenger to revise.
 
+The task format (``ChallengerConfig.task_format``, :mod:`sca.task_formats`) decides what the
+ANSWER holds and what it is checked for: ``cat`` as above; ``eval-only`` ("SCA no filtering") the
+instruction and the evaluation function, checked only to compile; ``instruction-only`` (PAE) the
+instruction alone. The challenger explores the same way in each, and each record names its format
+and holds that format's parts only.
+
 The episode ends at a valid task or after ``max_steps`` turns. Episodes run on the
 shared episode engine (:mod:`sca.agent.engine`): every step, each live episode's next turn
 is generated in one batched call. :func:`run_challenger` hands each finished episode's record
@@ -32,12 +38,16 @@ from sca.agent.config import ChallengerConfig
 from sca.agent.engine import Episode, Role, engine_seed, run_episodes
 from sca.agent.reply import (
     STOP,
+    TaskParts,
+    _tagged,  # the tag reader of parse_task, for the formats with fewer parts
+    clean_code,
     complete_reply,
     format_observation,
     parse_reply,
     parse_task,
     tool_listing,
 )
+from sca.task_formats import DEFAULT_FORMAT, FORMAT_PARTS
 
 #: the challenger's role in the engine
 CHALLENGER = "challenger"
@@ -54,7 +64,7 @@ class AnswerCheck:
 
 # -- the prompt -----------------------------------------------------------------------------------
 
-FORMAT = """\
+_EXPLORE = """\
 Every reply is a THOUGHT followed by exactly one ACTION or one ANSWER.
 
 To explore or to try code:
@@ -67,6 +77,9 @@ END ACTION
 The code runs against a scratch copy of the environment that keeps your changes until your
 answer is checked. You see what it printed, the value of `answer` if it set one, or the error.
 
+"""
+
+FORMAT = _EXPLORE + """\
 When your task works, reply:
 
 THOUGHT: why the task is sound END THOUGHT
@@ -94,6 +107,36 @@ answer is the agent's last message to the customer, as text. evaluate(answer) mu
 solution's answer in that form.
 """
 
+#: the reply format of an eval-only challenger ("SCA no filtering"): the instruction and evaluate() only
+FORMAT_EVAL_ONLY = _EXPLORE + """\
+When your task is ready, reply:
+
+THOUGHT: why the task is sound END THOUGHT
+ANSWER:
+<instruction>the request, written as the user would say it</instruction>
+<evaluation_function>
+def evaluate():
+    # read-only tool calls; return True only if the task was done exactly
+    ...
+</evaluation_function>
+END ANSWER
+
+If the task asks a question, define `evaluate(answer)` instead: it receives the agent's answer.
+An agent types its answer as text: a number, a word, or a JSON list or object, read back as that
+value; in customer-service environments the answer is the agent's last message to the customer,
+as text.
+"""
+
+#: the reply format of an instruction-only challenger (PAE): the instruction alone
+FORMAT_INSTRUCTION_ONLY = _EXPLORE + """\
+When your task is ready, reply:
+
+THOUGHT: why the task is sound END THOUGHT
+ANSWER:
+<instruction>the request, written as the user would say it</instruction>
+END ANSWER
+"""
+
 RULES = """\
 Rules:
 - Give at least three failure cases: realistic mistakes (a wrong item, a wrong value, a missing step).
@@ -103,14 +146,42 @@ Rules:
 - A tool that refuses raises ToolError with its message; a failure case may end on a ToolError.
 """
 
-TAU_RULES = """\
+RULES_EVAL_ONLY = """\
+Rules:
+- evaluate() may only read: inside it, a tool that changes the state raises an error.
+- evaluate() must return False before anything is done, and True only once the task is done
+  exactly: an agent's attempt is scored by it alone.
+"""
+
+RULES_INSTRUCTION_ONLY = """\
+Rules:
+- The task must be doable with the tools, and what counts as done must be plain from the
+  instruction: a reader of the agent's attempt will judge from it whether the task was done.
+"""
+
+_TAU_HEAD = """\
 - Write the task for the user given below. First look up that user's details and orders
   (or reservations) with the tools.
 - Invent nothing: every id, item, option, price or field in your task must come from what
   the tools showed you.
-- Before answering, run your solution and your evaluation function yourself in an ACTION.
-- The instruction is what the user tells the agent; the agent must follow the policy above.
 """
+_TAU_TAIL = "- The instruction is what the user tells the agent; the agent must follow the policy above.\n"
+#: the rules of environments with a user, for each format: its line on trying the task before answering
+TAU_RULES_OF_FORMAT = {
+    "cat": _TAU_HEAD + "- Before answering, run your solution and your evaluation function yourself in an ACTION.\n"
+    + _TAU_TAIL,
+    "eval-only": _TAU_HEAD + "- Before answering, do the task yourself in an ACTION and run your evaluation function "
+    "after it.\n" + _TAU_TAIL,
+    "instruction-only": _TAU_HEAD + "- Before answering, check with the tools that the task can be done.\n" + _TAU_TAIL,
+}
+TAU_RULES = TAU_RULES_OF_FORMAT["cat"]
+
+#: each format's words for what the challenger writes, its reply format and its rules
+_PROMPTS = {
+    "cat": ("written as code: an instruction, an evaluation function, a solution and failure cases", FORMAT, RULES),
+    "eval-only": ("written as code: an instruction and an evaluation function", FORMAT_EVAL_ONLY, RULES_EVAL_ONLY),
+    "instruction-only": ("written as an instruction", FORMAT_INSTRUCTION_ONLY, RULES_INSTRUCTION_ONLY),
+}
 
 
 def context_lines(context: dict[str, Any], skip: str = "") -> str:
@@ -127,12 +198,12 @@ def context_lines(context: dict[str, Any], skip: str = "") -> str:
     return "\n".join(lines)
 
 
-def challenger_prompt(env: Any, context: dict[str, Any]) -> str:
-    """The system prompt of one challenger episode."""
+def challenger_prompt(env: Any, context: dict[str, Any], task_format: str = DEFAULT_FORMAT) -> str:
+    """The system prompt of one challenger episode writing tasks of `task_format`."""
+    written, reply_format, format_rules = _PROMPTS[task_format]
     parts = [
         "You are the challenger. Explore a tool environment by calling its tools, then invent one "
-        "new, realistic, verifiable task for an agent that uses the same tools, written as code: "
-        "an instruction, an evaluation function, a solution and failure cases.",
+        f"new, realistic, verifiable task for an agent that uses the same tools, {written}.",
         f"# Environment: {env.name}\n{env.description}",
         "# Tools\nEach tool is a Python function (keyword or positional arguments). It returns "
         "plain JSON values (dicts, lists, strings, numbers).\n\n" + tool_listing(env),
@@ -140,8 +211,9 @@ def challenger_prompt(env: Any, context: dict[str, Any]) -> str:
     if env.policy.strip():
         parts.append(f"# Policy the agent must follow\n{env.policy.strip()}")
     guidance = env.challenger_guidance
-    rules = RULES + (TAU_RULES if env.user_facing else "") + (f"- {guidance.strip()}\n" if guidance else "")
-    parts.append("# How to reply\n" + FORMAT + "\n" + rules)
+    rules = (format_rules + (TAU_RULES_OF_FORMAT[task_format] if env.user_facing else "")
+             + (f"- {guidance.strip()}\n" if guidance else ""))
+    parts.append("# How to reply\n" + reply_format + "\n" + rules)
     ctx = context_lines(context, skip=guidance)
     if ctx:
         parts.append(f"# Your assignment\n{ctx}")
@@ -162,19 +234,34 @@ class Turn:
     kind: str  # "action" | "answer" | "invalid"
     thought: str = ""
     code: str = ""  # action
-    task: dict[str, Any] | None = None  # answer: instruction, evaluation_function, solution, failure_cases
+    task: dict[str, Any] | None = None  # answer: the parts of its format (instruction, evaluation_function, ...)
     error: str = ""  # invalid: what is wrong with the format
 
 
-def parse_turn(text: str) -> Turn:
-    """A challenger reply: an ACTION to run, an ANSWER with the CaT parts, or a format error."""
+def parse_answer(body: str, task_format: str = DEFAULT_FORMAT) -> TaskParts:
+    """The parts of `task_format` in an ANSWER body (tags of other parts are ignored), or what is missing."""
+    if task_format == "cat":
+        return parse_task(body)
+    names = FORMAT_PARTS[task_format]
+    found = {name: _tagged(body, name) for name in names}
+    missing = [name for name in names if not found[name]]
+    if missing:
+        return TaskParts(error="the ANSWER lacks " + ", ".join(f"<{m}>" for m in missing))
+    task = {"instruction": " ".join(found["instruction"][0].split())}
+    if "evaluation_function" in names:
+        task["evaluation_function"] = clean_code(found["evaluation_function"][0])
+    return TaskParts(task)
+
+
+def parse_turn(text: str, task_format: str = DEFAULT_FORMAT) -> Turn:
+    """A challenger reply: an ACTION to run, an ANSWER with the parts of `task_format`, or a format error."""
     reply = parse_reply(text)
     if reply.kind == "action":
         if reply.error:
             return Turn("invalid", reply.thought, error=reply.error)
         return Turn("action", reply.thought, code=reply.code)
     if reply.kind == "answer":
-        parts = parse_task(reply.body)
+        parts = parse_answer(reply.body, task_format)
         if parts.error:
             return Turn("invalid", reply.thought, error=parts.error)
         return Turn("answer", reply.thought, task=parts.task)
@@ -221,7 +308,7 @@ class ChallengerEpisode(Episode):
             return
         self.steps += 1
         self.messages.append({"role": "assistant", "content": complete_reply(generation.text)})
-        self.turn = parse_turn(generation.text)
+        self.turn = parse_turn(generation.text, self.config.task_format)
 
     def fail(self, kind: str, message: str) -> None:
         self.attempts.append({"step": self.steps, "kind": "error", "error": message})
@@ -249,7 +336,8 @@ class ChallengerEpisode(Episode):
             self.attempts.append({"step": self.steps, "kind": "action", "status": res.status,
                                   "tool_calls": len(res.tool_calls)})
         else:
-            task = {"id": f"episode-{self.index}", "env": self.env.name, **(turn.task or {})}
+            task = {"id": f"episode-{self.index}", "env": self.env.name, "format": config.task_format,
+                    **(turn.task or {})}
             validation = self.check.validate(task, self.env, self.sandbox)
             self.attempts.append({"step": self.steps, "kind": "answer", "valid": validation["valid"],
                                   "reason": validation["reason"]})
@@ -273,7 +361,8 @@ def episode_id(env: str, seed: int, index: int) -> str:
 
 def task_record(ep: ChallengerEpisode, config: ChallengerConfig, model_info: dict[str, Any],
                 prompt_sha: str) -> dict[str, Any]:
-    """The CaT record of a finished episode (valid tasks; failed ones carry what they had)."""
+    """The task record of a finished episode: its format's parts, no more (valid tasks; failed ones carry
+    what they had, an empty part where they had none)."""
     task = ep.task or {}
     original = task.get("instruction", "")
     instruction = ep.env.finalize_instruction(original) if ep.status == "valid" else original
@@ -281,11 +370,11 @@ def task_record(ep: ChallengerEpisode, config: ChallengerConfig, model_info: dic
     record = {
         "id": episode_id(ep.env.name, config.seed, ep.index),
         "env": ep.env.name,
+        "format": config.task_format,
         "instruction": instruction,
-        "evaluation_function": task.get("evaluation_function", ""),
-        "solution": task.get("solution", ""),
-        "failure_cases": task.get("failure_cases", []),
     }
+    for part in FORMAT_PARTS[config.task_format][1:]:
+        record[part] = task.get(part, [] if part == "failure_cases" else "")
     if ep.validation is not None:
         record["validation"] = ep.validation
     record["meta"] = {
@@ -354,7 +443,7 @@ def run_challenger(
         state["live"] += 1
         env = spec.make()
         context = env.challenger_context(random.Random(config.seed * 1_000_003 + idx))
-        system = challenger_prompt(env, context)
+        system = challenger_prompt(env, context, config.task_format)
         prompt_shas[idx] = hashlib.sha256(system.encode()).hexdigest()
         return ChallengerEpisode(next_role=CHALLENGER, index=idx, env=env, context=context, config=config,
                                  check=check, sandbox=sandbox,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sca.inference.config import ModelConfig, challenger_defaults
+from sca.task_formats import TASK_FORMATS  # the formats a challenger writes (sca.task_formats: with their parts)
 
 #: episodes live at once, by default, in every stage that runs agents (one batched generate per role per step)
 CONCURRENCY = 8
@@ -55,6 +56,13 @@ class ChallengerConfig:
     seed: int = field(default=0, metadata={"help": "Seed of sampling and of the users sampled for tasks."})
     model: ModelConfig = field(default_factory=challenger_defaults)
     observation_limit: int = OBSERVATION_LIMIT  # characters of an observation shown to the challenger
+    task_format: str = field(default=TASK_FORMATS[0], metadata={"help": (
+        "cat (instruction, evaluation function, solution, failure cases: the paper's SCA) | eval-only "
+        "(instruction and evaluation function, unfiltered: 'SCA no filtering') | instruction-only (PAE).")})
+
+    def __post_init__(self) -> None:
+        if self.task_format not in TASK_FORMATS:
+            raise ValueError(f"task_format must be one of {', '.join(TASK_FORMATS)}, not {self.task_format!r}")
 
     @property
     def episode_budget(self) -> int:

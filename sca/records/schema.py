@@ -2,7 +2,8 @@
 
 Records stay plain dicts (so fields a stage does not know pass through
 untouched); a :class:`RecordSchema` names the fields a stage relies on and
-checks them. The CaT task follows ``docs/CAT.md`` exactly; the trajectory (as rollout writes it,
+checks them. The CaT task follows ``docs/CAT.md`` exactly, in each task format (:mod:`sca.task_formats`:
+a record has its format's parts, no more); the trajectory (as rollout writes it,
 and as train reads it) and the training log line, ``docs/TRAJECTORY.md``.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
+
+from sca.task_formats import FORMAT_PARTS, TASK_FORMATS, task_format
 
 
 class RecordError(ValueError):
@@ -42,8 +45,17 @@ class Field:
     item_type: type | None = None  # for lists: the type of every item
     non_empty: bool = False
     doc: str = ""
+    choices: tuple[Any, ...] = ()  # where set: the only values allowed
+    part: bool = False  # a part of a task (sca.task_formats): required in its record's format, absent elsewhere
 
     def check(self, record: dict[str, Any]) -> None:
+        if self.part:
+            fmt = task_format(record)
+            if self.name not in FORMAT_PARTS.get(fmt, ()):
+                if self.name in record:
+                    raise RecordError(self.name, f"a task of format {fmt} has no {self.name} (docs/CAT.md, "
+                                                 "'Task formats'): drop the field, or name the format the task has")
+                return
         if self.name not in record:
             if self.required:
                 raise RecordError(self.name, "missing required field")
@@ -58,6 +70,8 @@ class Field:
             raise RecordError(self.name, f"expected {_TYPE_NAMES.get(self.type, self.type.__name__)}, got {_type_name(value)}")
         if self.non_empty and not value:
             raise RecordError(self.name, "must not be empty")
+        if self.choices and value not in self.choices:
+            raise RecordError(self.name, f"expected one of {', '.join(map(str, self.choices))}, got {json.dumps(value)}")
         if self.item_type is not None:
             for i, item in enumerate(value):
                 if not isinstance(item, self.item_type):
@@ -94,16 +108,22 @@ def check_known_env(record: dict[str, Any]) -> None:
         raise RecordError("env", f"unknown environment {record['env']!r} (available: {', '.join(names)})")
 
 
-# -- the CaT task (docs/CAT.md) ----------------------------------------
+#: a record's task format (sca.task_formats): absent or null means cat; checked before the parts it decides
+FORMAT_FIELD = Field("format", str, required=False, choices=TASK_FORMATS,
+                     doc="cat (the default) | eval-only | instruction-only")
+
+# -- the CaT task (docs/CAT.md): the parts (part=True) are those of the record's format, no more -------------
 CAT_TASK = RecordSchema(
     name="CaT task",
     fields=(
         Field("id", str, non_empty=True, doc="unique within a file"),
         Field("env", str, non_empty=True, doc="environment name"),
-        Field("instruction", str, doc="what the executor (or simulated user) is asked to achieve"),
-        Field("evaluation_function", str, doc="Python source defining evaluate() or evaluate(answer)"),
-        Field("solution", str, doc="Python source of one example solution"),
-        Field("failure_cases", list, item_type=str, doc="Python sources of near misses that must not pass"),
+        FORMAT_FIELD,
+        Field("instruction", str, part=True, doc="what the executor (or simulated user) is asked to achieve"),
+        Field("evaluation_function", str, part=True, doc="Python source defining evaluate() or evaluate(answer)"),
+        Field("solution", str, part=True, doc="Python source of one example solution"),
+        Field("failure_cases", list, item_type=str, part=True,
+              doc="Python sources of near misses that must not pass"),
         Field("meta", dict, required=False, doc="anything else, carried through untouched"),
     ),
     extra_checks=(check_known_env,),
@@ -119,6 +139,9 @@ def check_validation(record: dict[str, Any]) -> None:
         return
     if not isinstance(v.get("valid"), bool):
         raise RecordError("validation.valid", "expected a boolean")
+    if "format" in v and v["format"] != task_format(record):  # a verdict on a task of another format
+        raise RecordError("validation.format", f"the validation is of a {v['format']} task, the record a "
+                                               f"{task_format(record)} one")
     checks = v.get("checks")
     if checks is not None:
         if not isinstance(checks, list):
@@ -206,6 +229,7 @@ TRAJECTORY = RecordSchema(
         Field("task_id", str, non_empty=True),
         Field("trial", int),
         Field("env", str, non_empty=True),
+        FORMAT_FIELD,  # the task's, copied
         Field("instruction", str),
         Field("messages", list, non_empty=True, doc="OpenAI-style chat messages, the system prompt first"),
         Field("tool_calls", list, required=False),
@@ -217,6 +241,7 @@ TRAJECTORY = RecordSchema(
         Field("infra_error", dict, required=False),
         Field("steps", int, required=False),
         Field("action_format", str, required=False),
+        Field("reward_source", str, required=False, doc="evaluate (the task's code) | judge (a model's verdict)"),
         Field("assistant_token_ids", list, required=False),
         Field("tokens", dict, required=False),
         Field("timings", dict, required=False),
