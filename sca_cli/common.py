@@ -219,10 +219,38 @@ def user_config(executor: ModelConfig, user_model: str | None, user_backend: str
     `executor` (its model, backend, servers where the backend is the same, and sampling); None when no
     --user-* flag is set: the user is then the executor's model with the executor's settings. `sca
     rollout`, `sca eval` and GRPO (`sca train --algo grpo`) build their user here."""
-    if not (user_model or user_backend or user_base_url or user_temperature is not None):
+    return _role_config(executor, user_model, user_backend, user_base_url, user_temperature, "--user-")
+
+
+def _role_config(executor: ModelConfig, model: str | None, backend: str | None, base_url: list[str] | None,
+                 temperature: float | None, prefix: str) -> ModelConfig | None:
+    """Another role's ModelConfig from its flags (`prefix`: their names'), each unset one taken from
+    `executor` (servers only where the backend is the same); None when none is set."""
+    if not (model or backend or base_url or temperature is not None):
         return None
-    ub = user_backend or executor.backend
-    urls = user_base_url if user_base_url else (executor.base_urls if ub == executor.backend else None)
-    return model_config(user_model or executor.model, ub, urls,
-                        executor.temperature if user_temperature is None else user_temperature, executor.top_p,
-                        executor.max_new_tokens, prefix="--user-")
+    b = backend or executor.backend
+    urls = base_url if base_url else (executor.base_urls if b == executor.backend else None)
+    return model_config(model or executor.model, b, urls, executor.temperature if temperature is None else temperature,
+                        executor.top_p, executor.max_new_tokens, prefix=prefix)
+
+
+# -- the judge's flags (--reward judge), shared by `sca rollout` and `sca train --algo grpo` --------------------
+JUDGE_MODEL = typer.Option(None, "--judge-model", help="Judge's model, with --reward judge [default: the executor's].")
+JUDGE_BACKEND = typer.Option(None, "--judge-backend", help="Judge's backend [default: the executor's].")
+JUDGE_BASE_URL = typer.Option(None, "--judge-base-url", help="Judge's server(s) [default: the executor's].")
+JUDGE_TEMPERATURE = flag(ModelConfig, "temperature", "--judge-temperature", default=None,
+                         help="Judge's sampling temperature [default: the executor's].")
+
+
+def judge_flags_set(judge_model: str | None, judge_backend: str | None, judge_base_url: list[str] | None,
+                    judge_temperature: float | None) -> bool:
+    """Whether any --judge-* flag is set (they go with --reward judge)."""
+    return bool(judge_model or judge_backend or judge_base_url or judge_temperature is not None)
+
+
+def judge_config(executor: ModelConfig, judge_model: str | None, judge_backend: str | None,
+                 judge_base_url: list[str] | None, judge_temperature: float | None) -> ModelConfig | None:
+    """The judge's ModelConfig that the --judge-* flags describe, each unset one taken from `executor` (as
+    :func:`user_config` does for the simulated user); None when no --judge-* flag is set: the judge is then
+    the executor's model with the executor's settings."""
+    return _role_config(executor, judge_model, judge_backend, judge_base_url, judge_temperature, "--judge-")

@@ -1,4 +1,4 @@
-"""`sca rollout`: the executor solves CaT tasks, k trials each, scored by each task's own code."""
+"""`sca rollout`: the executor solves CaT tasks, k trials each, scored by each task's own code or by a judge."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from sca.inference.config import executor_defaults
 from sca_cli.common import (
     ACTION_FORMAT,
     BASE_URL,
+    JUDGE_BACKEND,
+    JUDGE_BASE_URL,
+    JUDGE_MODEL,
+    JUDGE_TEMPERATURE,
     MAX_STEPS,
     MAX_TOOL_BYTES,
     MAX_TOOL_CALLS,
@@ -27,7 +31,10 @@ from sca_cli.common import (
     err_console,
     examples,
     executor_configs,
+    fail,
     flag,
+    judge_config,
+    judge_flags_set,
     model_flag,
     sandbox_config,
     stage_errors,
@@ -43,12 +50,14 @@ EXAMPLES = examples(
     "sca rollout tasks.jsonl -o traj.jsonl --backend openai --base-url http://gpu1:8000/v1 --model llama-8b "
     "--user-backend openai --user-base-url http://gpu2:8000/v1 --user-model llama-70b",
     "sca rollout tasks.jsonl -o traj.jsonl --retry-failed      # rerun the infrastructure failures",
+    "sca rollout pae_tasks.jsonl -o traj.jsonl --reward judge --judge-backend openai --judge-base-url "
+    "http://gpu2:8000/v1 --judge-model llama-70b   # instruction-only tasks (PAE): a judge's verdict",
     "sca rollout tasks.jsonl -o traj.jsonl --k 2 --max-new-tokens 64   # bundled model, CPU",
 )
 
 
 def rollout(
-    tasks: str = typer.Argument(..., help="Valid CaT tasks (JSONL, e.g. from sca validate); - for stdin."),
+    tasks: str = typer.Argument(..., help="Valid tasks of any format (JSONL, e.g. from sca validate); - for stdin."),
     output: str = typer.Option(..., "-o", "--output", help="Trajectories (JSONL), one per (task, trial); - for stdout."),
     k: int = flag(RolloutConfig, "k", "--k"),
     model: Optional[str] = model_flag(what="Executor: "),
@@ -58,6 +67,11 @@ def rollout(
     user_backend: Optional[str] = USER_BACKEND,
     user_base_url: Optional[List[str]] = USER_BASE_URL,
     user_temperature: Optional[float] = USER_TEMPERATURE,
+    reward: str = flag(RolloutConfig, "reward", "--reward"),
+    judge_model: Optional[str] = JUDGE_MODEL,
+    judge_backend: Optional[str] = JUDGE_BACKEND,
+    judge_base_url: Optional[List[str]] = JUDGE_BASE_URL,
+    judge_temperature: Optional[float] = JUDGE_TEMPERATURE,
     action_format: str = ACTION_FORMAT,
     max_steps: int = MAX_STEPS,
     temperature: float = flag(_EXECUTOR, "temperature", "--temperature"),
@@ -81,8 +95,11 @@ def rollout(
     executor, user, episode = executor_configs(model, backend, base_url, temperature, top_p, max_new_tokens,
                                                user_model, user_backend, user_base_url, user_temperature,
                                                action_format, max_steps)
+    if reward != "judge" and judge_flags_set(judge_model, judge_backend, judge_base_url, judge_temperature):
+        fail("--judge-model, --judge-backend, --judge-base-url and --judge-temperature go with --reward judge")
+    judge = judge_config(executor, judge_model, judge_backend, judge_base_url, judge_temperature)
     config = configured(RolloutConfig, k=k, concurrency=concurrency, seed=seed, executor=executor, user=user,
-                        episode=episode, retry_failed=retry_failed,
+                        episode=episode, retry_failed=retry_failed, reward=reward, judge=judge,
                         sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes))
     with stage_errors():
         s = rollout_file(tasks, output, config, overwrite=overwrite, skip_invalid=skip_invalid,
@@ -103,6 +120,9 @@ def rollout(
     t.add_row(f"Pass@{k}", f"{100 * s.pass_k:.1f}%", "unbiased estimator, same trials")
     t.add_row("infrastructure failures", str(s.infra_failures),
               ", ".join(f"{kind} {n}" for kind, n in sorted(s.infra.items())) + ("; rerun with --retry-failed" if s.infra_failures else ""))
+    if s.judge:
+        t.add_row("judge verdicts", str(s.judge.get("ok", 0)),
+                  f"no verdict after asking twice: {s.judge.get('no_verdict', 0)} (scored 0)")
     for reason, n in sorted(s.terminations.items(), key=lambda kv: -kv[1]):
         t.add_row(f"  ended: {reason}", str(n), "")
     tok = s.tokens

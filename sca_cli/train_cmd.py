@@ -11,6 +11,10 @@ from sca.inference.config import ModelConfig, executor_defaults
 from sca.training.algorithms import ALGORITHMS
 from sca.training.options import TOKEN_ID_POLICIES, EpisodeOptions, ScaOptions
 from sca_cli.common import (
+    JUDGE_BACKEND,
+    JUDGE_BASE_URL,
+    JUDGE_MODEL,
+    JUDGE_TEMPERATURE,
     OVERWRITE,
     SANDBOX,
     SKIP_INVALID,
@@ -22,7 +26,9 @@ from sca_cli.common import (
     err_console,
     examples,
     fail,
+    field_help,
     flag,
+    judge_flags_set,
     sandbox_config,
     stage_errors,
     user_config,
@@ -41,6 +47,8 @@ EXAMPLES = examples(
     "sca train trajectories.jsonl -o ckpt --algo rft --config trl.yaml --set warmup_steps=10 --set lr_scheduler_type=cosine",
     "accelerate launch --config_file examples/accelerate/zero3.yaml -m sca_cli.app train t.jsonl -o ckpt --algo rft",
     "sca train tasks.jsonl -o ckpt --algo grpo --k 8 --preset paper   # online: episodes played during training",
+    "sca train pae_tasks.jsonl -o ckpt --algo grpo --reward judge --judge-backend openai "
+    "--judge-base-url http://gpu2:8000/v1   # rewarded by a judge's verdicts",
 )
 
 ALGOS = tuple(ALGORITHMS)
@@ -70,6 +78,12 @@ def train(
     user_temperature: Optional[float] = flag(
         ModelConfig, "temperature", "--user-temperature", default=None,
         help=f"Simulated user's sampling temperature [default: {_USER.temperature:g}, as in sca rollout]."),
+    reward: Optional[str] = flag(EpisodeOptions, "reward", "--reward", default=None, help=(
+        f"grpo: {field_help(EpisodeOptions, 'reward')} [default: {_EPISODE.reward}]")),
+    judge_model: Optional[str] = JUDGE_MODEL,
+    judge_backend: Optional[str] = JUDGE_BACKEND,
+    judge_base_url: Optional[List[str]] = JUDGE_BASE_URL,
+    judge_temperature: Optional[float] = JUDGE_TEMPERATURE,
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
     timeout: float = TIMEOUT,
@@ -107,6 +121,9 @@ def train(
         fail("--k and --episode-max-steps go with --algo grpo")
     if algo != "grpo" and (user_model or user_backend or user_base_url or user_temperature is not None):
         fail("--user-model, --user-backend, --user-base-url and --user-temperature go with --algo grpo")
+    if algo != "grpo" and (reward is not None or judge_flags_set(judge_model, judge_backend, judge_base_url,
+                                                                 judge_temperature)):
+        fail("--reward, --judge-model, --judge-backend, --judge-base-url and --judge-temperature go with --algo grpo")
     # as in sca rollout: unset --user-* flags take the executor's defaults (its model: the one in training)
     user = user_config(_USER, user_model, user_backend, user_base_url, user_temperature)
     options: dict[str, Any] = {
@@ -116,7 +133,10 @@ def train(
         "report_to": [r.strip() for r in report_to.split(",") if r.strip()] if report_to else None,
     }
     if algo == "grpo":
-        options.update(num_generations=k, episode_max_steps=max_steps_per_episode)
+        # the judge's settings are GRPO's options (sca.training.options): unset ones follow the user's rule there
+        options.update(num_generations=k, episode_max_steps=max_steps_per_episode, reward=reward,
+                       judge_model=judge_model, judge_backend=judge_backend, judge_base_urls=judge_base_url,
+                       judge_temperature=judge_temperature)
     from stages.train import train as run_train
 
     sandbox_settings = sandbox_config(sandbox, workers, timeout)  # grpo's; its other limits: SandboxConfig's

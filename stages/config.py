@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sandbox.config import SandboxConfig
 from sca.agent.config import CONCURRENCY, ChallengerConfig, ExecutorConfig
+from sca.agent.judge import REWARD_HELP, REWARDS
 from sca.cat import ValidateConfig
 from sca.inference.config import ModelConfig, executor_defaults
 
@@ -39,10 +40,18 @@ class RolloutConfig:
     episode: ExecutorConfig = field(default_factory=ExecutorConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     retry_failed: bool = field(default=False, metadata=_RETRY_FAILED)
+    reward: str = field(default="evaluate", metadata={"help": REWARD_HELP})
+    judge: ModelConfig | None = None  # the judge of --reward judge; None: the executor's model and settings
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.concurrency < 1:
             raise ValueError("k and concurrency must be >= 1")
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {', '.join(REWARDS)}, not {self.reward!r}")
+
+    def judge_config(self) -> ModelConfig | None:
+        """The judge's model and settings for --reward judge (the executor's unless `judge` says), else None."""
+        return (self.judge or self.executor) if self.reward == "judge" else None
 
 
 @dataclass

@@ -1,25 +1,34 @@
-"""`sca rollout`: the executor solves CaT tasks, k trials each, every trajectory scored by the task's code.
+"""`sca rollout`: the executor solves CaT tasks, k trials each, every trajectory scored by the task's code
+or by a judge.
 
 Input, library, output: the tasks of the input (streamed: a million-task file is never held in
-memory) become executor tasks scored by their own ``evaluate`` (:func:`~sca.agent.executor.evaluate_scorer`),
-with the trials the output does not hold yet; :func:`sca.agent.run.run_executor` runs them (the
-executor and, where the environment has one, the simulated user, which may be another model on
-another backend); each finished trial is one trajectory record (docs/TRAJECTORY.md), written as it
-finishes, and counted for the summary. A rerun resumes per (task, trial); ``retry_failed`` reruns the
-infrastructure failures.
+memory), of any format (docs/CAT.md), become executor tasks scored by their own ``evaluate``
+(:func:`~sca.agent.executor.evaluate_scorer`; ``reward="evaluate"``, where a task without an
+``evaluation_function`` is bad input) or by a judge model (:class:`~sca.agent.judge.JudgeScorer`;
+``reward="judge"``, PAE's reward), with the trials the output does not hold yet;
+:func:`sca.agent.run.run_executor` runs them (the executor and, where the environment has one, the
+simulated user, which may be another model on another backend, and the judge); each finished trial is one trajectory record (docs/TRAJECTORY.md), written as it
+finishes, with the reward's source and the task's format, and counted for the summary. A rerun resumes
+per (task, trial), with the reward and the judge the output was made with (another is refused: its
+records would mix two rewards); ``retry_failed`` reruns the infrastructure failures.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterator
 
 from sca.agent.engine import engine_seed
 from sca.agent.executor import drop_infra_failures, evaluate_scorer
+from sca.agent.judge import JudgeScorer
 from sca.agent.run import ExecutorTask, open_roles, run_executor
 from sca.records import CAT_TASK
-from sca.records.io import InputError, StreamedInput, scan_jsonl
+from sca.records.io import STDIO, InputError, StreamedInput, scan_jsonl
+from sca.records.schema import RecordError, RecordSchema
+from sca.task_formats import task_format
 from sca.records.stage_run import StageRun, progress
 from stages.config import RolloutConfig
 
@@ -50,6 +59,7 @@ class RolloutSummary:
     k: int = 0
     terminations: dict[str, int] = field(default_factory=dict)
     infra: dict[str, int] = field(default_factory=dict)
+    judge: dict[str, int] = field(default_factory=dict)  # the judge's statuses (ok, no_verdict), with --reward judge
     tokens: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     generate_s: float = 0.0
@@ -68,6 +78,7 @@ class RolloutSummary:
                 generate_s=counts.get("generate_s", 0.0), sandbox_s=counts.get("sandbox_s", 0.0))
         s.terminations = {key.split(":", 1)[1]: v for key, v in counts.items() if key.startswith("termination:")}
         s.infra = {key.split(":", 1)[1]: v for key, v in counts.items() if key.startswith("infra:")}
+        s.judge = {key.split(":", 1)[1]: v for key, v in counts.items() if key.startswith("judge:")}
         s.tokens = {key.split(":", 1)[1]: v for key, v in counts.items() if key.startswith("tokens:")}
         p1 = pk = 0.0
         for t in tallies.values():
@@ -117,16 +128,63 @@ def _count(record: dict[str, Any], tallies: dict[str, TaskTally], counts: Counte
         return
     tally.n += 1
     tally.c += int(record["reward"] == 1)
+    if record.get("reward_source") == "judge":
+        counts[f"judge:{(record.get('evaluation') or {}).get('status', 'unknown')}"] += 1
 
 
-def executor_tasks(tasks: Iterator[dict[str, Any]], k: int, done_ids: set[str]) -> Iterator[ExecutorTask]:
-    """The CaT tasks of `tasks` as the executor's, each with its trials of `k` not in `done_ids`."""
+def _needs_evaluate(record: dict[str, Any]) -> None:
+    if not record.get("evaluation_function"):
+        raise RecordError("evaluation_function", "missing: a task without one is scored with --reward judge")
+
+
+def task_schema(reward: str) -> RecordSchema:
+    """The tasks rollout reads: CaT's record (:data:`~sca.records.CAT_TASK`) of any format; with
+    ``reward="evaluate"`` each must have the ``evaluation_function`` that scores it (an instruction-only
+    task has none: a judge scores it)."""
+    return CAT_TASK if reward != "evaluate" else replace(CAT_TASK, extra_checks=CAT_TASK.extra_checks + (_needs_evaluate,))
+
+
+def executor_tasks(tasks: Iterator[dict[str, Any]], k: int, done_ids: set[str],
+                   reward: str = "evaluate") -> Iterator[ExecutorTask]:
+    """The tasks of `tasks` as the executor's, scored by `reward`, each with its trials of `k` not in
+    `done_ids`; each carries its format (``meta``)."""
     from envs import env_spec
 
+    judge = JudgeScorer()
     for task in tasks:
         yield ExecutorTask(id=task["id"], instruction=task["instruction"], env=env_spec(task["env"]),
-                           scorer=evaluate_scorer(task["evaluation_function"]),
-                           trials=[trial for trial in range(k) if f"{task['id']}#{trial}" not in done_ids])
+                           scorer=judge if reward == "judge" else evaluate_scorer(task["evaluation_function"]),
+                           trials=[trial for trial in range(k) if f"{task['id']}#{trial}" not in done_ids],
+                           meta=task_format(task))
+
+
+def judge_description(config: RolloutConfig) -> dict[str, Any] | None:
+    """What the sidecar says of the judge, and a resume must match: its model and backend (None: no judge)."""
+    judge = config.judge_config()
+    return None if judge is None else {"model": judge.model, "backend": judge.backend}
+
+
+def refuse_other_reward(output: str, config: RolloutConfig) -> None:
+    """Refuse to resume `output` with another reward, or another judge, than its trajectories had: the
+    records' ``reward_source`` (none: ``evaluate``, as before judges) and the sidecar's ``judge``."""
+    if output == STDIO:
+        return
+    first = next(iter(scan_jsonl(output)), None)
+    if first is None:
+        return
+    earlier = first.get("reward_source") or "evaluate"
+    if earlier != config.reward:
+        raise InputError(f"{output}: its trajectories were rewarded by {earlier}, this run's reward is "
+                         f"{config.reward}; write another output, or start it afresh with --overwrite")
+    try:
+        settings = json.loads(Path(output + ".meta.json").read_text()).get("settings") or {}
+    except (OSError, ValueError, AttributeError):
+        settings = {}
+    before, now = settings.get("judge_model"), judge_description(config)
+    if config.reward == "judge" and before is not None and before != now:
+        raise InputError(f"{output}: its trajectories were judged by {before.get('model') or 'the default model'} "
+                         f"({before.get('backend')}), this run's judge is {now['model'] or 'the default model'} "
+                         f"({now['backend']}); write another output, or start it afresh with --overwrite")
 
 
 def rollout_file(
@@ -136,6 +194,7 @@ def rollout_file(
     *,
     executor_model: Any = None,
     user_model: Any = None,
+    judge_model: Any = None,
     overwrite: bool = False,
     skip_invalid: bool = False,
     show_progress: bool | None = None,
@@ -143,14 +202,15 @@ def rollout_file(
 ) -> RolloutSummary:
     """`sca rollout`: trajectories of every task of `tasks_path`, `config.k` trials each, to `output`.
 
-    `executor_model` / `user_model`: ChatModels already open (test doubles, or shared with other
-    work); by default the ones the config names are loaded (one copy when both roles name the
-    same model) and closed at the end.
+    `executor_model` / `user_model` / `judge_model`: ChatModels already open (test doubles, or shared
+    with other work); by default the ones the config names are loaded (one copy of a model that
+    several roles name) and closed at the end. Bad input (a task without ``evaluation_function`` under
+    ``reward="evaluate"``, a resume with another reward) is an :class:`InputError` before any model loads.
     """
     from envs import env_spec
 
     config = config or RolloutConfig()
-    source = StreamedInput(tasks_path, CAT_TASK, skip_invalid=skip_invalid, on_skip=on_skip).scan()
+    source = StreamedInput(tasks_path, task_schema(config.reward), skip_invalid=skip_invalid, on_skip=on_skip).scan()
     envs_used: set[str] = set()
     task_ids: set[str] = set()
     for task in source:
@@ -162,14 +222,17 @@ def rollout_file(
     if config.episode.action_format == "json" and len(envs_used) > 1:
         raise InputError(f"{source.name}: --action-format json needs tasks of one environment, not "
                          f"{', '.join(sorted(envs_used))}")
+    if not overwrite:
+        refuse_other_reward(output, config)
     if config.retry_failed and not overwrite:
         retried = drop_infra_failures(output)
     else:
         retried = 0
     needs_user = any(spec.user_facing for spec in specs)
     with open_roles(config.executor, config.user, config.episode, needs_user=needs_user,
-                    executor_model=executor_model, user_model=user_model) as roles:
-        settings = {**asdict(config), "retried_infra_failures": retried}
+                    executor_model=executor_model, user_model=user_model, judge=config.judge,
+                    needs_judge=config.reward == "judge", judge_model=judge_model) as roles:
+        settings = {**asdict(config), "retried_infra_failures": retried, "judge_model": judge_description(config)}
         tallies: dict[str, TaskTally] = {}
         with StageRun("rollout", {"trajectories": output}, inputs=[source], settings=settings,
                       overwrite=overwrite) as run:
@@ -185,11 +248,13 @@ def rollout_file(
                     with progress(todo, "rollout", show_progress) as advance:
 
                         def write(task: ExecutorTask, record: dict[str, Any]) -> None:
+                            record["reward_source"] = config.reward
+                            record["format"] = task.meta
                             _count_trial(record, tallies, counts)
                             run.write("trajectories", record)
                             advance(1)
 
-                        run_executor(executor_tasks(iter(source), config.k, run.done_ids), roles, sandbox,
+                        run_executor(executor_tasks(iter(source), config.k, run.done_ids, config.reward), roles, sandbox,
                                      config.episode, concurrency=config.concurrency, seed=engine_seed(config.seed),
                                      on_record=write)
             final = dict(counts)

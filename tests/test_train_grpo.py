@@ -505,3 +505,107 @@ def test_a_few_grpo_steps_on_live_episodes(tmp_path):
     assert r.exit_code == 0, r.output
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in log] == [1, 2, 3] and log[-1]["episodes"] == 4
+
+
+# -- the judge reward: the same flags as sca rollout's -----------------------------------------------------------
+#: PAE's task: an instruction only (retail, the simulated user speaks first)
+PAE_TASK = {"id": "pae-cancel", "env": "retail", "format": "instruction-only", "instruction": CANCEL["instruction"]}
+
+
+def test_grpo_takes_the_judge_flags_into_its_config(tmp_path):
+    from sca.inference.config import ModelConfig, executor_defaults
+    from sca.training.configs import build_config
+    from sca.training.grpo import judge_settings
+
+    plain = build_config("grpo", tmp_path / "c", sets=["num_generations=2", "per_device_train_batch_size=2"])
+    assert plain.reward == "evaluate" and judge_settings(plain) == (None, False)
+    own = build_config("grpo", tmp_path / "c", options={
+        "reward": "judge", "judge_model": "big", "judge_backend": "openai", "judge_base_urls": ["http://gpu2:8000/v1"],
+        "judge_temperature": 0.0, "num_generations": 2}, sets=["per_device_train_batch_size=2"])
+    judge, is_policy = judge_settings(own)
+    assert judge == ModelConfig(model="big", backend="openai", base_urls=["http://gpu2:8000/v1"], temperature=0.0)
+    assert not is_policy
+    policy = build_config("grpo", tmp_path / "c", sets=["reward=judge", "num_generations=2",
+                                                        "per_device_train_batch_size=2"])
+    assert judge_settings(policy) == (executor_defaults(), True)  # no judge flag: the model in training judges
+    for sets, message in ((["reward=vibes"], "reward must be one of evaluate, judge"),
+                          (["judge_model=big"], "go with reward=judge"),
+                          (["reward=judge", "judge_base_urls=http://x"], "base URLs go with the openai backend")):
+        with pytest.raises(InputError, match=message):
+            build_config("grpo", tmp_path / "c", sets=sets + ["num_generations=2", "per_device_train_batch_size=2"])
+
+
+def test_judge_flags_go_with_grpo_and_tasks_without_code_need_the_judge(tmp_path):
+    r = CliRunner().invoke(app, ["train", str(write(tmp_path / "t.jsonl", TASKS)), "-o", str(tmp_path / "c"),
+                                 "--algo", "rft", "--reward", "judge"])
+    assert r.exit_code == 2 and "--judge-temperature go with --algo grpo" in r.output
+    pae = write(tmp_path / "pae.jsonl", [PAE_TASK])
+    r = CliRunner().invoke(app, ["train", str(pae), "-o", str(tmp_path / "c"), "--algo", "grpo", "--sandbox",
+                                 "subprocess", "--k", "2", "--set", "per_device_train_batch_size=2"])
+    assert last_line(r) == (f"error: {pae}: task pae-cancel has no evaluation_function: train on tasks without one "
+                            "with --reward judge")
+    r = CliRunner().invoke(app, ["train", str(pae), "-o", str(tmp_path / "c"), "--algo", "grpo", "--sandbox",
+                                 "subprocess", "--k", "2", "--set", "per_device_train_batch_size=2",
+                                 "--judge-model", "big"])
+    assert "go with reward=judge" in last_line(r)
+
+
+def _judging(turn, conv):
+    """A judge that reads the episode it is shown: SUCCESS when the customer's order was cancelled."""
+    return "VERDICT: SUCCESS" if "[FINAL ANSWER] Your order is cancelled." in conv[1]["content"] else "VERDICT: FAILURE"
+
+
+@pytest.mark.parametrize("flags, judge, done", [([], "policy", True), (["--judge-model", "judge-m"], "judge-m", True),
+                                               (["--judge-model", "judge-m"], "judge-m", False)],
+                         ids=["policy-judges", "own-judge", "not-done"])
+def test_grpo_rewards_an_instruction_only_task_by_the_judges_verdict(tmp_path, monkeypatch, flags, judge, done):
+    """`sca train --algo grpo --reward judge` up to one generation batch (a stand-in trainer at the edge, as in
+    _grpo_user): the episodes are judged (all of the batch in one generate call), by the model in training
+    unless --judge-model names another, and the verdicts are the rewards TRL gets."""
+    import torch
+    import trl
+
+    from sca.agent.judge import SYSTEM_PROMPT
+    from sca.inference.config import ModelConfig
+    from sca.training.grpo import EpisodeRollouts
+
+    doubles = {}
+
+    class Roles(ScriptedRoles):  # the executor and user as in _grpo_user, and a judge that reads its prompt
+        judged = ()
+
+        def generate(self, conversations, sampling, tools=None):
+            if conversations and conversations[0][0]["content"] == SYSTEM_PROMPT:
+                self.judged = [*self.judged, len(conversations)]  # the episodes of each judge call
+            return super().generate(conversations, sampling, tools)
+
+        def _route(self, turn, conv):
+            return _judging(turn, conv) if conv[0]["content"] == SYSTEM_PROMPT else super()._route(turn, conv)
+
+    monkeypatch.setattr(ModelConfig, "load", lambda self, **kw: doubles.setdefault(self.model, Roles(_reply, _customer)))
+    policy = Roles(_reply if done else (lambda turn, conv: "THOUGHT: no END THOUGHT\nI cannot do that."), _customer)
+    monkeypatch.setattr(EpisodeRollouts, "_policy", lambda self, trainer, episodes: policy)
+    got = {}
+
+    class Trainer:
+        use_vllm = False
+
+        def __init__(self, *, args, train_dataset, rollout_func, **kwargs):
+            self.model = torch.nn.Linear(1, 1)
+            self.accelerator = types.SimpleNamespace(unwrap_model=lambda m: m, process_index=0, num_processes=1)
+            self.prompts = [row["prompt"] for row in train_dataset for _ in range(args.num_generations)]
+            self.rollout_func = rollout_func
+
+        def train(self, resume_from_checkpoint=None):
+            got.update(self.rollout_func(self.prompts, self))
+            raise StopTraining
+
+    monkeypatch.setattr(trl, "GRPOTrainer", Trainer)
+    tasks = write(tmp_path / "pae.jsonl", [PAE_TASK])
+    r = CliRunner().invoke(app, ["train", str(tasks), "-o", str(tmp_path / "ckpt"), "--algo", "grpo", "--k", "2",
+                                 "--sandbox", "subprocess", "--set", "per_device_train_batch_size=2",
+                                 "--set", "episode_max_steps=2", "--reward", "judge", *flags])
+    assert isinstance(r.exception, StopTraining), r.output
+    judges = {name: d.judged for name, d in [("policy", policy), *doubles.items()] if d.judged}
+    assert judges == {judge: [2]}  # both episodes of the group, in one call
+    assert got["sca_reward"] == ([1.0, 1.0] if done else [0.0, 0.0])

@@ -12,7 +12,10 @@ the environment.
 
 An episode ends on the final answer, on the user's ``###STOP###``, at ``max_steps`` executor
 replies, at the model's context limit, or on an error; then it is scored, and the reason is
-recorded. A failure outside the executor (a backend still failing after retries, a sandbox that
+recorded. A scorer that needs a model (the judge, :mod:`sca.agent.judge`) is a :class:`TurnScorer`: the
+finished episode then speaks to the engine's :data:`JUDGE` role until the scorer has its score, so the
+judge's questions of all the episodes finished at a step go out in one batched generate call. A failure
+outside the executor (a backend still failing after retries, a sandbox that
 could start no worker for a run) is an infrastructure failure: typed, recorded, reward None. What
 the executor's code can cause (a worker that dies or hangs under its ACTION, anything it sends) is
 never one: it is that action's error, as the executor sees it.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from sandbox.config import SandboxConfig
 from sandbox.result import KEEP_ERROR_CHARS, KEEP_PAYLOAD_BYTES, payload_stub
@@ -42,6 +45,8 @@ from sca.agent.reply import (
 )
 
 AGENT, USER = "agent", "user"
+#: the role of a turn scorer's model (the judge): the engine batches its turns as it does the others'
+JUDGE = "judge"
 MAX_ARGS_DEPTH = SandboxConfig.max_depth  # how deeply a native tool call's arguments may nest (as the sandbox allows)
 #: bytes of tool-call payloads (arguments and results, as JSON) one episode keeps in full; past it,
 #: payloads are kept as stubs (size, digest, prefix). With MAX_CALL_RECORDS, what a live episode holds
@@ -90,6 +95,19 @@ def system_prompt(env: Any, config: ExecutorConfig) -> str:
 
 #: scores a finished episode: (reward 0/1, the evaluation's detail), or raises InfraFailure
 Scorer = Callable[["ExecutorEpisode"], "tuple[int, dict[str, Any]]"]
+
+
+@runtime_checkable
+class TurnScorer(Protocol):
+    """A scorer that asks a model (the judge, :class:`sca.agent.judge.JudgeScorer`). When the episode ends,
+    :meth:`start` gives the conversation its :data:`JUDGE` role is asked (kept as ``ep.scoring``); each
+    reply goes to :meth:`receive`, which gives the score, or None after adding the next turn to
+    ``ep.scoring``. A judge whose generation fails is an infrastructure failure of the trial (the
+    episode's); whatever the judge says is the scorer's to score."""
+
+    def start(self, ep: ExecutorEpisode) -> list[dict[str, Any]]: ...
+
+    def receive(self, ep: ExecutorEpisode, generation: Any) -> tuple[int, dict[str, Any]] | None: ...
 
 
 class InfraFailure(Exception):
@@ -146,7 +164,7 @@ class ExecutorEpisode(Episode):
     env: Any = None
     sandbox: Any = None
     config: ExecutorConfig = field(default_factory=ExecutorConfig)
-    scorer: Scorer | None = None
+    scorer: Scorer | TurnScorer | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)  # the executor's view
     user_messages: list[dict[str, str]] = field(default_factory=list)  # the simulated user's view
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -162,6 +180,8 @@ class ExecutorEpisode(Episode):
     evaluation: dict[str, Any] | None = None
     sandbox_s: float = 0.0
     pending: Any = None  # the action received, to run in act()
+    scoring: list[dict[str, Any]] = field(default_factory=list)  # a turn scorer's conversation (the judge's)
+    scoring_notes: dict[str, Any] = field(default_factory=dict)  # a turn scorer's own notes
     meta: dict[str, Any] = field(default_factory=dict)  # the caller's own (not written in the record)
 
     @classmethod
@@ -187,10 +207,14 @@ class ExecutorEpisode(Episode):
         return f"{self.task_id}#{self.trial}"
 
     def conversation(self) -> list[dict[str, Any]]:
+        if self.next_role == JUDGE:
+            return self.scoring
         return self.messages if self.next_role == AGENT else self.user_messages
 
     def receive(self, generation: Any) -> None:
-        if generation.finish_reason == "error":
+        if self.next_role == JUDGE:
+            self._judge_said(generation)
+        elif generation.finish_reason == "error":
             self._infra("inference", f"the {self.next_role} model failed for this conversation")
         elif generation.finish_reason == "context":
             self._end("context_limit")
@@ -213,11 +237,11 @@ class ExecutorEpisode(Episode):
                     self._end("max_steps")
                 else:
                     self.next_role = AGENT
-        if self.termination and not self.done:
+        if self.termination and not self.done and self.next_role != JUDGE:
             self._score()
 
     def fail(self, kind: str, message: str) -> None:
-        self._infra(kind, message)
+        self._infra(kind, f"judge: {message}" if self.next_role == JUDGE else message)
         self.finish()
 
     # -- turns ---------------------------------------------------------------------------------------
@@ -323,6 +347,10 @@ class ExecutorEpisode(Episode):
         self.termination = self.termination or "error"
 
     def _score(self) -> None:
+        if self.infra_error is None and isinstance(self.scorer, TurnScorer):
+            self.scoring = self.scorer.start(self)
+            self.next_role = JUDGE  # finished when the scorer has its score (_judge_said)
+            return
         if self.infra_error is None and self.scorer is not None:
             try:
                 self.reward, self.evaluation = self.scorer(self)
@@ -330,10 +358,21 @@ class ExecutorEpisode(Episode):
                 self._infra(e.kind, str(e))
         self.finish()
 
+    def _judge_said(self, generation: Any) -> None:
+        if generation.finish_reason == "error":
+            self._infra("inference", "the judge model failed for this episode")
+            self.finish()
+            return
+        score = self.scorer.receive(self, generation)
+        if score is not None:
+            self.reward, self.evaluation = score
+            self.finish()
+
     # -- the record ----------------------------------------------------------------------------------
     def record(self, models: dict[str, Any]) -> dict[str, Any]:
         """The trajectory record (docs/TRAJECTORY.md)."""
         tokens = {role: dict(t) for role, t in self.role_tokens.items()}
+        judged = JUDGE in self.role_seconds  # the judge's share, only where a judge spoke
         return {
             "id": f"{self.task_id}#{self.trial}",
             "task_id": self.task_id,
@@ -353,10 +392,12 @@ class ExecutorEpisode(Episode):
             "action_format": self.config.action_format,
             "assistant_token_ids": self.assistant_token_ids,
             "tokens": {"executor": tokens.get(AGENT, {"prompt": 0, "completion": 0}),
-                       "user": tokens.get(USER, {"prompt": 0, "completion": 0})},
+                       "user": tokens.get(USER, {"prompt": 0, "completion": 0}),
+                       **({"judge": tokens[JUDGE]} if JUDGE in tokens else {})},
             "timings": {"generate_s": round(self.role_seconds.get(AGENT, 0.0), 3),
                         "user_s": round(self.role_seconds.get(USER, 0.0), 3),
                         "sandbox_s": round(self.sandbox_s, 3),
+                        **({"judge_s": round(self.role_seconds[JUDGE], 3)} if judged else {}),
                         "total_s": round((self.ended or time.monotonic()) - self.started, 3)},
             "models": models,
         }

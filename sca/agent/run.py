@@ -3,16 +3,17 @@
 A task here (:class:`ExecutorTask`) is what the executor solves, whoever wrote it: an id, the trials
 to run, the instruction, the simulated user's scenario if it differs, the environment (its spec, and
 the factory of the fresh instance each trial runs in), and the scorer of a finished episode. ``sca
-rollout`` makes them of CaT tasks (scored by their own ``evaluate``), ``sca eval`` of a benchmark's
-tasks (scored by the benchmark's scorer).
+rollout`` makes them of CaT tasks (scored by their own ``evaluate``, or by a judge:
+:mod:`sca.agent.judge`), ``sca eval`` of a benchmark's tasks (scored by the benchmark's scorer).
 
-:func:`open_roles` loads the two roles' models (the executor, and the simulated user where an
-environment has one: one copy when both name the same model) unless they are given, and closes what
-it loaded. :func:`run_executor` builds one :class:`~sca.agent.executor.ExecutorEpisode` per (task,
-trial), offers the environment's tools natively with the json action format, and runs them on the
-engine (:func:`~sca.agent.engine.run_episodes`: at most `concurrency` live, refilled as they finish,
-every turn sampled with a seed hashed from the run's seed, the role, and the episode's task, trial
-and turn); each finished trial's record (docs/TRAJECTORY.md) goes to a callback as it finishes.
+:func:`open_roles` loads the roles' models (the executor, the simulated user where an environment has
+one, and the judge where a run's reward is the judge's: one copy of each model however many roles name
+it) unless they are given, and closes what it loaded. :func:`run_executor` builds one
+:class:`~sca.agent.executor.ExecutorEpisode` per (task, trial), offers the environment's tools
+natively with the json action format, and runs them on the engine
+(:func:`~sca.agent.engine.run_episodes`: at most `concurrency` live, refilled as they finish, every
+turn sampled with a seed hashed from the run's seed, the role, and the episode's task, trial and
+turn); each finished trial's record (docs/TRAJECTORY.md) goes to a callback as it finishes.
 What to run (resume: the trials an output does not hold yet) is the caller's, in each task's trials.
 """
 
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 import itertools
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sca.agent.engine import EngineStats, Role, run_episodes
-from sca.agent.executor import AGENT, USER, ExecutorConfig, ExecutorEpisode, Scorer, executor_stop
+from sca.agent.executor import AGENT, JUDGE, USER, ExecutorConfig, ExecutorEpisode, Scorer, TurnScorer, executor_stop
 
 
 @dataclass
@@ -34,7 +35,7 @@ class ExecutorTask:
     id: str
     instruction: str
     env: Any  # envs.base.EnvSpec: the environment's static facts (its tools, whether a user speaks)
-    scorer: Scorer
+    scorer: Scorer | TurnScorer
     trials: Sequence[int] = (0,)
     user_scenario: str | None = None  # what the simulated user is given (default: the instruction)
     build: Callable[[], Any] | None = None  # a trial's fresh environment (default: the spec's own factory)
@@ -46,46 +47,68 @@ class ExecutorTask:
 
 @dataclass
 class ExecutorRoles:
-    """The models of a run and how each samples: the executor, and the simulated user (None where no
-    environment of the run has one: records then say so; an episode that asked would get the executor)."""
+    """The models of a run and how each samples: the executor, the simulated user (None where no
+    environment of the run has one: records then say so; an episode that asked would get the executor),
+    and the judge (None where the run's reward is no judge's: records then leave it out; an episode that
+    asked would get the executor, sampling without its stop strings)."""
 
     executor: Any  # sca.inference.ChatModel
     executor_sampling: Any  # sca.inference.SamplingParams
     user: Any | None
     user_sampling: Any
+    judge: Any | None = None
+    judge_sampling: Any = None
 
     def info(self) -> dict[str, Any]:
-        """Both roles' models (what the backends say of them) and sampling, as records keep them."""
+        """The roles' models (what the backends say of them) and sampling, as records keep them."""
         info = {"executor": {**self.executor.info(), "sampling": self.executor_sampling.to_dict()}}
         info["user"] = {**self.user.info(), "sampling": self.user_sampling.to_dict()} if self.user is not None else None
+        if self.judge is not None:
+            info["judge"] = {**self.judge.info(), "sampling": self._judge_sampling().to_dict()}
         return info
 
     def engine_roles(self, tools: list[dict] | None = None) -> dict[str, Role]:
         """The engine's roles; `tools`: OpenAI schemas offered to the executor natively."""
         return {AGENT: Role(AGENT, self.executor, self.executor_sampling, tools=tools),
-                USER: Role(USER, self.user if self.user is not None else self.executor, self.user_sampling)}
+                USER: Role(USER, self.user if self.user is not None else self.executor, self.user_sampling),
+                JUDGE: Role(JUDGE, self.judge if self.judge is not None else self.executor, self._judge_sampling())}
+
+    def _judge_sampling(self) -> Any:
+        return self.judge_sampling if self.judge_sampling is not None else replace(self.executor_sampling, stop=[])
 
 
 @contextmanager
 def open_roles(executor: Any, user: Any | None, episode: ExecutorConfig, *, needs_user: bool,
-               executor_model: Any = None, user_model: Any = None) -> Iterator[ExecutorRoles]:
-    """The roles of a run from the executor's and the user's ModelConfigs (`user` None: the executor's
-    model and settings). `executor_model` / `user_model`: ChatModels already open (test doubles, or
-    shared with other work); the others are loaded here (one copy when both roles name the same model)
-    and closed on leaving. The user's model is loaded only if `needs_user`."""
+               executor_model: Any = None, user_model: Any = None, judge: Any = None, needs_judge: bool = False,
+               judge_model: Any = None) -> Iterator[ExecutorRoles]:
+    """The roles of a run from the executor's, the user's and the judge's ModelConfigs (`user`, `judge`
+    None: the executor's model and settings). `executor_model` / `user_model` / `judge_model`: ChatModels
+    already open (test doubles, or shared with other work); the others are loaded here (one copy of a
+    model that several roles name) and closed on leaving. The user's model is loaded only if
+    `needs_user`, the judge's only if `needs_judge`."""
     own = []
+
+    def other(config: Any) -> Any:
+        """The model `config` names: the executor's, the user's when it is the same, else loaded."""
+        if config is None or config.same_model(executor):
+            return executor_model
+        if needs_user and user is not None and config.same_model(user) and user_model is not None:
+            return user_model
+        model = config.load()
+        own.append(model)
+        return model
+
     try:
         if executor_model is None:
             executor_model = executor.load()
             own.append(executor_model)
         if needs_user and user_model is None:
-            if user is None or user.same_model(executor):
-                user_model = executor_model
-            else:
-                user_model = user.load()
-                own.append(user_model)
+            user_model = other(user)
+        if needs_judge and judge_model is None:
+            judge_model = other(judge)
         yield ExecutorRoles(executor_model, executor.sampling(executor_stop(episode)),
-                            user_model if needs_user else None, (user or executor).sampling())
+                            user_model if needs_user else None, (user or executor).sampling(),
+                            judge_model if needs_judge else None, (judge or executor).sampling() if needs_judge else None)
     finally:
         for model in own:
             model.close()

@@ -33,6 +33,8 @@ from typing import Any
 from transformers.trainer_utils import SaveStrategy
 from trl import DPOConfig, GRPOConfig, SFTConfig
 
+from sca.agent.judge import REWARDS
+from sca.inference.config import executor_defaults
 from sca.records.io import InputError
 from sca.training.algorithms import get_algorithm
 from sca.training.options import (
@@ -110,7 +112,22 @@ class GRPOTrainConfig(EpisodeOptions, ScaOptions, _Defaults, GRPOConfig):
     vllm_importance_sampling_correction: bool = _like(GRPOConfig, "vllm_importance_sampling_correction", False)
 
     def __post_init__(self) -> None:
+        _check_reward(self)
         _post_init(self, GRPOConfig)
+
+
+def _check_reward(config: Any) -> None:
+    """GRPO's reward, and the judge's settings where it is the judge's (a judge's ModelConfig must be one)."""
+    if config.reward not in REWARDS:
+        raise ValueError(f"reward must be one of {', '.join(REWARDS)}, not {config.reward!r}")
+    judge = {"model": config.judge_model, "backend": config.judge_backend, "base_urls": config.judge_base_urls,
+             "temperature": config.judge_temperature}
+    if config.reward != "judge" and any(v is not None for v in judge.values()):
+        raise ValueError("judge_model, judge_backend, judge_base_urls and judge_temperature go with reward=judge")
+    try:
+        executor_defaults().with_(**judge)
+    except ValueError as e:
+        raise ValueError(f"the judge's settings: {e}") from None
 
 
 #: each kind of trainer's config (`Algorithm.trainer` picks one)

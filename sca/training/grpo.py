@@ -17,7 +17,11 @@ TRL, per episode's record:
   generated (the assistant turns, by the same turn-by-turn encoder and checks as ``sca train
   --algo rft``, trained on the token ids the model produced) and 0 on observations, the simulated
   user's messages and the template's own tokens, so the policy gradient never touches them;
-* the reward: 1 if the task's ``evaluate`` returned True on the final state, else 0. An episode
+* the reward: 1 if the task's ``evaluate`` returned True on the final state, else 0; with
+  ``reward=judge`` (``--reward judge``), 1 if the judge (:mod:`sca.agent.judge`) gave the verdict
+  SUCCESS, else 0. The judge is the model in training unless ``--judge-model``, ``--judge-backend``
+  or ``--judge-base-url`` name another (:func:`judge_settings`, the simulated user's rule); tasks
+  without an ``evaluation_function`` (instruction-only) need it. An episode
   that cannot be trained on (an infrastructure failure: sandbox or inference error, so no reward;
   or nothing the model generated could be encoded) gets reward None with an all-zero mask: TRL
   turns None into NaN, leaves it out of its group's mean and std, and gives it advantage 0, so it
@@ -67,6 +71,22 @@ from sca.training.job import Job
 from sca.training.selection import load_tasks
 
 
+def judge_settings(config: Any) -> tuple[ModelConfig | None, bool]:
+    """The judge's ModelConfig (None: the reward is no judge's), and whether the model in training plays it.
+
+    From GRPO's ``judge_*`` options (the ``--judge-*`` flags), by the rule of the simulated user
+    (:func:`user_settings`): with none set, the model in training judges, sampling with the executor's default
+    settings; each one unset takes the executor's default, and the model named is the one in training unless
+    ``judge_model`` names another."""
+    if getattr(config, "reward", "evaluate") != "judge":
+        return None, False
+    given = {"model": config.judge_model, "backend": config.judge_backend, "base_urls": config.judge_base_urls,
+             "temperature": config.judge_temperature}
+    if all(v is None for v in given.values()):
+        return user_settings(None, None)
+    return user_settings(executor_defaults().with_(**given), getattr(config, "model_name_or_path", None))
+
+
 def user_settings(user_config: ModelConfig | None, trained_model: str | None) -> tuple[ModelConfig, bool]:
     """The simulated user's ModelConfig, and whether the model in training plays it.
 
@@ -92,11 +112,13 @@ class EpisodeRollouts:
         self.config = config
         self.sandbox = sandbox
         self.user_config, self.user_is_policy = user_settings(user_config, getattr(config, "model_name_or_path", None))
+        self.judge_config, self.judge_is_policy = judge_settings(config)
         self.stats = stats
         self.eos_ids = eos_ids
         self.episode = ExecutorConfig(max_steps=config.episode_max_steps, action_format=config.action_format)
         self.calls = 0
         self._user_model = None
+        self._judge_model = None
 
     def _policy(self, trainer: Any, episodes: int) -> Any:
         """The model in training as a ChatModel (vLLM when TRL generates with vLLM, else transformers, in one
@@ -131,6 +153,7 @@ class EpisodeRollouts:
 
         from envs import env_spec
         from sca.agent.executor import evaluate_scorer
+        from sca.agent.judge import JudgeScorer
         from sca.agent.run import ExecutorRoles, ExecutorTask, run_executor
 
         # one episode per prompt: TRL's sampler already repeats each task num_generations times; the prompt's
@@ -140,10 +163,17 @@ class EpisodeRollouts:
         policy = self._policy(trainer, len(prompts))
         if not self.user_is_policy and self._user_model is None:
             self._user_model = self.user_config.load()
-        roles = ExecutorRoles(policy, self._sampling(), self._user_model or policy, self.user_config.sampling())
+        judge = None
+        if self.judge_config is not None:
+            if not self.judge_is_policy and self._judge_model is None:
+                self._judge_model = self.judge_config.load()
+            judge = self._judge_model or policy
+        roles = ExecutorRoles(policy, self._sampling(), self._user_model or policy, self.user_config.sampling(),
+                              judge, self.judge_config.sampling() if judge is not None else None)
         keys = [self._key(p) for p in prompts]
         tasks = [ExecutorTask(id=key, instruction=self.tasks[key]["instruction"], env=env_spec(self.tasks[key]["env"]),
-                              scorer=evaluate_scorer(self.tasks[key]["evaluation_function"]), trials=[i])
+                              scorer=JudgeScorer() if judge is not None else
+                              evaluate_scorer(self.tasks[key]["evaluation_function"]), trials=[i])
                  for i, key in enumerate(keys)]
         records: list[dict[str, Any]] = [{}] * len(tasks)
 
@@ -310,6 +340,11 @@ class GRPOJob(Job):
         if config.action_format == "json" and len(names) > 1:  # the executor is offered one environment's tools
             raise InputError(f"{self.source.name}: action_format=json needs tasks of one environment, not "
                              f"{', '.join(names)}")
+        if getattr(config, "reward", "evaluate") == "evaluate":
+            unscored = next((t["id"] for t in self.tasks if not t.get("evaluation_function")), None)
+            if unscored is not None:
+                raise InputError(f"{self.source.name}: task {unscored} has no evaluation_function: train on tasks "
+                                 "without one with --reward judge")
         check_grpo_config(config)
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sca.agent.judge import REWARD_HELP
+
 #: what to do with the records' assistant_token_ids (``token_ids``): each policy, and what it does
 TOKEN_ID_POLICIES: dict[str, str] = {
     "check": "generated token ids must match re-tokenizing",
@@ -63,3 +65,13 @@ class EpisodeOptions:
     episode_max_new_tokens: int = field(default=512, metadata={"help": "Tokens per executor reply at most."})
     skip_uniform_from: str | None = field(default=None, metadata={"help": (
         "A rollout file (sca rollout): leave out the tasks it solved in none or all of their trials.")})
+    reward: str = field(default="evaluate", metadata={"help": REWARD_HELP})
+    # the judge of reward=judge, as sca rollout's --judge-* flags: None takes the simulated user's rule (the model
+    # in training, sampling with the executor's defaults) for every setting unset (sca.training.grpo.judge_settings)
+    judge_model: str | None = field(default=None, metadata={"help": (
+        "reward=judge: the judge's model [default: the model in training].")})
+    judge_backend: str | None = field(default=None, metadata={"help": "reward=judge: the judge's backend [default: hf]."})
+    judge_base_urls: list[str] | None = field(default=None, metadata={"help": (
+        "reward=judge: the judge's OpenAI-compatible server(s), with judge_backend=openai.")})
+    judge_temperature: float | None = field(default=None, metadata={"help": (
+        "reward=judge: the judge's sampling temperature [default: the executor's default].")})
