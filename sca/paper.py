@@ -69,3 +69,34 @@ def not_comparable(env: str, *, split: str | None, official_m3: bool, drop_noop_
     if trials is not None and trials < 4:
         return f"{trials} trials: the paper's Pass@4 needs 4"
     return None
+
+
+# =========================================================================== the task formats
+
+#: the rebuttal's filtering ablation (retail, Llama-3.1-8B-Instruct, 800 tasks and 12k trajectories
+#: per method, self-improvement): Pass@1 over 4 trials / Pass@4 in percent, by the format of the
+#: tasks the model was trained on (sca.task_formats; "zero-shot": not trained). PAE is instruction-only, "SCA no
+#: filtering" eval-only, SCA cat. Its zero-shot row is Table 1's
+REBUTTAL_ENV = "retail"
+REBUTTAL_MODEL = "Llama-3.1-8B-Instruct"
+REBUTTAL_ALGO = "rft"  # self-improvement: REINFORCE with a 0/1 reward, i.e. rejection fine-tuning
+REBUTTAL_RETAIL_8B: dict[str, tuple[str, tuple[float, float]]] = {
+    "zero-shot": ("zero-shot", (8.9, 15.7)),
+    "instruction-only": ("PAE", (9.8, 18.3)),
+    "eval-only": ("SCA no filtering", (8.9, 20.8)),
+    "cat": ("SCA", (13.0, 25.2)),
+}
+
+#: the validation funnel per format, where the paper gives one (% of proposed; proposed, code runs,
+#: solution passes, valid): only CaT's. "No filtering" and PAE keep what they propose, and the paper
+#: gives no yield for them
+FUNNEL_BY_FORMAT_8B = {"cat": RETAIL_FUNNEL_8B}
+
+#: Figure 4, the human audit of retail rewards with Llama-3.1-8B, read off a bar chart (hence
+#: "about"): false-positive and false-negative rates in percent, None where the paper gives none.
+#: "verification only" is the evaluation function and the solution without failure cases. The
+#: paper's false negative counts a reward 0 on a task that is ambiguous or whose verifier is wrong
+FIGURE4_RETAIL_8B: dict[str, tuple[float | None, float | None]] = {
+    "cat": (0.0, 30.0),
+    "verification only": (None, 66.0),
+}

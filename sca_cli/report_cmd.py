@@ -14,13 +14,16 @@ EXAMPLES = examples(
     "sca report tasks.raw.jsonl tasks.jsonl traj.jsonl -o report/",
     "sca report eval/base.jsonl eval/rft.jsonl ckpt/rft/train_log.jsonl",
     "sca report eval/ --compare eval/base.jsonl eval/rft.jsonl   # B against A, paired by task",
+    "sca report runs/ablations/      # its <format>/ directories too: the comparison across task formats",
+    "sca report audit/cat.jsonl audit/rates.json   # sca audit's lax rates and hand-label rates (Figure 4)",
 )
 
 
 def report(
     inputs: Optional[List[str]] = typer.Argument(
         None, metavar="RUN_OR_FILE",
-        help="Outputs of sca propose / validate / rollout / eval, train_log.jsonl files, or directories of them."),
+        help="Outputs of sca propose / validate / rollout / eval / audit, train_log.jsonl files, rates.json of "
+             "sca audit --labels, or directories of them."),
     output: str = flag(ReportConfig, "output", "-o", "--output"),
     compare: Optional[Tuple[str, str]] = typer.Option(
         None, "--compare", metavar="A B", help="Two eval results files: B against A, paired by task, per environment."),
@@ -28,7 +31,8 @@ def report(
     n_boot: int = flag(ReportConfig, "n_boot", "--n-boot"),
     seed: int = flag(ReportConfig, "seed", "--seed"),
 ) -> None:
-    """Report on runs: validation funnel, rewards per task, Pass@k per environment, training curves."""
+    """Report on runs: validation funnel, rewards per task, Pass@k per environment, training curves, the
+    comparison across task formats, the verifier audit."""
     from sca.report.render import Table
     from stages.report import report as make_report
 
@@ -47,6 +51,8 @@ def report(
                     err_console.print(_rich_table(item))
             elif isinstance(item, str) and item.startswith("* "):
                 err_console.print(item[2:], soft_wrap=True, markup=False)
+            elif isinstance(item, str) and item.startswith("No data"):
+                err_console.print(item, soft_wrap=True, markup=False)
     for note in rep.notes:
         warn(note)
     err_console.print(f"wrote {rep.readme} ({len(rep.tables)} tables, {len(rep.plots)} plots)", soft_wrap=True,

@@ -2,7 +2,8 @@
 
 The stage reads its inputs (:mod:`sca.report.inputs`: the files, their kinds, their records
 checked), computes every section (:mod:`sca.report.sections`: the validation funnel, rewards per
-task, Pass@k per environment, training curves, the paired comparison) and writes the page
+task, Pass@k per environment, training curves, the paired comparison, the comparison across task
+formats, the verifier audit) and writes the page
 (:mod:`sca.report.page`: ``OUT_DIR/README.md`` with its PNG plots, drawn by
 :mod:`sca.report.render`). See the README, "sca report".
 """

@@ -481,3 +481,256 @@ def test_help_stays_light():
              "print('LOADED', [m for m in ('matplotlib', 'numpy', 'stages.report', 'rich') if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "LOADED []" in out
+
+
+# == the comparison across task formats and the verifier audit (issue 17) ==============================
+# tests/fixtures/report/ablation, written by make_fixtures.py (its docstring holds the hand counts)
+
+ABL = Path(__file__).resolve().parent / "fixtures" / "report" / "ablation"
+ABL_PLOTS = {"formats.png", "format_funnel.png", "audit.png", "labels.png"}
+REBUTTAL = {"zero-shot": (8.9, 15.7), "instruction-only": (9.8, 18.3), "eval-only": (8.9, 20.8), "cat": (13.0, 25.2)}
+
+
+@pytest.fixture(scope="module")
+def abl(tmp_path_factory):
+    return rp.report([ABL], tmp_path_factory.mktemp("abl") / "report")
+
+
+def _abl_copy(tmp_path) -> Path:
+    dst = tmp_path / "ablations"
+    shutil.copytree(ABL, dst)
+    return dst
+
+
+def _edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _rewrite_jsonl(path: Path, change) -> None:
+    path.write_text("".join(json.dumps(change(r)) + "\n" for r in read_jsonl(path)))
+
+
+def test_format_comparison_matches_the_hand_count(abl):
+    rows = {r.format: r for r in abl.format_rows}
+    assert [r.format for r in abl.format_rows] == ["zero-shot", "instruction-only", "eval-only", "cat"]
+    hand = {"zero-shot": (4 / 24, 3 / 6), "instruction-only": (4 / 24, 3 / 6), "eval-only": (5 / 24, 4 / 6),
+            "cat": (9 / 24, 5 / 6)}
+    files = {"zero-shot": ABL / "eval.base.jsonl", **{f: ABL / f / "eval.jsonl" for f in hand if f != "zero-shot"}}
+    readme = abl.readme.read_text()
+    for fmt, (p1, p4) in hand.items():
+        r = rows[fmt]
+        assert (r.summary.pass1, r.summary.pass_k) == pytest.approx((p1, p4))
+        assert r.summary == metrics.summarize(read_jsonl(files[fmt]), 4) and r.k == 4 and r.env == "retail"
+        assert r.paper is not None and r.paper[1] == REBUTTAL[fmt] and r.not_comparable is None
+        line = next(ln for ln in readme.splitlines() if ln.startswith(f"| {fmt} |"))
+        s = r.summary
+        assert f"{100 * s.pass1:.1f}% [{100 * s.pass1_ci[0]:.1f}, {100 * s.pass1_ci[1]:.1f}]" in line
+        assert f"| {REBUTTAL[fmt][0]:.1f}% / {REBUTTAL[fmt][1]:.1f}% |" in line
+    assert rows["cat"].told_by == "its directory (cat/)" and rows["cat"].base_model == "meta-llama/Llama-3.1-8B-Instruct"
+    assert rows["zero-shot"].told_by.startswith("not an sca checkpoint")
+    assert [r.paper[0] for r in abl.format_rows] == ["zero-shot", "PAE", "SCA no filtering", "SCA"]
+
+
+def test_no_format_section_without_runs_of_a_format(rep):
+    """The run fixture has cat tasks and evals of models whose training nobody can tell: no comparison."""
+    assert rep.format_rows == [] and "Comparison across task formats" not in [h for h, _ in rep.sections]
+    assert "formats.png" not in {p.path.name for p in rep.plots}
+
+
+@pytest.mark.parametrize("case, where, change, why", [
+    ("other base", "cat/ckpt/train_summary.json",
+     lambda d: d["summary"].update(model="Qwen/Qwen2.5-7B-Instruct"), "trained from Qwen/Qwen2.5-7B-Instruct"),
+    ("sft", "cat/ckpt/train_summary.json", lambda d: d["summary"].update(algo="sft"), "trained with --algo sft"),
+    ("limit", "cat/eval.jsonl.meta.json", lambda d: d["settings"].update(limit=3), "--limit 3"),
+    ("split", "cat/eval.jsonl", lambda r: dict(r, split="train"), "split 'train'"),
+    ("not tau2", "cat/eval.jsonl", lambda r: dict(r, scorer="m3_tolerant"), "not scored by tau2"),
+    ("calculation", "cat/eval.jsonl", lambda r: dict(r, env="calculation"), "the rebuttal measured retail only"),
+    ("airline", "cat/eval.jsonl", lambda r: dict(r, env="airline"), "the rebuttal measured retail only"),
+    ("no checkpoint", "cat/ckpt", None, "the checkpoint's base model is unknown"),
+])
+def test_rebuttal_row_only_beside_what_the_rebuttal_measured(tmp_path, case, where, change, why):
+    root = _abl_copy(tmp_path)
+    target = root / where
+    if change is None:
+        shutil.rmtree(target)
+    elif target.suffix == ".json":
+        _edit_json(target, change)
+    else:
+        _rewrite_jsonl(target, change)
+    got = rp.report([root], tmp_path / "out", plots=False)
+    rows = {r.format: r for r in got.format_rows}
+    assert rows["cat"].paper is None and why in rows["cat"].not_comparable
+    for fmt in ("zero-shot", "instruction-only", "eval-only"):  # the others untouched
+        assert rows[fmt].paper[1] == REBUTTAL[fmt]
+    line = next(ln for ln in got.readme.read_text().splitlines() if ln.startswith("| cat |"))
+    assert line.endswith("| - |")
+    if rows["cat"].env == "retail":
+        assert any(n.endswith(f"no rebuttal figure beside it: {rows['cat'].not_comparable}") for n in got.notes)
+
+
+def test_zero_shot_row_only_for_the_papers_model(tmp_path):
+    root = _abl_copy(tmp_path)
+    model = "Qwen/Qwen2.5-7B-Instruct"
+    _rewrite_jsonl(root / "eval.base.jsonl", lambda r: {**r, "models": {"executor": {"model": model}}})
+    _edit_json(root / "eval.base.jsonl.meta.json", lambda d: d["settings"].update(models={"executor": {"model": model}}))
+    rows = {r.format: r for r in rp.report([root], tmp_path / "out", plots=False).format_rows}
+    assert rows["zero-shot"].paper is None and rows["zero-shot"].not_comparable == "not Llama-3.1-8B-Instruct itself"
+    assert rows["cat"].paper[1] == REBUTTAL["cat"]
+
+
+def test_format_told_by_the_checkpoints_training_data_outside_the_layout(tmp_path):
+    """Outside runs/<format>/, the trajectories the checkpoint was trained on tell the format; trajectories
+    of several formats, or a model that is not here, leave the run out of the comparison, with a note."""
+    mine = tmp_path / "mine"
+    shutil.copytree(ABL / "eval-only", mine)
+    got = rp.report([mine], tmp_path / "out", plots=False)
+    (row,) = got.format_rows
+    assert row.format == "eval-only" and row.told_by.startswith("the format of trajectories.jsonl")
+    assert row.paper[1] == REBUTTAL["eval-only"]
+    _rewrite_jsonl(mine / "trajectories.jsonl", lambda r: {**r, "format": "cat"} if r["trial"] == 0 else r)
+    got = rp.report([mine, ABL / "cat" / "eval.jsonl"], tmp_path / "out2", plots=False)
+    assert [r.format for r in got.format_rows] == ["cat"]
+    assert any(n.endswith("mine/eval.jsonl: left out of the comparison across formats: trajectories.jsonl, the "
+                          "checkpoint's training data, mixes formats") for n in got.notes), got.notes
+    got = rp.report([FIX / "eval_rft.jsonl", ABL / "cat" / "eval.jsonl"], tmp_path / "out3", plots=False)
+    assert any("eval_rft.jsonl: left out" in n and "its model is not here" in n for n in got.notes)
+
+
+def test_a_format_directory_holding_another_format_is_noted(tmp_path):
+    root = _abl_copy(tmp_path)
+    _rewrite_jsonl(root / "cat" / "trajectories.jsonl", lambda r: {**r, "format": "eval-only"})
+    got = rp.report([root], tmp_path / "out", plots=False)
+    assert "cat/trajectories.jsonl: in cat/ but holds tasks of format eval-only" in got.notes
+
+
+def test_funnel_per_format_matches_the_hand_count(abl):
+    got = {f.format: (f.proposed, f.valid) for f in abl.format_funnels}
+    assert got == {"cat": (5, 2), "eval-only": (4, 3), "instruction-only": (3, 2)}
+    # the CaT funnel has the cat run only: compile (proposed), solution_fails (code runs), no answer, 2 valid
+    assert [f.counts for f in abl.funnels] == [(5, 3, 2, 2)]
+    table = next(t for t in abl.tables if t.title == "Funnel per task format")
+    rows = {(r[0], r[1]): r[4:] for r in table.rows}
+    assert rows["propose eval-only/tasks.raw.jsonl", "eval-only"] == ["4", "3 (75.0%)"]
+    assert rows["paper: Llama-3.1-8B, retail", "cat"] == ["100.0%", "5.2%"]
+    assert not any(fmt != "cat" and r[0].startswith("paper") for (_, fmt), r in zip(rows, table.rows))
+
+
+def test_verification_only_tasks_are_a_pool_of_their_own(tmp_path):
+    d = tmp_path / "v"
+    d.mkdir()
+    tasks = read_jsonl(FIX / "tasks.jsonl")
+    for t in tasks[:2]:
+        t["validation"]["check_set"] = ["compile", "noop_run", "solution_run", "answer_round_trip"]
+    (d / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    got = rp.report([d / "tasks.jsonl"], tmp_path / "out", plots=False)
+    assert {f.format: (f.proposed, f.valid) for f in got.format_funnels} == {"cat": (2, 2),
+                                                                             "cat (verification only)": (2, 2)}
+
+
+def test_audit_lax_rate_per_pool(abl):
+    pools = {p.format: p for p in abl.audit}
+    cat_pool, eval_pool = pools["cat"], pools["eval-only"]
+    assert (cat_pool.tasks, cat_pool.audited, cat_pool.lax, cat_pool.skipped) == (5, 5, 2, 0)
+    assert (cat_pool.mutants, cat_pool.accepted) == (18, 4) and cat_pool.rate == pytest.approx(0.4)
+    lax = [{"task_id": str(i), "trial": 0, "reward": v} for i, v in enumerate([1, 0, 0, 1, 0])]
+    assert cat_pool.rate_ci == metrics.summarize(lax, 1).pass1_ci
+    assert cat_pool.rate_ci[0] < 0.4 < cat_pool.rate_ci[1]
+    assert (eval_pool.tasks, eval_pool.audited, eval_pool.skipped, eval_pool.rate) == (3, 0, 3, None)
+    readme = abl.readme.read_text()
+    lo, hi = cat_pool.rate_ci
+    assert f"| 5 | 5 | 0 | 18 | 4 | 2 | 40.0% [{100 * lo:.1f}, {100 * hi:.1f}] |" in readme
+    assert "| 3 | 0 | 3 | 0 | 0 | 0 | - |" in readme
+
+
+def test_hand_label_rates_as_figure_4(abl):
+    rows = {r.format: r for r in abl.labels}
+    assert (rows["cat"].tp, rows["cat"].fp, rows["cat"].tn, rows["cat"].fn) == (8, 1, 7, 4)
+    assert rows["cat"].rates["false_positive_rate"][0] == pytest.approx(1 / 8)
+    assert rows["eval-only"].rates["false_negative_rate"][0] == pytest.approx(1 / 4)
+    assert rows["instruction-only"].rates["false_negative_rate"] is None
+    readme = abl.readme.read_text()
+    assert "| rates.json | cat | 20 | 8 | 1 | 7 | 4 | 12.5% [0.0, 32.5] | 33.3% [13.3, 53.3] |" in readme
+    assert "| rates.json | instruction-only | 4 | 0 | 0 | 4 | 0 | 0.0% [0.0, 20.0] | - | - | - |" in readme
+    assert "| cat | - | - | - | - | - | 0% | 30% | - | - |" in readme  # the paper's Figure 4, as a reference row
+    assert "| verification only | - | - | - | - | - | - | 66% | - | - |" in readme
+
+
+def test_cli_draws_the_formats_and_the_audit(tmp_path):
+    out = tmp_path / "report"
+    r = runner.invoke(app, ["report", str(ABL), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert ABL_PLOTS <= {p.name for p in out.glob("*.png")}
+    for name in ABL_PLOTS:
+        w, h = check_png(out / name)
+        assert w >= 300 and h >= 200
+    for title in ("Comparison across task formats", "Funnel per task format", "Verifier audit: lax rate per pool",
+                  "Hand-labelled rewards (Figure 4)"):
+        assert title in r.output
+    readme = (out / "README.md").read_text()
+    assert "## Comparison across task formats" in readme and "## Verifier audit" in readme
+    assert "No data" not in readme
+
+
+def test_no_data_where_there_is_none(tmp_path):
+    got = rp.report([ABL / "cat" / "tasks.audit.jsonl"], tmp_path / "a", plots=False)
+    (items,) = [i for h, i in got.sections if h == "Verifier audit"]
+    from sca.report import page
+
+    assert page.NO_LABELS in items and page.NO_AUDIT not in items
+    got = rp.report([ABL / "rates.json"], tmp_path / "b", plots=False)
+    items = dict(got.sections)["Verifier audit"]
+    assert page.NO_AUDIT in items and [r.format for r in got.labels] == ["instruction-only", "eval-only", "cat"]
+    got = rp.report([ABL / "eval-only" / "tasks.raw.jsonl"], tmp_path / "c", plots=False)
+    items = dict(got.sections)["Comparison across task formats"]
+    assert page.NO_FORMAT_RUNS in items and got.funnels == []  # no CaT task: no CaT funnel
+    r = runner.invoke(app, ["report", str(ABL / "rates.json"), "-o", str(tmp_path / "d")])
+    assert r.exit_code == 0 and "No data: no sca audit output" in r.output
+
+
+def test_kinds_of_the_new_records_told_by_their_fields(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    for name in ("trajectories.jsonl", "tasks.audit.jsonl", "episodes.failed.jsonl"):
+        shutil.copy(ABL / "instruction-only" / name if name != "tasks.audit.jsonl" else ABL / "eval-only" / name,
+                    d / name)
+    raw = {"id": "a", "env": "retail", "format": "instruction-only", "instruction": "Cancel my order."}
+    (d / "raw.jsonl").write_text(json.dumps(raw) + "\n")
+    got = rp.report([d], tmp_path / "out", plots=False)
+    kinds = {s.path.name: (s.kind, s.told_by) for s in got.sources}
+    assert kinds == {"trajectories.jsonl": ("rollout", "fields"), "tasks.audit.jsonl": ("audit", "fields"),
+                     "episodes.failed.jsonl": ("propose", "fields"), "raw.jsonl": (None, "fields")}
+    (stats,) = got.rewards
+    assert (stats.trials, stats.rewarded) == (4, 2)  # the judge's rewards, read as a rollout's
+
+
+def _audit_line(**audit):
+    rec = read_jsonl(ABL / "cat" / "tasks.audit.jsonl")[0]
+    rec["audit"].update(audit)
+    return json.dumps(rec) + "\n"
+
+
+def _rates(change):
+    data = json.loads((ABL / "rates.json").read_text())
+    change(data)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.jsonl", _audit_line(lax="yes"), "bad.jsonl:1: audit.lax: expected true, false or null"),
+    ("bad.jsonl", _audit_line(mutants=-1), "bad.jsonl:1: audit.mutants: expected a count"),
+    ("bad.jsonl", _audit_line(mutants=1, accepted=["a", "b"]), "bad.jsonl:1: audit.accepted: 2 accepted of 1"),
+    ("bad.jsonl", json.dumps({**read_jsonl(ABL / "cat" / "tasks.audit.jsonl")[0], "format": "free"}) + "\n",
+     "bad.jsonl:1: format: expected one of cat, eval-only, instruction-only"),
+    ("rates.json", _rates(lambda d: d["by_format"]["cat"].update(n=21)), "rates.json: by_format.cat.n: 21 is not"),
+    ("rates.json", _rates(lambda d: d["by_format"]["cat"].update(precision=[1.5, 0, 1])),
+     "rates.json: by_format.cat.precision: expected [estimate, low, high]"),
+    ("rates.json", _rates(lambda d: d.pop("by_format")), "rates.json: by_format: expected an object"),
+    ("rates.json", "[1]", "rates.json: expected a JSON object"),
+], ids=["lax", "mutants", "accepted", "format", "n", "rate", "by_format", "not_object"])
+def test_bad_audit_input_is_one_line_exit_2(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    r = runner.invoke(app, ["report", str(tmp_path / name), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1 and message in r.output, r.output

@@ -8,7 +8,8 @@ One module per step, each importing only the ones before it:
   other outputs along, naming the runs.
 * :mod:`sca.report.sections`: the numbers of each section, computed from the inputs: the
   validation funnel, rewards per task, Pass@k per environment, training curves, the paired
-  comparison.
+  comparison, the comparison across task formats (and the funnel per format), the verifier
+  audit (lax rates, hand-label rates).
 * :mod:`sca.report.render`: those numbers as tables (terminal and Markdown) and as PNG plots
   (matplotlib, imported only to draw).
 * :mod:`sca.report.page`: the page, ``OUT_DIR/README.md``, with its plots beside it.

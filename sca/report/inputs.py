@@ -26,7 +26,17 @@ there (looked for beside the accepted one, then as written) is read with it, eve
 given, so that the funnel covers the whole run.
 
 A validation object must say which check of :data:`sca.cat.CHECKS` rejected its task
-(:func:`failed_check`): the funnel places the task by it.
+(:func:`failed_check`): the funnel places the task by it. That holds for CaT tasks; a task of
+another format (its ``format``: "eval-only", "instruction-only"; absent means "cat") has only
+the fields of its format and the checks that fit it, so its rejection is not placed in the CaT
+funnel (only proposed and valid are counted for it).
+
+The verifier audit. The output of ``sca audit TASKS -o OUT`` (sidecar stage ``audit``, else
+task records with an ``audit`` object) is kind ``audit``: each task's ``audit`` is checked
+(``mutants``, ``accepted``, ``lax``: true, false, or null for a task without a solution). The
+hand-label rates of ``sca audit --labels`` (a JSON object with ``by_format``) are kind
+``labels``: read when named, and in a directory (or its ``<format>/`` subdirectories) as
+``rates.json`` or ``*.rates.json``.
 """
 
 from __future__ import annotations
@@ -50,9 +60,14 @@ from sca.records import (
 )
 from sca.records.io import InputError
 from sca.records.schema import TRAIN_LOG_LINE, check_reward_present, check_validation
+from sca.task_formats import TASK_FORMATS, task_format
 
-#: the kinds of input a report reads
-KINDS = ("propose", "validate", "rollout", "eval", "train")
+#: the kinds of input a report reads ("labels": the hand-label rates of sca audit --labels, a JSON file)
+KINDS = ("propose", "validate", "rollout", "eval", "train", "audit", "labels")
+
+#: the metrics of a format's hand-label rates, each [estimate, low, high] (or null: no case to count)
+LABEL_RATES = ("false_positive_rate", "false_negative_rate", "precision", "recall")
+LABEL_COUNTS = ("n", "tp", "fp", "tn", "fn")
 
 
 @dataclass
@@ -69,6 +84,7 @@ class Source:
     note: str = ""
     model: str | None = None
     linked_from: tuple[str, Source] | None = None  # (role, primary): read as another output of that run
+    training: Training | None = None  # eval results: what the evaluated model was trained on (trained_on)
     base: Path | None = None  # labels are relative to this directory (the inputs' common one)
 
     @property
@@ -91,6 +107,17 @@ class Source:
     def setting(self, key: str) -> Any:
         """One of the run's settings, as its meta records them (None when it has none)."""
         return _get(self.meta, "settings", key)
+
+
+@dataclass
+class Training:
+    """What an evaluated model was trained on, as far as the files tell (:func:`trained_on`)."""
+
+    format: str | None  # a task format, "zero-shot" (not trained by sca), or None (cannot tell)
+    told_by: str  # how the format was told
+    checkpoint: Path | None = None  # the checkpoint directory evaluated, with its train_summary.json
+    base_model: str | None = None  # the model training started from (its train_summary.json)
+    algo: str | None = None
 
 
 # =========================================================================== the records' schemas
@@ -122,27 +149,47 @@ def _told_check(v: dict[str, Any]) -> str | None:
 
 def _check_validation(record: dict[str, Any]) -> None:
     """The validation object's shape (the records' own check), and that the funnel can place a rejected
-    task: that it names the check that failed."""
+    CaT task: that it names the check that failed (another format's checks are its own)."""
     check_validation(record)
     v = record.get("validation")
-    if v is not None and not v["valid"]:
+    if v is not None and not v["valid"] and task_format(record) == "cat":
         failed_check(v)  # raises when the funnel could not place the record
 
 
-def _cat_schema(validation_required: bool) -> RecordSchema:
-    # CAT_TASK's fields, not its check that the environment is installed: a report reads the
-    # records of any run, also of an environment this machine lacks
-    return RecordSchema(name=CAT_TASK.name,
-                        fields=CAT_TASK.fields + (Field("validation", dict, required=validation_required),),
-                        extra_checks=(_check_validation,))
+def check_audit(record: dict[str, Any]) -> None:
+    """The ``audit`` object sca audit adds: the mutants run, the accepted ones in words, and lax
+    (null for a task without a solution, which has no mutant)."""
+    a = record["audit"]
+    n = a.get("mutants")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise RecordError("audit.mutants", f"expected a count (an integer >= 0), got {json.dumps(n)}")
+    accepted = a.get("accepted")
+    if not isinstance(accepted, list) or not all(isinstance(x, str) for x in accepted):
+        raise RecordError("audit.accepted", "expected a list of strings (each accepted mutant's change)")
+    if "lax" not in a or a["lax"] not in (True, False, None):
+        raise RecordError("audit.lax", f"expected true, false or null, got {json.dumps(a.get('lax'))}")
+    if len(accepted) > n:
+        raise RecordError("audit.accepted", f"{len(accepted)} accepted of {n} mutants")
+
+
+def _task_schema(kind: str) -> RecordSchema:
+    # CAT_TASK's fields (the parts of each record's format), not its check that the environment is
+    # installed: a report reads the records of any run, also of an environment this machine lacks
+    fields = CAT_TASK.fields + (Field("validation", dict, required=kind == "validate"),)
+    checks: tuple[Callable[[dict[str, Any]], None], ...] = (_check_validation,)
+    if kind == "audit":
+        fields += (Field("audit", dict),)
+        checks += (check_audit,)
+    return RecordSchema(name=CAT_TASK.name, fields=fields, extra_checks=checks)
 
 
 #: the check of each kind's records; a results file's trajectories must say their reward (a report
 #: cannot tell an unscored trial from a failed one). Train log lines are checked one by one: a step
 #: may repeat (TRAIN_LOG_LINE), so their ids are not checked below
 _SCHEMAS: dict[str, Callable[[Any], None]] = {
-    "propose": _cat_schema(False).check,
-    "validate": _cat_schema(True).check,
+    "propose": _task_schema("propose").check,
+    "validate": _task_schema("validate").check,
+    "audit": _task_schema("audit").check,
     "rollout": RecordSchema(TRAJECTORY.name, TRAJECTORY.fields, extra_checks=TRAJECTORY.extra_checks
                             + (check_reward_present,)).check,
     "eval": RecordSchema(EVAL_RESULT.name, EVAL_RESULT.fields, extra_checks=EVAL_RESULT.extra_checks
@@ -156,15 +203,26 @@ def _slim(kind: str, record: dict[str, Any], lineno: int) -> dict[str, Any]:
     if kind in ("propose", "validate"):
         meta = record.get("meta") or {}
         v = record.get("validation")
-        out: dict[str, Any] = {"id": record["id"], "env": record["env"], "line": lineno,
+        fmt = task_format(record)
+        checked = v.get("check_set") if isinstance(v, dict) else None
+        out: dict[str, Any] = {"id": record["id"], "env": record["env"], "line": lineno, "format": fmt,
+                               # Figure 4's "verification only": cat tasks held to no failure case check
+                               "verification_only": fmt == "cat" and isinstance(checked, list)
+                               and "failure_case_runs" not in checked,
                                "status": meta.get("status"), "episode_reason": meta.get("reason"),
                                "model": meta.get("model")}
         if v is None:
             out.update(valid=False, reason=None, check=None, has_validation=False)
         else:
-            out.update(valid=v["valid"], reason=None if v["valid"] else v["reason"],
-                       check=None if v["valid"] else failed_check(v), has_validation=True)
+            rejected_by = None if v["valid"] else failed_check(v) if fmt == "cat" else _told_check(v)
+            out.update(valid=v["valid"], reason=None if v["valid"] else v["reason"], check=rejected_by,
+                       has_validation=True)
         return out
+    if kind == "audit":
+        a = record["audit"]
+        return {"id": record["id"], "env": record["env"], "line": lineno, "format": task_format(record),
+                "mutants": a["mutants"], "accepted": len(a["accepted"]), "lax": a["lax"],
+                "skipped": a.get("skipped")}
     if kind in ("rollout", "eval"):
         infra = record.get("infra_error")
         models = record.get("models") or {}
@@ -174,7 +232,8 @@ def _slim(kind: str, record: dict[str, Any], lineno: int) -> dict[str, Any]:
                 "infra_kind": (infra.get("kind") or "unknown") if isinstance(infra, dict) else None,
                 "split": record.get("split"), "scorer": record.get("scorer"),
                 "benchmark_task_id": record.get("benchmark_task_id"),
-                "model": executor.get("model") if isinstance(executor, dict) else None}
+                "model": executor.get("model") if isinstance(executor, dict) else None,
+                "format": task_format(record), "reward_source": record.get("reward_source") or "evaluate"}
     return dict(record)
 
 
@@ -216,15 +275,23 @@ def _kind_of_record(record: Any) -> str | None:
     """The kind a record's fields say (None: CaT tasks without validation); raises RecordError if unknown."""
     if isinstance(record, dict):
         if {"task_id", "trial", "messages"} <= record.keys():
-            return "eval" if {"split", "scorer", "scorer_detail"} & record.keys() else "rollout"
+            # a rollout scored by a judge has a scorer_detail too (the judge's replies); only a
+            # benchmark's results have a split or a scorer
+            told = {"split", "scorer"} & record.keys() or (
+                "scorer_detail" in record and record.get("reward_source") != "judge")
+            return "eval" if told else "rollout"
         if "step" in record and ("loss" in record or "eval_loss" in record):
             return "train"
-        if {"evaluation_function", "solution", "failure_cases"} <= record.keys():
+        fmt = record.get("format")
+        if {"evaluation_function", "solution", "failure_cases"} <= record.keys() or (
+                fmt in TASK_FORMATS and {"id", "env", "instruction"} <= record.keys()):
+            if isinstance(record.get("audit"), dict):
+                return "audit"
             meta = record.get("meta")
             if isinstance(meta, dict) and (meta.get("source") == "sca propose" or "status" in meta):
                 return "propose"
             return "validate" if "validation" in record else None
-    raise RecordError("", "cannot tell what this is: no meta sidecar, and the record is not a CaT task, a "
+    raise RecordError("", "cannot tell what this is: no meta sidecar, and the record is not a task, a "
                           "trajectory, an eval result or a train log line")
 
 
@@ -277,6 +344,45 @@ def read_source(path: Path, *, explicit: bool = True, kind: str | None = None,
     return src
 
 
+def _rate(value: Any, where: str) -> list[float] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in value)):
+        raise RecordError(where, f"expected [estimate, low, high] in [0, 1] or null, got {json.dumps(value)}")
+    return [float(x) for x in value]
+
+
+def read_labels(path: Path) -> Source:
+    """The hand-label rates ``sca audit --labels`` writes: one record per format, its counts and
+    its rates (each [estimate, low, high], or null where nothing could be counted)."""
+    data = _read_json_object(path)
+    by_format = data.get("by_format")
+    if not isinstance(by_format, dict):
+        raise InputError(f"{path}: by_format: expected an object (the rates of sca audit --labels, by task format)")
+    records = []
+    for fmt, row in by_format.items():
+        where = f"by_format.{fmt}"
+        if not isinstance(row, dict):
+            raise InputError(f"{path}: {where}: expected an object")
+        out: dict[str, Any] = {"format": fmt}
+        try:
+            for key in LABEL_COUNTS:
+                v = row.get(key)
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise RecordError(f"{where}.{key}", f"expected a count (an integer >= 0), got {json.dumps(v)}")
+                out[key] = v
+            if out["tp"] + out["fp"] + out["tn"] + out["fn"] != out["n"]:
+                raise RecordError(f"{where}.n", f"{out['n']} is not tp + fp + tn + fn")
+            for key in LABEL_RATES:
+                out[key] = _rate(row.get(key), f"{where}.{key}")
+        except RecordError as e:
+            raise InputError(f"{path}: {e}") from None
+        records.append(out)
+    meta = {"settings": {"n_boot": data.get("n_boot"), "seed": data.get("seed")}}
+    return Source(path=path, kind="labels", detected_by="by_format", meta=meta, records=records)
+
+
 # =========================================================================== every file, and the runs
 
 
@@ -302,8 +408,14 @@ def _locate(output: str, beside: Path) -> Path | None:
 
 
 def _files_of(directory: Path) -> list[Path]:
+    """A directory's outputs: its *.jsonl, the train logs below it, its hand-label rates, and the
+    *.jsonl and rates of its subdirectories named after a task format (the layout of
+    examples/ablations.sh)."""
     files = sorted(p for p in directory.glob("*.jsonl") if p.is_file())
+    files += sorted(p for fmt in TASK_FORMATS for p in (directory / fmt).glob("*.jsonl") if p.is_file())
     files += sorted(p for p in directory.rglob("train_log.jsonl") if p.is_file() and p.parent != directory)
+    for place in (directory, *(directory / fmt for fmt in TASK_FORMATS)):
+        files += sorted(p for p in (*place.glob("rates.json"), *place.glob("*.rates.json")) if p.is_file())
     return files
 
 
@@ -327,7 +439,7 @@ def collect(paths: Iterable[str | Path]) -> tuple[list[Source], list[str]]:
     for path, explicit in entries:
         key = path.resolve()
         if key not in sources:
-            sources[key] = read_source(path, explicit=explicit)
+            sources[key] = read_labels(path) if path.suffix == ".json" else read_source(path, explicit=explicit)
     # a run's other outputs (the rejected tasks of propose and validate) go with it
     for src in list(sources.values()):
         src.group = src.group or str(src.path.resolve())
@@ -371,6 +483,9 @@ def collect(paths: Iterable[str | Path]) -> tuple[list[Source], list[str]]:
             notes.append(f"{src.path}: skipped: {src.note}")
         src.model = _model_of(src)
     _name_runs([s for s in out if s.kind in ("rollout", "eval")])
+    for src in out:
+        if src.kind == "eval":
+            src.training = trained_on(src)
     return out, notes
 
 
@@ -408,6 +523,79 @@ def _model_of(src: Source) -> str | None:
         if isinstance(c, str) and c:
             return c
     return None
+
+
+def _beside_or_as_written(written: str, beside: Path) -> list[Path]:
+    p = Path(written)
+    return [beside / p.name, p] if p.name else [p]
+
+
+def _checkpoint_of(src: Source) -> Path | None:
+    """The sca checkpoint an eval run evaluated: its model's directory, with a train_summary.json
+    (looked for beside the results by its last name, then as written)."""
+    s = src.setting("models")
+    executor = s.get("executor") if isinstance(s, dict) else None
+    written = [executor.get(k) for k in ("path", "model")] if isinstance(executor, dict) else []
+    for w in [*written, src.model]:
+        if isinstance(w, str) and w:
+            for cand in _beside_or_as_written(w, src.path.parent):
+                if (cand / "train_summary.json").is_file():
+                    return cand
+    return None
+
+
+def _formats_in(path: Path) -> set[str]:
+    """The task formats of a JSONL file's records (only their ``format`` field is read)."""
+    found: set[str] = set()
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                record = None
+            found.add(task_format(record) if isinstance(record, dict) else "?")
+    return found
+
+
+def trained_on(src: Source) -> Training:
+    """The task format an eval run's model was trained on. In order: the results file's directory,
+    when it is named after a format (``runs/ablations/cat/eval.jsonl``, as examples/ablations.sh
+    lays a run out); else the ``format`` of the trajectories its checkpoint was trained on (the
+    checkpoint's train_summary.json names them); "zero-shot" for a model that is no sca checkpoint
+    (a hub name, or a directory without train_summary.json); else None. The checkpoint's summary
+    also gives the base model and the algorithm, which decide whether the paper's row is
+    comparable."""
+    ckpt = _checkpoint_of(src)
+    summary = _read_json_object(ckpt / "train_summary.json") if ckpt else {}
+    base = _get(summary, "summary", "model") or _get(summary, "settings", "model")
+    algo = _get(summary, "summary", "algo") or _get(summary, "settings", "algo")
+    training = Training(None, "", ckpt, base if isinstance(base, str) else None, algo if isinstance(algo, str) else None)
+    here = src.path.parent.name
+    if here in TASK_FORMATS:
+        training.format, training.told_by = here, f"its directory ({here}/)"
+        return training
+    if ckpt is not None:
+        inputs = summary.get("inputs") if isinstance(summary.get("inputs"), list) else []
+        written = [i.get("path") for i in inputs if isinstance(i, dict) and isinstance(i.get("path"), str)]
+        for w in written:
+            for cand in _beside_or_as_written(w, ckpt.parent):
+                if cand.is_file():
+                    formats = _formats_in(cand)
+                    if len(formats) == 1 and "?" not in formats:
+                        training.format = formats.pop()
+                        training.told_by = f"the format of {cand.name}, the checkpoint's training data"
+                    else:
+                        training.told_by = f"{cand.name}, the checkpoint's training data, mixes formats"
+                    return training
+        training.told_by = "the checkpoint's training data was not found"
+        return training
+    model = src.model or ""
+    local = model.startswith(("/", "./", "../", "~"))
+    if model and (not local or Path(model).expanduser().is_dir()):
+        training.format, training.told_by = "zero-shot", "not an sca checkpoint (no train_summary.json)"
+    else:
+        training.told_by = "its model is not here: cannot tell what it was trained on"
+    return training
 
 
 def _short(name: str) -> str:

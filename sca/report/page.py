@@ -2,8 +2,11 @@
 
 The sections (each present when its kind of input is): the inputs, the validation funnel (with
 the rule that places a record, and the rejection reasons), rewards per task, Pass@k per
-environment, training, the comparison, and the notes (what was skipped, missing or not
-comparable). Every table and plot is on the page; :attr:`Report.sections` holds the same items
+environment, training, the comparison, the comparison across task formats (when a run has tasks
+of another format than cat, or an eval run of a model trained on tasks of a format), the verifier
+audit (when there is an sca audit output or hand-label rates), and the notes (what was skipped,
+missing or not comparable). A part of a section without its input says "no data" and what
+would give it. Every table and plot is on the page; :attr:`Report.sections` holds the same items
 for the terminal. Without matplotlib the page has its tables and no plots, and says so.
 """
 
@@ -15,13 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sca.paper import REBUTTAL_ENV, REBUTTAL_RETAIL_8B
 from sca.records.io import InputError
 from sca.report import render
 from sca.report.inputs import Source
 from sca.report.render import Plot, Table
 from sca.report.sections import (
+    AuditPool,
     CompareRow,
+    FormatFunnel,
+    FormatRow,
     Funnel,
+    LabelRow,
     PassRow,
     RewardStats,
     Sections,
@@ -41,6 +49,10 @@ class Report:
     pass_rows: list[PassRow] = field(default_factory=list)
     curves: list[TrainCurve] = field(default_factory=list)
     comparisons: list[CompareRow] = field(default_factory=list)
+    format_funnels: list[FormatFunnel] = field(default_factory=list)
+    format_rows: list[FormatRow] = field(default_factory=list)
+    audit: list[AuditPool] = field(default_factory=list)
+    labels: list[LabelRow] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     plots: list[Plot] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -83,7 +95,9 @@ def write(out: Path, named: Sequence[Any], sources: list[Source], notes: list[st
     matplotlib is missing) and write ``out/README.md``; `named`: the inputs as given, for its first line."""
     rep = Report(out_dir=out, readme=out / "README.md", sources=sources, notes=list(notes),
                  funnels=numbers.funnels, rewards=[stats for _, stats in numbers.rewards],
-                 pass_rows=numbers.pass_rows, curves=numbers.curves, comparisons=numbers.comparisons)
+                 pass_rows=numbers.pass_rows, curves=numbers.curves, comparisons=numbers.comparisons,
+                 format_funnels=numbers.format_funnels, format_rows=numbers.format_rows, audit=numbers.audit,
+                 labels=numbers.labels)
     draw = plots
     if plots:
         try:
@@ -164,10 +178,66 @@ def write(out: Path, named: Sequence[Any], sources: list[Source], notes: list[st
         section += [f"* {render.verdict_line(r)}" for r in rep.comparisons]
         rep.sections.append(("Comparison", section))
 
+    if rep.format_rows or any(f.format != "cat" for f in rep.format_funnels):
+        rep.sections.append(("Comparison across task formats", _formats_section(rep, numbers, add_table, add_plot)))
+
+    if rep.audit or rep.labels:
+        rep.sections.append(("Verifier audit", _audit_section(rep, add_table, add_plot)))
+
     if rep.notes:
         rep.sections.append(("Notes", [f"* {n}" for n in rep.notes]))
     _write_readme(rep, named)
     return rep
+
+
+NO_FORMAT_RUNS = ("No data: no eval results of a model trained on tasks of a format. A run's format is its results "
+                  "file's directory (runs/ablations/<format>/, as examples/ablations.sh writes), else the format of "
+                  "the trajectories its checkpoint was trained on.")
+NO_FUNNEL = "No data: no propose or validate output."
+NO_AUDIT = "No data: no sca audit output (sca audit TASKS -o OUT)."
+NO_LABELS = "No data: no hand-label rates (sca audit --sheet N TRAJECTORIES, label it, then sca audit --labels)."
+
+
+def _formats_section(rep: Report, numbers: Sections, add_table: Callable[..., None],
+                     add_plot: Callable[..., None]) -> list[Any]:
+    section: list[Any] = []
+    rep.notes += numbers.format_notes
+    if rep.format_rows:
+        add_table(section, render.format_table(rep.format_rows))
+        add_plot(section, "formats", "Pass@1 and Pass@k per task format the model was trained on, with 95% bootstrap "
+                 "intervals and n tasks; hollow diamonds: the rebuttal's figures, where comparable.",
+                 lambda p: render.plot_formats(rep.format_rows, p))
+        rep.notes += [f"{r.run}, {r.env}: no rebuttal figure beside it: {r.not_comparable}" for r in rep.format_rows
+                      if r.not_comparable and r.format in REBUTTAL_RETAIL_8B and r.env == REBUTTAL_ENV]
+    else:
+        section.append(NO_FORMAT_RUNS)
+    if rep.format_funnels:
+        add_table(section, render.format_funnel_table(rep.format_funnels))
+        add_plot(section, "format_funnel", "Share of proposed tasks found valid, per task format and run (valid / "
+                 "proposed on each bar); diamond: the paper's CaT yield.",
+                 lambda p: render.plot_format_funnels(rep.format_funnels, p))
+    else:
+        section.append(NO_FUNNEL)
+    return section
+
+
+def _audit_section(rep: Report, add_table: Callable[..., None], add_plot: Callable[..., None]) -> list[Any]:
+    section: list[Any] = []
+    if rep.audit:
+        add_table(section, render.audit_table(rep.audit))
+        if any(p.rate is not None for p in rep.audit):
+            add_plot(section, "audit", "Lax rate of each audited pool, with its 95% bootstrap interval (lax / audited "
+                     "tasks beside each point).", lambda p: render.plot_audit(rep.audit, p))
+    else:
+        section.append(NO_AUDIT)
+    if rep.labels:
+        add_table(section, render.labels_table(rep.labels))
+        add_plot(section, "labels", "Figure 4: false-positive and false-negative rates of the rewards per task "
+                 "format, from hand labels, with 95% intervals (n: the cases each rate counts); hollow diamonds: the "
+                 "paper's Figure 4 (about).", lambda p: render.plot_labels(rep.labels, p))
+    else:
+        section.append(NO_LABELS)
+    return section
 
 
 def _write_readme(rep: Report, named: Sequence[Any]) -> None:

@@ -15,14 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from sca import metrics
+from sca.paper import FIGURE4_RETAIL_8B, REBUTTAL_RETAIL_8B
 from sca.report.inputs import Source
 from sca.report.sections import (
     FUNNEL_RULES,
     FUNNEL_STAGES,
+    PAPER_FORMAT_FUNNEL,
     PAPER_FUNNEL,
     PAPER_MODEL,
+    AuditPool,
     CompareRow,
+    FormatFunnel,
+    FormatRow,
     Funnel,
+    LabelRow,
     PassRow,
     RewardStats,
     TrainCurve,
@@ -203,6 +209,71 @@ def verdict_line(r: CompareRow) -> str:
     return f"{env}: {r.comparison.verdict}" if r.comparison is not None else f"{env}, {r.metric}: {r.note}"
 
 
+def _method(fmt: str) -> str:
+    """The name the rebuttal gives the method trained on tasks of this format."""
+    return REBUTTAL_RETAIL_8B[fmt][0] if fmt in REBUTTAL_RETAIL_8B else "-"
+
+
+def format_table(rows: list[FormatRow]) -> Table:
+    out = []
+    for r in rows:
+        s = r.summary
+        out.append([r.format, _method(r.format), r.run, r.told_by, r.base_model or "-", r.env, r.split or "-",
+                    str(r.k), str(s.tasks), str(s.trials), f"{_pct(s.pass1)} {_ci(s.pass1_ci)}",
+                    f"{_pct(s.pass_k)} {_ci(s.pass_k_ci)}",
+                    f"{r.paper[1][0]:.1f}% / {r.paper[1][1]:.1f}%" if r.paper else "-"])
+    return Table("Comparison across task formats", [
+        "trained on", "method", "run", "format told by", "base model", "env", "split", "k", "tasks", "valid trials",
+        "Pass@1 [95% CI]", "Pass@k [95% CI]", "paper Pass@1 / Pass@4"], out,
+        note="Each eval run of a model trained on tasks of one format (zero-shot: not trained), as the rebuttal's "
+             "filtering ablation: PAE = instruction-only tasks with a judge reward, SCA no filtering = eval-only, "
+             "SCA = cat. Means over tasks, 95% percentile bootstrap intervals over tasks. The rebuttal's figures "
+             "(retail, Llama-3.1-8B-Instruct, rejection fine-tuning) sit beside a run only where it measured the "
+             "same: that model (or a checkpoint trained from it with --algo rft), on Table 1's benchmark.")
+
+
+def format_funnel_table(funnels: list[FormatFunnel]) -> Table:
+    rows = [[f.label, f.format, f.model or "-", ", ".join(f.envs) or "-", str(f.proposed),
+             _n_pct(f.valid, f.proposed)] for f in funnels]
+    label, _ = PAPER_FUNNEL
+    rows += [[label, fmt, PAPER_MODEL, "retail", "100.0%", f"{pct:.1f}%"] for fmt, pct in PAPER_FORMAT_FUNNEL.items()]
+    return Table("Funnel per task format", ["run", "format", "model", "env", "proposed", "valid"], rows,
+                 note="Records of each format in each propose or validate run, and those found valid by the checks of "
+                      "their format (cat: the six CaT checks; eval-only: the code compiles and defines evaluate; "
+                      "instruction-only: a non-empty instruction). The paper gives a yield for CaT only.")
+
+
+def audit_table(pools: list[AuditPool]) -> Table:
+    rows = [[p.label, p.format, ", ".join(p.envs) or "-", str(p.tasks), str(p.audited), str(p.skipped),
+             str(p.mutants), str(p.accepted), str(p.lax),
+             f"{_pct(p.rate)} {_ci(p.rate_ci)}" if p.rate is not None and p.rate_ci else "-"] for p in pools]
+    return Table("Verifier audit: lax rate per pool", [
+        "pool", "format", "env", "tasks", "audited", "skipped (no solution)", "mutants run", "mutants accepted",
+        "lax tasks", "lax rate [95% CI]"], rows,
+        note="sca audit runs variants of each task's own solution (a write dropped, an argument changed, a write "
+             "repeated, two writes swapped); a task is lax when a variant that leaves another final state still "
+             "passes its evaluate(). Lax rate = lax / audited tasks; 95% percentile bootstrap interval over tasks.")
+
+
+def _rate_cell(rate: list[float] | None) -> str:
+    return f"{_pct(rate[0])} {_ci(rate[1:])}" if rate else "-"
+
+
+def labels_table(rows: list[LabelRow]) -> Table:
+    out = [[r.label, r.format, str(r.n), str(r.tp), str(r.fp), str(r.tn), str(r.fn)]
+           + [_rate_cell(r.rates[key]) for key in ("false_positive_rate", "false_negative_rate", "precision", "recall")]
+           for r in rows]
+    out += [["paper, Figure 4 (about; retail, Llama-3.1-8B)", fmt, "-", "-", "-", "-", "-",
+             "-" if fp is None else f"{fp:.0f}%", "-" if fn is None else f"{fn:.0f}%", "-", "-"]
+            for fmt, (fp, fn) in FIGURE4_RETAIL_8B.items()]
+    return Table("Hand-labelled rewards (Figure 4)", [
+        "sheet", "format", "labelled", "TP", "FP", "TN", "FN", "false-positive rate [95% CI]",
+        "false-negative rate [95% CI]", "precision [95% CI]", "recall [95% CI]"], out,
+        note="From sca audit --labels: reward 1 is a predicted success, label 1 a task really done. False-positive "
+             "rate = FP / (FP + TN): how often a failed attempt got reward 1; false-negative rate = FN / (FN + TP). "
+             "Intervals: bootstrap 95%, as sca audit wrote them. The paper's figures are read off its Figure 4.")
+
+
 # =========================================================================== plots
 
 
@@ -330,5 +401,111 @@ def plot_training(curves: list[TrainCurve], path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _ordered(values: list[str]) -> list[str]:
+    order = ["zero-shot", "instruction-only", "eval-only", "cat"]
+    return sorted(dict.fromkeys(values), key=lambda v: (order.index(v) if v in order else len(order), v))
+
+
+def _point(ax: Any, x: float, est: float, ci: Sequence[float], label: str | None, color: Any, text: str) -> None:
+    """One estimate with its interval (all in [0, 1]) drawn in percent, `text` (its n) beside it."""
+    ax.errorbar([x], [100 * est], yerr=[[max(0.0, 100 * (est - ci[0]))], [max(0.0, 100 * (ci[1] - est))]],
+                fmt="o", capsize=4, color=color, label=label)
+    ax.annotate(text, (x, 100 * est), textcoords="offset points", xytext=(6, 0), fontsize=7, va="center")
+
+
+def plot_formats(rows: list[FormatRow], path: Path) -> None:
+    """Pass@1 and Pass@k per format (points with 95% intervals, n tasks beside each), one colour per
+    environment; hollow diamonds: the rebuttal's figures where comparable."""
+    formats = _ordered([r.format for r in rows])
+    groups = list(dict.fromkeys(r.env + (f" ({r.split})" if r.split else "") for r in rows))
+    fig, axes = _figure(11, 4.5, ncols=2)
+    colors = {g: f"C{i}" for i, g in enumerate(groups)}
+    for p, (metric, title) in enumerate((("pass1", "Pass@1"), ("pass_k", "Pass@k"))):
+        ax = axes[0][p]
+        seen: set[str] = set()
+        paper_drawn = False
+        runs_at: Counter = Counter()
+        for r in rows:
+            group = r.env + (f" ({r.split})" if r.split else "")
+            i = formats.index(r.format)
+            x = i + 0.12 * (groups.index(group) - (len(groups) - 1) / 2) + 0.04 * runs_at[i, group]
+            runs_at[i, group] += 1
+            _point(ax, x, getattr(r.summary, metric), getattr(r.summary, f"{metric}_ci"),
+                   None if group in seen else group, colors[group], f"n={r.summary.tasks}")
+            seen.add(group)
+            if r.paper and (metric == "pass1" or r.k == 4):
+                ax.plot([x], [r.paper[1][0 if metric == "pass1" else 1]], "kD", markerfacecolor="none",
+                        label=None if paper_drawn else "paper (rebuttal)")
+                paper_drawn = True
+        ax.set_xticks(range(len(formats)), [f"{f}\n{_method(f)}" if _method(f) != "-" else f for f in formats])
+        ax.set_xlim(-0.6, len(formats) - 0.4)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("%")
+        ax.set_title(title + (" (k per run)" if len({r.k for r in rows}) > 1 else f" (k={rows[0].k})"))
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_format_funnels(funnels: list[FormatFunnel], path: Path) -> None:
+    """Valid share of proposed tasks per format and run (n valid / proposed beside each)."""
+    fig, axes = _figure(8, 4)
+    ax = axes[0][0]
+    labels = [f"{f.format}\n{_legend_name(f.label, 30)}" for f in funnels]
+    for i, f in enumerate(funnels):
+        ax.bar([i], [f.percent], 0.6, color=f"C{_ordered([g.format for g in funnels]).index(f.format)}")
+        ax.annotate(f"{f.valid}/{f.proposed}", (i, f.percent), ha="center", va="bottom", fontsize=8)
+        if f.format in PAPER_FORMAT_FUNNEL:
+            ax.plot([i], [PAPER_FORMAT_FUNNEL[f.format]], "kD", markerfacecolor="none")
+    ax.set_xticks(range(len(funnels)), labels, fontsize=8)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("% of proposed tasks valid")
+    ax.set_title("Funnel per task format (diamond: the paper's CaT yield, Llama-3.1-8B on retail)")
+    _save(fig, path)
+
+
+def plot_audit(pools: list[AuditPool], path: Path) -> None:
+    """The lax rate of each pool with its 95% interval (lax / audited beside it)."""
+    shown = [p for p in pools if p.rate is not None and p.rate_ci]
+    fig, axes = _figure(8, 4)
+    ax = axes[0][0]
+    for i, p in enumerate(shown):
+        _point(ax, i, p.rate or 0.0, p.rate_ci or (0.0, 0.0), None, f"C{i}", f"{p.lax}/{p.audited}")
+    ax.set_xticks(range(len(shown)), [f"{p.format}\n{_legend_name(p.label, 30)}" for p in shown], fontsize=8)
+    ax.set_xlim(-0.6, len(shown) - 0.4)
+    ax.set_ylim(-3, 105)
+    ax.set_ylabel("% of audited tasks lax")
+    ax.set_title("Verifier audit: lax rate per pool (95% bootstrap interval)")
+    _save(fig, path)
+
+
+def plot_labels(rows: list[LabelRow], path: Path) -> None:
+    """Figure 4: false-positive and false-negative rates per format with intervals (n: the cases each
+    rate counts); hollow diamonds: the paper's Figure 4, where it gives the rate."""
+    fig, axes = _figure(10, 4, ncols=2)
+    formats = _ordered([r.format for r in rows])
+    panels = (("false_positive_rate", "false-positive rate: FP / (FP + TN)", lambda r: r.fp + r.tn, 0),
+              ("false_negative_rate", "false-negative rate: FN / (FN + TP)", lambda r: r.fn + r.tp, 1))
+    for p, (key, title, n_of, paper_i) in enumerate(panels):
+        ax = axes[0][p]
+        paper_drawn = False
+        for j, r in enumerate(rows):
+            x = formats.index(r.format) + 0.08 * (j - (len(rows) - 1) / 2) / max(1, len(rows))
+            rate = r.rates[key]
+            if rate:
+                _point(ax, x, rate[0], rate[1:], None, f"C{formats.index(r.format)}", f"n={n_of(r)}")
+            ref = FIGURE4_RETAIL_8B.get(r.format, (None, None))[paper_i]
+            if ref is not None:
+                ax.plot([x], [ref], "kD", markerfacecolor="none", label=None if paper_drawn else "paper (about)")
+                paper_drawn = True
+        ax.set_xticks(range(len(formats)), formats)
+        ax.set_xlim(-0.6, len(formats) - 0.4)
+        ax.set_ylim(-3, 105)  # a rate of 0 stays in sight
+        ax.set_ylabel("%")
+        ax.set_title(title, fontsize=10)
+        if paper_drawn:
             ax.legend(fontsize=8)
     _save(fig, path)

@@ -13,6 +13,15 @@
   tokens/s against the step.
 * **Comparison** (``--compare A B``): B against A paired by task, per environment, with
   :func:`sca.metrics.compare` (Pass@1 and Pass@k) and its verdict sentence.
+* **Task formats** (eval runs of models trained on tasks of each format, as the rebuttal's
+  filtering ablation and Table 1): Pass@1 and Pass@k with intervals per format, the rebuttal's
+  figures (:data:`sca.paper.REBUTTAL_RETAIL_8B`) beside a row only where the run measured what
+  the paper did (:func:`format_rows`); the funnel per format, proposed -> valid.
+* **Verifier audit**: the lax rate of each pool that ``sca audit`` tested, with a bootstrap
+  interval; the hand-label rates of ``sca audit --labels`` as the paper's Figure 4.
+
+The CaT funnel counts CaT tasks only: the checks of another format are not CaT's stages, so an
+eval-only or instruction-only task is counted in the funnel per format alone.
 
 The funnel. Every record of a propose or validate run is one *proposed* task (for propose
 output, one challenger episode). Each is placed at the furthest stage its ``validation``
@@ -36,19 +45,26 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sca import metrics
 from sca.cat import CHECKS, REASONS
 from sca.paper import (
+    FUNNEL_BY_FORMAT_8B,
     M3_ENVS,
+    REBUTTAL_ALGO,
+    REBUTTAL_ENV,
+    REBUTTAL_MODEL,
+    REBUTTAL_RETAIL_8B,
     RETAIL_FUNNEL_8B,
     TABLE1_ZERO_SHOT,
     TAU_ENVS,
     not_comparable,
     zero_shot_row,
 )
-from sca.report.inputs import Source, failed_check
+from sca.report.inputs import LABEL_RATES, Source, failed_check
+from sca.task_formats import TASK_FORMATS
 
 #: the stages of the validation funnel; a record's stage is an index into this
 FUNNEL_STAGES = ("proposed", "code runs", "solution passes", "failure cases fail (valid)")
@@ -172,8 +188,8 @@ def _reason_meaning(reason: str) -> str:
 
 
 def build_funnel(sources: list[Source]) -> Funnel:
-    """The funnel of one run's sources (its accepted and rejected outputs)."""
-    records = [r for s in sources for r in s.records]
+    """The funnel of one run's sources (its accepted and rejected outputs): its CaT tasks."""
+    records = [r for s in sources for r in s.records if r.get("format", "cat") == "cat"]
     stages = [0, 0, 0, 0]
     reasons: dict[str, ReasonCount] = {}
     no_answer = duplicates = 0
@@ -211,17 +227,66 @@ def build_funnel(sources: list[Source]) -> Funnel:
     )
 
 
-def funnels(sources: list[Source]) -> list[Funnel]:
-    """One funnel per propose or validate run, its primary output (the one with the meta) first."""
+def _runs(sources: list[Source], kinds: tuple[str, ...]) -> list[list[Source]]:
+    """The sources of each run of these kinds, its primary output (the one with the meta) first."""
     groups: dict[str, list[Source]] = {}
     for s in sources:
-        if s.kind in ("propose", "validate"):
+        if s.kind in kinds:
             groups.setdefault(s.group, []).append(s)
-    out = []
     for members in groups.values():
         members.sort(key=lambda s: (s.detected_by != "meta", s.label))
-        out.append(build_funnel(members))
+    return list(groups.values())
+
+
+def funnels(sources: list[Source]) -> list[Funnel]:
+    """One CaT funnel per propose or validate run that has CaT tasks."""
+    return [build_funnel(members) for members in _runs(sources, ("propose", "validate"))
+            if any(r.get("format", "cat") == "cat" for s in members for r in s.records)]
+
+
+@dataclass
+class FormatFunnel:
+    """Proposed -> valid of the tasks of one format in one propose or validate run."""
+
+    label: str
+    format: str
+    model: str | None
+    envs: list[str]
+    proposed: int
+    valid: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.valid / self.proposed if self.proposed else 0.0
+
+
+def _format_key(fmt: str) -> int:
+    order = ("zero-shot",) + TASK_FORMATS[::-1]  # the rebuttal's order: zero-shot, PAE, no filtering, SCA
+    return order.index(fmt) if fmt in order else len(order)
+
+
+def format_funnels(sources: list[Source]) -> list[FormatFunnel]:
+    """Per run and task format: tasks proposed (records) and valid (``validation.valid``; for sca
+    propose, its duplicates included, as in the CaT funnel)."""
+    out = []
+    for members in _runs(sources, ("propose", "validate")):
+        primary = members[0]
+        by_format: dict[str, list[dict[str, Any]]] = {}
+        for r in (r for s in members for r in s.records):
+            fmt = r.get("format", "cat")
+            by_format.setdefault(f"{fmt} (verification only)" if r.get("verification_only") else fmt, []).append(r)
+        for fmt, records in sorted(by_format.items(), key=lambda kv: _format_key(kv[0])):
+            models = sorted({r["model"] for r in records if r.get("model")})
+            out.append(FormatFunnel(
+                label=f"{primary.kind} {primary.label}", format=fmt,
+                model=(primary.model if primary.kind == "propose" else None) or (", ".join(models) or None),
+                envs=sorted({r["env"] for r in records}), proposed=len(records),
+                valid=sum(1 for r in records if r["valid"])))
     return out
+
+
+#: the paper's share of proposed tasks found valid, per format (only CaT's is given): % of proposed
+PAPER_FORMAT_FUNNEL = {fmt: funnel[-1] for fmt, funnel in FUNNEL_BY_FORMAT_8B.items()}
 
 
 # =========================================================================== rewards per task
@@ -404,6 +469,158 @@ def compare(a: Source, b: Source, k: int | None, *, n_boot: int, seed: int) -> l
     return rows
 
 
+# =========================================================================== task formats
+
+
+@dataclass
+class FormatRow:
+    """Pass@1 / Pass@k of one eval run of a model trained on tasks of one format (or zero-shot)."""
+
+    format: str  # a task format or "zero-shot"
+    told_by: str
+    run: str
+    file: str
+    base_model: str | None
+    env: str
+    split: str | None
+    k: int
+    summary: metrics.Summary
+    paper: tuple[str, tuple[float, float]] | None  # the rebuttal's (method, (Pass@1, Pass@4)) in %
+    not_comparable: str | None = None  # why the paper's row is not beside it
+
+
+def _rebuttal_not_comparable(src: Source, fmt: str, env: str, split: str | None,
+                             recs: list[dict[str, Any]]) -> str | None:
+    """Why a run's results are not what the rebuttal measured (None if they are): retail, the
+    benchmark as Table 1 (:func:`_not_the_papers_benchmark`), Llama-3.1-8B-Instruct itself for
+    zero-shot, trained from it by rejection fine-tuning otherwise."""
+    if env != REBUTTAL_ENV:
+        return f"the rebuttal measured {REBUTTAL_ENV} only"
+    training = src.training
+    if fmt == "zero-shot":
+        if not is_paper_model(src.model):
+            return f"not {REBUTTAL_MODEL} itself"
+    elif training is None or training.base_model is None:
+        return "the checkpoint's base model is unknown (no train_summary.json where its model path points)"
+    elif not is_paper_model(training.base_model):
+        return f"trained from {training.base_model}, not {REBUTTAL_MODEL}"
+    elif training.algo != REBUTTAL_ALGO:
+        return f"trained with --algo {training.algo}: the rebuttal's self-improvement is {REBUTTAL_ALGO}"
+    return _not_the_papers_benchmark(src, env, split, recs)
+
+
+def format_rows(sources: list[Source], k: int | None, *, n_boot: int,
+                seed: int) -> tuple[list[FormatRow], list[str]]:
+    """The comparison across formats: every eval run whose training format is told (see
+    :func:`sca.report.inputs.trained_on`), per environment and split, in the rebuttal's order.
+    Empty unless some run was trained on tasks of a format (zero-shot runs alone compare nothing)."""
+    evals = [s for s in sources if s.kind == "eval" and s.training is not None]
+    if not any(s.training.format in TASK_FORMATS for s in evals):
+        return [], []
+    rows: list[FormatRow] = []
+    notes: list[str] = []
+    for src in evals:
+        training = src.training
+        if training.format is None:
+            notes.append(f"{src.label}: left out of the comparison across formats: {training.told_by}")
+            continue
+        for (env, split), recs in _by_env(src.records).items():
+            try:
+                summary = metrics.summarize(recs, k_of(src, k), n_boot=n_boot, seed=seed)
+            except ValueError as e:
+                notes.append(f"{src.name}, {env}: {e}")
+                continue
+            why = _rebuttal_not_comparable(src, training.format, env, split, recs)
+            rows.append(FormatRow(format=training.format, told_by=training.told_by, run=src.name, file=src.label,
+                                  base_model=training.base_model or src.model, env=env, split=split,
+                                  k=k_of(src, k), summary=summary,
+                                  paper=REBUTTAL_RETAIL_8B.get(training.format) if why is None else None,
+                                  not_comparable=why))
+    rows.sort(key=lambda r: (_env_key(r.env), r.split or "", _format_key(r.format), r.run))
+    return rows, notes
+
+
+def format_consistency(sources: list[Source]) -> list[str]:
+    """Notes where a directory named after a format holds tasks or trajectories of another format."""
+    notes = []
+    for s in sources:
+        here = s.path.parent.name
+        if here in TASK_FORMATS and s.kind in ("propose", "validate", "rollout", "audit"):
+            other = sorted({r.get("format", "cat") for r in s.records} - {here})
+            if other:
+                notes.append(f"{s.label}: in {here}/ but holds tasks of format {', '.join(other)}")
+    return notes
+
+
+# =========================================================================== the verifier audit
+
+
+@dataclass
+class AuditPool:
+    """The mutation audit of one pool of tasks (one sca audit output) in one format."""
+
+    label: str
+    format: str
+    envs: list[str]
+    tasks: int
+    audited: int  # tasks with a verdict (lax true or false)
+    lax: int
+    skipped: int  # tasks without a solution: no mutant to run (lax null)
+    mutants: int
+    accepted: int
+    rate_ci: tuple[float, float] | None  # bootstrap interval of lax / audited
+
+    @property
+    def rate(self) -> float | None:
+        return self.lax / self.audited if self.audited else None
+
+
+def proportion_ci(values: list[int], *, n_boot: int, seed: int) -> tuple[float, float]:
+    """A bootstrap interval of the share of ones among 0/1 values (one per task): the Pass@1 interval
+    of :func:`sca.metrics.summarize` with each value as a task's single trial."""
+    records = [{"task_id": str(i), "trial": 0, "reward": v} for i, v in enumerate(values)]
+    return metrics.summarize(records, 1, n_boot=n_boot, seed=seed).pass1_ci
+
+
+def audit_pools(sources: list[Source], *, n_boot: int, seed: int) -> list[AuditPool]:
+    out = []
+    for s in sources:
+        if s.kind != "audit":
+            continue
+        by_format: dict[str, list[dict[str, Any]]] = {}
+        for r in s.records:
+            by_format.setdefault(r["format"], []).append(r)
+        for fmt, records in sorted(by_format.items(), key=lambda kv: _format_key(kv[0])):
+            verdicts = [int(r["lax"]) for r in records if r["lax"] is not None]
+            out.append(AuditPool(
+                label=s.label, format=fmt, envs=sorted({r["env"] for r in records}), tasks=len(records),
+                audited=len(verdicts), lax=sum(verdicts), skipped=len(records) - len(verdicts),
+                mutants=sum(r["mutants"] for r in records), accepted=sum(r["accepted"] for r in records),
+                rate_ci=proportion_ci(verdicts, n_boot=n_boot, seed=seed) if verdicts else None))
+    return out
+
+
+@dataclass
+class LabelRow:
+    """The hand-label rates of one task format (one entry of sca audit --labels' by_format)."""
+
+    label: str
+    format: str
+    n: int
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    rates: dict[str, list[float] | None]  # LABEL_RATES: [estimate, low, high] or None
+
+
+def label_rows(sources: list[Source]) -> list[LabelRow]:
+    return [LabelRow(label=s.label, format=r["format"], n=r["n"], tp=r["tp"], fp=r["fp"], tn=r["tn"], fn=r["fn"],
+                     rates={key: r[key] for key in LABEL_RATES})
+            for s in sources if s.kind == "labels"
+            for r in sorted(s.records, key=lambda r: _format_key(r["format"]))]
+
+
 # =========================================================================== every section
 
 
@@ -418,6 +635,11 @@ class Sections:
     curves: list[TrainCurve]
     comparisons: list[CompareRow]
     compared: tuple[Source, Source] | None  # (A, B) of the comparison
+    format_funnels: list[FormatFunnel] = field(default_factory=list)
+    format_rows: list[FormatRow] = field(default_factory=list)
+    format_notes: list[str] = field(default_factory=list)  # runs left out of the comparison, and why
+    audit: list[AuditPool] = field(default_factory=list)
+    labels: list[LabelRow] = field(default_factory=list)
 
 
 def compute(sources: list[Source], *, k: int | None, pair: tuple[Source, Source] | None, n_boot: int,
@@ -431,8 +653,17 @@ def compute(sources: list[Source], *, k: int | None, pair: tuple[Source, Source]
             rows, notes = build_pass_rows(s, k_of(s, k), n_boot=n_boot, seed=seed)
             pass_rows += rows
             pass_notes += notes
+    rows, format_notes = format_rows(sources, k, n_boot=n_boot, seed=seed)
+    curves = [train_curve(s) for s in sources if s.kind == "train"]
+    names = Counter(c.name for c in curves)
+    for c in curves:  # checkpoints of the same name (runs/ablations/<format>/ckpt): by their directory
+        if names[c.name] > 1:
+            c.name = str(Path(c.file).parent)
     return Sections(
         funnels=funnels(sources), rewards=rewards, pass_rows=pass_rows, pass_notes=pass_notes,
-        curves=[train_curve(s) for s in sources if s.kind == "train"],
+        curves=curves,
         comparisons=compare(*pair, k, n_boot=n_boot, seed=seed) if pair else [], compared=pair,
+        format_funnels=format_funnels(sources), format_rows=rows,
+        format_notes=format_notes + format_consistency(sources),
+        audit=audit_pools(sources, n_boot=n_boot, seed=seed), labels=label_rows(sources),
     )
