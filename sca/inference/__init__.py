@@ -88,6 +88,8 @@ def load_model(
 
         return OpenAIChatModel(model, base_urls=base_urls, **kwargs)
 
+    if backend == "hf":  # first: importing it sets OpenMP's wait policy, before anything here loads torch
+        import sca.inference.hf  # noqa: F401
     from sca.inference.default_model import DEFAULT_MODEL_NAME, default_model_path
 
     name = kwargs.pop("name", None)
