@@ -1,5 +1,5 @@
 """The paper's figures the toolkit prints beside its own ("Self-Challenging Language Model Agents",
-NeurIPS 2025; see README, "The paper's numbers"). Facts only; where they come from is said once here."""
+NeurIPS 2025; see docs/benchmarks.md, "The paper's numbers"). Facts only; where they come from is said once here."""
 
 from __future__ import annotations
 
@@ -14,6 +14,27 @@ TABLE1_ZERO_SHOT: dict[str, dict[str, tuple[float, float]]] = {
 #: the CaT filter with Llama-3.1-8B on retail: share of proposals that pass each stage, percent
 #: (proposed, code runs, solution passes, failure cases fail)
 RETAIL_FUNNEL_8B = (100.0, 47.7, 9.5, 5.2)
+
+#: the funnel the paper measured: CaT tasks proposed on retail
+FUNNEL_ENV = "retail"
+FUNNEL_FORMAT = "cat"
+#: the fewest proposals whose shares are a rate to set beside the paper's: below it one task moves a
+#: share by two points or more, and a handful of hand-written tasks at 100% says nothing of a challenger
+FUNNEL_MIN_PROPOSALS = 50
+
+
+def funnel_not_comparable(envs: list[str], fmt: str, proposed: int) -> str | None:
+    """None where a run's validation funnel measured what the paper's did (:data:`RETAIL_FUNNEL_8B`),
+    else why not. The rule, the only one for every funnel a report draws or tabulates: tasks of one
+    environment, retail; of the CaT format; and at least :data:`FUNNEL_MIN_PROPOSALS` of them proposed.
+    The challenger's model is not part of it: the paper's line is labelled with its own."""
+    if list(envs) != [FUNNEL_ENV]:
+        return f"env {', '.join(envs) or 'unknown'}: the paper's funnel is of {FUNNEL_ENV} tasks"
+    if fmt != FUNNEL_FORMAT:
+        return f"format {fmt}: the paper's funnel is of {FUNNEL_FORMAT} tasks"
+    if proposed < FUNNEL_MIN_PROPOSALS:
+        return f"{proposed} proposed: too few for a rate (the paper's line needs {FUNNEL_MIN_PROPOSALS} or more)"
+    return None
 
 
 def _norm(name: str) -> str:

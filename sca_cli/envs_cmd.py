@@ -27,6 +27,12 @@ def _spec(name: str):
         return env_spec(name)
 
 
+def _described(summary: dict) -> dict:
+    """An environment's summary as ``--json`` prints it: its tool count as ``tool_count`` (``tools`` is
+    the list of tools, in ``sca envs show --json``: one name, one meaning)."""
+    return {("tool_count" if k == "tools" else k): v for k, v in summary.items()}
+
+
 @app.callback(epilog=EXAMPLES_LIST)
 def list_envs(
     ctx: typer.Context,
@@ -45,7 +51,7 @@ def list_envs(
             summaries.append({"name": name, "description": f"(failed to load: {e})", "tools": None,
                               "read_tools": None, "write_tools": None, "user_facing": None})
     if as_json:
-        typer.echo(json.dumps(summaries, indent=2))
+        typer.echo(json.dumps([_described(s) for s in summaries], indent=2))
         return
     from rich.table import Table
 
@@ -62,7 +68,7 @@ def list_envs(
 @app.command("show", epilog=EXAMPLES_SHOW)
 def show(
     name: str = typer.Argument(..., help="Environment name (see `sca envs`)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: description, tools, policy."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: description, tool_count, tools (the list), policy."),
     no_policy: bool = typer.Option(False, "--no-policy", help="Leave the policy text out."),
 ) -> None:
     """Show an environment's tools (name, signature, description, read or write) and its policy."""
@@ -70,7 +76,7 @@ def show(
     tools = spec.tools()
     policy = None if no_policy else spec.make().policy
     if as_json:
-        doc = {**spec.summary(), "tool_list": [t.to_dict() for t in tools]}
+        doc = {**_described(spec.summary()), "tools": [t.to_dict() for t in tools]}
         if policy is not None:
             doc["policy"] = policy
         typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))

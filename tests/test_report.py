@@ -141,7 +141,12 @@ def test_funnel_matches_the_hand_count(rep):
     readme = rep.readme.read_text()
     assert "| 13 (100.0%) | 7 (53.8%) | 5 (38.5%) | 3 (23.1%) |" in readme
     assert "| 15 (100.0%) | 9 (60.0%) | 7 (46.7%) | 4 (26.7%) |" in readme
-    assert "| 100.0% | 47.7% | 9.5% | 5.2% |" in readme  # the paper's reference row
+    # 13 and 15 proposed: too few for a rate; the paper's row is left out, the table's note says so
+    assert "| 100.0% | 47.7% | 9.5% | 5.2% |" not in readme
+    assert "(paper: Llama-3.1-8B, retail: 100.0% / 47.7% / 9.5% / 5.2%) are not beside these runs" in readme
+    assert (prop.paper_not_comparable, val.paper_not_comparable) == (
+        "13 proposed: too few for a rate (the paper's line needs 50 or more)",
+        "15 proposed: too few for a rate (the paper's line needs 50 or more)")
     for reason in reasons:
         assert REASONS[reason] in readme
 
@@ -487,6 +492,7 @@ def test_help_stays_light():
 # tests/fixtures/report/ablation, written by make_fixtures.py (its docstring holds the hand counts)
 
 ABL = Path(__file__).resolve().parent / "fixtures" / "report" / "ablation"
+FUNNEL_MIN = 50  # sca.paper.FUNNEL_MIN_PROPOSALS, as the tests expect it
 ABL_PLOTS = {"formats.png", "format_funnel.png", "audit.png", "labels.png"}
 REBUTTAL = {"zero-shot": (8.9, 15.7), "instruction-only": (9.8, 18.3), "eval-only": (8.9, 20.8), "cat": (13.0, 25.2)}
 
@@ -613,7 +619,8 @@ def test_funnel_per_format_matches_the_hand_count(abl):
     table = next(t for t in abl.tables if t.title == "Funnel per task format")
     rows = {(r[0], r[1]): r[4:] for r in table.rows}
     assert rows["propose eval-only/tasks.raw.jsonl", "eval-only"] == ["4", "3 (75.0%)"]
-    assert rows["paper: Llama-3.1-8B, retail", "cat"] == ["100.0%", "5.2%"]
+    assert ("paper: Llama-3.1-8B, retail", "cat") not in rows  # 5 cat tasks proposed: too few for a rate
+    assert "(paper: Llama-3.1-8B, retail, cat: 5.2% valid) are not beside these runs: 5 proposed" in table.note
     assert not any(fmt != "cat" and r[0].startswith("paper") for (_, fmt), r in zip(rows, table.rows))
 
 
@@ -734,3 +741,177 @@ def test_bad_audit_input_is_one_line_exit_2(tmp_path, name, text, message):
     r = runner.invoke(app, ["report", str(tmp_path / name), "-o", str(tmp_path / "out")])
     assert r.exit_code == 2, r.output
     assert len(r.output.strip().splitlines()) == 1 and message in r.output, r.output
+
+
+# == plots that cannot mislead, and both layouts of propose's rejected file (issue 18) ==================
+# Each plot function returns what it drew, panel by panel (render.Panel): these tests read that, not pixels.
+
+
+def _all_panels(*reports):
+    return [(plot.path.name, panel) for r in reports for plot in r.plots for panel in plot.panels]
+
+
+def test_every_plot_says_what_it_drew(rep, abl):
+    panels = _all_panels(rep, abl)
+    assert {name for name, _ in panels} == {p.path.name for r in (rep, abl) for p in r.plots} >= PLOTS | ABL_PLOTS
+    for name, panel in panels:
+        for s in panel.series:
+            if s.kind == "bars":  # a value and n on every bar
+                assert len(s.texts) == len(s.points), (name, s)
+                for (_, y), text in zip(s.points, s.texts):
+                    assert text.startswith((f"{y:.1f}%", f"{y:g}/")), (name, text, y)
+                    assert "n=" in text or "/" in text, (name, text)
+            else:  # points as well as lines
+                assert s.marker not in (None, "", " ", "None"), (name, s)
+            if s.kind == "points" and s.texts:  # an estimate's value and its n beside it
+                assert "%" in s.texts[0] and ("n=" in s.texts[0] or "/" in s.texts[0]), (name, s.texts)
+        if not panel.data:
+            assert panel.notes[0] == render.NO_DATA, (name, panel)
+
+
+def test_a_one_step_training_run_says_too_few_points_and_no_data(tmp_path):
+    curve = sections.TrainCurve(name="ck", file="ck/train_log.jsonl", model=None,
+                                lines=[{"step": 1, "loss": 2.0, "learning_rate": 1e-5}])
+    path = tmp_path / "training.png"
+    loss, lr, grad, tps = render.plot_training([curve], path)
+    check_png(path)
+    assert [(s.label, s.kind, s.points) for s in loss.series] == [("ck", "points", [(1, 2.0)])]
+    assert loss.notes == ["too few points for a curve: ck has 1"] and lr.notes == loss.notes
+    for empty in (grad, tps):  # nothing logged: said, not an empty frame
+        assert empty.series == [] and empty.notes == [render.NO_DATA]
+
+
+def test_a_training_curve_of_enough_points_has_no_note(rep):
+    loss, lr, _, _ = next(p.panels for p in rep.plots if p.path.name == "training.png")
+    line = next(s for s in loss.series if s.label == "ckpt-rft")
+    assert line.kind == "line" and len(line.points) == 10 and line.points[0] == (1, 1.7)
+    ev = next(s for s in loss.series if s.label == "ckpt-rft (eval)")
+    assert ev.kind == "points" and loss.notes == ["too few points for a curve: ckpt-rft (eval) has 2"]
+    assert lr.notes == [] and lr.series[0].kind == "line"
+    assert render.MIN_CURVE_POINTS == 3
+
+
+def _pass_row(run, env, successes, k=2):
+    records = [{"task_id": f"{env}/{i}", "trial": t, "reward": int(t < c)} for i, c in enumerate(successes)
+               for t in range(k)]
+    return sections.PassRow(run=run, file=f"{run}.jsonl", model=None, env=env, split="test", k=k,
+                            summary=metrics.summarize(records, k, n_boot=20), paper=None)
+
+
+def test_pass_at_k_at_zero_is_a_bar_with_its_value_and_a_missing_run_says_no_data(tmp_path):
+    rows = [_pass_row("A", "retail", [0, 0, 0]), _pass_row("A", "calculation", [1, 2, 0, 0]),
+            _pass_row("B", "retail", [2, 1, 0])]
+    path = tmp_path / "pass.png"
+    pass1, pass_k, hat = render.plot_pass(rows, path)
+    check_png(path)
+    a, b = pass1.data
+    assert (a.label, a.kind, [y for _, y in a.points]) == ("A", "bars", [0.0, 37.5])
+    assert a.texts == ["0.0%\nn=3", "37.5%\nn=4"]  # 0% is a bar with its value, not a blank
+    assert b.label == "B" and len(b.points) == 1
+    for panel in (pass1, pass_k, hat):
+        assert panel.notes == ["no data: B on calculation (test)"]
+        assert panel.references == []  # no paper row given: no diamond
+
+
+@pytest.mark.parametrize("envs, fmt, proposed, why", [
+    (["retail"], "cat", 50, None),
+    (["retail"], "cat", 800, None),
+    (["retail"], "cat", 49, "49 proposed: too few for a rate"),
+    (["retail"], "cat", 2, "2 proposed: too few for a rate"),
+    (["calculation"], "cat", 800, "env calculation: the paper's funnel is of retail tasks"),
+    (["airline", "retail"], "cat", 800, "env airline, retail"),
+    (["retail"], "eval-only", 800, "format eval-only: the paper's funnel is of cat tasks"),
+    (["retail"], "cat (verification only)", 800, "format cat (verification only)"),
+])
+def test_the_funnels_rule_of_comparability(envs, fmt, proposed, why):
+    from sca.paper import FUNNEL_MIN_PROPOSALS, funnel_not_comparable
+
+    got = funnel_not_comparable(envs, fmt, proposed)
+    assert (got is None) if why is None else got.startswith(why)
+    assert FUNNEL_MIN_PROPOSALS == 50
+
+
+def _validate_pool(tmp_path, n, env="retail"):
+    """A validate run of `n` tasks: the fixture's four valid tasks, repeated under new ids."""
+    valid = [t for t in read_jsonl(FIX / "tasks.jsonl") if t["validation"]["valid"]]
+    d = tmp_path / f"{env}{n}"
+    d.mkdir()
+    path = d / "tasks.jsonl"
+    path.write_text("".join(json.dumps({**valid[i % len(valid)], "id": f"t{i}", "env": env}) + "\n" for i in range(n)))
+    return path
+
+
+@pytest.mark.parametrize("n, env, comparable", [(52, "retail", True), (49, "retail", False),
+                                                (52, "calculation", False)])
+def test_the_papers_funnel_only_beside_a_comparable_run(tmp_path, n, env, comparable):
+    got = rp.report([_validate_pool(tmp_path, n, env)], tmp_path / "out")
+    (funnel,) = got.funnels
+    assert (funnel.paper_not_comparable is None) is comparable
+    (panel,) = next(p.panels for p in got.plots if p.path.name == "funnel.png")
+    table = next(t for t in got.tables if t.title == "Validation funnel")
+    readme = got.readme.read_text()
+    if comparable:
+        assert [s.points for s in panel.references] == [list(enumerate(sections.PAPER_FUNNEL[1]))]
+        assert table.rows[-1][0] == sections.PAPER_FUNNEL[0] and "| 100.0% | 47.7% | 9.5% | 5.2% |" in readme
+        assert not any("no paper funnel" in n for n in got.notes)
+    else:
+        assert panel.references == [] and panel.notes == [f"the paper's figures left out: {funnel.paper_not_comparable}"]
+        assert not any(row[0] == sections.PAPER_FUNNEL[0] for row in table.rows)
+        assert "are not beside these runs: " + funnel.paper_not_comparable in table.note
+        assert f"validate tasks.jsonl: no paper funnel beside it: {funnel.paper_not_comparable}" in got.notes
+
+
+def test_the_format_funnel_draws_the_papers_yield_only_where_comparable(abl, tmp_path):
+    (panel,) = next(p.panels for p in abl.plots if p.path.name == "format_funnel.png")
+    assert panel.references == []  # 5 cat tasks proposed: too few
+    assert panel.notes == [(f"the paper's figures left out: 5 proposed: too few for a rate (the paper's line needs "
+                            f"{FUNNEL_MIN} or more)")]
+    funnels = [sections.FormatFunnel("propose a", "cat", None, ["retail"], 60, 3),
+               sections.FormatFunnel("propose b", "cat", None, ["calculation"], 60, 3, "env calculation: ..."),
+               sections.FormatFunnel("propose c", "eval-only", None, ["retail"], 60, 40, "format eval-only: ...")]
+    (panel,) = render.plot_format_funnels(funnels, tmp_path / "f.png")
+    assert [s.points for s in panel.references] == [[(0, 5.2)]] and panel.notes == []
+    assert [s.texts for s in panel.data] == [["5.0%\n3/60"], ["5.0%\n3/60"], ["66.7%\n40/60"]]
+
+
+def test_audit_and_label_plots_say_no_data_where_nothing_was_counted(abl):
+    (audit,) = next(p.panels for p in abl.plots if p.path.name == "audit.png")
+    assert [s.texts for s in audit.data] == [["40.0% 2/5"]]
+    assert audit.notes == ["no data: eval-only/tasks.audit.jsonl (eval-only): no task audited"]
+    fp, fn = next(p.panels for p in abl.plots if p.path.name == "labels.png")
+    assert fn.notes == ["no data: rates.json (instruction-only): no case to count"] and fp.notes == []
+
+
+def test_propose_rejected_files_of_both_layouts_give_the_same_funnel(tmp_path):
+    """run/ keeps failed episodes as task records with empty parts (before issue 18); the ablation's
+    are records of their own kind. Rewritten in the new layout, run/'s funnel is the same."""
+    old = read_jsonl(FIX / "episodes.failed.jsonl")
+    assert not any("kind" in r for r in old)
+    assert all(r["kind"] == "failed_episode" for r in read_jsonl(ABL / "cat" / "episodes.failed.jsonl"))
+    parts = ("instruction", "evaluation_function", "solution", "failure_cases")
+    new = []
+    for r in old:
+        if r["meta"]["status"] != "failed":
+            new.append(r)  # a duplicate stays a task
+            continue
+        rec = {"kind": "failed_episode", "id": r["id"], "env": r["env"], "format": "cat",
+               "reason": r["meta"]["reason"], "steps": 3}
+        if "validation" in r:
+            rec.update(last_answer={p: r[p] for p in parts}, validation=r["validation"])
+        new.append({**rec, "meta": r["meta"]})
+    d = tmp_path / "run"
+    d.mkdir()
+    for name in ("tasks.raw.jsonl", "tasks.raw.jsonl.meta.json"):
+        shutil.copy(FIX / name, d / name)
+    (d / "episodes.failed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in new))
+    got = rp.report([d / "tasks.raw.jsonl"], tmp_path / "out", plots=False)
+    want = rp.report([FIX / "tasks.raw.jsonl"], tmp_path / "want", plots=False)
+    (f,), (w,) = got.funnels, want.funnels
+    assert f.counts == w.counts == (13, 7, 5, 3)
+    assert {rc.reason: rc.count for rc in f.reasons} == {rc.reason: rc.count for rc in w.reasons}
+    assert (f.no_answer, f.duplicates) == (2, 1)
+    # a failed episode in disguise (a task field at its top) is bad input: one line, exit 2
+    bad = dict(new[0], instruction="")
+    (d / "episodes.failed.jsonl").write_text(json.dumps(bad) + "\n")
+    r = runner.invoke(app, ["report", str(d / "tasks.raw.jsonl"), "-o", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "episodes.failed.jsonl:1: instruction: a failed episode has no instruction" in r.output

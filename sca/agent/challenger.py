@@ -47,6 +47,7 @@ from sca.agent.reply import (
     parse_task,
     tool_listing,
 )
+from sca.records.schema import FAILED_EPISODE_KIND
 from sca.task_formats import DEFAULT_FORMAT, FORMAT_PARTS
 
 #: the challenger's role in the engine
@@ -359,14 +360,35 @@ def episode_id(env: str, seed: int, index: int) -> str:
     return f"{env}-s{seed}-e{index:05d}"
 
 
+def _episode_meta(ep: ChallengerEpisode, model_info: dict[str, Any], prompt_sha: str,
+                  **extra: Any) -> dict[str, Any]:
+    """The episode's account (``meta`` of its record): who, how long, what it cost; its transcript last."""
+    tokens = ep.role_tokens.get(CHALLENGER, {"prompt": 0, "completion": 0})
+    return {
+        "source": "sca propose",
+        "status": ep.status,
+        **({"reason": ep.reason} if ep.reason else {}),
+        "model": model_info.get("model") or model_info.get("name"),
+        "episode": ep.index,
+        "context": ep.context,
+        **extra,
+        "steps": ep.steps,
+        "attempts": ep.attempts,
+        "tokens": dict(tokens),
+        "timings": {"generate_s": round(ep.role_seconds.get(CHALLENGER, 0.0), 3),
+                    "sandbox_s": round(ep.sandbox_s, 3),
+                    "total_s": round((ep.ended or time.monotonic()) - ep.started, 3)},
+        "system_prompt_sha256": prompt_sha,
+        "transcript": ep.messages[1:],  # the system prompt is the same for every episode but its assignment
+    }
+
+
 def task_record(ep: ChallengerEpisode, config: ChallengerConfig, model_info: dict[str, Any],
                 prompt_sha: str) -> dict[str, Any]:
-    """The task record of a finished episode: its format's parts, no more (valid tasks; failed ones carry
-    what they had, an empty part where they had none)."""
+    """The task record of an episode that ended on a valid task: its format's parts, no more."""
     task = ep.task or {}
     original = task.get("instruction", "")
-    instruction = ep.env.finalize_instruction(original) if ep.status == "valid" else original
-    tokens = ep.role_tokens.get(CHALLENGER, {"prompt": 0, "completion": 0})
+    instruction = ep.env.finalize_instruction(original)
     record = {
         "id": episode_id(ep.env.name, config.seed, ep.index),
         "env": ep.env.name,
@@ -377,23 +399,30 @@ def task_record(ep: ChallengerEpisode, config: ChallengerConfig, model_info: dic
         record[part] = task.get(part, [] if part == "failure_cases" else "")
     if ep.validation is not None:
         record["validation"] = ep.validation
-    record["meta"] = {
-        "source": "sca propose",
-        "status": ep.status,
-        **({"reason": ep.reason} if ep.reason else {}),
-        "model": model_info.get("model") or model_info.get("name"),
-        "episode": ep.index,
-        "context": ep.context,
-        **({"original_instruction": original} if original != instruction else {}),
+    record["meta"] = _episode_meta(ep, model_info, prompt_sha,
+                                   **({"original_instruction": original} if original != instruction else {}))
+    return record
+
+
+def failed_episode_record(ep: ChallengerEpisode, config: ChallengerConfig, model_info: dict[str, Any],
+                          prompt_sha: str) -> dict[str, Any]:
+    """The record of an episode that ended without a valid task (docs/CAT.md, "Failed episodes";
+    :data:`sca.records.schema.FAILED_EPISODE`): why, in a line a reader sees first; the last answer it
+    gave, as it gave it, and that answer's validation, when it gave one; its account and transcript last.
+    No task fields: it is no task, and nothing downstream should take it for one."""
+    record: dict[str, Any] = {
+        "kind": FAILED_EPISODE_KIND,
+        "id": episode_id(ep.env.name, config.seed, ep.index),
+        "env": ep.env.name,
+        "format": config.task_format,
+        "reason": ep.reason or "unknown",
         "steps": ep.steps,
-        "attempts": ep.attempts,
-        "tokens": dict(tokens),
-        "timings": {"generate_s": round(ep.role_seconds.get(CHALLENGER, 0.0), 3),
-                    "sandbox_s": round(ep.sandbox_s, 3),
-                    "total_s": round((ep.ended or time.monotonic()) - ep.started, 3)},
-        "system_prompt_sha256": prompt_sha,
-        "transcript": ep.messages[1:],  # the system prompt is the same for every episode but its assignment
     }
+    if ep.task is not None:
+        record["last_answer"] = {k: v for k, v in ep.task.items() if k in FORMAT_PARTS[config.task_format]}
+    if ep.validation is not None:
+        record["validation"] = ep.validation
+    record["meta"] = _episode_meta(ep, model_info, prompt_sha)
     return record
 
 
@@ -411,7 +440,6 @@ def run_challenger(
     skip_indices: set[int] = frozenset(),  # type: ignore[assignment]
     already_valid: int = 0,
     seen_instructions: set[str] | None = None,
-    advance: Callable[[int], None] = lambda n=1: None,
 ) -> Counter:
     """Run challenger episodes until `config.n` tasks are valid or the episode budget is spent.
 
@@ -458,7 +486,8 @@ def run_challenger(
         counts["completion_tokens"] += tokens.get("completion", 0)
         counts["generate_s"] += ep.role_seconds.get(CHALLENGER, 0.0)
         counts["sandbox_s"] += ep.sandbox_s
-        record = task_record(ep, config, model_info, prompt_shas.pop(ep.index))
+        make = task_record if ep.status == "valid" else failed_episode_record
+        record = make(ep, config, model_info, prompt_shas.pop(ep.index))
         if ep.status == "valid":
             key = normalise(record["instruction"])
             if key in seen:
@@ -470,7 +499,6 @@ def run_challenger(
             seen.add(key)
             state["valid"] += 1
             on_finished("accepted", record)
-            advance(1)
         else:
             counts["failed"] += 1
             reason = ep.reason if ep.reason != "invalid_answer" else f"invalid_answer:{ep.validation['reason']}"

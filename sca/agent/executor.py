@@ -370,7 +370,9 @@ class ExecutorEpisode(Episode):
 
     # -- the record ----------------------------------------------------------------------------------
     def record(self, models: dict[str, Any]) -> dict[str, Any]:
-        """The trajectory record (docs/TRAJECTORY.md)."""
+        """The trajectory record (docs/TRAJECTORY.md), laid out for reading by hand
+        (:func:`sca.records.schema.summary_first`): which trial and its outcome first, the
+        conversation last."""
         tokens = {role: dict(t) for role, t in self.role_tokens.items()}
         judged = JUDGE in self.role_seconds  # the judge's share, only where a judge spoke
         return {
@@ -378,19 +380,16 @@ class ExecutorEpisode(Episode):
             "task_id": self.task_id,
             "trial": self.trial,
             "env": self.env.name,
-            "instruction": self.instruction,
-            "messages": self.messages,
-            "tool_calls": self.tool_calls,
-            "tool_calls_omitted": self.tool_calls_omitted,
+            "reward": None if self.infra_error else self.reward,
+            "termination": self.termination,
             "final_answer": self.final_answer,
             "answer": self.answer,
-            "reward": None if self.infra_error else self.reward,
-            "evaluation": self.evaluation,
-            "termination": self.termination,
-            "infra_error": self.infra_error,
             "steps": self.steps,
+            "infra_error": self.infra_error,
+            "instruction": self.instruction,
+            "evaluation": self.evaluation,
+            "tool_calls_omitted": self.tool_calls_omitted,
             "action_format": self.config.action_format,
-            "assistant_token_ids": self.assistant_token_ids,
             "tokens": {"executor": tokens.get(AGENT, {"prompt": 0, "completion": 0}),
                        "user": tokens.get(USER, {"prompt": 0, "completion": 0}),
                        **({"judge": tokens[JUDGE]} if JUDGE in tokens else {})},
@@ -400,6 +399,9 @@ class ExecutorEpisode(Episode):
                         **({"judge_s": round(self.role_seconds[JUDGE], 3)} if judged else {}),
                         "total_s": round((self.ended or time.monotonic()) - self.started, 3)},
             "models": models,
+            "messages": self.messages,
+            "tool_calls": self.tool_calls,
+            "assistant_token_ids": self.assistant_token_ids,
         }
 
 

@@ -156,6 +156,50 @@ def check_validation(record: dict[str, Any]) -> None:
             raise RecordError("validation.failed_check", "expected a string")
 
 
+# -- a failed propose episode (docs/CAT.md, "Failed episodes"): what sca propose writes to --rejected ---------
+#: the ``kind`` of a failed episode's record; a task record has no ``kind``
+FAILED_EPISODE_KIND = "failed_episode"
+
+#: why a challenger episode ended without a valid task (its ``reason``)
+EPISODE_FAILURES = ("invalid_answer", "max_steps", "context_limit", "inference_error", "sandbox_error")
+
+
+def check_failed_episode(record: dict[str, Any]) -> None:
+    """No task field at the top (it is no task); the last answer holds parts of its format only, and
+    has the validation that judged it beside it."""
+    parts = FORMAT_PARTS[task_format(record)]
+    for name in FORMAT_PARTS["cat"]:
+        if name in record:
+            raise RecordError(name, f"a failed episode has no {name}: its last answer is under last_answer")
+    answer = record.get("last_answer")
+    if answer is not None:
+        for name in answer:
+            if name not in parts:
+                raise RecordError(f"last_answer.{name}", f"not a part of a {task_format(record)} task")
+        if record.get("validation") is None:
+            raise RecordError("validation", "the last answer's validation is missing")
+    elif record.get("validation") is not None:
+        raise RecordError("last_answer", "a validation without the answer it judged")
+    check_validation(record)
+
+
+FAILED_EPISODE = RecordSchema(
+    name="failed episode",
+    fields=(
+        Field("kind", str, choices=(FAILED_EPISODE_KIND,)),
+        Field("id", str, non_empty=True, doc="<env>-s<seed>-e<episode>: the key of resume"),
+        Field("env", str, non_empty=True),
+        FORMAT_FIELD,
+        Field("reason", str, non_empty=True, doc="invalid_answer | max_steps | context_limit | *_error"),
+        Field("steps", int, required=False, doc="the challenger's replies"),
+        Field("last_answer", dict, required=False, doc="the parts of its last ANSWER, as given; absent: none"),
+        Field("validation", dict, required=False, doc="the verdict on the last answer"),
+        Field("meta", dict, required=False, doc="the episode's account; its transcript last"),
+    ),
+    extra_checks=(check_failed_episode,),
+)
+
+
 # -- a validated task: what sca validate writes (accepted and rejected alike) ---------------------
 VALIDATED_TASK = RecordSchema(
     name="validated CaT task",
@@ -282,6 +326,42 @@ EVAL_RESULT = RecordSchema(
     ),
     extra_checks=TRAJECTORY.extra_checks,
 )
+
+# -- the layout of a trajectory line (docs/TRAJECTORY.md): for reading by hand --------------------
+#: the fields a reader looks at first, in this order (those a record has): which trial, its outcome
+TRAJECTORY_SUMMARY = ("id", "task_id", "trial", "env", "format", "split", "benchmark_task_id", "reward",
+                      "reward_source", "scorer", "termination", "final_answer", "answer", "steps", "infra_error",
+                      "instruction")
+#: the conversation, last: an 11 KB system prompt and the token ids would bury everything after them
+TRAJECTORY_CONVERSATION = ("messages", "tool_calls", "assistant_token_ids")
+
+
+#: what ends a record: a task's or failed episode's account (``meta``, its transcript last), a trajectory's
+#: conversation
+RECORD_TAIL = ("meta",) + TRAJECTORY_CONVERSATION
+
+
+def with_field(record: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """The record with `key` set to `value`, placed before its tail (:data:`RECORD_TAIL`), else last: a
+    field a stage adds to a finished record (the run that made it) keeps the conversation last."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if k in RECORD_TAIL and key not in out:
+            out[key] = value
+        if k != key:
+            out[k] = v
+    out.setdefault(key, value)
+    return out
+
+
+def summary_first(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with the fields of :data:`TRAJECTORY_SUMMARY` first and those of
+    :data:`TRAJECTORY_CONVERSATION` last, every other field between them in its order: JSON key order
+    only, no field added, dropped or renamed."""
+    head = {k: record[k] for k in TRAJECTORY_SUMMARY if k in record}
+    tail = {k: record[k] for k in TRAJECTORY_CONVERSATION if k in record}
+    return {**head, **{k: v for k, v in record.items() if k not in head and k not in tail}, **tail}
+
 
 # -- a training log line (docs/TRAJECTORY.md, "Training logs"): what sca train writes, sca report reads ----------
 #: the numbers of a train log line, each a number or null where present: every line's, DPO's, GRPO's

@@ -11,7 +11,8 @@ One module per step, each importing only the ones before it:
   comparison, the comparison across task formats (and the funnel per format), the verifier
   audit (lax rates, hand-label rates).
 * :mod:`sca.report.render`: those numbers as tables (terminal and Markdown) and as PNG plots
-  (matplotlib, imported only to draw).
+  (matplotlib, imported only to draw), each plot returning what it drew (points, values and n,
+  "no data", "too few points", the paper's figures only where comparable).
 * :mod:`sca.report.page`: the page, ``OUT_DIR/README.md``, with its plots beside it.
 
 ``stages/report.py`` runs them in that order for ``sca report``.

@@ -12,8 +12,11 @@ decides: ``task_id``, ``trial`` and ``messages`` make a trajectory (eval results
 has ``split``, ``scorer`` or ``scorer_detail``, else rollout); ``step`` with ``loss`` or
 ``eval_loss`` a train log line; ``evaluation_function``, ``solution`` and ``failure_cases`` a
 CaT task: ``sca propose`` output when its ``meta`` has ``source: "sca propose"`` or a
-``status``, validate output when it has ``validation``. Every record is then checked against
-its kind's schema (:mod:`sca.records.schema`: ``CAT_TASK`` with its validation, ``TRAJECTORY``
+``status``, validate output when it has ``validation``; ``kind: "failed_episode"`` a failed
+propose episode (propose output too: sca propose's ``--rejected`` file holds them beside its
+duplicates; before issue 18 they were task records with empty parts, which still read). Every
+record is then checked against its kind's schema (:mod:`sca.records.schema`: ``CAT_TASK`` with
+its validation, ``FAILED_EPISODE``, ``TRAJECTORY``
 and ``EVAL_RESULT`` with their reward, ``TRAIN_LOG_LINE``). A line that is not JSON, a record
 that breaks its schema, a sidecar that is not JSON or names an unknown stage, records of no
 known kind: :class:`~sca.records.io.InputError`, one line naming the file (and the line). CaT tasks without ``validation`` (not yet validated) and empty files
@@ -59,7 +62,13 @@ from sca.records import (
     RecordSchema,
 )
 from sca.records.io import InputError
-from sca.records.schema import TRAIN_LOG_LINE, check_reward_present, check_validation
+from sca.records.schema import (
+    FAILED_EPISODE,
+    FAILED_EPISODE_KIND,
+    TRAIN_LOG_LINE,
+    check_reward_present,
+    check_validation,
+)
 from sca.task_formats import TASK_FORMATS, task_format
 
 #: the kinds of input a report reads ("labels": the hand-label rates of sca audit --labels, a JSON file)
@@ -183,11 +192,28 @@ def _task_schema(kind: str) -> RecordSchema:
     return RecordSchema(name=CAT_TASK.name, fields=fields, extra_checks=checks)
 
 
+def is_failed_episode(record: Any) -> bool:
+    """A failed propose episode's own record (``kind`` failed_episode), not a task."""
+    return isinstance(record, dict) and record.get("kind") == FAILED_EPISODE_KIND
+
+
+def _check_propose(record: Any) -> None:
+    """sca propose's records: tasks (valid, or dropped as duplicates), and failed episodes, each of its
+    own kind; before issue 18 a failed episode was a task record with empty parts, and still reads as one."""
+    if is_failed_episode(record):
+        FAILED_EPISODE.check(record)
+        _check_validation(record)
+    else:
+        _PROPOSE_TASK.check(record)
+
+
+_PROPOSE_TASK = _task_schema("propose")
+
 #: the check of each kind's records; a results file's trajectories must say their reward (a report
 #: cannot tell an unscored trial from a failed one). Train log lines are checked one by one: a step
 #: may repeat (TRAIN_LOG_LINE), so their ids are not checked below
 _SCHEMAS: dict[str, Callable[[Any], None]] = {
-    "propose": _task_schema("propose").check,
+    "propose": _check_propose,
     "validate": _task_schema("validate").check,
     "audit": _task_schema("audit").check,
     "rollout": RecordSchema(TRAJECTORY.name, TRAJECTORY.fields, extra_checks=TRAJECTORY.extra_checks
@@ -202,6 +228,8 @@ def _slim(kind: str, record: dict[str, Any], lineno: int) -> dict[str, Any]:
     """The fields a report uses (a rollout of 12k trajectories is never held whole)."""
     if kind in ("propose", "validate"):
         meta = record.get("meta") or {}
+        if is_failed_episode(record):  # its status and reason are its own, not its meta's
+            meta = {**meta, "status": "failed", "reason": record["reason"]}
         v = record.get("validation")
         fmt = task_format(record)
         checked = v.get("check_set") if isinstance(v, dict) else None
@@ -274,6 +302,8 @@ def _sidecar(path: Path) -> tuple[dict[str, Any] | None, str | None, str]:
 def _kind_of_record(record: Any) -> str | None:
     """The kind a record's fields say (None: CaT tasks without validation); raises RecordError if unknown."""
     if isinstance(record, dict):
+        if is_failed_episode(record):
+            return "propose"
         if {"task_id", "trial", "messages"} <= record.keys():
             # a rollout scored by a judge has a scorer_detail too (the judge's replies); only a
             # benchmark's results have a split or a scorer

@@ -114,12 +114,11 @@ def write(out: Path, named: Sequence[Any], sources: list[Source], notes: list[st
         used_names.add(name)
         return out / f"{name}.png"
 
-    def add_plot(section: list[Any], stem: str, caption: str, fn: Callable[[Path], None]) -> None:
+    def add_plot(section: list[Any], stem: str, caption: str, fn: Callable[[Path], list[render.Panel]]) -> None:
         if not draw:
             return
         path = plot_path(stem)
-        fn(path)
-        p = Plot(path, caption)
+        p = Plot(path, caption, fn(path))
         rep.plots.append(p)
         section.append(p)
 
@@ -132,12 +131,15 @@ def write(out: Path, named: Sequence[Any], sources: list[Source], notes: list[st
     rep.sections.append(("Inputs", section))
 
     if rep.funnels:
+        rep.notes += [f"{f.label}: no paper funnel beside it: {f.paper_not_comparable}" for f in rep.funnels
+                      if f.paper_not_comparable]
         section = [FUNNEL_TEXT]
         add_table(section, render.rules_table())
         for t in render.funnel_tables(rep.funnels):
             add_table(section, t)
-        add_plot(section, "funnel", "Validation funnel: % of proposed tasks reaching each stage (count on each bar); "
-                 "dashed: the paper's Llama-3.1-8B retail figures (47.7% / 9.5% / 5.2%).",
+        add_plot(section, "funnel", "Validation funnel: % of proposed tasks reaching each stage (share and count / "
+                 "proposed on each bar); dashed, where a run is comparable (retail, cat, 50 or more proposed): the "
+                 "paper's Llama-3.1-8B retail figures (47.7% / 9.5% / 5.2%).",
                  lambda p: render.plot_funnel(rep.funnels, p))
         rep.sections.append(("Validation funnel", section))
 
@@ -148,7 +150,8 @@ def write(out: Path, named: Sequence[Any], sources: list[Source], notes: list[st
             if stats.tasks:
                 add_plot(section, f"rewards_{_slug(s.path.stem)}",
                          f"Per-task success rates of {stats.name} ({stats.file}): {stats.tasks} tasks, "
-                         f"{stats.trials} valid trials; red none, blue some, green all trials solved.",
+                         f"{stats.trials} valid trials; red none, blue some, green all trials solved (tasks / all "
+                         "tasks on each bar).",
                          lambda p, st=stats: render.plot_rewards(st, p))
             else:
                 rep.notes.append(f"{stats.file}: no task has a valid trial: no reward plot")
@@ -160,7 +163,8 @@ def write(out: Path, named: Sequence[Any], sources: list[Source], notes: list[st
         add_table(section, render.pass_table(rep.pass_rows))
         if rep.pass_rows:
             add_plot(section, "pass_at_k", "Pass@1, Pass@k and pass^k per environment and run, with 95% bootstrap "
-                     "intervals; diamonds: the paper's Table 1 for Llama-3.1-8B-Instruct zero-shot.",
+                     "intervals, the value and n tasks on each bar (no data: a run without that environment); "
+                     "diamonds: the paper's Table 1 for Llama-3.1-8B-Instruct zero-shot, where comparable.",
                      lambda p: render.plot_pass(rep.pass_rows, p))
         rep.sections.append(("Pass@k per environment", section))
 
@@ -168,7 +172,9 @@ def write(out: Path, named: Sequence[Any], sources: list[Source], notes: list[st
         section = []
         add_table(section, render.train_table(rep.curves))
         add_plot(section, "training", "Training curves against the step: loss (dashed: eval loss), learning rate, "
-                 "grad norm, tokens/s.", lambda p: render.plot_training(rep.curves, p))
+                 "grad norm, tokens/s; a point per logging step (a curve of fewer than "
+                 f"{render.MIN_CURVE_POINTS} says so; a panel without any says no data).",
+                 lambda p: render.plot_training(rep.curves, p))
         rep.sections.append(("Training", section))
 
     if numbers.compared is not None:
@@ -213,8 +219,8 @@ def _formats_section(rep: Report, numbers: Sections, add_table: Callable[..., No
         section.append(NO_FORMAT_RUNS)
     if rep.format_funnels:
         add_table(section, render.format_funnel_table(rep.format_funnels))
-        add_plot(section, "format_funnel", "Share of proposed tasks found valid, per task format and run (valid / "
-                 "proposed on each bar); diamond: the paper's CaT yield.",
+        add_plot(section, "format_funnel", "Share of proposed tasks found valid, per task format and run (share and "
+                 "valid / proposed on each bar); diamond: the paper's CaT yield, where a run is comparable.",
                  lambda p: render.plot_format_funnels(rep.format_funnels, p))
     else:
         section.append(NO_FUNNEL)
@@ -226,8 +232,9 @@ def _audit_section(rep: Report, add_table: Callable[..., None], add_plot: Callab
     if rep.audit:
         add_table(section, render.audit_table(rep.audit))
         if any(p.rate is not None for p in rep.audit):
-            add_plot(section, "audit", "Lax rate of each audited pool, with its 95% bootstrap interval (lax / audited "
-                     "tasks beside each point).", lambda p: render.plot_audit(rep.audit, p))
+            add_plot(section, "audit", "Lax rate of each audited pool, with its 95% bootstrap interval (the rate and "
+                     "lax / audited tasks beside each point; no data: a pool with no task audited).",
+                     lambda p: render.plot_audit(rep.audit, p))
     else:
         section.append(NO_AUDIT)
     if rep.labels:

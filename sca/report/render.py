@@ -3,14 +3,16 @@
 A :class:`Table` is plain text cells, so that the terminal (``sca report`` prints them with rich)
 and the page show the same figures. The plots use matplotlib's Agg canvas directly (no pyplot,
 no display); matplotlib is imported only inside the functions that draw, so that reading and
-computing a report, and ``sca --help``, never load it.
+computing a report, and ``sca --help``, never load it. Each plot function returns what it drew,
+panel by panel (:class:`Panel`: its series, their points and texts, the notes written on it), so
+that what a plot shows can be checked without reading pixels (see "plots" below for its rules).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ class Table:
 class Plot:
     path: Path
     caption: str
+    panels: list[Panel] = field(default_factory=list)  # what it drew (its plot function's description)
 
 
 # =========================================================================== formatting
@@ -95,16 +98,29 @@ def rules_table() -> Table:
                  terminal=False)
 
 
+def _paper_note(label: str, figures: str, whys: list[str | None]) -> str:
+    """What a table says of the paper's figures it leaves out (none of its runs is comparable)."""
+    if not whys or any(why is None for why in whys):
+        return ""
+    reasons = list(dict.fromkeys(w for w in whys if w))
+    return (f" The paper's figures ({label}: {figures}) are not beside these runs: "
+            + (reasons[0] if len(reasons) == 1 else "not comparable (the Notes say why for each)") + ".")
+
+
 def funnel_tables(funnels: list[Funnel]) -> list[Table]:
-    """The funnels side by side with the paper's, then the rejection reasons of each."""
+    """The funnels side by side with the paper's (where one is comparable to it), then the rejection
+    reasons of each."""
     label, paper = PAPER_FUNNEL
     rows = []
     for f in funnels:
         rows.append([f.label, f.model or "-", ", ".join(f.envs) or "-"]
                     + [_n_pct(f.counts[i], f.counts[0]) for i in range(len(FUNNEL_STAGES))])
-    rows.append([label, PAPER_MODEL, "retail"] + [f"{p:.1f}%" for p in paper])
+    whys = [f.paper_not_comparable for f in funnels]
+    if any(why is None for why in whys):
+        rows.append([label, PAPER_MODEL, "retail"] + [f"{p:.1f}%" for p in paper])
     tables = [Table("Validation funnel", ["run", "model", "env"] + list(FUNNEL_STAGES), rows,
-                    note="Counts, and in brackets % of proposed; each stage is a subset of the one before.")]
+                    note="Counts, and in brackets % of proposed; each stage is a subset of the one before."
+                    + _paper_note(label, " / ".join(f"{p:.1f}%" for p in paper), whys))]
     for f in funnels:
         reason_rows = [[rc.reason, str(rc.count), _pct(rc.count / f.counts[0]) if f.counts[0] else "-",
                         ", ".join(f"{c} {n}" for c, n in rc.checks.most_common()) or "-",
@@ -236,11 +252,18 @@ def format_funnel_table(funnels: list[FormatFunnel]) -> Table:
     rows = [[f.label, f.format, f.model or "-", ", ".join(f.envs) or "-", str(f.proposed),
              _n_pct(f.valid, f.proposed)] for f in funnels]
     label, _ = PAPER_FUNNEL
-    rows += [[label, fmt, PAPER_MODEL, "retail", "100.0%", f"{pct:.1f}%"] for fmt, pct in PAPER_FORMAT_FUNNEL.items()]
+    whys: dict[str, list[str | None]] = {}
+    for f in funnels:
+        whys.setdefault(f.format, []).append(f.paper_not_comparable)
+    rows += [[label, fmt, PAPER_MODEL, "retail", "100.0%", f"{pct:.1f}%"] for fmt, pct in PAPER_FORMAT_FUNNEL.items()
+             if any(why is None for why in whys.get(fmt, ()))]
+    left_out = "".join(_paper_note(f"{label}, {fmt}", f"{pct:.1f}% valid", whys[fmt])
+                       for fmt, pct in PAPER_FORMAT_FUNNEL.items() if fmt in whys)
     return Table("Funnel per task format", ["run", "format", "model", "env", "proposed", "valid"], rows,
                  note="Records of each format in each propose or validate run, and those found valid by the checks of "
                       "their format (cat: the six CaT checks; eval-only: the code compiles and defines evaluate; "
-                      "instruction-only: a non-empty instruction). The paper gives a yield for CaT only.")
+                      "instruction-only: a non-empty instruction). The paper gives a yield for CaT only, beside a "
+                      "run only where comparable (retail, cat, enough proposals to be a rate)." + left_out)
 
 
 def audit_table(pools: list[AuditPool]) -> Table:
@@ -275,6 +298,112 @@ def labels_table(rows: list[LabelRow]) -> Table:
 
 
 # =========================================================================== plots
+#
+# A plot says what it shows and what it lacks: a line carries its points; every bar its value and its
+# n; a panel with nothing to draw says "no data" instead of showing an empty frame, and so does the
+# place of a bar that has no data (a bar at 0% shows "0.0%"); a curve of fewer than MIN_CURVE_POINTS
+# points is drawn as its points with a "too few points" note; the paper's figures sit only beside a run
+# that measured the same (sca.paper's rules, applied in sca.report.sections). Each plot function
+# returns a description of what it drew, panel by panel (Plot.panels): what the tests read, not pixels.
+
+#: the fewest points of a curve that show a trend; with fewer it is drawn as points, with a note
+MIN_CURVE_POINTS = 3
+NO_DATA = "no data"
+
+
+@dataclass
+class Series:
+    """One thing drawn on a panel: bars, a line (through its points), points, or the paper's figures."""
+
+    label: str
+    kind: str  # "bars" | "line" | "points" | "reference" (the paper's figures)
+    points: list[tuple[Any, float]]
+    texts: list[str] = field(default_factory=list)  # written at the points: the value and its n
+    marker: str | None = None  # the marker drawn at each point (lines and points), as matplotlib names it
+
+
+@dataclass
+class Panel:
+    """What one panel of a plot drew: its series and the words written on it."""
+
+    title: str
+    series: list[Series] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # "no data", "too few points ...", "the paper's ... left out"
+
+    @property
+    def data(self) -> list[Series]:
+        return [s for s in self.series if s.kind != "reference"]
+
+    @property
+    def references(self) -> list[Series]:
+        return [s for s in self.series if s.kind == "reference"]
+
+    def texts(self) -> list[str]:
+        return [t for s in self.series for t in s.texts]
+
+
+class _Panel:
+    """An axes of a figure that records what is drawn on it (:class:`Panel`)."""
+
+    def __init__(self, ax: Any, title: str, fontsize: float | None = None) -> None:
+        self.ax = ax
+        self.desc = Panel(title)
+        ax.set_title(title, **({"fontsize": fontsize} if fontsize else {}))
+
+    def bars(self, xs: list[float], ys: list[float], texts: list[str], *, label: str = "",
+             tops: list[float] | None = None, **kw: Any) -> None:
+        """Bars, each with its text (value and n) above it, or above `tops` (an error bar's end)."""
+        self.ax.bar(xs, ys, label=label or None, **kw)
+        for x, y, t in zip(xs, tops or ys, texts):
+            self.ax.annotate(t, (x, y), textcoords="offset points", xytext=(0, 2), ha="center", va="bottom",
+                             fontsize=7)
+        self.desc.series.append(Series(label, "bars", list(zip(xs, ys)), list(texts)))
+
+    def curve(self, xs: list[float], ys: list[float], *, label: str, style: str = "-") -> None:
+        """A line with a marker at each point; with fewer than MIN_CURVE_POINTS, a note says so."""
+        (line,) = self.ax.plot(xs, ys, style, marker="o", markersize=4, label=label)
+        kind = "line"
+        if len(xs) < MIN_CURVE_POINTS:
+            kind = "points"
+            self.note(f"too few points for a curve: {label} has {len(xs)}")
+        self.desc.series.append(Series(label, kind, list(zip(xs, ys)), marker=str(line.get_marker())))
+
+    def point(self, x: float, est: float, ci: Sequence[float], *, label: str, color: Any, text: str,
+              legend: bool = True) -> None:
+        """One estimate with its interval (all in [0, 1]) drawn in percent, `text` (value and n) beside it."""
+        drawn = self.ax.errorbar([x], [100 * est], yerr=[[max(0.0, 100 * (est - ci[0]))],
+                                                          [max(0.0, 100 * (ci[1] - est))]],
+                                 fmt="o", capsize=4, color=color, label=label if legend else None)
+        self.ax.annotate(text, (x, 100 * est), textcoords="offset points", xytext=(6, 0), fontsize=7, va="center")
+        self.desc.series.append(Series(label, "points", [(x, 100 * est)], [text], marker=str(drawn.lines[0].get_marker())))
+
+    def reference(self, xs: list[float], ys: list[float], *, label: str, style: str, legend: bool = True,
+                  **kw: Any) -> None:
+        (line,) = self.ax.plot(xs, ys, style, label=label if legend else None, **kw)
+        self.desc.series.append(Series(label, "reference", list(zip(xs, ys)), marker=str(line.get_marker())))
+
+    def missing(self, x: float, what: str) -> None:
+        """No data where a bar or point of `what` would be: said there, not left blank."""
+        self.ax.annotate(NO_DATA, (x, 0), textcoords="offset points", xytext=(0, 4), ha="center", va="bottom",
+                         fontsize=7, rotation=90, color="0.4")
+        self.desc.notes.append(f"{NO_DATA}: {what}")
+
+    def note(self, text: str) -> None:
+        """Words on the panel, top left, one line under another."""
+        self.ax.text(0.01, 0.99 - 0.06 * len([n for n in self.desc.notes if not n.startswith(NO_DATA + ":")]),
+                     text, transform=self.ax.transAxes, ha="left", va="top", fontsize=7, color="0.3",
+                     bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+        self.desc.notes.append(text)
+
+    def finish(self, legend: bool = True) -> Panel:
+        """"no data" across a panel that drew nothing; the legend of what it drew."""
+        if not self.desc.data:
+            self.ax.text(0.5, 0.5, NO_DATA, transform=self.ax.transAxes, ha="center", va="center", fontsize=14,
+                         color="0.5")
+            self.desc.notes.insert(0, NO_DATA)
+        if legend and self.ax.get_legend_handles_labels()[0]:
+            self.ax.legend(fontsize=8)
+        return self.desc
 
 
 def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1) -> tuple[Any, Any]:
@@ -295,114 +424,131 @@ def _legend_name(name: str, width: int = 40) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def plot_funnel(funnels: list[Funnel], path: Path) -> None:
+def _paper_left_out(pan: _Panel, whys: list[tuple[str, str | None]]) -> None:
+    """A note on a panel where the paper's figures are left out beside every run (`whys`: (run, why))."""
+    if whys and all(why is not None for _, why in whys):
+        reasons = list(dict.fromkeys(why for _, why in whys))
+        pan.note("the paper's figures left out: " + (reasons[0] if len(reasons) == 1 else "not comparable (see Notes)"))
+
+
+def plot_funnel(funnels: list[Funnel], path: Path) -> list[Panel]:
     fig, axes = _figure(8, 4.5)
-    ax = axes[0][0]
+    pan = _Panel(axes[0][0], "Validation funnel")
     x = list(range(len(FUNNEL_STAGES)))
     width = 0.8 / max(1, len(funnels))
     for i, f in enumerate(funnels):
         xs = [xi - 0.4 + width * (i + 0.5) for xi in x]
-        ys = [f.percent(j) for j in x]
-        bars = ax.bar(xs, ys, width, label=_legend_name(f"{f.label} (n={f.counts[0]})", 60))
-        for b, n in zip(bars, f.counts):
-            ax.annotate(str(n), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
-                        fontsize=8)
+        pan.bars(xs, [f.percent(j) for j in x], [f"{f.percent(j):.1f}%\n{f.counts[j]}/{f.counts[0]}" for j in x],
+                 label=_legend_name(f"{f.label} (n={f.counts[0]})", 60), width=width)
     label, paper = PAPER_FUNNEL
-    ax.plot(x, paper, "k--o", label=label)
-    ax.set_xticks(x, [s.replace(" (valid)", "\n(valid)") for s in FUNNEL_STAGES])
-    ax.set_ylabel("% of proposed tasks")
-    ax.set_ylim(0, 110)
-    ax.set_title("Validation funnel")
-    ax.legend(fontsize=8)
+    if any(f.paper_not_comparable is None for f in funnels):
+        pan.reference(x, list(paper), label=label, style="k--o")
+    _paper_left_out(pan, [(f.label, f.paper_not_comparable) for f in funnels])
+    pan.ax.set_xticks(x, [s.replace(" (valid)", "\n(valid)") for s in FUNNEL_STAGES])
+    pan.ax.set_ylabel("% of proposed tasks")
+    pan.ax.set_ylim(0, 125)
+    panel = pan.finish()
     _save(fig, path)
+    return [panel]
 
 
-def plot_rewards(stats: RewardStats, path: Path) -> None:
+def plot_rewards(stats: RewardStats, path: Path) -> list[Panel]:
     fig, axes = _figure(7, 4)
     ax = axes[0][0]
+    s = stats.summary
+    head = f"{_legend_name(stats.name)}: Pass@1 {_pct(s.pass1)}, Pass@{stats.k} {_pct(s.pass_k)}" if s else stats.name
+    pan = _Panel(ax, f"{head}\nsolved by none {stats.none} (red), some {stats.some} (blue), all {stats.all} (green)",
+                 fontsize=10)
+    n = stats.tasks
     some = Counter(round(r, 6) for r in stats.rates if 0 < r < 1)
+    if len(some) > 19:  # too many distinct rates for a bar each: 18 bins over (0.05, 0.95), the ends in the edge bins
+        binned: Counter = Counter(min(17, max(0, int((r - 0.05) / 0.05))) for r in stats.rates if 0 < r < 1)
+        some = Counter({round(0.075 + 0.05 * b, 6): c for b, c in binned.items()})
+        width = 0.04
     xs = sorted(some)
-    width = min(0.8 * min((b - a for a, b in zip([0.0] + xs, xs + [1.0]))), 0.05)
-    if len(some) <= 19:  # one bar per success rate (every task has the same few trials)
-        ax.bar(xs, [some[v] for v in xs], width=width, color="tab:blue")
-    else:
+    if len(some) <= 19 and xs:
+        width = min(0.8 * min((b - a for a, b in zip([0.0] + xs, xs + [1.0]))), 0.05)
+    elif not xs:
         width = 0.05
-        ax.hist([r for r in stats.rates if 0 < r < 1], bins=18, range=(0.05, 0.95), color="tab:blue")
-    ax.bar([0.0], [stats.none], width=width, color="tab:red")
-    ax.bar([1.0], [stats.all], width=width, color="tab:green")
+    if xs:
+        pan.bars(xs, [some[v] for v in xs], [f"{some[v]}/{n}" for v in xs], label="solved by some",
+                 width=width, color="tab:blue")
+    pan.bars([0.0], [stats.none], [f"{stats.none}/{n}"], label="solved by none", width=width, color="tab:red")
+    pan.bars([1.0], [stats.all], [f"{stats.all}/{n}"], label="solved by all", width=width, color="tab:green")
     ax.set_xlim(-0.06, 1.06)
+    ax.set_ylim(0, max([stats.none, stats.all, *some.values(), 1]) * 1.2)
     from matplotlib.ticker import MaxNLocator
 
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("success rate of a task over its trials (c / n)")
     ax.set_ylabel("tasks")
-    s = stats.summary
-    head = f"{_legend_name(stats.name)}: Pass@1 {_pct(s.pass1)}, Pass@{stats.k} {_pct(s.pass_k)}" if s else stats.name
-    ax.set_title(f"{head}\nsolved by none {stats.none} (red), some {stats.some} (blue), all {stats.all} (green)",
-                 fontsize=10)
+    panel = pan.finish(legend=False)  # the title names the colours
     _save(fig, path)
+    return [panel]
 
 
-def plot_pass(rows: list[PassRow], path: Path) -> None:
+def plot_pass(rows: list[PassRow], path: Path) -> list[Panel]:
     runs = list(dict.fromkeys(r.run for r in rows))
     groups = list(dict.fromkeys(r.env + (f" ({r.split})" if r.split else "") for r in rows))
     ks = sorted({r.k for r in rows})
     k_label = f"k={ks[0]}" if len(ks) == 1 else "k per run"
-    panels = (("pass1", "Pass@1"), ("pass_k", f"Pass@k ({k_label})"), ("pass_hat_k", f"pass^k ({k_label})"))
-    fig, axes = _figure(5 * len(panels), 4.5, ncols=len(panels))
+    metrics_ = (("pass1", "Pass@1"), ("pass_k", f"Pass@k ({k_label})"), ("pass_hat_k", f"pass^k ({k_label})"))
+    fig, axes = _figure(5 * len(metrics_), 4.5, ncols=len(metrics_))
     width = 0.8 / max(1, len(runs))
     by = {(r.run, r.env + (f" ({r.split})" if r.split else "")): r for r in rows}
-    paper_drawn = False
-    for p, (metric, title) in enumerate(panels):
-        ax = axes[0][p]
+    panels = []
+    for p, (metric, title) in enumerate(metrics_):
+        pan = _Panel(axes[0][p], title)
+        paper_drawn = False
         for i, run in enumerate(runs):
-            xs, ys, lo, hi = [], [], [], []
+            xs, ys, lo, hi, texts = [], [], [], [], []
             for g, group in enumerate(groups):
+                x = g - 0.4 + width * (i + 0.5)
                 row = by.get((run, group))
                 if row is None:
+                    pan.missing(x, f"{run} on {group}")
                     continue
                 mean = getattr(row.summary, metric)
                 ci = getattr(row.summary, f"{metric}_ci")
-                xs.append(g - 0.4 + width * (i + 0.5))
+                xs.append(x)
                 ys.append(100 * mean)
                 lo.append(max(0.0, 100 * (mean - ci[0])))
                 hi.append(max(0.0, 100 * (ci[1] - mean)))
+                texts.append(f"{_pct(mean)}\nn={row.summary.tasks}")
                 if row.paper and (metric == "pass1" or metric == "pass_k" and row.k == 4):
                     ref = row.paper[0] if metric == "pass1" else row.paper[1]
-                    ax.plot([xs[-1]], [ref], "kD", markersize=6, markerfacecolor="none",
-                            label=None if paper_drawn else "paper Table 1 (Pass@1, Pass@4)")
+                    pan.reference([x], [ref], label="paper Table 1 (Pass@1, Pass@4)", style="kD", legend=not paper_drawn,
+                                  markersize=6, markerfacecolor="none")
                     paper_drawn = True
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=_legend_name(run) if p == 0 else None)
-        ax.set_xticks(range(len(groups)), groups, rotation=15)
-        ax.set_ylim(0, 105)
-        ax.set_ylabel("%")
-        ax.set_title(title)
-    handles, labels = [], []
-    for ax in axes[0]:
-        h, lab = ax.get_legend_handles_labels()
-        handles += h
-        labels += lab
-    axes[0][0].legend(handles, labels, fontsize=8)
+            if xs:
+                pan.bars(xs, ys, texts, label=_legend_name(run), tops=[y + h for y, h in zip(ys, hi)], width=width,
+                         yerr=[lo, hi], capsize=3, color=f"C{i}")
+        pan.ax.set_xticks(range(len(groups)), groups, rotation=15)
+        pan.ax.set_xlim(-0.5, len(groups) - 0.5)  # every group's place in sight, a missing bar's "no data" too
+        pan.ax.set_ylim(0, 125)
+        pan.ax.set_ylabel("%")
+        panels.append(pan.finish(legend=p == 0))
     _save(fig, path)
+    return panels
 
 
-def plot_training(curves: list[TrainCurve], path: Path) -> None:
+def plot_training(curves: list[TrainCurve], path: Path) -> list[Panel]:
     fig, axes = _figure(11, 7, ncols=2, nrows=2)
-    panels = ((axes[0][0], ("loss", "eval_loss"), "loss"), (axes[0][1], ("learning_rate",), "learning rate"),
+    layout = ((axes[0][0], ("loss", "eval_loss"), "loss"), (axes[0][1], ("learning_rate",), "learning rate"),
               (axes[1][0], ("grad_norm",), "grad norm"), (axes[1][1], ("tokens_per_s",), "tokens/s"))
-    for ax, keys, title in panels:
+    panels = []
+    for ax, keys, title in layout:
+        pan = _Panel(ax, title)
         for c in curves:
             for key in keys:
                 xs, ys = c.series(key)
                 if xs:
-                    style = "--o" if key == "eval_loss" else "-"
-                    ax.plot(xs, ys, style, markersize=3,
-                            label=_legend_name(c.name) + (" (eval)" if key == "eval_loss" else ""))
-        ax.set_title(title)
+                    pan.curve(xs, ys, label=_legend_name(c.name) + (" (eval)" if key == "eval_loss" else ""),
+                              style="--" if key == "eval_loss" else "-")
         ax.set_xlabel("step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        panels.append(pan.finish())
     _save(fig, path)
+    return panels
 
 
 def _ordered(values: list[str]) -> list[str]:
@@ -410,22 +556,17 @@ def _ordered(values: list[str]) -> list[str]:
     return sorted(dict.fromkeys(values), key=lambda v: (order.index(v) if v in order else len(order), v))
 
 
-def _point(ax: Any, x: float, est: float, ci: Sequence[float], label: str | None, color: Any, text: str) -> None:
-    """One estimate with its interval (all in [0, 1]) drawn in percent, `text` (its n) beside it."""
-    ax.errorbar([x], [100 * est], yerr=[[max(0.0, 100 * (est - ci[0]))], [max(0.0, 100 * (ci[1] - est))]],
-                fmt="o", capsize=4, color=color, label=label)
-    ax.annotate(text, (x, 100 * est), textcoords="offset points", xytext=(6, 0), fontsize=7, va="center")
-
-
-def plot_formats(rows: list[FormatRow], path: Path) -> None:
-    """Pass@1 and Pass@k per format (points with 95% intervals, n tasks beside each), one colour per
-    environment; hollow diamonds: the rebuttal's figures where comparable."""
+def plot_formats(rows: list[FormatRow], path: Path) -> list[Panel]:
+    """Pass@1 and Pass@k per format (points with 95% intervals, value and n tasks beside each), one colour
+    per environment; hollow diamonds: the rebuttal's figures where comparable."""
     formats = _ordered([r.format for r in rows])
     groups = list(dict.fromkeys(r.env + (f" ({r.split})" if r.split else "") for r in rows))
     fig, axes = _figure(11, 4.5, ncols=2)
     colors = {g: f"C{i}" for i, g in enumerate(groups)}
+    ks = " (k per run)" if len({r.k for r in rows}) > 1 else f" (k={rows[0].k})" if rows else ""
+    panels = []
     for p, (metric, title) in enumerate((("pass1", "Pass@1"), ("pass_k", "Pass@k"))):
-        ax = axes[0][p]
+        pan = _Panel(axes[0][p], title + ks)
         seen: set[str] = set()
         paper_drawn = False
         runs_at: Counter = Counter()
@@ -434,78 +575,98 @@ def plot_formats(rows: list[FormatRow], path: Path) -> None:
             i = formats.index(r.format)
             x = i + 0.12 * (groups.index(group) - (len(groups) - 1) / 2) + 0.04 * runs_at[i, group]
             runs_at[i, group] += 1
-            _point(ax, x, getattr(r.summary, metric), getattr(r.summary, f"{metric}_ci"),
-                   None if group in seen else group, colors[group], f"n={r.summary.tasks}")
+            est = getattr(r.summary, metric)
+            pan.point(x, est, getattr(r.summary, f"{metric}_ci"), label=group, legend=group not in seen,
+                      color=colors[group], text=f"{_pct(est)} n={r.summary.tasks}")
             seen.add(group)
             if r.paper and (metric == "pass1" or r.k == 4):
-                ax.plot([x], [r.paper[1][0 if metric == "pass1" else 1]], "kD", markerfacecolor="none",
-                        label=None if paper_drawn else "paper (rebuttal)")
+                pan.reference([x], [r.paper[1][0 if metric == "pass1" else 1]], label="paper (rebuttal)", style="kD",
+                              legend=not paper_drawn, markerfacecolor="none")
                 paper_drawn = True
-        ax.set_xticks(range(len(formats)), [f"{f}\n{_method(f)}" if _method(f) != "-" else f for f in formats])
-        ax.set_xlim(-0.6, len(formats) - 0.4)
-        ax.set_ylim(0, 105)
-        ax.set_ylabel("%")
-        ax.set_title(title + (" (k per run)" if len({r.k for r in rows}) > 1 else f" (k={rows[0].k})"))
-        ax.legend(fontsize=8)
+        _paper_left_out(pan, [(r.run, r.not_comparable) for r in rows if r.format in REBUTTAL_RETAIL_8B])
+        pan.ax.set_xticks(range(len(formats)), [f"{f}\n{_method(f)}" if _method(f) != "-" else f for f in formats])
+        pan.ax.set_xlim(-0.6, len(formats) - 0.4)
+        pan.ax.set_ylim(0, 115)
+        pan.ax.set_ylabel("%")
+        panels.append(pan.finish())
     _save(fig, path)
+    return panels
 
 
-def plot_format_funnels(funnels: list[FormatFunnel], path: Path) -> None:
-    """Valid share of proposed tasks per format and run (n valid / proposed beside each)."""
+def plot_format_funnels(funnels: list[FormatFunnel], path: Path) -> list[Panel]:
+    """Valid share of proposed tasks per format and run (value and valid / proposed on each bar); the
+    paper's CaT yield beside a run only where comparable."""
     fig, axes = _figure(8, 4)
-    ax = axes[0][0]
+    pan = _Panel(axes[0][0], "Funnel per task format (diamond: the paper's CaT yield, Llama-3.1-8B on retail)",
+                 fontsize=10)
     labels = [f"{f.format}\n{_legend_name(f.label, 30)}" for f in funnels]
+    order = _ordered([g.format for g in funnels])
+    drawn = False
     for i, f in enumerate(funnels):
-        ax.bar([i], [f.percent], 0.6, color=f"C{_ordered([g.format for g in funnels]).index(f.format)}")
-        ax.annotate(f"{f.valid}/{f.proposed}", (i, f.percent), ha="center", va="bottom", fontsize=8)
-        if f.format in PAPER_FORMAT_FUNNEL:
-            ax.plot([i], [PAPER_FORMAT_FUNNEL[f.format]], "kD", markerfacecolor="none")
-    ax.set_xticks(range(len(funnels)), labels, fontsize=8)
-    ax.set_ylim(0, 110)
-    ax.set_ylabel("% of proposed tasks valid")
-    ax.set_title("Funnel per task format (diamond: the paper's CaT yield, Llama-3.1-8B on retail)")
+        pan.bars([i], [f.percent], [f"{f.percent:.1f}%\n{f.valid}/{f.proposed}"], label=f"{f.format}: {f.label}",
+                 width=0.6, color=f"C{order.index(f.format)}")
+        if f.format in PAPER_FORMAT_FUNNEL and f.paper_not_comparable is None:
+            pan.reference([i], [PAPER_FORMAT_FUNNEL[f.format]], label="paper (CaT yield)", style="kD",
+                          legend=not drawn, markerfacecolor="none")
+            drawn = True
+    _paper_left_out(pan, [(f.label, f.paper_not_comparable) for f in funnels if f.format in PAPER_FORMAT_FUNNEL])
+    pan.ax.set_xticks(range(len(funnels)), labels, fontsize=8)
+    pan.ax.set_ylim(0, 125)
+    pan.ax.set_ylabel("% of proposed tasks valid")
+    panel = pan.finish(legend=False)  # each bar is named on its axis
     _save(fig, path)
+    return [panel]
 
 
-def plot_audit(pools: list[AuditPool], path: Path) -> None:
-    """The lax rate of each pool with its 95% interval (lax / audited beside it)."""
-    shown = [p for p in pools if p.rate is not None and p.rate_ci]
+def plot_audit(pools: list[AuditPool], path: Path) -> list[Panel]:
+    """The lax rate of each pool with its 95% interval (value and lax / audited beside it); "no data"
+    at a pool with no audited task."""
     fig, axes = _figure(8, 4)
-    ax = axes[0][0]
-    for i, p in enumerate(shown):
-        _point(ax, i, p.rate or 0.0, p.rate_ci or (0.0, 0.0), None, f"C{i}", f"{p.lax}/{p.audited}")
-    ax.set_xticks(range(len(shown)), [f"{p.format}\n{_legend_name(p.label, 30)}" for p in shown], fontsize=8)
-    ax.set_xlim(-0.6, len(shown) - 0.4)
-    ax.set_ylim(-3, 105)
-    ax.set_ylabel("% of audited tasks lax")
-    ax.set_title("Verifier audit: lax rate per pool (95% bootstrap interval)")
+    pan = _Panel(axes[0][0], "Verifier audit: lax rate per pool (95% bootstrap interval)")
+    for i, p in enumerate(pools):
+        if p.rate is None or not p.rate_ci:
+            pan.missing(i, f"{p.label} ({p.format}): no task audited")
+            continue
+        pan.point(i, p.rate, p.rate_ci, label=f"{p.label} ({p.format})", legend=False, color=f"C{i}",
+                  text=f"{_pct(p.rate)} {p.lax}/{p.audited}")
+    pan.ax.set_xticks(range(len(pools)), [f"{p.format}\n{_legend_name(p.label, 30)}" for p in pools], fontsize=8)
+    pan.ax.set_xlim(-0.6, len(pools) - 0.4)
+    pan.ax.set_ylim(-3, 110)
+    pan.ax.set_ylabel("% of audited tasks lax")
+    panel = pan.finish(legend=False)
     _save(fig, path)
+    return [panel]
 
 
-def plot_labels(rows: list[LabelRow], path: Path) -> None:
-    """Figure 4: false-positive and false-negative rates per format with intervals (n: the cases each
-    rate counts); hollow diamonds: the paper's Figure 4, where it gives the rate."""
+def plot_labels(rows: list[LabelRow], path: Path) -> list[Panel]:
+    """Figure 4: false-positive and false-negative rates per format with intervals (value and n: the cases
+    each rate counts; "no data" where there is no case); hollow diamonds: the paper's Figure 4, where it
+    gives the rate."""
     fig, axes = _figure(10, 4, ncols=2)
     formats = _ordered([r.format for r in rows])
-    panels = (("false_positive_rate", "false-positive rate: FP / (FP + TN)", lambda r: r.fp + r.tn, 0),
-              ("false_negative_rate", "false-negative rate: FN / (FN + TP)", lambda r: r.fn + r.tp, 1))
-    for p, (key, title, n_of, paper_i) in enumerate(panels):
-        ax = axes[0][p]
+    spec = (("false_positive_rate", "false-positive rate: FP / (FP + TN)", lambda r: r.fp + r.tn, 0),
+            ("false_negative_rate", "false-negative rate: FN / (FN + TP)", lambda r: r.fn + r.tp, 1))
+    panels = []
+    for p, (key, title, n_of, paper_i) in enumerate(spec):
+        pan = _Panel(axes[0][p], title, fontsize=10)
         paper_drawn = False
         for j, r in enumerate(rows):
             x = formats.index(r.format) + 0.08 * (j - (len(rows) - 1) / 2) / max(1, len(rows))
             rate = r.rates[key]
             if rate:
-                _point(ax, x, rate[0], rate[1:], None, f"C{formats.index(r.format)}", f"n={n_of(r)}")
+                pan.point(x, rate[0], rate[1:], label=f"{r.label} ({r.format})", legend=False,
+                          color=f"C{formats.index(r.format)}", text=f"{_pct(rate[0])} n={n_of(r)}")
+            else:
+                pan.missing(x, f"{r.label} ({r.format}): no case to count")
             ref = FIGURE4_RETAIL_8B.get(r.format, (None, None))[paper_i]
             if ref is not None:
-                ax.plot([x], [ref], "kD", markerfacecolor="none", label=None if paper_drawn else "paper (about)")
+                pan.reference([x], [ref], label="paper (about)", style="kD", legend=not paper_drawn,
+                              markerfacecolor="none")
                 paper_drawn = True
-        ax.set_xticks(range(len(formats)), formats)
-        ax.set_xlim(-0.6, len(formats) - 0.4)
-        ax.set_ylim(-3, 105)  # a rate of 0 stays in sight
-        ax.set_ylabel("%")
-        ax.set_title(title, fontsize=10)
-        if paper_drawn:
-            ax.legend(fontsize=8)
+        pan.ax.set_xticks(range(len(formats)), formats)
+        pan.ax.set_xlim(-0.6, len(formats) - 0.4)
+        pan.ax.set_ylim(-3, 110)  # a rate of 0 stays in sight
+        pan.ax.set_ylabel("%")
+        panels.append(pan.finish())
     _save(fig, path)
+    return panels

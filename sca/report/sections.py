@@ -2,7 +2,9 @@
 
 * **Validation funnel** (propose and validate outputs), as in the paper: proposed, code runs,
   solution passes, failure cases fail (valid); the paper's Llama-3.1-8B retail figures
-  (47.7% / 9.5% / 5.2%) as a reference, and the rejection reasons.
+  (47.7% / 9.5% / 5.2%) beside a run only where it measured the same
+  (:func:`sca.paper.funnel_not_comparable`: retail, CaT, enough proposals to be a rate), and the
+  rejection reasons.
 * **Rewards per task** (rollout outputs): the per-task success rates, tasks solved by none /
   some / all trials, mean reward, Pass@1 / Pass@k / pass^k with bootstrap intervals,
   terminations and infrastructure failures (reward null: excluded from every figure, counted).
@@ -60,6 +62,7 @@ from sca.paper import (
     RETAIL_FUNNEL_8B,
     TABLE1_ZERO_SHOT,
     TAU_ENVS,
+    funnel_not_comparable,
     not_comparable,
     zero_shot_row,
 )
@@ -170,6 +173,7 @@ class Funnel:
     no_answer: int = 0
     duplicates: int = 0
     reasons: list[ReasonCount] = field(default_factory=list)
+    paper_not_comparable: str | None = None  # why the paper's funnel is not beside it (sca.paper's rule)
 
     def percent(self, i: int) -> float:
         return 100.0 * self.counts[i] / self.counts[0] if self.counts[0] else 0.0
@@ -219,9 +223,11 @@ def build_funnel(sources: list[Source]) -> Funnel:
     primary = sources[0]
     models = sorted({r["model"] for r in records if r.get("model")})
     model = (primary.model if primary.kind == "propose" else None) or (", ".join(models) if models else None)
+    envs = sorted({r["env"] for r in records})
     return Funnel(
+        paper_not_comparable=funnel_not_comparable(envs, "cat", stages[0]),
         label=f"{primary.kind} {primary.label}", kind=primary.kind or "", files=[s.label for s in sources],
-        model=model, envs=sorted({r["env"] for r in records}), counts=tuple(stages),  # type: ignore[arg-type]
+        model=model, envs=envs, counts=tuple(stages),  # type: ignore[arg-type]
         no_answer=no_answer, duplicates=duplicates,
         reasons=sorted(reasons.values(), key=lambda rc: (-rc.count, rc.reason)),
     )
@@ -254,6 +260,7 @@ class FormatFunnel:
     envs: list[str]
     proposed: int
     valid: int
+    paper_not_comparable: str | None = None  # why the paper's yield is not beside it (sca.paper's rule)
 
     @property
     def percent(self) -> float:
@@ -277,11 +284,12 @@ def format_funnels(sources: list[Source]) -> list[FormatFunnel]:
             by_format.setdefault(f"{fmt} (verification only)" if r.get("verification_only") else fmt, []).append(r)
         for fmt, records in sorted(by_format.items(), key=lambda kv: _format_key(kv[0])):
             models = sorted({r["model"] for r in records if r.get("model")})
+            envs = sorted({r["env"] for r in records})
             out.append(FormatFunnel(
                 label=f"{primary.kind} {primary.label}", format=fmt,
                 model=(primary.model if primary.kind == "propose" else None) or (", ".join(models) or None),
-                envs=sorted({r["env"] for r in records}), proposed=len(records),
-                valid=sum(1 for r in records if r["valid"])))
+                envs=envs, proposed=len(records), valid=sum(1 for r in records if r["valid"]),
+                paper_not_comparable=funnel_not_comparable(envs, fmt, len(records))))
     return out
 
 
@@ -323,7 +331,8 @@ def k_of(src: Source, override: int | None) -> int:
     """The k of a run's Pass@k: `override`, else its meta's k, else its most trials per task."""
     if override:
         return override
-    for key in ("k", "trials"):  # sca rollout's k; sca eval's k, which defaults to its trials
+    # sca eval's pass_k (its trials unless told), sca rollout's trials; "k", either one before they were renamed
+    for key in ("pass_k", "k", "trials"):
         k = src.setting(key)
         if isinstance(k, int) and not isinstance(k, bool) and k >= 1:
             return k
