@@ -55,13 +55,20 @@ def main() -> None:
 
     from sandbox.config import SandboxConfig
     from sca.audit import AuditConfig
+    from sca.cat import ValidateConfig
     from stages.audit import audit_file
+    from stages.validate import validate_file
 
     tasks = make_tasks(args.tasks)
     sandbox = SandboxConfig(backend=args.backend).with_(workers=args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp, "tasks.jsonl"), Path(tmp, "out.jsonl")
         src.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+        # the baseline, in the same run on the same tasks and workers: sca validate's six CaT checks
+        vstarted = time.monotonic()
+        validate_file(str(src), str(Path(tmp, "valid.jsonl")), config=ValidateConfig(sandbox, min_failure_cases=0),
+                      show_progress=False)
+        vseconds = time.monotonic() - vstarted
         started = time.monotonic()
         summary = audit_file(str(src), str(out), config=AuditConfig(sandbox, max_mutants=args.max_mutants),
                              show_progress=False)
@@ -72,6 +79,8 @@ def main() -> None:
     print(f"{len(tasks)} tasks, {runs} mutant runs, {sandbox.workers} workers ({summary.sandbox}): "
           f"{len(tasks) / seconds:.2f} tasks/s, {runs / seconds:.1f} mutant runs/s; "
           f"lax rate {lax[0]:.2f} [{lax[1]:.2f}, {lax[2]:.2f}] (expected 0.5)")
+    print(f"baseline, sca validate on the same tasks: {len(tasks) / vseconds:.2f} tasks/s; an audit costs "
+          f"{seconds / vseconds:.1f} validations")
 
 
 if __name__ == "__main__":

@@ -94,9 +94,9 @@ def overhead(task: dict, episodes: int, sandbox_backend: str) -> tuple[float, fl
     try:
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "t.jsonl").write_text(json.dumps(task) + "\n")
-            cfg = RolloutConfig(k=episodes, concurrency=16, sandbox=SandboxConfig(backend=sandbox_backend, workers=1))
+            cfg = RolloutConfig(trials=episodes, concurrency=16, sandbox=SandboxConfig(backend=sandbox_backend, workers=1))
             model = InstantModel()
-            rollout_file(f"{tmp}/t.jsonl", f"{tmp}/warm.jsonl", RolloutConfig(k=2, sandbox=cfg.sandbox),
+            rollout_file(f"{tmp}/t.jsonl", f"{tmp}/warm.jsonl", RolloutConfig(trials=2, sandbox=cfg.sandbox),
                          executor_model=model, user_model=model, show_progress=False)
             inside["s"] = 0.0
             t0 = time.perf_counter()
@@ -136,7 +136,7 @@ def throughput(n: int, sandbox_backend: str) -> tuple[float, float, int]:
     tasks = [{**CALC_TASK, "id": f"calc-{i}", "instruction": f"How long is the string {'ab' * (i + 1)}?"} for i in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "t.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
-        cfg = RolloutConfig(k=1, concurrency=n, sandbox=SandboxConfig(backend=sandbox_backend, workers=2),
+        cfg = RolloutConfig(trials=1, concurrency=n, sandbox=SandboxConfig(backend=sandbox_backend, workers=2),
                             episode=ExecutorConfig(max_steps=3), seed=1)
         cfg.executor.max_new_tokens = 48
         t0 = time.perf_counter()
@@ -221,7 +221,7 @@ def hostile_memory(episodes: int, sandbox_backend: str) -> tuple[float, float, f
         Path(tmp, "t.jsonl").write_text(json.dumps(RETAIL_TASK) + "\n")
         sandbox = SandboxConfig(backend=sandbox_backend, workers=2)
         honest = InstantModel()
-        rollout_file(f"{tmp}/t.jsonl", f"{tmp}/honest.jsonl", RolloutConfig(k=1, sandbox=sandbox),
+        rollout_file(f"{tmp}/t.jsonl", f"{tmp}/honest.jsonl", RolloutConfig(trials=1, sandbox=sandbox),
                      executor_model=honest, user_model=honest, show_progress=False)
         honest_kib = Path(tmp, "honest.jsonl").stat().st_size / 1024
         gc.collect()
@@ -238,7 +238,7 @@ def hostile_memory(episodes: int, sandbox_backend: str) -> tuple[float, float, f
         watcher.start()
         model = HostileModel()
         try:
-            rollout_file(f"{tmp}/t.jsonl", f"{tmp}/hostile.jsonl", RolloutConfig(k=episodes, concurrency=episodes,
+            rollout_file(f"{tmp}/t.jsonl", f"{tmp}/hostile.jsonl", RolloutConfig(trials=episodes, concurrency=episodes,
                                                                                  sandbox=sandbox),
                          executor_model=model, user_model=model, show_progress=False)
         finally:

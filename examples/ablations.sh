@@ -61,7 +61,7 @@ for fmt in $FORMATS; do
         --sandbox "$SANDBOX" -o "$dir/tasks.raw.jsonl" --rejected "$dir/episodes.failed.jsonl"
     sca validate "$dir/tasks.raw.jsonl" -o "$dir/tasks.jsonl" --rejected "$dir/tasks.rejected.jsonl" \
         --sandbox "$SANDBOX"
-    sca rollout "$dir/tasks.jsonl" -o "$dir/trajectories.jsonl" --k "$K" "${reward[@]}" "${model_flags[@]}" \
+    sca rollout "$dir/tasks.jsonl" -o "$dir/trajectories.jsonl" --trials "$K" "${reward[@]}" "${model_flags[@]}" \
         "${user_flags[@]}" --concurrency 256 --sandbox "$SANDBOX" --retry-failed
 
     say "$fmt: train --algo rft, eval"

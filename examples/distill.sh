@@ -25,7 +25,7 @@ mkdir -p "$OUT"
 sca propose --env "$ENV" --n "$TASKS" "${teacher_flags[@]}" --concurrency 64 --sandbox "$SANDBOX" \
     -o "$OUT/tasks.raw.jsonl" --rejected "$OUT/episodes.failed.jsonl"
 sca validate "$OUT/tasks.raw.jsonl" -o "$OUT/tasks.jsonl" --rejected "$OUT/tasks.rejected.jsonl" --sandbox "$SANDBOX"
-sca rollout "$OUT/tasks.jsonl" -o "$OUT/trajectories.jsonl" --k "$K" "${teacher_flags[@]}" --concurrency 256 \
+sca rollout "$OUT/tasks.jsonl" -o "$OUT/trajectories.jsonl" --trials "$K" "${teacher_flags[@]}" --concurrency 256 \
     --sandbox "$SANDBOX" --retry-failed
 $ACCELERATE -m sca_cli.app train "$OUT/trajectories.jsonl" -o "$OUT/ckpt" --algo sft --preset paper --model "$STUDENT"
 sca eval --env "$ENV" --trials "$TRIALS" --model "$STUDENT" --backend "$BACKEND" --sandbox "$SANDBOX" \

@@ -37,7 +37,7 @@ sca validate "$OUT/tasks.candidates.jsonl" -o "$OUT/tasks.jsonl" --rejected "$OU
 say "3. rollout: the executor solves each valid task 4 times (the simulated user too, in retail)"
 rewarded=0
 for seed in 0 1 2; do
-    sca rollout "$OUT/tasks.jsonl" -o "$OUT/trajectories.jsonl" --k 4 --max-steps 2 --max-new-tokens 48 \
+    sca rollout "$OUT/tasks.jsonl" -o "$OUT/trajectories.jsonl" --trials 4 --max-steps 2 --max-new-tokens 48 \
         --concurrency 8 --seed "$seed" --sandbox "$SANDBOX" --overwrite
     rewarded=$(python3 -c "import json,sys; print(sum(json.loads(l).get('reward') == 1 for l in open(sys.argv[1])))" \
         "$OUT/trajectories.jsonl")

@@ -96,6 +96,7 @@ class Sandbox:
         self._idle: list[Worker] = []
         self._busy: set[Worker] = set()
         self._closed = False
+        self._aborted = False
         self._run_ids = itertools.count(1)
         # Workers are started from one long-lived thread: bwrap's --die-with-parent follows the
         # *thread* that forked it, so a worker started from a short-lived caller thread would die with it.
@@ -114,8 +115,21 @@ class Sandbox:
     def __enter__(self) -> Sandbox:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if isinstance(exc_type, type) and issubclass(exc_type, KeyboardInterrupt):
+            self.abort()  # an interrupted stage: no run in flight is wanted any more
+        else:
+            self.close()
+
+    def abort(self) -> None:
+        """Close, and kill the workers of the runs in flight, which then end at once as failures (for a
+        stage interrupted by a signal: it keeps none of them, and must not wait out their timeouts)."""
+        self._aborted = True
         self.close()
+        with self._lock:
+            busy = list(self._busy)
+        for w in busy:
+            w.kill()
 
     def close(self) -> None:
         """Stop every worker. Runs still in flight finish; their workers stop after."""
@@ -311,7 +325,8 @@ class _Run:
             log.warning("sandbox worker (%s) broke the protocol: %s", self.sb.backend_name, e)
             return self._failed("sandbox_error", "SandboxError", f"{e}; the worker was replaced"), False
         except (WorkerLost, OSError) as e:
-            log.warning("sandbox worker (%s) lost: %s", self.sb.backend_name, e)
+            if not self.sb._aborted:  # abort() killed it: no news
+                log.warning("sandbox worker (%s) lost: %s", self.sb.backend_name, e)
             return self._failed("sandbox_error", "SandboxError", f"{e}; the worker was replaced"), False
         except _Broken as e:
             log.warning("sandbox worker (%s) broke the protocol: %s", self.sb.backend_name, e)

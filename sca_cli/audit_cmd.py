@@ -21,6 +21,7 @@ from sca_cli.common import (
     examples,
     fail,
     flag,
+    output_or_default,
     sandbox_config,
     stage_errors,
     warn,
@@ -44,8 +45,9 @@ def _interval(value: Any) -> str:
 def audit(
     input: Optional[str] = typer.Argument(
         None, help="Tasks (JSONL) to audit; with --sheet, trajectories; - for stdin. Not with --labels."),
-    output: str = typer.Option(..., "-o", "--output", help=(
-        "Audited tasks (JSONL); with --sheet, the sheet (CSV); with --labels, the rates (JSON). - for stdout.")),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help=(
+        "Audited tasks (JSONL); with --sheet, the sheet (CSV); with --labels, the rates (JSON). - for stdout "
+        "[default: runs/audit-INPUT-TIME.jsonl, audit-sheet-INPUT-TIME.csv, audit-labels-SHEET-TIME.json]")),
     sheet: Optional[int] = typer.Option(None, "--sheet", min=1, help=(
         "Write a labelling sheet of this many trajectories, stratified by reward, instead of auditing tasks.")),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="With --sheet: the tasks, for their evaluate()."),
@@ -81,11 +83,11 @@ def audit(
                         alternatives_per_argument=alternatives, n_boot=n_boot, seed=seed,
                         episode_chars=episode_chars)
     if labels is not None:
-        _labels(labels, output, config)
+        _labels(labels, output_or_default(output, "audit-labels", labels, ".json"), config)
     elif sheet is not None:
-        _sheet(input, output, sheet, tasks, config, skip_invalid)
+        _sheet(input, output_or_default(output, "audit-sheet", input, ".csv"), sheet, tasks, config, skip_invalid)
     else:
-        _audit(input, output, config, skip_invalid, overwrite)
+        _audit(input, output_or_default(output, "audit", input), config, skip_invalid, overwrite)
 
 
 def _audit(input: str, output: str, config: AuditConfig, skip_invalid: bool, overwrite: bool) -> None:

@@ -18,16 +18,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from functools import cache
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Optional, TypeVar
 
 import typer
+from typer._click.core import ParameterSource  # typer's own click, which its commands use
+from typer._click.exceptions import BadParameter
+from typer.core import TyperCommand
 
 from sandbox.config import BACKEND_NAMES, SandboxConfig
 from sca.agent.config import ACTION_FORMATS, ExecutorConfig
 from sca.inference.config import BACKEND_NAMES as MODEL_BACKENDS
 from sca.inference.config import ModelConfig
 
-#: exit codes (README, "Common behaviour of every stage"): bad input, options or setup; the model failed
+#: exit codes (docs/stages.md, "Common behaviour of every stage"): bad input, options or setup; the model failed
 EXIT_BAD_INPUT = 2
 EXIT_MODEL = 1
 
@@ -43,15 +46,22 @@ def _console(stderr: bool) -> Any:
     return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 160)
 
 
+#: what -q turns off: the summaries of err_console (errors and warnings are printed either way)
+_quiet = {"on": False}
+
+
 class _LazyConsole:
     def __init__(self, stderr: bool):
         self._stderr = stderr
 
     def __getattr__(self, name: str) -> Any:
+        if name == "print" and self._stderr and _quiet["on"]:
+            return lambda *args, **kwargs: None
         return getattr(_console(self._stderr), name)
 
 
-#: progress, warnings and summaries go to stderr, so `-o -` keeps stdout pure JSONL
+#: progress, warnings and summaries go to stderr, so `-o -` keeps stdout pure JSONL; under -q, only errors and
+#: warnings (fail, warn)
 err_console = _LazyConsole(stderr=True)
 out_console = _LazyConsole(stderr=False)
 
@@ -60,14 +70,14 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print a one-line error and exit (code 2 = bad input, as documented)."""
     from rich.markup import escape
 
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    _console(True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
     from rich.markup import escape
 
-    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    _console(True).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 SKIP_INVALID = typer.Option(
@@ -125,6 +135,7 @@ EXITS = (
     ("sca.benchmarks.m3.official", "OfficialTaskError", "{}", EXIT_BAD_INPUT),  # a CodeAct checkout refused
     ("sandbox.result", "SandboxUnavailable", "sandbox unavailable: {}", EXIT_BAD_INPUT),
     ("sca.inference.base", "InferenceError", "model: {}", EXIT_MODEL),
+    ("sca.metrics_log", "MetricsLogUnavailable", "{}", EXIT_BAD_INPUT),  # --report-to's library is missing
 )
 
 
@@ -137,11 +148,45 @@ def stage_errors() -> Iterator[None]:
     """
     try:
         yield
+    except KeyboardInterrupt as e:  # SIGINT or SIGTERM: the stage has said how to resume; 128 + the signal
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     except Exception as e:
         for module, name, message, code in EXITS:
             cls = getattr(sys.modules.get(module), name, None)
             if cls is not None and isinstance(e, cls):
                 fail(message.format(e), code)
+        raise
+
+
+def output_or_default(given: str | None, stage: str, name: str, suffix: str = ".jsonl", *,
+                      directory: bool = False) -> str:
+    """-o, or where it is left out the default under runs/ (:func:`sca.records.io.output_path`, the one rule),
+    printed first; a -o that is a directory where a file is written is a one-line error, exit 2."""
+    from sca.records.io import output_path
+
+    with stage_errors():
+        path = output_path(given, stage, name, suffix, directory=directory)
+    if given is None:
+        err_console.print(f"output: {path}", markup=False, highlight=False, soft_wrap=True)
+    return path
+
+
+def split_ids(values: list[str] | None) -> list[str] | None:
+    """--task-ids, comma-separated or repeated (`--task-ids a,b --task-ids c`), as one list; None: not given."""
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()] or None
+
+
+@contextmanager
+def closing_metrics(metrics: Any) -> Iterator[None]:
+    """Run a stage that logs to `metrics` (``--report-to``; None: none): if the stage stops, its sinks
+    are closed (what they hold is kept); if it finishes, the command logs the summary and closes them."""
+    try:
+        yield
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
         raise
 
 
@@ -254,3 +299,202 @@ def judge_config(executor: ModelConfig, judge_model: str | None, judge_backend: 
     :func:`user_config` does for the simulated user); None when no --judge-* flag is set: the judge is then
     the executor's model with the executor's settings."""
     return _role_config(executor, judge_model, judge_backend, judge_base_url, judge_temperature, "--judge-")
+
+
+# -- what every stage command takes besides its own flags: --config, --log-level, -q; renamed flags ----------
+# Written once here, for every command, by the command class (:func:`stage_command`) rather than in each
+# signature: they set how the command runs (its flags' values, its output), not what its stage does.
+
+#: the levels of --log-level
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: the packages whose loggers --log-level sets (other libraries' stay at warning)
+LOGGERS = ("sca", "stages", "sandbox", "envs", "sca_cli")
+LOG_LEVEL_HELP = "Level of sca's log messages on stderr: " + ", ".join(LOG_LEVELS) + " [default: warning]."
+QUIET_HELP = "No progress and no summary: only errors and warnings (and the output)."
+CONFIG_HELP = ("YAML file of flag values (keys: this command's flag names, e.g. max-new-tokens or max_new_tokens); "
+               "flags given on the command line win.")
+
+
+@cache
+def _log_handler() -> Any:
+    """The one handler of log records: to the sys.stderr of the moment (a test runner swaps it between
+    commands), as `warning: sandbox.pool: ...`. Made on first use: logging costs `sca --help` time."""
+    import logging
+
+    class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+        @property  # type: ignore[override]
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it
+            pass
+
+    class LevelFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"{record.levelname.lower()}: {record.name}: {record.getMessage()}"
+
+    handler = StderrHandler()
+    handler.setFormatter(LevelFormatter())
+    return handler
+
+
+def set_output(quiet: bool | None = None, log_level: str | None = None) -> None:
+    """-q (progress off, err_console's summaries off) and --log-level (the level of sca's loggers); None
+    leaves a setting as it is. Log records go to stderr through one handler, added once."""
+    if quiet is not None:
+        from sca.records.progress import set_enabled
+
+        _quiet["on"] = quiet
+        set_enabled(not quiet)
+    import logging
+
+    if log_level is not None:
+        for name in LOGGERS:
+            logging.getLogger(name).setLevel(log_level.upper())
+    root = logging.getLogger()
+    if _log_handler() not in root.handlers:
+        root.addHandler(_log_handler())
+
+
+def _key(name: str) -> str:
+    """A flag's name as a config file may spell it: `--max-new-tokens`, `max-new-tokens`, `max_new_tokens`."""
+    return name.lstrip("-").replace("-", "_")
+
+
+_CONFIG_FILE, _CONFIG_KEYS = "sca.config_file", "sca.config_keys"  # in ctx.meta
+
+
+def _read_config(ctx: Any, param: Any, path: str | None) -> str | None:
+    """--config FILE.yaml: its values become the command's defaults (click's default_map), so a flag on the
+    command line wins over the file, and the file over the built-in defaults (as `sca train --config`).
+    Eager: read before any other flag is looked at. A key that names no flag of the command, or a value its
+    flag refuses, is a one-line error naming the file and the key."""
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        fail(f"{path}: {e.strerror or e}")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        fail(f"{path}{f':{mark.line + 1}' if mark is not None else ''}: not valid YAML: "
+             f"{getattr(e, 'problem', None) or e}")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        fail(f"{path}: expected a mapping of flag: value, got {type(data).__name__}")
+    command = ctx.command
+    params = {}
+    for p in command.params:
+        if p.name != "config_file":
+            for name in (p.name, *getattr(p, "opts", ())):
+                params[_key(name)] = p
+    renamed = {_key(old): new for old, new in getattr(command, "renamed", {}).items()}
+    values: dict[str, Any] = {}
+    keys: dict[str, str] = {}
+    for key, value in data.items():
+        k = _key(str(key))
+        if k in renamed:
+            warn(f"{path}: {key} is the old name of {renamed[k]}; it goes in the next release")
+            k = _key(renamed[k])
+        p = params.get(k)
+        if p is None:
+            import difflib
+
+            close = difflib.get_close_matches(k, sorted(params), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            fail(f"{path}: unknown key {key!r}: sca {ctx.info_name} has no flag --{k.replace('_', '-')}{hint}")
+        if (p.multiple or p.nargs != 1) and value is not None and not isinstance(value, list):
+            value = [value]
+        values[p.name] = value
+        keys[p.name] = str(key)
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    ctx.meta[_CONFIG_FILE], ctx.meta[_CONFIG_KEYS] = path, keys  # a value its flag refuses names them
+    return path
+
+
+def _quiet_flag(value: bool) -> bool:
+    if value:  # off unless set here or by `sca -q`
+        set_output(quiet=True)
+    return value
+
+
+def _log_level_flag(value: str | None) -> str | None:
+    if value is not None:
+        if value.lower() not in LOG_LEVELS:
+            fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+        set_output(log_level=value)
+    return value
+
+
+def _config_flag(ctx: typer.Context, value: str | None) -> str | None:
+    return _read_config(ctx, None, value)
+
+
+@cache  # made once, shared by every command: a parameter holds no state of its command (ctx.command does)
+def _shared_options(config: bool) -> tuple[Any, ...]:
+    """The click parameters of --config (where `config`), --log-level and -q, made by typer from a signature
+    like any command's. None of them reaches the command's function (expose_value=False): their callbacks
+    act at once."""
+    shared = typer.Typer(add_completion=False)
+
+    @shared.command()
+    def options(
+        config_file: Optional[str] = typer.Option(None, "--config", metavar="FILE.yaml", is_eager=True,
+                                                  expose_value=False, callback=_config_flag, help=CONFIG_HELP),
+        log_level: Optional[str] = typer.Option(None, "--log-level", metavar="LEVEL", expose_value=False,
+                                                callback=_log_level_flag, help=LOG_LEVEL_HELP),
+        quiet: bool = typer.Option(False, "-q", "--quiet", expose_value=False, callback=_quiet_flag, help=QUIET_HELP),
+    ) -> None: ...
+
+    return tuple(p for p in typer.main.get_command(shared).params if config or p.name != "config_file")
+
+
+def _rename(args: list[str], renamed: dict[str, str]) -> list[str]:
+    """The command line with each deprecated flag (`--k`, `--k=3`) under its new name, one warning each."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":  # what follows is arguments, not flags
+            return out + args[i:]
+        name, eq, value = arg.partition("=")
+        if name in renamed:
+            new = renamed[name]
+            if any(a == new or a.startswith(new + "=") for a in args):
+                fail(f"{name} is the old name of {new}: give one")
+            warn(f"{name} is deprecated and goes in the next release: use {new}")
+            arg = new + eq + value
+        out.append(arg)
+    return out
+
+
+def stage_command(renamed: dict[str, str] | None = None, config: bool = True) -> type:
+    """The click command class of a stage's command: its own flags (typer's, from its signature) plus
+    --config FILE.yaml (unless `config` is False: `sca train` has its own, of TRL options), --log-level and
+    -q; `renamed` maps an old flag to its new name (`{"--k": "--trials"}`): the old one still works for one
+    release, with a warning, and the new one's help names it."""
+    renamed = dict(renamed or {})
+
+    class StageCommand(TyperCommand):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            for p in self.params:
+                for old, new in renamed.items():
+                    if new in getattr(p, "opts", ()):
+                        p.help = f"{p.help or ''} Was {old} (deprecated).".strip()
+            self.params.extend(_shared_options(config))
+
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            try:
+                return super().parse_args(ctx, _rename(list(args), renamed))
+            except BadParameter as e:  # a value of the --config file: say which file and key
+                key = ctx.meta.get(_CONFIG_KEYS, {}).get(getattr(e.param, "name", None))
+                if key is None or ctx.get_parameter_source(e.param.name) != ParameterSource.DEFAULT_MAP:
+                    raise
+                fail(f"{ctx.meta[_CONFIG_FILE]}: {key}: {e.message}")
+
+    StageCommand.renamed = renamed  # type: ignore[attr-defined]
+    return StageCommand

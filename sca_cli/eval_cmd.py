@@ -22,18 +22,24 @@ from sca_cli.common import (
     USER_MODEL,
     USER_TEMPERATURE,
     WORKERS,
+    closing_metrics,
     configured,
     err_console,
     examples,
     executor_configs,
     flag,
     model_flag,
+    output_or_default,
     sandbox_config,
+    split_ids,
     stage_errors,
 )
+from sca.metrics_log import REPORT_TO_HELP
 from stages.config import EvalConfig
 
 _EXECUTOR = executor_defaults()
+#: old flag names, still taken (with a warning) for one release
+RENAMED = {"--k": "--pass-k"}
 
 EXAMPLES = examples(
     "sca eval --env retail --split test --trials 4 -o results.jsonl",
@@ -42,15 +48,17 @@ EXAMPLES = examples(
     "sca eval --env airline --drop-noop-solvable -o air.jsonl            # as the paper did",
     "sca eval --env calculation --m3tooleval-dir ~/src/code-act -o calc.jsonl   # the official 48 tasks",
     "sca eval --env calculation --limit 2 --trials 1 --max-new-tokens 64 -o smoke.jsonl   # bundled model, CPU",
+    "sca eval --env retail --task-ids retail/3,retail/17 --trials 4 --pass-k 2 -o two.jsonl --report-to wandb",
 )
 
 
 def eval_(
     env: List[str] = flag(EvalConfig, "envs", "--env"),
     split: str = flag(EvalConfig, "split", "--split"),
-    output: str = typer.Option(..., "-o", "--output", help="Per-trial results (JSONL); a summary JSON goes beside it."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help=(
+        "Per-trial results (JSONL); a summary JSON goes beside it [default: runs/eval-ENVS-TIME.jsonl]")),
     trials: int = flag(EvalConfig, "trials", "--trials"),
-    k: Optional[int] = flag(EvalConfig, "k", "--k"),
+    pass_k: Optional[int] = flag(EvalConfig, "pass_k", "--pass-k"),
     model: Optional[str] = model_flag(what="Executor: "),
     backend: str = flag(_EXECUTOR, "backend", "--backend"),
     base_url: Optional[List[str]] = BASE_URL,
@@ -68,6 +76,7 @@ def eval_(
     drop_noop_solvable: bool = flag(EvalConfig, "drop_noop_solvable", "--drop-noop-solvable"),
     m3tooleval_dir: Optional[str] = flag(EvalConfig, "m3tooleval_dir", "--m3tooleval-dir"),
     limit: Optional[int] = flag(EvalConfig, "limit", "--limit"),
+    task_ids: Optional[List[str]] = flag(EvalConfig, "task_ids", "--task-ids"),
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
     timeout: float = TIMEOUT,
@@ -75,21 +84,33 @@ def eval_(
     max_tool_calls: int = MAX_TOOL_CALLS,
     max_tool_bytes: int = MAX_TOOL_BYTES,
     retry_failed: bool = flag(EvalConfig, "retry_failed", "--retry-failed"),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Measure Pass@1 / Pass@k on the benchmarks (tau2's evaluator, M3ToolEval's tasks), with confidence intervals."""
+    from dataclasses import asdict
+
+    from sca.metrics_log import open_metrics_log
     from stages.eval import eval_file
 
     executor, user, episode = executor_configs(model, backend, base_url, temperature, top_p, max_new_tokens,
                                                user_model, user_backend, user_base_url, user_temperature,
                                                action_format, max_steps)
-    config = configured(EvalConfig, envs=list(env), split=split, trials=trials, k=k, concurrency=concurrency,
+    config = configured(EvalConfig, envs=list(env), split=split, trials=trials, pass_k=pass_k, concurrency=concurrency,
                         seed=seed, executor=executor, user=user, episode=episode,
                         sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
                         drop_noop_solvable=drop_noop_solvable, m3tooleval_dir=m3tooleval_dir, limit=limit,
+                        task_ids=split_ids(task_ids),
                         retry_failed=retry_failed)
+    output = output_or_default(output, "eval", "+".join(config.envs))
     with stage_errors():
-        summary = eval_file(config, output, overwrite=overwrite)
+        metrics = open_metrics_log(report_to, stage="eval", output=output, settings=asdict(config))
+        with closing_metrics(metrics):
+            summary = eval_file(config, output, overwrite=overwrite, metrics=metrics)
+    if metrics is not None:  # each environment's metrics, and the sinks closed
+        k = summary["k"]
+        metrics.finish({f"{env}/{name}": m[key] for env, m in summary["envs"].items() if "pass1" in m
+                        for key, name in (("pass1", "pass@1"), ("pass_k", f"pass@{k}"), ("pass_hat_k", f"pass^{k}"))})
     print_summary(summary)
 
 
@@ -101,7 +122,9 @@ def print_summary(summary: dict) -> None:
     paper = summary.get("paper")
     t = Table(title=f"sca eval: {summary.get('model')}, {summary['trials']} trials per task, split {summary['split']}",
               title_justify="left")
-    for col in ("environment", "tasks", "trials", "Pass@1", f"Pass@{k}", f"pass^{k}", "excluded"):
+    # with k = 1, Pass@k and pass^k are Pass@1: one column, not three with two names for one number
+    metrics = ("Pass@1", f"Pass@{k}", f"pass^{k}") if k > 1 else ("Pass@1",)
+    for col in ("environment", "tasks", "trials", *metrics, "excluded"):
         t.add_column(col, justify="left" if col == "environment" else "right")
     if paper:
         t.add_column(f"paper ({paper['model']}) Pass@1 / Pass@4", justify="right")
@@ -113,10 +136,11 @@ def print_summary(summary: dict) -> None:
         dropped = summary.get("dropped_noop_solvable", {}).get(env)
         name = env + (f" (-{dropped} no-op)" if dropped else "")
         if "pass1" not in m:
-            row = [name, str(m.get("tasks", 0)), "0", "-", "-", "-", str(m.get("excluded", 0))]
+            row = [name, str(m.get("tasks", 0)), "0", *["-"] * len(metrics), str(m.get("excluded", 0))]
         else:
             row = [name, str(m["tasks"]), str(m["trials"]), pct(m["pass1"], m["pass1_ci"]),
-                   pct(m["pass_k"], m["pass_k_ci"]), pct(m["pass_hat_k"], m["pass_hat_k_ci"]), str(m["excluded"])]
+                   pct(m["pass_k"], m["pass_k_ci"]), pct(m["pass_hat_k"], m["pass_hat_k_ci"])][:3 + len(metrics)]
+            row.append(str(m["excluded"]))
         if paper:
             ref = paper["table1"].get(env)
             row.append(f"{ref['pass1']:.1f} / {ref['pass4']:.1f}" if ref else "-")

@@ -24,6 +24,7 @@ from sca_cli.common import (
     flag,
     model_config,
     model_flag,
+    output_or_default,
     sandbox_config,
     stage_errors,
 )
@@ -46,7 +47,8 @@ def propose(
     env: str = flag(ProposeConfig, "env", "--env"),
     n: int = flag(ProposeConfig, "n", "--n"),
     task_format: str = flag(ProposeConfig, "task_format", "--task-format"),
-    output: str = typer.Option(..., "-o", "--output", help="Valid tasks (CaT JSONL); - for stdout."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help=(
+        "Valid tasks (CaT JSONL); - for stdout [default: runs/propose-ENV-TIME.jsonl]")),
     rejected: Optional[str] = typer.Option(None, "--rejected", help="Failed episodes, with transcripts, go here."),
     model: Optional[str] = model_flag(),
     backend: str = flag(_CHALLENGER, "backend", "--backend"),
@@ -78,6 +80,7 @@ def propose(
     mcfg = model_config(model, backend, base_url, temperature, top_p, max_new_tokens)
     config = configured(ProposeConfig, env=env, n=n, max_episodes=max_episodes, max_steps=max_steps,
                         concurrency=concurrency, seed=seed, model=mcfg, validate=vcfg, task_format=task_format)
+    output = output_or_default(output, "propose", env)
     with stage_errors():
         summary = propose_file(config, output, rejected=rejected, overwrite=overwrite)
 

@@ -9,6 +9,9 @@ import typer
 from sca_cli.common import err_console, examples, flag, stage_errors, warn
 from stages.config import ReportConfig
 
+#: old flag names, still taken (with a warning) for one release
+RENAMED = {"--k": "--pass-k"}
+
 EXAMPLES = examples(
     "sca report runs/retail/                                  # every *.jsonl in it, train logs below it",
     "sca report tasks.raw.jsonl tasks.jsonl traj.jsonl -o report/",
@@ -27,7 +30,7 @@ def report(
     output: str = flag(ReportConfig, "output", "-o", "--output"),
     compare: Optional[Tuple[str, str]] = typer.Option(
         None, "--compare", metavar="A B", help="Two eval results files: B against A, paired by task, per environment."),
-    k: Optional[int] = flag(ReportConfig, "k", "--k"),
+    pass_k: Optional[int] = flag(ReportConfig, "pass_k", "--pass-k"),
     n_boot: int = flag(ReportConfig, "n_boot", "--n-boot"),
     seed: int = flag(ReportConfig, "seed", "--seed"),
 ) -> None:
@@ -37,7 +40,7 @@ def report(
     from stages.report import report as make_report
 
     with stage_errors():
-        rep = make_report(list(inputs or []), output, compare=compare, k=k, n_boot=n_boot, seed=seed)
+        rep = make_report(list(inputs or []), output, compare=compare, k=pass_k, n_boot=n_boot, seed=seed)
 
     from rich.rule import Rule
 

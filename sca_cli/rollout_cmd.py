@@ -1,4 +1,4 @@
-"""`sca rollout`: the executor solves CaT tasks, k trials each, scored by each task's own code or by a judge."""
+"""`sca rollout`: the executor solves CaT tasks, several trials each, scored by each task's own code or by a judge."""
 
 from __future__ import annotations
 
@@ -36,30 +36,40 @@ from sca_cli.common import (
     judge_config,
     judge_flags_set,
     model_flag,
+    output_or_default,
+    closing_metrics,
     sandbox_config,
+    split_ids,
     stage_errors,
     warn,
 )
+from sca.metrics_log import REPORT_TO_HELP
 from stages.config import RolloutConfig
 
 _EXECUTOR = executor_defaults()
+#: old flag names, still taken (with a warning) for one release
+RENAMED = {"--k": "--trials"}
 
 EXAMPLES = examples(
-    "sca rollout tasks.jsonl -o trajectories.jsonl --k 16",
+    "sca rollout tasks.jsonl -o trajectories.jsonl --trials 16",
     "sca rollout tasks.jsonl -o traj.jsonl --backend vllm --model meta-llama/Llama-3.1-8B-Instruct",
     "sca rollout tasks.jsonl -o traj.jsonl --backend openai --base-url http://gpu1:8000/v1 --model llama-8b "
     "--user-backend openai --user-base-url http://gpu2:8000/v1 --user-model llama-70b",
     "sca rollout tasks.jsonl -o traj.jsonl --retry-failed      # rerun the infrastructure failures",
     "sca rollout pae_tasks.jsonl -o traj.jsonl --reward judge --judge-backend openai --judge-base-url "
     "http://gpu2:8000/v1 --judge-model llama-70b   # instruction-only tasks (PAE): a judge's verdict",
-    "sca rollout tasks.jsonl -o traj.jsonl --k 2 --max-new-tokens 64   # bundled model, CPU",
+    "sca rollout tasks.jsonl -o traj.jsonl --trials 2 --max-new-tokens 64   # bundled model, CPU",
+    "sca rollout tasks.jsonl -o traj.jsonl --task-ids ret-1,ret-7 --report-to tensorboard -q",
+    "sca rollout tasks.jsonl -o traj.jsonl --config rollout.yaml --temperature 0   # the file, one flag changed",
 )
 
 
 def rollout(
     tasks: str = typer.Argument(..., help="Valid tasks of any format (JSONL, e.g. from sca validate); - for stdin."),
-    output: str = typer.Option(..., "-o", "--output", help="Trajectories (JSONL), one per (task, trial); - for stdout."),
-    k: int = flag(RolloutConfig, "k", "--k"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help=(
+        "Trajectories (JSONL), one per (task, trial); - for stdout [default: runs/rollout-TASKS-TIME.jsonl]")),
+    trials: int = flag(RolloutConfig, "trials", "--trials"),
+    task_ids: Optional[List[str]] = flag(RolloutConfig, "task_ids", "--task-ids"),
     model: Optional[str] = model_flag(what="Executor: "),
     backend: str = flag(_EXECUTOR, "backend", "--backend"),
     base_url: Optional[List[str]] = BASE_URL,
@@ -86,10 +96,14 @@ def rollout(
     max_tool_calls: int = MAX_TOOL_CALLS,
     max_tool_bytes: int = MAX_TOOL_BYTES,
     retry_failed: bool = flag(RolloutConfig, "retry_failed", "--retry-failed"),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
     skip_invalid: bool = SKIP_INVALID,
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """Solve every task K times with the executor (and a simulated user where the environment has one)."""
+    """Solve every task TRIALS times with the executor (and a simulated user where the environment has one)."""
+    from dataclasses import asdict
+
+    from sca.metrics_log import open_metrics_log
     from stages.rollout import rollout_file
 
     executor, user, episode = executor_configs(model, backend, base_url, temperature, top_p, max_new_tokens,
@@ -98,12 +112,19 @@ def rollout(
     if reward != "judge" and judge_flags_set(judge_model, judge_backend, judge_base_url, judge_temperature):
         fail("--judge-model, --judge-backend, --judge-base-url and --judge-temperature go with --reward judge")
     judge = judge_config(executor, judge_model, judge_backend, judge_base_url, judge_temperature)
-    config = configured(RolloutConfig, k=k, concurrency=concurrency, seed=seed, executor=executor, user=user,
-                        episode=episode, retry_failed=retry_failed, reward=reward, judge=judge,
+    config = configured(RolloutConfig, trials=trials, task_ids=split_ids(task_ids), concurrency=concurrency,
+                        seed=seed, executor=executor, user=user, episode=episode, retry_failed=retry_failed,
+                        reward=reward, judge=judge,
                         sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes))
+    output = output_or_default(output, "rollout", tasks)
     with stage_errors():
-        s = rollout_file(tasks, output, config, overwrite=overwrite, skip_invalid=skip_invalid,
-                         on_skip=lambda msg: warn(f"skipped {msg}"))
+        metrics = open_metrics_log(report_to, stage="rollout", output=output, settings=asdict(config))
+        with closing_metrics(metrics):
+            s = rollout_file(tasks, output, config, overwrite=overwrite, skip_invalid=skip_invalid,
+                             on_skip=lambda msg: warn(f"skipped {msg}"), metrics=metrics)
+    if metrics is not None:  # the run's own scalars, and the sinks closed
+        metrics.finish({"pass@1": s.pass1, f"pass@{trials}": s.pass_k, "mean_reward": s.mean_reward,
+                        "tokens": sum(s.tokens.values())})
 
     from rich.table import Table
 
@@ -113,11 +134,12 @@ def rollout(
     t.add_column()
     if s.resumed:
         t.add_row("trajectories, earlier runs", str(s.resumed), "resumed")
-    t.add_row("trajectories", str(s.trajectories), f"{k} trials per task")
+    t.add_row("trajectories", str(s.trajectories), f"{trials} trials per task")
     t.add_row("tasks", str(s.tasks), f"solved by none {s.solved_none}, some {s.solved_some}, all {s.solved_all}")
     t.add_row("mean reward", f"{s.mean_reward:.3f}", f"{s.rewarded} of {s.scored} scored trials")
     t.add_row("Pass@1", f"{100 * s.pass1:.1f}%", "mean over tasks of the success rate")
-    t.add_row(f"Pass@{k}", f"{100 * s.pass_k:.1f}%", "unbiased estimator, same trials")
+    if trials > 1:  # with one trial Pass@k is Pass@1
+        t.add_row(f"Pass@{trials}", f"{100 * s.pass_k:.1f}%", "unbiased estimator, same trials")
     t.add_row("infrastructure failures", str(s.infra_failures),
               ", ".join(f"{kind} {n}" for kind, n in sorted(s.infra.items())) + ("; rerun with --retry-failed" if s.infra_failures else ""))
     if s.judge:

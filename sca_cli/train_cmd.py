@@ -3,6 +3,7 @@ tasks (GRPO), with TRL."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, List, Optional
 
 import typer
@@ -29,6 +30,7 @@ from sca_cli.common import (
     field_help,
     flag,
     judge_flags_set,
+    output_or_default,
     sandbox_config,
     stage_errors,
     user_config,
@@ -39,6 +41,8 @@ from sca_cli.common import (
 _USER = executor_defaults()
 #: the defaults of the config fields that flags set (sca.training.options: no TRL import for --help)
 _OURS, _EPISODE = ScaOptions(), EpisodeOptions()
+#: old flag names, still taken (with a warning) for one release: the names every command now shares
+RENAMED = {"--k": "--group-size", "--episode-max-steps": "--max-steps"}
 
 EXAMPLES = examples(
     "sca train trajectories.jsonl -o ckpt --algo rft --preset paper",
@@ -46,7 +50,7 @@ EXAMPLES = examples(
     "sca train trajectories.jsonl -o ckpt --algo sft --epochs 2 --lr 2e-5 --batch-size 16 --max-length 8192",
     "sca train trajectories.jsonl -o ckpt --algo rft --config trl.yaml --set warmup_steps=10 --set lr_scheduler_type=cosine",
     "accelerate launch --config_file examples/accelerate/zero3.yaml -m sca_cli.app train t.jsonl -o ckpt --algo rft",
-    "sca train tasks.jsonl -o ckpt --algo grpo --k 8 --preset paper   # online: episodes played during training",
+    "sca train tasks.jsonl -o ckpt --algo grpo --group-size 8 --preset paper   # online: episodes played in training",
     "sca train pae_tasks.jsonl -o ckpt --algo grpo --reward judge --judge-backend openai "
     "--judge-base-url http://gpu2:8000/v1   # rewarded by a judge's verdicts",
 )
@@ -65,13 +69,16 @@ _TOKEN_IDS_HELP = " | ".join(
 
 def train(
     trajectories_or_tasks: str = typer.Argument(..., help=_INPUT_HELP),
-    output: str = typer.Option(..., "-o", "--output", help="Checkpoint directory to write."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help=(
+        "Checkpoint directory to write [default: runs/train-ALGO-INPUT-TIME; a distributed run must name one].")),
     algo: str = typer.Option(..., "--algo", help=_ALGO_HELP),
-    k: Optional[int] = typer.Option(None, "--k", min=2, help="grpo: episodes per task and step (num_generations) "
-                                                             f"[default {_EPISODE.num_generations}]."),
+    group_size: Optional[int] = typer.Option(
+        None, "--group-size", min=2, help="grpo: episodes per task and step, a group whose rewards are compared "
+                                          f"(TRL's num_generations) [default {_EPISODE.num_generations}]."),
     max_steps_per_episode: Optional[int] = typer.Option(
-        None, "--episode-max-steps", min=1,
-        help=f"grpo: executor replies per episode [default {_EPISODE.episode_max_steps}]."),
+        None, "--max-steps", min=1,
+        help="grpo: executor replies per episode, the step budget as in sca rollout (episode_max_steps) "
+             f"[default {_EPISODE.episode_max_steps}]. Not TRL's max_steps, the training steps: --set max_steps=N."),
     user_model: Optional[str] = USER_MODEL,
     user_backend: Optional[str] = USER_BACKEND,
     user_base_url: Optional[List[str]] = USER_BASE_URL,
@@ -114,11 +121,12 @@ def train(
     """Train a model on trajectories with TRL; the loss covers the assistant's own tokens only."""
     if algo == "ppo":
         fail("--algo ppo is not offered: TRL 1.16 has no PPO trainer, and sca re-implements no trainer "
-             "(README: 'Why there is no PPO'); GRPO is the online algorithm TRL runs on our episodes")
+             "(docs/stages.md: 'Why there is no PPO'); GRPO is the online algorithm TRL runs on our episodes")
     if algo not in ALGOS:
         fail(f"--algo must be one of {', '.join(ALGOS)}, not {algo!r}")
-    if algo != "grpo" and (k is not None or max_steps_per_episode is not None):
-        fail("--k and --episode-max-steps go with --algo grpo")
+    if algo != "grpo" and (group_size is not None or max_steps_per_episode is not None):
+        fail("--group-size and --max-steps (an episode's step budget; TRL's training steps are --set max_steps=N) "
+             "go with --algo grpo")
     if algo != "grpo" and (user_model or user_backend or user_base_url or user_temperature is not None):
         fail("--user-model, --user-backend, --user-base-url and --user-temperature go with --algo grpo")
     if algo != "grpo" and (reward is not None or judge_flags_set(judge_model, judge_backend, judge_base_url,
@@ -134,12 +142,18 @@ def train(
     }
     if algo == "grpo":
         # the judge's settings are GRPO's options (sca.training.options): unset ones follow the user's rule there
-        options.update(num_generations=k, episode_max_steps=max_steps_per_episode, reward=reward,
+        options.update(num_generations=group_size, episode_max_steps=max_steps_per_episode, reward=reward,
                        judge_model=judge_model, judge_backend=judge_backend, judge_base_urls=judge_base_url,
                        judge_temperature=judge_temperature)
+    # importing the hf backend sets OpenMP's passive waits before torch loads (sca.inference.hf): training on a
+    # shared CPU then slows with its share of the machine, not many times more
+    import sca.inference.hf  # noqa: F401
     from stages.train import train as run_train
 
     sandbox_settings = sandbox_config(sandbox, workers, timeout)  # grpo's; its other limits: SandboxConfig's
+    if output is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own time
+        fail("-o is needed in a distributed run: every process must write to the same directory")
+    output = output_or_default(output, f"train-{algo}", trajectories_or_tasks, directory=True)
     with stage_errors():
         summary = run_train(
             trajectories_or_tasks, output, algo=algo, preset=preset, config_file=config, options=options,

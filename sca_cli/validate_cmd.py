@@ -20,6 +20,7 @@ from sca_cli.common import (
     err_console,
     examples,
     flag,
+    output_or_default,
     sandbox_config,
     stage_errors,
     warn,
@@ -35,7 +36,8 @@ EXAMPLES = examples(
 
 def validate(
     input: str = typer.Argument(..., help="CaT tasks (JSONL); - for stdin."),
-    output: str = typer.Option(..., "-o", "--output", help="Valid tasks go here (JSONL); - for stdout."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help=(
+        "Valid tasks go here (JSONL); - for stdout [default: runs/validate-INPUT-TIME.jsonl]")),
     rejected: Optional[str] = typer.Option(None, "--rejected", help="Rejected tasks, with the reason, go here."),
     sandbox: str = SANDBOX,
     workers: Optional[int] = WORKERS,
@@ -56,6 +58,7 @@ def validate(
     config = configured(ValidateConfig, sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls,
                                                        max_tool_bytes), min_failure_cases=min_failure_cases,
                         verification_only=verification_only, audit=audit)
+    output = output_or_default(output, "validate", input)
     with stage_errors():
         summary = validate_file(input, output, rejected=rejected, config=config, skip_invalid=skip_invalid,
                                 overwrite=overwrite, on_skip=lambda msg: warn(f"skipped {msg}"))

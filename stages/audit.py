@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,8 +36,13 @@ from sca.records import (
     scan_jsonl,
 )
 from sca.records.io import write_json_atomic
+from sca.records.stage_run import SANDBOX_LIMITS, stopping_pool, under
 
 __all__ = ["AuditConfig", "AuditSummary", "audit_file", "audit_records", "labels_file", "sheet_file"]
+
+#: the settings (of AuditConfig) that change an audit: a resume must keep them (sca.records.stage_run); the
+#: bootstrap's (n_boot, seed) change only the rates, which are computed afresh over the whole output
+RESULT_SETTINGS = ("max_mutants", "alternatives_per_argument", *under("sandbox", SANDBOX_LIMITS))
 
 
 @dataclass
@@ -73,7 +77,7 @@ def audit_records(records: list[dict[str, Any]], config: AuditConfig, sandbox: A
                                   "sandbox": sandbox.backend_name}}
 
     workers = max(1, min(config.sandbox.workers, len(records) or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audit") as pool:
+    with stopping_pool(workers, "audit") as pool:
         for result in pool.map(one, records):
             on_result(result)
 
@@ -90,7 +94,7 @@ def audit_file(input_path: str, output: str, *, config: AuditConfig | None = Non
                                     for r in scan_jsonl(output) if isinstance(r.get("audit"), dict)]
     written: list[dict[str, Any]] = []
     with StageRun("audit", {"audited": output}, inputs=[loaded], settings=asdict(config),
-                  overwrite=overwrite) as run:
+                  result=RESULT_SETTINGS, overwrite=overwrite) as run:
         run.counts["input"] = len(loaded.records)
         run.counts["skipped_invalid"] = len(loaded.skipped)
         todo = run.pending(loaded.records)
@@ -98,7 +102,7 @@ def audit_file(input_path: str, output: str, *, config: AuditConfig | None = Non
         if todo:
             with config.sandbox.build(workers=min(config.sandbox.workers, len(todo))) as sandbox:
                 backend = run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
-                with progress(len(todo), "audit", show_progress) as advance:
+                with progress(len(todo), "audit", show_progress, unit="tasks") as advance:
                     def done(record: dict[str, Any]) -> None:
                         lax = record["audit"]["lax"]
                         run.counts["lax" if lax else "tight" if lax is False else "skipped"] += 1

@@ -31,8 +31,12 @@ _RETRY_FAILED = {"help": "Rerun the trials recorded as infrastructure failures."
 class RolloutConfig:
     """Options of `sca rollout` (the CLI flags and their defaults)."""
 
-    k: int = field(default=16, metadata={  # the paper: 12k trajectories for 800 tasks, about 15 each
+    # one name per concept across the commands: `trials` are the episodes per task (rollout, eval), `pass_k` the
+    # k of Pass@k (eval, report), `group_size` GRPO's episodes per task (train), `max_steps` the step budget
+    trials: int = field(default=16, metadata={  # the paper: 12k trajectories for 800 tasks, about 15 each
         "help": "Trials per task.", "min": 1})
+    task_ids: list[str] | None = field(default=None, metadata={"help": (
+        "Only these tasks (their ids in the input; comma-separated or repeated) [default: every task].")})
     concurrency: int = field(default=CONCURRENCY, metadata=_CONCURRENCY)
     seed: int = field(default=0, metadata={"help": "Seed of sampling."})
     executor: ModelConfig = field(default_factory=executor_defaults)
@@ -44,8 +48,8 @@ class RolloutConfig:
     judge: ModelConfig | None = None  # the judge of --reward judge; None: the executor's model and settings
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.concurrency < 1:
-            raise ValueError("k and concurrency must be >= 1")
+        if self.trials < 1 or self.concurrency < 1:
+            raise ValueError("trials and concurrency must be >= 1")
         if self.reward not in REWARDS:
             raise ValueError(f"reward must be one of {', '.join(REWARDS)}, not {self.reward!r}")
 
@@ -63,7 +67,8 @@ class EvalConfig:
     split: str = field(default="test", metadata={"help": "Benchmark split (tau2: test, train; ours: test)."})
     trials: int = field(default=4, metadata={  # the paper: Pass@1 averaged over 4 trials, Pass@4 from the same
         "help": "Trials per task (the paper: 4).", "min": 1})
-    k: int | None = field(default=None, metadata={"help": "Pass@k's k [default: trials].", "min": 1})
+    pass_k: int | None = field(default=None, metadata={  # resolved by __post_init__: after it, never None
+        "help": "The k of Pass@k and pass^k, from the same trials [default: trials].", "min": 1})
     concurrency: int = field(default=CONCURRENCY, metadata=_CONCURRENCY)
     seed: int = field(default=0, metadata={"help": "Seed of sampling and of the bootstrap."})
     executor: ModelConfig = field(default_factory=executor_defaults)
@@ -75,7 +80,11 @@ class EvalConfig:
     m3tooleval_dir: str | None = field(default=None, metadata={
         "help": "The official M3ToolEval tasks from a CodeAct checkout, for calculation and web_browsing."})
     limit: int | None = field(default=None, metadata={  # smoke runs
-        "help": "Only the first N tasks of each environment.", "min": 1})
+        "help": ("Only the first N tasks of each environment, in the benchmark's order (a smoke run, not a sample: "
+                 "they may all come from one domain; --task-ids chooses)."), "min": 1})
+    task_ids: list[str] | None = field(default=None, metadata={"help": (
+        "Only these tasks: their task_id in the results (retail/12) or the benchmark's id (12); comma-separated "
+        "or repeated [default: every task].")})
     n_boot: int = N_BOOT
     retry_failed: bool = field(default=False, metadata=_RETRY_FAILED)
 
@@ -92,12 +101,10 @@ class EvalConfig:
                              f"{', '.join(names)}, or all)")
         if self.trials < 1:
             raise ValueError("trials must be >= 1")
-        if self.k is not None and not 1 <= self.k <= self.trials:
-            raise ValueError(f"k must be between 1 and trials ({self.trials})")
-
-    @property
-    def pass_k(self) -> int:
-        return self.k or self.trials
+        if self.pass_k is None:
+            self.pass_k = self.trials
+        if not 1 <= self.pass_k <= self.trials:
+            raise ValueError(f"pass_k (--pass-k) must be between 1 and trials ({self.trials}), got {self.pass_k}")
 
 
 @dataclass
@@ -113,8 +120,8 @@ class ReportConfig:
     """Options of `sca report` (the CLI flags and the defaults of :func:`stages.report.report`)."""
 
     output: str = field(default="report", metadata={"help": "Directory for README.md and the PNG plots."})
-    k: int | None = field(default=None, metadata={
-        "help": "k of Pass@k and pass^k [default: the run's k, else its most trials per task].", "min": 1})
+    pass_k: int | None = field(default=None, metadata={
+        "help": "The k of Pass@k and pass^k [default: the run's, else its most trials per task].", "min": 1})
     n_boot: int = field(default=N_BOOT, metadata={"help": "Bootstrap resamples of every confidence interval.",
                                                   "min": 1})
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap and of the permutation test."})

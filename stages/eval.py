@@ -30,8 +30,17 @@ from sca.agent.executor import drop_infra_failures
 from sca.agent.run import ExecutorTask, open_roles, run_executor
 from sca.benchmarks import benchmark
 from sca.records.io import STDIO, InputError, scan_jsonl, write_json_atomic
-from sca.records.stage_run import StageRun, progress
+from sca.records.schema import summary_first
+from sca.records.progress import progress
+from sca.records.stage_run import MODEL_SETTINGS, SANDBOX_LIMITS, StageRun, refuse_other_settings, under
 from stages.config import EvalConfig
+
+
+#: the settings (of EvalConfig) that change the results: a resume must keep them (sca.records.stage_run); --limit
+#: and --task-ids choose tasks, --trials how many trials (trial t is the same whatever the count, as in sca
+#: rollout), and Pass@k's k and the bootstrap are computed afresh from this run's results
+RESULT_SETTINGS = ("envs", "split", "seed", "drop_noop_solvable", "m3tooleval_dir",
+                   *under("executor", MODEL_SETTINGS), "user", "episode", *under("sandbox", SANDBOX_LIMITS))
 
 
 def paper_row(model_name: str | None) -> tuple[str, dict[str, tuple[float, float]]] | None:
@@ -59,12 +68,17 @@ def benchmark_tasks(config: EvalConfig) -> tuple[list[ExecutorTask], dict[str, i
 
     out: list[ExecutorTask] = []
     dropped: dict[str, int] = {}
+    chosen, found = set(config.task_ids or ()), set()
     for name in config.envs:
         bench = benchmark(name)
         if config.m3tooleval_dir:
             bench = bench.from_checkout(config.m3tooleval_dir)
-        tasks, left_out = bench.eval_tasks(config.split, limit=config.limit,
+        tasks, left_out = bench.eval_tasks(config.split, limit=None if chosen else config.limit,
                                            drop_noop_solvable=config.drop_noop_solvable)
+        if chosen:  # --task-ids: a task's id in the results (retail/12) or the benchmark's own (12); then --limit
+            tasks = [t for t in tasks if {f"{name}/{t.id}", str(t.id)} & chosen]
+            found |= {i for t in tasks for i in (f"{name}/{t.id}", str(t.id))}
+            tasks = tasks[:config.limit]
         if left_out is not None:
             dropped[name] = left_out
         spec = env_spec(name)
@@ -72,6 +86,9 @@ def benchmark_tasks(config: EvalConfig) -> tuple[list[ExecutorTask], dict[str, i
             out.append(ExecutorTask(id=f"{name}/{t.id}", instruction=t.instruction, env=spec, scorer=bench.scorer(t),
                                     trials=range(config.trials), build=lambda bench=bench, t=t: bench.make_env(t),
                                     meta=BenchMeta(name, t.id, t.split, bench.scorer_name)))
+    if chosen - found:
+        raise InputError(f"no task {', '.join(sorted(chosen - found))} in {', '.join(config.envs)} (split "
+                         f"{config.split}{', without the no-op solvable ones' if config.drop_noop_solvable else ''})")
     return out, dropped
 
 
@@ -80,6 +97,8 @@ def paper_benchmark_envs(config: EvalConfig) -> dict[str, str | None]:
     why its numbers are not comparable (:func:`sca.paper.not_comparable`)."""
     from sca.paper import not_comparable
 
+    if config.task_ids:
+        return {env: "--task-ids: a subset of the tasks" for env in config.envs}
     return {env: not_comparable(env, split=config.split, official_m3=bool(config.m3tooleval_dir),
                                 drop_noop_solvable=config.drop_noop_solvable, limit=config.limit,
                                 trials=config.trials) for env in config.envs}
@@ -119,19 +138,21 @@ def _earlier_results(path: str, wanted: dict[str, str]) -> dict[str, dict[str, A
 
 
 def eval_file(config: EvalConfig, output: str, *, executor_model: Any = None, user_model: Any = None,
-              overwrite: bool = False, show_progress: bool | None = None) -> dict[str, Any]:
+              overwrite: bool = False, show_progress: bool | None = None, metrics: Any = None) -> dict[str, Any]:
     """`sca eval`: results to `output`, the summary (returned) to ``output.summary.json``."""
     tasks, dropped = benchmark_tasks(config)
     if not tasks:
         raise InputError("no benchmark task to evaluate (check --env, --split and --limit)")
-    retried = drop_infra_failures(output) if config.retry_failed and not overwrite else 0
+    settings = {**asdict(config), "dropped_noop_solvable": dropped}
+    if not overwrite:
+        refuse_other_settings([output], settings, RESULT_SETTINGS)  # before the retried failures are dropped
+    settings["retried_infra_failures"] = drop_infra_failures(output) if config.retry_failed and not overwrite else 0
     needs_user = any(t.env.user_facing for t in tasks)
-    with open_roles(config.executor, config.user, config.episode, needs_user=needs_user,
-                    executor_model=executor_model, user_model=user_model) as roles:
-        models = roles.info()
-        settings = {**asdict(config), "retried_infra_failures": retried, "dropped_noop_solvable": dropped,
-                    "models": models}
-        with StageRun("eval", {"results": output}, settings=settings, overwrite=overwrite) as run:
+    with StageRun("eval", {"results": output}, settings=settings, result=RESULT_SETTINGS,
+                  overwrite=overwrite) as run:  # before any model loads: a resume with other settings stops here
+        with open_roles(config.executor, config.user, config.episode, needs_user=needs_user,
+                        executor_model=executor_model, user_model=user_model, seed=config.seed) as roles:
+            models = run.meta.data["settings"]["models"] = roles.info()
             wanted = {f"{t.id}#{trial}": t.meta.env for t in tasks for trial in t.trials}
             results = {} if overwrite else _earlier_results(output, wanted)
             for t in tasks:
@@ -147,7 +168,9 @@ def eval_file(config: EvalConfig, output: str, *, executor_model: Any = None, us
                 run.counts[f"termination:{record['termination']}"] += 1
                 if record["reward"] is None:
                     run.counts["infra"] += 1
-                run.write("results", record)
+                run.write("results", summary_first(record))  # the benchmark's fields in their place
+                if metrics is not None:  # --report-to: a sca.metrics_log.MetricsLog
+                    metrics.trial(record)
                 results[record["id"]] = {"env": record["env"], "task_id": record["task_id"],
                                          "trial": record["trial"], "reward": record["reward"]}
                 advance(1)
@@ -155,7 +178,7 @@ def eval_file(config: EvalConfig, output: str, *, executor_model: Any = None, us
             if todo:
                 with config.sandbox.build(workers=min(config.sandbox.workers, config.concurrency)) as sandbox:
                     run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
-                    with progress(todo, "eval", show_progress) as advance:
+                    with progress(todo, "eval", show_progress, unit="trials") as advance:
                         if config.episode.action_format == "json" and len({t.env.name for t in tasks}) > 1:
                             raise InputError("--action-format json evaluates one environment at a time")
                         run_executor([t for t in tasks if t.trials], roles, sandbox, config.episode,

@@ -13,13 +13,14 @@ onto files of another format is refused rather than mixing formats in one file.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from sca.agent.challenger import AnswerCheck, normalise, run_challenger
 from sca.agent.reply import STOP
 from sca.cat import feedback, validate_task
 from sca.records.io import InputError, scan_jsonl
-from sca.records.stage_run import StageRun, progress
+from sca.records.progress import Progress, progress
+from sca.records.stage_run import MODEL_SETTINGS, SANDBOX_LIMITS, StageRun, refuse_other_settings, under
 from sca.task_formats import DEFAULT_FORMAT, task_format
 from stages.config import ProposeConfig
 
@@ -58,6 +59,13 @@ class ProposeSummary:
         return self.valid / self.episodes if self.episodes else 0.0
 
 
+#: the settings (of ProposeConfig) that change what propose writes: a resume must keep them
+#: (sca.records.stage_run); n and max_episodes only say when to stop
+RESULT_SETTINGS = ("env", "task_format", "seed", "max_steps", "observation_limit", *under("model", MODEL_SETTINGS),
+                   "validate.min_failure_cases", "validate.verification_only", "validate.audit",
+                   *under("validate.sandbox", SANDBOX_LIMITS))
+
+
 def _existing_instructions(path: str | None) -> set[str]:
     seen = set()
     for record in scan_jsonl(path) if path else ():
@@ -89,6 +97,52 @@ def benchmark_instructions(env: str) -> set[str]:
     return {normalise(t.instruction) for t in bench.tasks(split="test")}
 
 
+#: Propose warns once when no task is valid after this many episodes or this share of the episode
+#: budget, whichever is more. Fewer than 50 would warn about models that are only unlucky (at a 5% yield
+#: the chance of no valid task in 50 episodes is 8%, in 20 it is 36%); the share keeps a long run's
+#: warning a sure one (at a 1% yield, none in the 800 episodes of 5% of 16,000 has a chance of 0.03%)
+#: while it still comes in the first twentieth of the budget, not after hours of nothing.
+ZERO_YIELD_MIN_EPISODES = 50
+ZERO_YIELD_BUDGET_SHARE = 0.05
+
+
+def zero_yield_after(budget: int) -> int:
+    """The episodes after which a yield still 0 is warned about (see ZERO_YIELD_MIN_EPISODES)."""
+    return max(ZERO_YIELD_MIN_EPISODES, int(budget * ZERO_YIELD_BUDGET_SHARE))
+
+
+def yield_text(shown: Progress) -> str | None:
+    """The yield (valid tasks per episode run) for propose's progress line."""
+    episodes = shown.done("episodes")
+    return f"yield {shown.done('valid') / episodes:.1%}" if episodes else None
+
+
+def counting_episodes(shown: Progress, write: Callable[[str, dict[str, Any]], None], config: ProposeConfig,
+                      episodes: int, valid: int) -> Callable[[str, dict[str, Any]], None]:
+    """`write` (the run's ``on_finished``), also counting each finished episode into `shown` (every record
+    is one episode; an ``accepted`` one a valid task) and warning once if the yield is still 0 after
+    :func:`zero_yield_after` episodes. `episodes`, `valid`: what an earlier run of the output did."""
+    counts = {"episodes": episodes, "valid": valid}
+    shown.resumed(**counts)
+    after = zero_yield_after(config.episode_budget)
+    warned = False
+
+    def on_finished(role: str, record: dict[str, Any]) -> None:
+        nonlocal warned
+        write(role, record)
+        counts["episodes"] += 1
+        counts["valid"] += role == "accepted"
+        shown.update(**counts)
+        if not warned and counts["valid"] == 0 and counts["episodes"] >= after:
+            warned = True
+            shown.warn(f"no valid task in {counts['episodes']} episodes: the model may be too weak for the "
+                       f"{config.task_format} task format. The run goes on until {config.n} tasks are valid or "
+                       f"{config.episode_budget} episodes have run (--max-episodes); stop it and try a stronger "
+                       "model, or lower --max-episodes")
+
+    return on_finished
+
+
 def propose_file(
     config: ProposeConfig,
     output: str,
@@ -106,15 +160,16 @@ def propose_file(
     from envs import env_spec
 
     env_spec(config.env).tools()  # an unknown environment fails here, and its tools load, before a model does
-    if not overwrite:
+    if not overwrite:  # the sidecar's settings first (every difference named), then the records' own (no sidecar)
+        refuse_other_settings([output, rejected], {**asdict(config), "stop": STOP}, RESULT_SETTINGS)
         refuse_other_format([output, rejected], config.task_format)
     own_model = model is None
-    if own_model:
-        model = config.model.load()
-    settings = {**asdict(config), "model_info": model.info(), "stop": STOP}
     try:
-        with StageRun("propose", {"accepted": output, "rejected": rejected}, settings=settings,
-                      overwrite=overwrite) as run:
+        with StageRun("propose", {"accepted": output, "rejected": rejected}, settings={**asdict(config), "stop": STOP},
+                      result=RESULT_SETTINGS, overwrite=overwrite) as run:
+            if own_model:  # once the run has refused other settings: a model takes long to load
+                model = config.model.load()
+            run.meta.data["settings"]["model_info"] = model.info()
             skip = {int(i.rsplit("-e", 1)[1]) for i in run.done_ids
                     if i.startswith(f"{config.env}-s{config.seed}-e")}
             already = run.writers["accepted"].resumed if "accepted" in run.writers else 0
@@ -122,15 +177,16 @@ def propose_file(
             with config.validate.sandbox.build(workers=min(config.validate.sandbox.workers,
                                                            config.concurrency)) as sandbox:
                 run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
-                with progress(config.n, f"propose {config.env}", show_progress) as advance:
-                    advance(min(already, config.n))
+                with progress(config.episode_budget, f"propose {config.env}", show_progress, unit="episodes",
+                              bounds={"valid": config.n}, extra=yield_text) as shown:
                     check = AnswerCheck(lambda task, env, sb: validate_task(task, env, sb, config.validate), feedback)
-                    run_challenger(config, model, sandbox, check, on_finished=run.write, counts=run.counts,
+                    run_challenger(config, model, sandbox, check, counts=run.counts,
+                                   on_finished=counting_episodes(shown, run.write, config, len(skip), already),
                                    skip_indices=skip, already_valid=already,
-                                   seen_instructions=seen | benchmark_instructions(config.env), advance=advance)
+                                   seen_instructions=seen | benchmark_instructions(config.env))
             counts = dict(run.counts)
             counts["seconds"] = run.elapsed
     finally:
-        if own_model:
+        if own_model and model is not None:
             model.close()
     return ProposeSummary.from_counts(counts, config.task_format)

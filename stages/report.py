@@ -5,7 +5,7 @@ checked), computes every section (:mod:`sca.report.sections`: the validation fun
 task, Pass@k per environment, training curves, the paired comparison, the comparison across task
 formats, the verifier audit) and writes the page
 (:mod:`sca.report.page`: ``OUT_DIR/README.md`` with its PNG plots, drawn by
-:mod:`sca.report.render`). See the README, "sca report".
+:mod:`sca.report.render`). See docs/stages.md, "sca report".
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def report(
     out_dir: str | Path = ReportConfig.output,
     *,
     compare: tuple[str | Path, str | Path] | None = None,
-    k: int | None = ReportConfig.k,
+    k: int | None = ReportConfig.pass_k,
     n_boot: int = ReportConfig.n_boot,
     seed: int = ReportConfig.seed,
     plots: bool = True,

@@ -27,10 +27,19 @@ from sca.agent.judge import JudgeScorer
 from sca.agent.run import ExecutorTask, open_roles, run_executor
 from sca.records import CAT_TASK
 from sca.records.io import STDIO, InputError, StreamedInput, scan_jsonl
-from sca.records.schema import RecordError, RecordSchema
+from sca.records.schema import RecordError, RecordSchema, summary_first
 from sca.task_formats import task_format
-from sca.records.stage_run import StageRun, progress
+from sca.records.progress import progress
+from sca.records.stage_run import MODEL_SETTINGS, SANDBOX_LIMITS, StageRun, refuse_other_settings, under
 from stages.config import RolloutConfig
+
+
+#: the settings (of RolloutConfig) that change the trajectories: a resume must keep them (sca.records.stage_run).
+#: The simulated user's and the judge's are compared whole (None: the executor's), their servers aside. The
+#: number of trials is not one: trial t of a task is the same whatever the count (its seeds hash the task and
+#: t), and a run counts only its own trials, so a rerun may ask for more trials or fewer.
+RESULT_SETTINGS = ("seed", "reward", *under("executor", MODEL_SETTINGS), "user", "judge", "episode",
+                   *under("sandbox", SANDBOX_LIMITS))
 
 
 @dataclass
@@ -199,8 +208,9 @@ def rollout_file(
     skip_invalid: bool = False,
     show_progress: bool | None = None,
     on_skip: Any = None,
+    metrics: Any = None,
 ) -> RolloutSummary:
-    """`sca rollout`: trajectories of every task of `tasks_path`, `config.k` trials each, to `output`.
+    """`sca rollout`: trajectories of every task of `tasks_path`, `config.trials` trials each, to `output`.
 
     `executor_model` / `user_model` / `judge_model`: ChatModels already open (test doubles, or shared
     with other work); by default the ones the config names are loaded (one copy of a model that
@@ -214,55 +224,66 @@ def rollout_file(
     envs_used: set[str] = set()
     task_ids: set[str] = set()
     for task in source:
+        if config.task_ids and task["id"] not in config.task_ids:
+            continue
         envs_used.add(task["env"])
         task_ids.add(task["id"])
+    unknown = sorted(set(config.task_ids or ()) - task_ids)
+    if unknown:
+        raise InputError(f"{source.name}: no task with id {', '.join(unknown)} (--task-ids)")
     specs = [env_spec(name) for name in sorted(envs_used)]
     for spec in specs:
         spec.tools()  # every environment's tools load (tau2's: its domain) before any model does
     if config.episode.action_format == "json" and len(envs_used) > 1:
         raise InputError(f"{source.name}: --action-format json needs tasks of one environment, not "
                          f"{', '.join(sorted(envs_used))}")
+    settings = {**asdict(config), "judge_model": judge_description(config)}
     if not overwrite:
         refuse_other_reward(output, config)
+        refuse_other_settings([output], settings, RESULT_SETTINGS)  # before the retried failures are dropped
     if config.retry_failed and not overwrite:
         retried = drop_infra_failures(output)
     else:
         retried = 0
     needs_user = any(spec.user_facing for spec in specs)
-    with open_roles(config.executor, config.user, config.episode, needs_user=needs_user,
-                    executor_model=executor_model, user_model=user_model, judge=config.judge,
-                    needs_judge=config.reward == "judge", judge_model=judge_model) as roles:
-        settings = {**asdict(config), "retried_infra_failures": retried, "judge_model": judge_description(config)}
-        tallies: dict[str, TaskTally] = {}
-        with StageRun("rollout", {"trajectories": output}, inputs=[source], settings=settings,
-                      overwrite=overwrite) as run:
+    settings["retried_infra_failures"] = retried
+    tallies: dict[str, TaskTally] = {}
+    with StageRun("rollout", {"trajectories": output}, inputs=[source], settings=settings, result=RESULT_SETTINGS,
+                  overwrite=overwrite) as run:  # before any model loads: a resume with other settings stops here
+        with open_roles(config.executor, config.user, config.episode, needs_user=needs_user,
+                        executor_model=executor_model, user_model=user_model, judge=config.judge,
+                        needs_judge=config.reward == "judge", judge_model=judge_model, seed=config.seed) as roles:
             counts = run.counts
             if not overwrite:
-                _tally_existing(output, tallies, counts, task_ids, config.k)
+                _tally_existing(output, tallies, counts, task_ids, config.trials)
             counts["retried"] = retried
-            todo = sum(f"{task_id}#{trial}" not in run.done_ids for task_id in task_ids for trial in range(config.k))
+            todo = sum(f"{task_id}#{trial}" not in run.done_ids for task_id in task_ids
+                       for trial in range(config.trials))
             if todo > 0:
                 with config.sandbox.build(workers=min(config.sandbox.workers, config.concurrency)) as sandbox:
                     run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
                     run.meta.data["settings"]["models"] = roles.info()
-                    with progress(todo, "rollout", show_progress) as advance:
+                    with progress(todo, "rollout", show_progress, unit="trials") as advance:
 
                         def write(task: ExecutorTask, record: dict[str, Any]) -> None:
                             record["reward_source"] = config.reward
                             record["format"] = task.meta
                             _count_trial(record, tallies, counts)
-                            run.write("trajectories", record)
+                            run.write("trajectories", summary_first(record))  # the stage's fields in their place
+                            if metrics is not None:  # --report-to: a sca.metrics_log.MetricsLog
+                                metrics.trial(record)
                             advance(1)
 
-                        run_executor(executor_tasks(iter(source), config.k, run.done_ids, config.reward), roles, sandbox,
+                        chosen = (t for t in source if t["id"] in task_ids)  # --task-ids, else every task
+                        run_executor(executor_tasks(chosen, config.trials, run.done_ids, config.reward), roles, sandbox,
                                      config.episode, concurrency=config.concurrency, seed=engine_seed(config.seed),
                                      on_record=write)
             final = dict(counts)
             final["seconds"] = run.elapsed
-            summary = RolloutSummary.build(final, tallies, config.k)
+            summary = RolloutSummary.build(final, tallies, config.trials)
             run.counts.update({"tasks": summary.tasks, "scored": summary.scored, "rewarded": summary.rewarded,
                                "solved_none": summary.solved_none, "solved_some": summary.solved_some,
                                "solved_all": summary.solved_all})
             run.meta.data["summary"] = {"mean_reward": summary.mean_reward, "pass1": summary.pass1,
-                                        f"pass{config.k}": summary.pass_k}
+                                        f"pass{config.trials}": summary.pass_k}
     return summary

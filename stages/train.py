@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sca import __version__
 from sca.records.io import Loaded, StreamedInput, load_records, write_json_atomic
+from sca.records.provenance import provenance
 from sca.records.schema import TRAINING_TRAJECTORY
 from sca.training.algorithms import get_algorithm
 from sca.training.selection import read_tasks
@@ -94,6 +95,7 @@ def _write_summary(out: Path, summary: TrainSummary, data: Loaded | StreamedInpu
         "stage": "train",
         "command": [Path(sys.argv[0]).name] + sys.argv[1:],
         "sca_version": __version__,
+        "provenance": provenance(),
         "inputs": [data.describe()],
         "settings": summary.settings,
         "started_at": started,

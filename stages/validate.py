@@ -14,17 +14,20 @@ hold tasks of a format the input has not, or tasks held to other checks (a run w
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from sca.cat import CHECKS_OF_FORMAT, ValidateConfig, checks_of, validate_task
 from sca.records import CAT_TASK
 from sca.records.io import InputError, load_records, scan_jsonl
-from sca.records.stage_run import StageRun, progress
+from sca.records.progress import progress
+from sca.records.stage_run import SANDBOX_LIMITS, StageRun, refuse_other_settings, stopping_pool, under
 from sca.task_formats import task_format
 
 __all__ = ["ValidateConfig", "ValidateSummary", "validate_file", "validate_records", "validate_task"]
+
+#: the settings (of ValidateConfig) that change a verdict: a resume must keep them (sca.records.stage_run)
+RESULT_SETTINGS = ("min_failure_cases", "verification_only", "audit", *under("sandbox", SANDBOX_LIMITS))
 
 # -- a whole file ------------------------------------------------------------------------------
 
@@ -97,7 +100,7 @@ def validate_records(records: list[dict[str, Any]], config: ValidateConfig, sand
         return {**task, "validation": validation}
 
     workers = max(1, min(config.sandbox.workers, len(records) or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
+    with stopping_pool(workers, "validate") as pool:
         for result in pool.map(one, records):
             on_result(result)
 
@@ -145,12 +148,13 @@ def validate_file(
     """Validate every task of `input_path`; valid ones to `output`, rejected ones to `rejected`."""
     config = config or ValidateConfig()
     loaded = load_records(input_path, CAT_TASK, skip_invalid=skip_invalid, on_skip=on_skip)
-    if not overwrite:
+    if not overwrite:  # the sidecar's settings first (every difference named), then the records' own (no sidecar)
+        refuse_other_settings([output, rejected], asdict(config), RESULT_SETTINGS)
         refuse_mixing([output, rejected], {task_format(r) for r in loaded.records}, config)
     settings = asdict(config)
     backend = ""
     with StageRun("validate", {"accepted": output, "rejected": rejected}, inputs=[loaded],
-                  settings=settings, overwrite=overwrite) as run:
+                  settings=settings, result=RESULT_SETTINGS, overwrite=overwrite) as run:
         run.counts["input"] = len(loaded.records)
         run.counts["skipped_invalid"] = len(loaded.skipped)
         todo = run.pending(loaded.records)
@@ -159,7 +163,7 @@ def validate_file(
             with config.sandbox.build(workers=min(config.sandbox.workers, len(todo))) as sandbox:
                 backend = sandbox.backend_name
                 run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name
-                with progress(len(todo), "validate", show_progress) as advance:
+                with progress(len(todo), "validate", show_progress, unit="tasks") as advance:
                     def done(record: dict[str, Any]) -> None:
                         v = record["validation"]
                         run.counts[f"format:{v['format']}:{'accepted' if v['valid'] else 'rejected'}"] += 1

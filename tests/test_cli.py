@@ -54,7 +54,8 @@ def test_envs_lists_every_environment_with_tool_counts():
     assert r.exit_code == 0, r.output
     listed = {e["name"]: e for e in json.loads(r.output)}
     assert {"retail", "airline"} <= set(listed)
-    assert listed["retail"]["tools"] == listed["retail"]["read_tools"] + listed["retail"]["write_tools"]
+    assert listed["retail"]["tool_count"] == listed["retail"]["read_tools"] + listed["retail"]["write_tools"]
+    assert "tools" not in listed["retail"]  # a count is tool_count; tools is a list (envs show --json)
     assert listed["retail"]["write_tools"] >= 6 and listed["retail"]["user_facing"] is True
     r = run("envs")
     assert r.exit_code == 0 and "retail" in r.output and "airline" in r.output
@@ -73,8 +74,9 @@ def test_envs_show_retail_prints_tools_and_policy():
     assert env.policy.strip().splitlines()[0][:40] in r.output
     r = run("envs", "show", "retail", "--json")
     doc = json.loads(r.output)
-    kinds = {t["name"]: t["kind"] for t in doc["tool_list"]}
+    kinds = {t["name"]: t["kind"] for t in doc["tools"]}
     assert kinds["cancel_pending_order"] == "write" and kinds["get_order_details"] == "read"
+    assert doc["tool_count"] == len(doc["tools"]) == len(env.tools()) and "tool_list" not in doc
     assert doc["policy"] == env.policy
 
 
@@ -276,7 +278,7 @@ def test_environment_from_an_entry_point(plugin_env, tmp_path):
     assert isinstance(make_env("store"), StoreEnv)
     r = run("envs", "--json")
     assert r.exit_code == 0, r.output
-    assert {e["name"]: e["tools"] for e in json.loads(r.output)}["store"] == len(StoreEnv().tools())
+    assert {e["name"]: e["tool_count"] for e in json.loads(r.output)}["store"] == len(StoreEnv().tools())
 
     tasks = [
         cat("store-add", "store", "valid", "Add two apples.", "def evaluate():\n    return get_value('apples') == 5\n",
@@ -370,7 +372,7 @@ def test_flags_show_the_configs_defaults_help_and_bounds():
 
     commands = typer.main.get_command(app).commands
     params = {c: {p.name: p for p in commands[c].params} for c in ("rollout", "eval", "propose", "report", "validate")}
-    assert params["rollout"]["k"].default == RolloutConfig.k and params["eval"]["trials"].default == EvalConfig.trials
+    assert params["rollout"]["trials"].default == RolloutConfig.trials and params["eval"]["trials"].default == EvalConfig.trials
     assert params["eval"]["env"].default == EvalConfig().envs
     assert params["propose"]["n"].default == ProposeConfig.n
     assert params["propose"]["temperature"].default == challenger_defaults().temperature

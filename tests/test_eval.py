@@ -179,8 +179,8 @@ def test_cli_errors(tmp_path):
     assert r.exit_code == 2 and "no benchmark for chess" in r.output
     r = CliRunner().invoke(app, ["eval", "--env", "calculation", "--split", "dev", "-o", str(tmp_path / "r.jsonl")])
     assert r.exit_code == 2 and "calculation: no split 'dev'" in r.output
-    r = CliRunner().invoke(app, ["eval", "--env", "retail", "--trials", "2", "--k", "3", "-o", str(tmp_path / "r.jsonl")])
-    assert r.exit_code == 2 and "k must be between 1 and trials" in r.output
+    r = CliRunner().invoke(app, ["eval", "--env", "retail", "--trials", "2", "--pass-k", "3", "-o", str(tmp_path / "r.jsonl")])
+    assert r.exit_code == 2 and "pass_k (--pass-k) must be between 1 and trials (2), got 3" in r.output
 
 
 # -- TauBench: tau2's own evaluator, through sca eval ----------------------------------------------------
@@ -332,13 +332,13 @@ def test_max_steps_flag_reaches_the_executor(tmp_path):
     assert len(requests) == 3
 
 
-def test_k_flag_differs_from_trials(tmp_path):
-    """--trials 3 --k 2: one success in three trials is Pass@1 1/3, Pass@2 = 1 - C(2,2)/C(3,2) = 2/3 and
+def test_pass_k_flag_differs_from_trials(tmp_path):
+    """--trials 3 --pass-k 2: one success in three trials is Pass@1 1/3, Pass@2 = 1 - C(2,2)/C(3,2) = 2/3 and
     pass^2 = 0 (Pass@3 would be 1)."""
     right = _first_calculation_answer()
     answers = iter(["-1", right, "-1"])
     r, results, _ = _cli_eval_replies(tmp_path, "r", lambda m: f"THOUGHT: answer END THOUGHT\n{next(answers)}",
-                                      "--trials", "3", "--k", "2", "--concurrency", "1")
+                                      "--trials", "3", "--pass-k", "2", "--concurrency", "1")
     assert sorted(x["reward"] for x in results) == [0, 0, 1]
     summary = json.loads((tmp_path / "r.jsonl.summary.json").read_text())
     assert (summary["trials"], summary["k"]) == (3, 2)
@@ -356,3 +356,24 @@ def test_seed_flag_changes_the_sampled_seeds(tmp_path):
     first = seeds("a", "5")
     assert len(set(first)) == 2 and seeds("b", "5") == first
     assert not set(seeds("c", "6")) & set(first)
+
+
+def test_the_table_has_one_pass_column_when_k_is_1(tmp_path):
+    """With k = 1, Pass@k and pass^k are Pass@1: the header was `Pass@1 | Pass@1 | pass^1`."""
+    from sca_cli.eval_cmd import print_summary
+
+    m = {"tasks": 2, "trials": 2, "excluded": 0, "pass1": 0.5, "pass1_ci": [0.0, 1.0], "pass_k": 0.5,
+         "pass_k_ci": [0.0, 1.0], "pass_hat_k": 0.5, "pass_hat_k_ci": [0.0, 1.0]}
+
+    def header(k):
+        from sca_cli.common import _console, set_output
+
+        set_output(quiet=False)  # as `sca eval` without -q (an earlier test's -q may linger)
+        with _console(True).capture() as cap:
+            print_summary({"k": k, "trials": 2, "split": "test", "model": "m", "envs": {"calculation": m}})
+        return cap.get()
+
+    one = header(1)
+    assert one.count("Pass@1") == 1 and "pass^1" not in one and "50.0 [0.0, 100.0]" in one
+    two = header(2)
+    assert two.count("Pass@1") == 1 and "Pass@2" in two and "pass^2" in two and two.count("50.0 [0.0, 100.0]") == 3

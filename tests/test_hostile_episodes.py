@@ -134,7 +134,7 @@ def rollout(tmp_path: Path, backend: str, task: dict, plans: list[list], **limit
     src = tmp_path / "tasks.jsonl"
     src.write_text(json.dumps(task) + "\n")
     out = tmp_path / "out.jsonl"
-    config = RolloutConfig(k=len(plans), concurrency=1, sandbox=SandboxConfig(backend=backend, workers=1, **limits))
+    config = RolloutConfig(trials=len(plans), concurrency=1, sandbox=SandboxConfig(backend=backend, workers=1, **limits))
     rollout_file(str(src), str(out), config, executor_model=Episodes(plans), show_progress=False)
     records = sorted((json.loads(x) for x in out.read_text().splitlines()), key=lambda r: r["trial"])
     assert [r["trial"] for r in records] == list(range(len(plans)))

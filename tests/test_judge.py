@@ -72,7 +72,7 @@ def read(path):
 def run(tmp_path, tasks, agent, judge, name="out", **over):
     src = write_jsonl(tmp_path / f"{name}.tasks.jsonl", tasks)
     out = tmp_path / f"{name}.jsonl"
-    base = dict(k=2, concurrency=4, sandbox=SandboxConfig(backend="bwrap", workers=2), reward="judge")
+    base = dict(trials=2, concurrency=4, sandbox=SandboxConfig(backend="bwrap", workers=2), reward="judge")
     base.update(over)
     model = ScriptedRoles(agent, customer)
     summary = rollout_file(str(src), str(out), RolloutConfig(**base), executor_model=model, user_model=model,
@@ -125,11 +125,11 @@ def test_instruction_only_tasks_get_1_for_the_task_done_and_0_for_it_done_wrongl
 
 def test_a_cat_task_can_be_judged_too_and_evaluate_stays_the_default(tmp_path):
     judge = ScriptedModel(judging)
-    _, (judged,) = run(tmp_path, [CANCEL_TASK], lambda turn, conv: [WRONG, DONE][turn], judge, k=1)
+    _, (judged,) = run(tmp_path, [CANCEL_TASK], lambda turn, conv: [WRONG, DONE][turn], judge, trials=1)
     assert (judged["reward"], judged["reward_source"], judged["format"]) == (0, "judge", "cat")
     assert judged["evaluation"]["verdict"] == "FAILURE"
     unused = ScriptedModel(judging)
-    _, (evaluated,) = run(tmp_path, [CANCEL_TASK], lambda turn, conv: [CANCEL, DONE][turn], unused, name="ev", k=1,
+    _, (evaluated,) = run(tmp_path, [CANCEL_TASK], lambda turn, conv: [CANCEL, DONE][turn], unused, name="ev", trials=1,
                           reward="evaluate")
     assert (evaluated["reward"], evaluated["reward_source"], evaluated["format"]) == (1, "evaluate", "cat")
     assert evaluated["evaluation"]["verdict"] is True and "judge" not in evaluated["models"]
@@ -143,7 +143,7 @@ def test_a_reply_without_a_verdict_is_asked_once_more_then_scores_0(tmp_path):
         asked.append([dict(m) for m in conv])
         return "The agent seems to have cancelled something. Hard to say."
 
-    _, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: [CANCEL, DONE][turn], ScriptedModel(silent), k=1)
+    _, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: [CANCEL, DONE][turn], ScriptedModel(silent), trials=1)
     assert (r["reward"], r["infra_error"], r["termination"]) == (0, None, "user_stop")  # a 0, never infra
     assert r["evaluation"]["status"] == "no_verdict" and r["evaluation"]["verdict"] is None
     assert r["evaluation"]["replies"] == ["The agent seems to have cancelled something. Hard to say."] * 2
@@ -153,7 +153,7 @@ def test_a_reply_without_a_verdict_is_asked_once_more_then_scores_0(tmp_path):
     def late(turn, conv):  # the follow-up gets its verdict
         return "Thinking." if turn == 0 else "Right, the reason matches.\nVERDICT: SUCCESS"
 
-    _, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: [CANCEL, DONE][turn], ScriptedModel(late), name="late", k=1)
+    _, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: [CANCEL, DONE][turn], ScriptedModel(late), name="late", trials=1)
     assert (r["reward"], r["evaluation"]["status"], len(r["evaluation"]["replies"])) == (1, "ok", 2)
 
 
@@ -164,7 +164,7 @@ def test_an_episode_that_talks_the_judge_out_of_its_verdict_is_a_0_not_an_infras
     def obedient(turn, conv):
         return "As asked, no verdict." if "never write a verdict" in conv[1]["content"] else "VERDICT: FAILURE"
 
-    summary, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: hostile, ScriptedModel(obedient), k=1,
+    summary, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: hostile, ScriptedModel(obedient), trials=1,
                         episode=__import__("sca.agent.config", fromlist=["ExecutorConfig"]).ExecutorConfig(max_steps=1))
     assert (r["reward"], r["infra_error"], r["evaluation"]["status"]) == (0, None, "no_verdict")
     assert summary.infra_failures == 0 and summary.judge == {"no_verdict": 1}
@@ -180,14 +180,14 @@ def test_an_unreachable_judge_is_an_infrastructure_failure(tmp_path):
 
     dead = OpenAIChatModel("judge", base_urls=["http://127.0.0.1:9/v1"], max_retries=0, timeout=5)
     for name, judge in (("dead-url", dead), ("raising", Unreachable(None))):
-        summary, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: [CANCEL, DONE][turn], judge, name=name, k=1)
+        summary, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: [CANCEL, DONE][turn], judge, name=name, trials=1)
         assert r["reward"] is None and r["infra_error"]["kind"] == "inference", name
         assert r["infra_error"]["message"].startswith("judge: "), r["infra_error"]
         assert r["messages"][-1]["content"] == "Thanks! ###STOP###"  # the episode itself ran to its end
         assert summary.infra_failures == 1 and summary.scored == 0
     # --retry-failed reruns them, now with a judge that answers
     _, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: [CANCEL, DONE][turn], ScriptedModel(judging),
-                  name="raising", k=1, retry_failed=True)
+                  name="raising", trials=1, retry_failed=True)
     assert (r["reward"], r["infra_error"]) == (1, None)
 
 
@@ -198,7 +198,7 @@ def test_a_judge_generation_that_failed_is_an_infrastructure_failure(tmp_path):
         def generate(self, conversations, sampling, tools=None):
             return [Generation("", 0, 0, finish_reason="error") for _ in conversations]
 
-    _, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: [CANCEL, DONE][turn], Failing(None), k=1)
+    _, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: [CANCEL, DONE][turn], Failing(None), trials=1)
     assert r["reward"] is None and r["infra_error"] == {"kind": "inference",
                                                        "message": "the judge model failed for this episode"}
 
@@ -235,7 +235,7 @@ def test_the_judge_reads_a_bounded_episode_whatever_the_episode_holds():
 def test_a_long_reply_is_kept_cut_with_its_verdict(tmp_path):
     rambling = "because " * 5000 + "\nVERDICT: SUCCESS"
     _, (r,) = run(tmp_path, [PAE_TASK], lambda turn, conv: [CANCEL, DONE][turn],
-                  ScriptedModel(lambda turn, conv: rambling), k=1)
+                  ScriptedModel(lambda turn, conv: rambling), trials=1)
     kept = r["evaluation"]["replies"][0]
     assert r["reward"] == 1 and len(kept) <= KEEP_REPLY_CHARS + 60 and kept.endswith("VERDICT: SUCCESS")
     assert f"[... {len(rambling) - KEEP_REPLY_CHARS} characters cut ...]" in kept
@@ -296,7 +296,7 @@ def test_the_judge_flags_name_the_judge_and_take_the_executors_settings_where_un
     loaded, doubles = _loading(monkeypatch)
     src = write_jsonl(tmp_path / "t.jsonl", [PAE_TASK])
     out = tmp_path / "o.jsonl"
-    r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--k", "1", "--sandbox", "bwrap",
+    r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--trials", "1", "--sandbox", "bwrap",
                                  "--temperature", "0.4", "--reward", "judge", "--judge-model", "judge-m"])
     assert r.exit_code == 0, r.output
     assert [(c.model, c.backend, c.temperature) for c in loaded] == [(None, "hf", 0.4), ("judge-m", "hf", 0.4)]
@@ -309,7 +309,7 @@ def test_the_judge_flags_name_the_judge_and_take_the_executors_settings_where_un
     for i, flags in enumerate(([], ["--judge-temperature", "0.1"])):
         loaded.clear()
         out = tmp_path / f"same{i}.jsonl"
-        r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--k", "1", "--sandbox", "bwrap",
+        r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--trials", "1", "--sandbox", "bwrap",
                                      "--reward", "judge", *flags])
         assert r.exit_code == 0, r.output
         assert [c.model for c in loaded] == [None]
@@ -321,20 +321,20 @@ def test_a_resume_with_another_reward_or_judge_is_refused(tmp_path, monkeypatch)
     src = write_jsonl(tmp_path / "t.jsonl", [CANCEL_TASK])
     out = str(tmp_path / "o.jsonl")
     base = ["rollout", str(src), "-o", out, "--sandbox", "bwrap"]
-    assert CliRunner().invoke(app, base + ["--k", "1"]).exit_code == 0
-    r = CliRunner().invoke(app, base + ["--k", "2", "--reward", "judge", "--judge-model", "judge-m"])
+    assert CliRunner().invoke(app, base + ["--trials", "1"]).exit_code == 0
+    r = CliRunner().invoke(app, base + ["--trials", "2", "--reward", "judge", "--judge-model", "judge-m"])
     assert r.exit_code == 2 and "rewarded by evaluate, this run's reward is judge" in r.output
     judged = str(tmp_path / "j.jsonl")
     base = ["rollout", str(src), "-o", judged, "--sandbox", "bwrap", "--reward", "judge"]
-    assert CliRunner().invoke(app, base + ["--k", "1", "--judge-model", "judge-m"]).exit_code == 0
-    r = CliRunner().invoke(app, base + ["--k", "2", "--judge-model", "other"])
+    assert CliRunner().invoke(app, base + ["--trials", "1", "--judge-model", "judge-m"]).exit_code == 0
+    r = CliRunner().invoke(app, base + ["--trials", "2", "--judge-model", "other"])
     assert r.exit_code == 2 and "judged by judge-m (hf), this run's judge is other (hf)" in r.output
-    r = CliRunner().invoke(app, ["rollout", str(src), "-o", judged, "--sandbox", "bwrap", "--k", "2"])
+    r = CliRunner().invoke(app, ["rollout", str(src), "-o", judged, "--sandbox", "bwrap", "--trials", "2"])
     assert r.exit_code == 2 and "rewarded by judge, this run's reward is evaluate" in r.output
-    r = CliRunner().invoke(app, base + ["--k", "2", "--judge-model", "judge-m"])  # the same: resumed
+    r = CliRunner().invoke(app, base + ["--trials", "2", "--judge-model", "judge-m"])  # the same: resumed
     assert r.exit_code == 0, r.output
     assert sorted(x["id"] for x in read(judged)) == ["ret-valid-cancel#0", "ret-valid-cancel#1"]
-    r = CliRunner().invoke(app, base + ["--k", "1", "--judge-model", "other", "--overwrite"])  # afresh
+    r = CliRunner().invoke(app, base + ["--trials", "1", "--judge-model", "other", "--overwrite"])  # afresh
     assert r.exit_code == 0, r.output
 
 
@@ -344,7 +344,7 @@ def test_the_bundled_model_judges_on_cpu(tmp_path):
     scored 0 or 1 with the judge's replies kept, never an infrastructure failure."""
     src = write_jsonl(tmp_path / "t.jsonl", [{**PAE_TASK, "env": "calculation", "instruction": "What is 2 + 3?"}])
     out = tmp_path / "o.jsonl"
-    r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--k", "2", "--max-steps", "1",
+    r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--trials", "2", "--max-steps", "1",
                                  "--max-new-tokens", "24", "--sandbox", "bwrap", "--reward", "judge"])
     assert r.exit_code == 0, r.output
     for x in read(out):

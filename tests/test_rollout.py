@@ -42,7 +42,7 @@ def customer(turn, conv):
 
 
 def config(**over):
-    base = dict(k=2, concurrency=4, sandbox=SandboxConfig(backend="bwrap", workers=2))
+    base = dict(trials=2, concurrency=4, sandbox=SandboxConfig(backend="bwrap", workers=2))
     base.update(over)
     return RolloutConfig(**base)
 
@@ -125,11 +125,11 @@ def test_each_episode_has_its_own_state(tmp_path):
 
 def test_failing_and_step_limit(tmp_path):
     failing = ScriptedRoles(lambda turn, conv: [WRONG, DONE][turn], customer)
-    summary, records = run(tmp_path, [CANCEL_TASK], failing, name="fail", k=1)
+    summary, records = run(tmp_path, [CANCEL_TASK], failing, name="fail", trials=1)
     assert (records[0]["reward"], records[0]["termination"]) == (0, "user_stop")
     assert records[0]["evaluation"]["verdict"] is False
     looping = ScriptedRoles(lambda turn, conv: LOOK, customer)
-    summary, records = run(tmp_path, [CANCEL_TASK], looping, name="loop", k=1,
+    summary, records = run(tmp_path, [CANCEL_TASK], looping, name="loop", trials=1,
                            episode=ExecutorConfig(max_steps=4))
     r = records[0]
     assert (r["reward"], r["termination"], r["steps"]) == (0, "max_steps", 4)
@@ -142,7 +142,7 @@ def test_an_executor_that_only_talks_to_the_user_stops_at_the_step_limit(tmp_pat
     """In a user-facing environment a message to the user at the last step ends the episode there."""
     talking = ScriptedRoles(lambda turn, conv: "THOUGHT: ask END THOUGHT\nWhich order do you mean?",
                             lambda turn, conv: "Please cancel my order." if turn == 0 else "The skateboard one.")
-    _, (r,) = run(tmp_path, [CANCEL_TASK], talking, k=1, episode=ExecutorConfig(max_steps=3))
+    _, (r,) = run(tmp_path, [CANCEL_TASK], talking, trials=1, episode=ExecutorConfig(max_steps=3))
     assert (r["termination"], r["steps"], r["reward"]) == ("max_steps", 3, 0), (r["termination"], r["steps"])
     assert sum(m["role"] == "assistant" for m in r["messages"]) == 3
     assert r["messages"][-1]["role"] == "assistant"  # the user never answered the last message
@@ -150,7 +150,7 @@ def test_an_executor_that_only_talks_to_the_user_stops_at_the_step_limit(tmp_pat
 
 def test_the_default_step_cap_is_fifteen(tmp_path):
     looping = ScriptedRoles(lambda turn, conv: LOOK, customer)
-    _, records = run(tmp_path, [CANCEL_TASK], looping, k=1)
+    _, records = run(tmp_path, [CANCEL_TASK], looping, trials=1)
     assert (records[0]["termination"], records[0]["steps"]) == ("max_steps", 15)
 
 
@@ -181,7 +181,7 @@ def test_native_function_calling(tmp_path):
             return out
 
     model = Native(None, customer)
-    summary, records = run(tmp_path, [CANCEL_TASK], model, k=1, episode=ExecutorConfig(action_format="json"))
+    summary, records = run(tmp_path, [CANCEL_TASK], model, trials=1, episode=ExecutorConfig(action_format="json"))
     r = records[0]
     TRAJECTORY.check(r)
     assert (r["reward"], r["termination"], r["action_format"]) == (1, "user_stop", "json")
@@ -233,7 +233,7 @@ def test_answers_are_converted_the_same_way_in_validation_and_rollout(tmp_path):
     def agent(turn, conv):
         return FINALS[next(t["id"] for t in CALC if t["instruction"] == conv[1]["content"])]
 
-    _, records = run(tmp_path, CALC, ScriptedModel(agent), k=1)
+    _, records = run(tmp_path, CALC, ScriptedModel(agent), trials=1)
     got = {r["task_id"]: (r["answer"], r["reward"], r["termination"]) for r in records}
     assert got == {"calc-number": (4, 1, "final_answer"), "calc-list": ([9, 1], 1, "final_answer"),
                    "calc-string": ("olleh", 1, "final_answer"), "calc-digits-as-text": (4, 0, "final_answer")}
@@ -261,7 +261,7 @@ def test_an_answer_or_tool_call_no_record_can_hold_cannot_crash_the_rollout(tmp_
             return out
 
     tasks = [CALC[0], {**CALC[0], "id": "calc-2", "instruction": "Give the length of abcd."}]
-    _, records = run(tmp_path, tasks, Hostile(None), k=1, episode=ExecutorConfig(action_format="json"))
+    _, records = run(tmp_path, tasks, Hostile(None), trials=1, episode=ExecutorConfig(action_format="json"))
     by_id = {r["task_id"]: r for r in records}
     assert set(by_id) == {"calc-number", "calc-2"}
     assert all(r["reward"] == 0 and r["infra_error"] is None for r in records)
@@ -275,13 +275,13 @@ def test_an_answer_or_tool_call_no_record_can_hold_cannot_crash_the_rollout(tmp_
 
 
 def test_a_rerun_with_more_tasks_runs_them_and_counts_only_this_runs_trials(tmp_path):
-    """The output already holds 3 trials each of 2 tasks; a rerun with 4 tasks and k=1 must run the 2
+    """The output already holds 3 trials each of 2 tasks; a rerun with 4 tasks and 1 trial must run the 2
     new tasks (6 done ids > 4 wanted must not read as "nothing to do") and summarise 4 tasks x 1 trial."""
     model = ScriptedRoles(lambda turn, conv: [LOOK, CANCEL, DONE][turn], customer)
     tasks = [{**CANCEL_TASK, "id": f"t{i}"} for i in range(4)]
-    summary, _ = run(tmp_path, tasks[:2], model, k=3, name="out")
+    summary, _ = run(tmp_path, tasks[:2], model, trials=3, name="out")
     assert (summary.tasks, summary.scored) == (2, 6)
-    summary, records = run(tmp_path, tasks, model, k=1, name="out")
+    summary, records = run(tmp_path, tasks, model, trials=1, name="out")
     assert sorted(r["id"] for r in records) == ["t0#0", "t0#1", "t0#2", "t1#0", "t1#1", "t1#2", "t2#0", "t3#0"]
     assert (summary.tasks, summary.scored, summary.rewarded) == (4, 4, 4)
     assert summary.terminations == {"user_stop": 4}
@@ -317,7 +317,7 @@ def test_a_worker_killed_during_an_action_is_that_trials_own_failure(tmp_path, m
             time.sleep(0.02)
 
     threading.Thread(target=killer, daemon=True).start()
-    summary, records = run(tmp_path, [CANCEL_TASK], model, k=2, concurrency=1)
+    summary, records = run(tmp_path, [CANCEL_TASK], model, trials=2, concurrency=1)
     assert killed.is_set()
     assert all(r["infra_error"] is None for r in records) and summary.infra_failures == 0
     first = next(r for r in records if r["trial"] == 0)
@@ -332,14 +332,14 @@ def test_no_worker_to_start_an_action_is_an_infrastructure_failure_and_is_retrie
     --retry-failed runs it again."""
     refusals = refuse_the_first_worker_start(monkeypatch)
     model = ScriptedRoles(lambda turn, conv: [CANCEL, DONE][turn], customer)
-    summary, records = run(tmp_path, [CANCEL_TASK], model, k=2, concurrency=1)
+    summary, records = run(tmp_path, [CANCEL_TASK], model, trials=2, concurrency=1)
     assert refusals == [1]
     failed = [r for r in records if r["infra_error"]]
     assert len(failed) == 1 and failed[0]["reward"] is None and failed[0]["termination"] == "error"
     assert failed[0]["infra_error"]["kind"] == "sandbox" and "no worker" in failed[0]["infra_error"]["message"]
     assert summary.infra_failures == 1 and summary.scored == 1 and summary.infra == {"sandbox": 1}
     # --retry-failed reruns it (a worker starts this time): every trial now scored, each id once
-    summary, records = run(tmp_path, [CANCEL_TASK], model, k=2, concurrency=1, retry_failed=True)
+    summary, records = run(tmp_path, [CANCEL_TASK], model, trials=2, concurrency=1, retry_failed=True)
     assert sorted(r["id"] for r in records) == ["ret-valid-cancel#0", "ret-valid-cancel#1"]
     assert all(r["reward"] == 1 for r in records)
     assert summary.infra_failures == 0 and summary.scored == 2
@@ -365,7 +365,7 @@ def test_a_worker_lost_during_evaluate_is_that_trials_zero(tmp_path, monkeypatch
             time.sleep(0.02)
 
     threading.Thread(target=killer, daemon=True).start()
-    summary, records = run(tmp_path, [slow_evaluate], model, k=1, concurrency=1)
+    summary, records = run(tmp_path, [slow_evaluate], model, trials=1, concurrency=1)
     r = records[0]
     assert r["reward"] == 0 and r["infra_error"] is None, r
     assert r["evaluation"]["status"] == "sandbox_error" and r["termination"] == "user_stop"
@@ -383,7 +383,7 @@ def test_a_record_keeps_what_the_code_sent_within_bounds(tmp_path):
     heavy = ("THOUGHT: t END THOUGHT\nACTION:\ntry:\n    get_user_details(user_id='u' * 3_000_000)\n"
              "except ToolError:\n    pass\n")
     model = ScriptedRoles(lambda turn, conv: [heavy, flood, CANCEL, DONE][turn], customer)
-    _, (r,) = run(tmp_path, [CANCEL_TASK], model, k=1)
+    _, (r,) = run(tmp_path, [CANCEL_TASK], model, trials=1)
     TRAJECTORY.check(r)
     assert r["reward"] == 1 and r["infra_error"] is None  # the honest part of the episode still counts
     calls = r["tool_calls"]
@@ -404,7 +404,7 @@ def test_an_episode_keeps_payloads_within_bounds_across_its_actions(tmp_path):
     flood = ("THOUGHT: measure END THOUGHT\nACTION:\nfor i in range(40):\n"
              "    n = string_length(string=str(i % 10) * 12_000)\nprint(n)\n")
     model = ScriptedModel(lambda turn, conv: flood if turn < 3 else "THOUGHT: counted END THOUGHT\n4")
-    _, (r,) = run(tmp_path, [CALC[0]], model, k=1)
+    _, (r,) = run(tmp_path, [CALC[0]], model, trials=1)
     assert r["reward"] == 1 and r["infra_error"] is None and r["steps"] == 4
     calls = r["tool_calls"]
     assert len(calls) == 120 and r["tool_calls_omitted"] == 0
@@ -412,7 +412,7 @@ def test_an_episode_keeps_payloads_within_bounds_across_its_actions(tmp_path):
     assert 80 <= len(kept) < 120 and all(is_stub(c["arguments"]) for c in calls[len(kept):])  # kept first, then stubs
     size = sum(len(json.dumps(c[k], separators=(",", ":"))) for c in calls for k in ("arguments", "result")
                if not is_stub(c[k]))
-    assert size <= 1 << 20, size  # 1 MiB an episode (README, "sca rollout")
+    assert size <= 1 << 20, size  # 1 MiB an episode (docs/stages.md, "sca rollout")
 
 
 def test_no_worker_to_start_evaluate_is_an_infrastructure_failure_and_is_retried(tmp_path, monkeypatch):
@@ -420,12 +420,12 @@ def test_no_worker_to_start_evaluate_is_an_infrastructure_failure_and_is_retried
     is an infrastructure failure (reward None), never a 0, and --retry-failed scores it."""
     refusals = refuse_the_first_worker_start(monkeypatch)
     model = ScriptedModel(lambda turn, conv: "THOUGHT: counted END THOUGHT\n4")  # no action: evaluate is the first run
-    summary, (r,) = run(tmp_path, [CALC[0]], model, k=1, concurrency=1)
+    summary, (r,) = run(tmp_path, [CALC[0]], model, trials=1, concurrency=1)
     assert refusals == [1]
     assert (r["reward"], r["termination"], r["infra_error"]["kind"]) == (None, "final_answer", "sandbox"), r
     assert r["infra_error"]["message"].startswith("evaluate: no worker")
     assert summary.infra_failures == 1 and summary.scored == 0
-    summary, (r,) = run(tmp_path, [CALC[0]], model, k=1, concurrency=1, retry_failed=True)
+    summary, (r,) = run(tmp_path, [CALC[0]], model, trials=1, concurrency=1, retry_failed=True)
     assert (r["reward"], r["infra_error"]) == (1, None) and summary.scored == 1
 
 
@@ -435,7 +435,7 @@ def test_reward_one_only_for_a_real_true(tmp_path):
                "evaluation_function": f"def evaluate(answer):\n    return {expr}\n"}
               for name, expr in [("itself", "answer"), ("one", "int(answer == 4)"), ("text", "str(answer == 4)"),
                                  ("real", "answer == 4")]]
-    _, records = run(tmp_path, truthy, ScriptedModel(lambda turn, conv: "THOUGHT: counted END THOUGHT\n4"), k=1)
+    _, records = run(tmp_path, truthy, ScriptedModel(lambda turn, conv: "THOUGHT: counted END THOUGHT\n4"), trials=1)
     got = {r["task_id"]: (r["reward"], r["evaluation"]["verdict"]) for r in records}
     assert got == {"calc-itself": (0, None), "calc-one": (0, None), "calc-text": (0, None), "calc-real": (1, True)}
 
@@ -443,7 +443,7 @@ def test_reward_one_only_for_a_real_true(tmp_path):
 def test_in_user_facing_environments_the_answer_is_the_last_message(tmp_path):
     question = {**CANCEL_TASK, "id": "how-many", "evaluation_function": "def evaluate(answer):\n    return answer == '3'\n"}
     model = ScriptedRoles(lambda turn, conv: "THOUGHT: counted END THOUGHT\n3", customer)
-    _, records = run(tmp_path, [question], model, k=1)
+    _, records = run(tmp_path, [question], model, trials=1)
     assert (records[0]["final_answer"], records[0]["answer"], records[0]["reward"]) == ("3", "3", 1)
 
 
@@ -454,7 +454,7 @@ def test_a_backend_failing_for_good_is_an_infrastructure_failure(tmp_path):
         def generate(self, conversations, sampling, tools=None):
             raise ServerError("the server kept failing")
 
-    _, records = run(tmp_path, [CANCEL_TASK], Down(None), k=1)
+    _, records = run(tmp_path, [CANCEL_TASK], Down(None), trials=1)
     assert records[0]["reward"] is None and records[0]["infra_error"]["kind"] == "inference"
     assert "kept failing" in records[0]["infra_error"]["message"]
 
@@ -471,7 +471,7 @@ def test_a_killed_rollout_resumes_per_task_and_trial(tmp_path):
     src = write_jsonl(tmp_path / "tasks.jsonl", tasks)
     out = tmp_path / "traj.jsonl"
     server = ReplayServer(_replay_reply, delay=0.05)
-    cmd = [sys.executable, "-m", "sca_cli.app", "rollout", str(src), "-o", str(out), "--k", "3", "--concurrency", "2",
+    cmd = [sys.executable, "-m", "sca_cli.app", "rollout", str(src), "-o", str(out), "--trials", "3", "--concurrency", "2",
            "--backend", "openai", "--model", "m", "--base-url", server.url, "--sandbox", "bwrap", "--workers", "1"]
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, cwd=ROOT)
@@ -513,7 +513,7 @@ def test_the_default_model_on_cpu_writes_complete_records(tmp_path):
     tasks = [CANCEL_TASK, CALC[0]]
     src = write_jsonl(tmp_path / "t.jsonl", tasks)
     out = tmp_path / "traj.jsonl"
-    r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--k", "1", "--max-steps", "1",
+    r = CliRunner().invoke(app, ["rollout", str(src), "-o", str(out), "--trials", "1", "--max-steps", "1",
                                  "--max-new-tokens", "24", "--sandbox", "bwrap", "--concurrency", "2"])
     assert r.exit_code == 0, r.output
     records = read(out)
@@ -548,7 +548,7 @@ def _cli_rollout(tmp_path, name, reply, *args):
 
 
 def test_max_steps_flag_reaches_the_executor(tmp_path):
-    _, records, requests = _cli_rollout(tmp_path, "out", lambda messages: ACT, "--k", "1", "--max-steps", "2")
+    _, records, requests = _cli_rollout(tmp_path, "out", lambda messages: ACT, "--trials", "1", "--max-steps", "2")
     assert [(r["termination"], r["steps"]) for r in records] == [("max_steps", 2)]
     assert len(requests) == 2
     assert "You have at most 2 replies." in records[0]["messages"][0]["content"]
@@ -557,7 +557,7 @@ def test_max_steps_flag_reaches_the_executor(tmp_path):
 def test_seed_flag_changes_the_sampled_seeds(tmp_path):
     def seeds(name, seed):
         _, _, requests = _cli_rollout(tmp_path, name, lambda messages: "THOUGHT: counted END THOUGHT\n4",
-                                      "--k", "2", "--seed", seed)
+                                      "--trials", "2", "--seed", seed)
         return sorted(body["seed"] for body in requests)
 
     first = seeds("a", "1")
@@ -571,7 +571,7 @@ def test_pass_at_k_of_the_summary_with_k_above_one(tmp_path):
     among two trials, drawn two at a time)."""
     answers = iter(["3", "4"])
     r, records, _ = _cli_rollout(tmp_path, "out", lambda messages: f"THOUGHT: counted END THOUGHT\n{next(answers)}",
-                                 "--k", "2", "--concurrency", "1")
+                                 "--trials", "2", "--concurrency", "1")
     assert sorted((x["trial"], x["reward"]) for x in records) == [(0, 0), (1, 1)]
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in r.output.splitlines() if line.startswith("│")]
     rows = {c[0]: c[1] for c in cells}
@@ -595,7 +595,7 @@ def test_each_trial_samples_with_its_own_seeds(tmp_path):
     """The trial is part of what seeds an episode's turns: two trials of a task, played one after the other,
     never sample with the same seed (the same seed would make them the same trial twice)."""
     model = ScriptedModel(lambda turn, conv: ACT if turn == 0 else "THOUGHT: counted END THOUGHT\n4")
-    _, records = run(tmp_path, [CALC[0]], model, k=2, concurrency=1)
+    _, records = run(tmp_path, [CALC[0]], model, trials=2, concurrency=1)
     assert sorted(r["trial"] for r in records) == [0, 1] and model.calls == [1, 1, 1, 1]
     seeds = [s.seed for s in model.samplings]
     assert None not in seeds and len(set(seeds)) == 4
@@ -607,7 +607,7 @@ def test_observations_are_cut_at_the_observation_limit(tmp_path):
 
     printing = ScriptedModel(lambda turn, conv: "THOUGHT: print END THOUGHT\nACTION:\nprint('y' * 100)\n"
                              if turn == 0 else "THOUGHT: counted END THOUGHT\n4")
-    _, records = run(tmp_path, [CALC[0]], printing, name="code", k=1, episode=ExecutorConfig(observation_limit=40))
+    _, records = run(tmp_path, [CALC[0]], printing, name="code", trials=1, episode=ExecutorConfig(observation_limit=40))
     assert records[0]["messages"][3]["content"] == "OBSERVATION:\n" + "y" * 40 + "\n... (60 more characters cut)"
 
     class Calling(ScriptedModel):
@@ -617,7 +617,7 @@ def test_observations_are_cut_at_the_observation_limit(tmp_path):
             return [Generation("", 5, 5, "tool_calls", tool_calls=[call]) if len(conv) == 2 else
                     Generation("THOUGHT: counted END THOUGHT\n4", 5, 5, "stop") for conv in conversations]
 
-    _, records = run(tmp_path, [CALC[0]], Calling(None), name="json", k=1,
+    _, records = run(tmp_path, [CALC[0]], Calling(None), name="json", trials=1,
                      episode=ExecutorConfig(action_format="json", observation_limit=40))
     tool = records[0]["messages"][3]
     assert tool["role"] == "tool" and tool["content"] == '"' + "z" * 39 + " ... (cut)"
@@ -634,7 +634,7 @@ def test_a_conversation_whose_generation_failed_is_an_inference_failure(tmp_path
             return [Generation("", 5, 0, "error") if "abcd" in conv[1]["content"] else
                     Generation("THOUGHT: reversed END THOUGHT\n'olleh'", 5, 5, "stop") for conv in conversations]
 
-    summary, records = run(tmp_path, [CALC[0], CALC[2]], OneFails(None), k=1)
+    summary, records = run(tmp_path, [CALC[0], CALC[2]], OneFails(None), trials=1)
     by_task = {r["task_id"]: r for r in records}
     failed = by_task["calc-number"]
     assert (failed["reward"], failed["termination"], failed["infra_error"]["kind"]) == (None, "error", "inference")
@@ -653,7 +653,7 @@ def test_transfer_and_out_of_scope_end_the_episode_as_stop_does(tmp_path):
         return "Please cancel my order." if turn == 0 else f"I am done here. {tokens[tid]}"
 
     model = ScriptedRoles(lambda turn, conv: "THOUGHT: ask END THOUGHT\nWhich order?" if turn == 0 else LOOK, user)
-    summary, records = run(tmp_path, tasks, model, k=1)
+    summary, records = run(tmp_path, tasks, model, trials=1)
     got = {r["task_id"]: (r["termination"], r["steps"], r["messages"][-1]["content"]) for r in records}
     assert got == {tid: ("user_stop", 1, f"I am done here. {token}") for tid, token in tokens.items()}
     assert summary.terminations == {"user_stop": 3}

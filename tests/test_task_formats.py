@@ -7,6 +7,7 @@ Figure 4's verification only, the schema's per-format fields, and a resume onto 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from _sandbox_util import backend_or_skip, unavailable
@@ -100,7 +101,7 @@ def test_each_format_end_to_end(tmp_path, fmt, answer):
     [rec] = read(out)
     # the record names its format and has exactly its parts
     assert rec["format"] == fmt
-    assert set(rec) == {"id", "env", "format", "validation", "meta"} | PARTS[fmt]
+    assert set(rec) == {"id", "env", "format", "validation", "run", "meta"} | PARTS[fmt]
     assert ORDER not in rec["instruction"]  # finalised as in cat
     assert rec["validation"]["format"] == fmt and rec["validation"]["check_set"] == list(CHECKS_OF_FORMAT[fmt])
     assert [c["check"] for c in rec["validation"]["checks"]] == list(CHECKS_OF_FORMAT[fmt])
@@ -148,9 +149,14 @@ def test_instruction_only_rejects_an_empty_instruction_and_failed_episodes_keep_
     assert seen[1][-1]["content"].startswith("VALIDATION: The task is invalid: the instruction is empty.")
     [failed] = read(rej)
     assert failed["format"] == "instruction-only"
-    assert set(failed) == {"id", "env", "format", "instruction", "validation", "meta"}
+    # its own kind (docs/CAT.md, "Failed episodes"): no task fields, its answer as given under last_answer
+    assert set(failed) == {"kind", "id", "env", "format", "reason", "steps", "last_answer", "validation", "run", "meta"}
+    assert (failed["kind"], failed["reason"], failed["last_answer"]) == ("failed_episode", "invalid_answer",
+                                                                        {"instruction": ""})
     assert failed["validation"]["failed_check"] == "instruction"
-    VALIDATED_TASK.check(failed)
+    from sca.records.schema import FAILED_EPISODE
+
+    FAILED_EPISODE.check(failed)
 
 
 def test_parse_answer_per_format():
@@ -385,6 +391,12 @@ def test_validate_refuses_to_mix_formats_or_check_sets(tmp_path):
     assert r.exit_code == 2 and r.output.strip().splitlines() == [
         f"error: {out}: holds cat tasks, which the input has not (eval-only); resuming would mix them (write to "
         "another file, or pass --overwrite)"]
+    r = CliRunner().invoke(app, ["validate", str(cats), "--verification-only"] + args)
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        f"error: {out}: made with verification_only=false; this run: verification_only=true (--overwrite starts "
+        "afresh, or write to another file)"]
+    # without the sidecar (another tool's output, or an older sca's), the records' own check sets still tell
+    Path(f"{out}.meta.json").unlink()
     r = CliRunner().invoke(app, ["validate", str(cats), "--verification-only"] + args)
     assert r.exit_code == 2 and r.output.strip().splitlines() == [
         f"error: {out}: its cat tasks were held to the checks {', '.join(CHECKS)}, this run's are "

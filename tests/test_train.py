@@ -716,3 +716,29 @@ def test_bad_options_are_one_line_errors(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "config.json").write_text("{}")
     assert "already holds a checkpoint" in one_line_error(cli("train", TINY, "-o", tmp_path / "c", "--algo", "rft"))
+
+
+def test_training_loads_torch_with_passive_openmp_waits(tmp_path):
+    """sca train sets OpenMP's passive waits (sca.inference.hf) before anything loads torch: spinning threads
+    slow a shared CPU many times over (bench/generate.py --contention)."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import os, sys
+import stages.train
+from typer.testing import CliRunner
+from sca_cli.app import app
+
+def seen(*a, **kw):
+    raise RuntimeError("policy " + str(os.environ.get("OMP_WAIT_POLICY")) + " torch-before " + str("torch" in PRE))
+
+PRE = set(sys.modules)
+stages.train.train = seen
+result = CliRunner().invoke(app, ["train", {str(TINY)!r}, "-o", {str(tmp_path / "ckpt")!r}, "--algo", "rft"])
+print(result.exception)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "SCA_HF_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "policy PASSIVE torch-before False" in out.stdout, out.stdout + out.stderr

@@ -123,8 +123,8 @@ def test_bad_input_is_one_line(tmp_path):
     r = CliRunner().invoke(app, ["train", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "c"), "--algo", "grpo"])
     assert r.exit_code == 2 and "no such file" in r.output
     r = CliRunner().invoke(app, ["train", str(write(tmp_path / "t.jsonl", TASKS)), "-o", str(tmp_path / "c"),
-                                 "--algo", "rft", "--k", "4"])
-    assert r.exit_code == 2 and "--k and --episode-max-steps go with --algo grpo" in r.output
+                                 "--algo", "rft", "--group-size", "4"])
+    assert r.exit_code == 2 and "--group-size and --max-steps (an episode's step budget" in r.output
 
 
 def test_vllm_server_mode_is_refused_before_training(tmp_path):
@@ -144,7 +144,7 @@ def grpo_cli(tmp_path, *args, input=None):
 
 
 def test_past_the_checks_a_missing_model_is_a_one_line_error(tmp_path):
-    line = last_line(grpo_cli(tmp_path, "--k", "2", "--set", "per_device_train_batch_size=2"))
+    line = last_line(grpo_cli(tmp_path, "--group-size", "2", "--set", "per_device_train_batch_size=2"))
     assert line.startswith("error: cannot load the tokenizer of ") and "no-model" in line
 
 
@@ -182,7 +182,7 @@ def test_sharded_training_model_without_vllm_is_refused(tmp_path, monkeypatch):
     check_grpo_config(cfg)  # ZeRO-2 keeps whole weights on each process
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    line = last_line(grpo_cli(tmp_path, "--k", "2", "--set", "per_device_train_batch_size=2"))
+    line = last_line(grpo_cli(tmp_path, "--group-size", "2", "--set", "per_device_train_batch_size=2"))
     assert line.startswith("error: FSDP shards the model") and "use_vllm=true" in line
 
 
@@ -191,16 +191,16 @@ def test_generation_batch_must_hold_whole_groups_checked_before_trl(tmp_path, mo
     our one line, before GRPOConfig's own check (and the global batch is applied before TRL derives it)."""
     from sca.training.configs import build_config
 
-    line = last_line(grpo_cli(tmp_path, "--k", "3", "--set", "per_device_train_batch_size=4"))
+    line = last_line(grpo_cli(tmp_path, "--group-size", "3", "--set", "per_device_train_batch_size=4"))
     assert line == ("error: bad training option: the generation batch (per_device_train_batch_size 4 x "
                     "gradient_accumulation_steps 1 x 1 processes = 4 episodes) is not a multiple of num_generations "
-                    "(--k) 3: each task's 3 episodes must be generated together; make it a multiple of 3")
+                    "(--group-size) 3: each task's 3 episodes must be generated together; make it a multiple of 3")
     cfg = build_config("grpo", tmp_path / "c", options={"global_batch_size": 16, "num_generations": 8},
                        sets=["per_device_train_batch_size=4"])
     assert (cfg.gradient_accumulation_steps, cfg.generation_batch_size) == (4, 16)
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
     with pytest.raises(InputError, match=r"4 x gradient_accumulation_steps 1 x 2 processes = 8 episodes\) is not a "
-                                         r"multiple of num_generations \(--k\) 16"):
+                                         r"multiple of num_generations \(--group-size\) 16"):
         build_config("grpo", tmp_path / "c", sets=["num_generations=16", "per_device_train_batch_size=4"])
 
 
@@ -238,10 +238,10 @@ def test_text_or_bool_options_are_typed(tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_a_one_line_error(tmp_path):
-    line = last_line(grpo_cli(tmp_path, "--k", "2", "--set", "per_device_train_batch_size=2",
+    line = last_line(grpo_cli(tmp_path, "--group-size", "2", "--set", "per_device_train_batch_size=2",
                               "--set", "resume_from_checkpoint=true"))
     assert "no checkpoint-N directory" in line
-    line = last_line(grpo_cli(tmp_path, "--k", "2", "--set", "per_device_train_batch_size=2",
+    line = last_line(grpo_cli(tmp_path, "--group-size", "2", "--set", "per_device_train_batch_size=2",
                               "--set", f"resume_from_checkpoint={tmp_path / 'nowhere'}"))
     assert "no such checkpoint directory" in line
 
@@ -314,7 +314,7 @@ def _rollout_user(tmp_path, monkeypatch, flags):
     """`sca rollout` of one retail task with `flags`: the double that played the user, the sampling it got."""
     doubles, _ = _loading(monkeypatch)
     tasks = write(tmp_path / "rollout.tasks.jsonl", [CANCEL])
-    r = CliRunner().invoke(app, ["rollout", str(tasks), "-o", str(tmp_path / "rollout.jsonl"), "--k", "1",
+    r = CliRunner().invoke(app, ["rollout", str(tasks), "-o", str(tmp_path / "rollout.jsonl"), "--trials", "1",
                                  "--sandbox", "subprocess", *flags])
     assert r.exit_code == 0, r.output
     players = [(name, d) for name, d in doubles.items() if d.role_samplings["user"]]
@@ -350,7 +350,7 @@ def _grpo_user(tmp_path, monkeypatch, flags):
 
     monkeypatch.setattr(trl, "GRPOTrainer", Trainer)
     tasks = write(tmp_path / "grpo.tasks.jsonl", [CANCEL])
-    r = CliRunner().invoke(app, ["train", str(tasks), "-o", str(tmp_path / "ckpt"), "--algo", "grpo", "--k", "2",
+    r = CliRunner().invoke(app, ["train", str(tasks), "-o", str(tmp_path / "ckpt"), "--algo", "grpo", "--group-size", "2",
                                  "--sandbox", "subprocess", "--set", "per_device_train_batch_size=2",
                                  "--set", "episode_max_steps=2", *flags])
     assert isinstance(r.exception, StopTraining), r.output
@@ -473,7 +473,7 @@ def test_a_few_grpo_steps_on_live_episodes(tmp_path):
     torch.set_num_threads(2)
     out = tmp_path / "ckpt"
     r = CliRunner().invoke(app, ["train", str(write(tmp_path / "t.jsonl", TASKS)), "-o", str(out), "--algo", "grpo",
-                                 "--k", "4", "--episode-max-steps", "1", "--sandbox", "bwrap", "--workers", "1",
+                                 "--group-size", "4", "--max-steps", "1", "--sandbox", "bwrap", "--workers", "1",
                                  "--set", "per_device_train_batch_size=4", "--set", "max_steps=2",
                                  "--set", "episode_max_new_tokens=12", "--set", "temperature=1.0",
                                  "--set", "learning_rate=1e-4", "--set", "seed=3",
@@ -497,8 +497,8 @@ def test_a_few_grpo_steps_on_live_episodes(tmp_path):
     ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt")
     assert model.generate(ids if hasattr(ids, "shape") else ids["input_ids"], max_new_tokens=3).shape[-1] > 0
     # resuming from the step-2 checkpoint trains step 3 only, and the log goes on
-    r = CliRunner().invoke(app, ["train", str(tmp_path / "t.jsonl"), "-o", str(out), "--algo", "grpo", "--k", "4",
-                                 "--episode-max-steps", "1", "--sandbox", "bwrap", "--workers", "1",
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "t.jsonl"), "-o", str(out), "--algo", "grpo", "--group-size", "4",
+                                 "--max-steps", "1", "--sandbox", "bwrap", "--workers", "1",
                                  "--set", "per_device_train_batch_size=4", "--set", "max_steps=3",
                                  "--set", "episode_max_new_tokens=12", "--set", "temperature=1.0",
                                  "--set", "seed=3", "--set", "resume_from_checkpoint=true"])
@@ -541,11 +541,11 @@ def test_judge_flags_go_with_grpo_and_tasks_without_code_need_the_judge(tmp_path
     assert r.exit_code == 2 and "--judge-temperature go with --algo grpo" in r.output
     pae = write(tmp_path / "pae.jsonl", [PAE_TASK])
     r = CliRunner().invoke(app, ["train", str(pae), "-o", str(tmp_path / "c"), "--algo", "grpo", "--sandbox",
-                                 "subprocess", "--k", "2", "--set", "per_device_train_batch_size=2"])
+                                 "subprocess", "--group-size", "2", "--set", "per_device_train_batch_size=2"])
     assert last_line(r) == (f"error: {pae}: task pae-cancel has no evaluation_function: train on tasks without one "
                             "with --reward judge")
     r = CliRunner().invoke(app, ["train", str(pae), "-o", str(tmp_path / "c"), "--algo", "grpo", "--sandbox",
-                                 "subprocess", "--k", "2", "--set", "per_device_train_batch_size=2",
+                                 "subprocess", "--group-size", "2", "--set", "per_device_train_batch_size=2",
                                  "--judge-model", "big"])
     assert "go with reward=judge" in last_line(r)
 
@@ -602,7 +602,7 @@ def test_grpo_rewards_an_instruction_only_task_by_the_judges_verdict(tmp_path, m
 
     monkeypatch.setattr(trl, "GRPOTrainer", Trainer)
     tasks = write(tmp_path / "pae.jsonl", [PAE_TASK])
-    r = CliRunner().invoke(app, ["train", str(tasks), "-o", str(tmp_path / "ckpt"), "--algo", "grpo", "--k", "2",
+    r = CliRunner().invoke(app, ["train", str(tasks), "-o", str(tmp_path / "ckpt"), "--algo", "grpo", "--group-size", "2",
                                  "--sandbox", "subprocess", "--set", "per_device_train_batch_size=2",
                                  "--set", "episode_max_steps=2", "--reward", "judge", *flags])
     assert isinstance(r.exception, StopTraining), r.output

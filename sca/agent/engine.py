@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
+
+from sca.records.stage_run import stopping_pool
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ def run_episodes(
                 still.append(ep)
         live = still
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="episodes") as pool:
+    # an interrupt leaves at once: the acts in flight end when the stage closes its sandbox
+    with stopping_pool(max(1, workers), "episodes") as pool:
         while True:
             while len(live) < concurrency:
                 ep = next_episode()

@@ -58,13 +58,19 @@ class ExecutorRoles:
     user_sampling: Any
     judge: Any | None = None
     judge_sampling: Any = None
+    #: the run's seed (a stage's --seed), which each role's sampling records: the seed of every generate call
+    #: is hashed from it (sca.agent.engine.call_seed), and no one seed is the whole run's
+    seed: int | None = None
 
     def info(self) -> dict[str, Any]:
         """The roles' models (what the backends say of them) and sampling, as records keep them."""
-        info = {"executor": {**self.executor.info(), "sampling": self.executor_sampling.to_dict()}}
-        info["user"] = {**self.user.info(), "sampling": self.user_sampling.to_dict()} if self.user is not None else None
+        def sampling(params: Any) -> dict[str, Any]:
+            return {**params.to_dict(), "seed": self.seed if self.seed is not None else params.seed}
+
+        info = {"executor": {**self.executor.info(), "sampling": sampling(self.executor_sampling)}}
+        info["user"] = {**self.user.info(), "sampling": sampling(self.user_sampling)} if self.user is not None else None
         if self.judge is not None:
-            info["judge"] = {**self.judge.info(), "sampling": self._judge_sampling().to_dict()}
+            info["judge"] = {**self.judge.info(), "sampling": sampling(self._judge_sampling())}
         return info
 
     def engine_roles(self, tools: list[dict] | None = None) -> dict[str, Role]:
@@ -80,12 +86,12 @@ class ExecutorRoles:
 @contextmanager
 def open_roles(executor: Any, user: Any | None, episode: ExecutorConfig, *, needs_user: bool,
                executor_model: Any = None, user_model: Any = None, judge: Any = None, needs_judge: bool = False,
-               judge_model: Any = None) -> Iterator[ExecutorRoles]:
+               judge_model: Any = None, seed: int | None = None) -> Iterator[ExecutorRoles]:
     """The roles of a run from the executor's, the user's and the judge's ModelConfigs (`user`, `judge`
     None: the executor's model and settings). `executor_model` / `user_model` / `judge_model`: ChatModels
     already open (test doubles, or shared with other work); the others are loaded here (one copy of a
     model that several roles name) and closed on leaving. The user's model is loaded only if
-    `needs_user`, the judge's only if `needs_judge`."""
+    `needs_user`, the judge's only if `needs_judge`. `seed`: the run's, for the records (ExecutorRoles.seed)."""
     own = []
 
     def other(config: Any) -> Any:
@@ -108,7 +114,8 @@ def open_roles(executor: Any, user: Any | None, episode: ExecutorConfig, *, need
             judge_model = other(judge)
         yield ExecutorRoles(executor_model, executor.sampling(executor_stop(episode)),
                             user_model if needs_user else None, (user or executor).sampling(),
-                            judge_model if needs_judge else None, (judge or executor).sampling() if needs_judge else None)
+                            judge_model if needs_judge else None, (judge or executor).sampling() if needs_judge else None,
+                            seed=seed)
     finally:
         for model in own:
             model.close()

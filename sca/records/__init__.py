@@ -29,7 +29,8 @@ from sca.records.schema import (
     RecordError,
     RecordSchema,
 )
-from sca.records.stage_run import RunMeta, StageRun, progress
+from sca.records.progress import progress
+from sca.records.stage_run import RunMeta, StageRun
 
 __all__ = ["CAT_TASK", "EVAL_RESULT", "STDIO", "TERMINATIONS", "TRAIN_LOG_LINE", "TRAINING_TRAJECTORY", "TRAJECTORY",
            "VALIDATED_TASK", "Field", "InputError", "Loaded",

@@ -10,16 +10,20 @@ lines, which the writer deals with.
 Writing (:class:`RecordWriter`): record by record, each line written whole and flushed, so a
 stage killed at any moment leaves only complete lines plus at most one torn last line, which the
 next run discards. Re-running with the same output resumes: the ids already written are known
-and skipped by the stage. :func:`write_json_atomic` writes a whole JSON file (a sidecar, a
+and skipped by the stage. :func:`output_path` is where a stage writes: the ``-o`` given (checked:
+a directory is refused before any work starts) or, left out, a new file under ``runs/``.
+:func:`write_json_atomic` writes a whole JSON file (a sidecar, a
 summary) so that a reader never sees half of one; :func:`drop_lines` removes records from a
 JSONL file the same way.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +190,40 @@ def _parse_line(raw: bytes) -> Any:
         raise _BadLine(f"not valid JSON: {e.msg} (column {e.colno})") from None
 
 
+#: where a stage writes when ``-o`` is left out (relative to the working directory)
+RUNS_DIR = "runs"
+_DEFAULTED: set[str] = set()  # the paths output_path chose in this process: a rerun must name them
+
+
+def output_path(given: str | None, stage: str, name: str, suffix: str = ".jsonl", *, directory: bool = False) -> str:
+    """Where `stage` writes: `given` (``-o``), or, where it is None, ``runs/<stage>-<name>-<YYYYmmdd-HHMMSS>
+    <suffix>``, `name` being what the stage works on (the environment, or the input file's name without
+    its last suffix; ``-``: stdin; the run's time is local). The one rule for every stage: a new file each time, never an earlier
+    run's output by accident. `directory`: the output is a directory (a checkpoint, a report), else a
+    file, and a `given` path that is a directory is an :class:`InputError` (one line, before any work)."""
+    if given is not None:
+        if not directory and given != STDIO and Path(given).is_dir():
+            raise InputError(f"{given}: is a directory; -o names the file to write (e.g. {Path(given) / (stage + suffix)})")
+        return given
+    stem = "stdin" if name == STDIO else Path(name).stem
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", stem).strip("._") or stage
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(RUNS_DIR) / f"{stage}-{stem}-{stamp}"
+    n = 1
+    while True:  # two runs started in the same second get two files
+        path = f"{base}{f'-{n}' if n > 1 else ''}{'' if directory else suffix}"
+        if not Path(path).exists() and not Path(path + ".meta.json").exists():
+            break
+        n += 1
+    _DEFAULTED.add(path)
+    return path
+
+
+def chosen_by_default(path: str) -> bool:
+    """Whether :func:`output_path` chose `path` (no ``-o``): a rerun resumes it only when ``-o`` names it."""
+    return str(path) in _DEFAULTED
+
+
 def dumps_record(record: dict[str, Any]) -> str:
     """One JSONL line (with its newline). Non-ASCII is kept readable."""
     return json.dumps(record, ensure_ascii=False) + "\n"
@@ -212,6 +250,8 @@ class RecordWriter:
             self._own = False
             return
         p = Path(self.path)
+        if p.is_dir():
+            raise InputError(f"{self.path}: is a directory; -o names the file to write")
         if p.parent and not p.parent.exists():
             p.parent.mkdir(parents=True, exist_ok=True)
         if p.exists() and not overwrite:

@@ -200,11 +200,12 @@ def launch_world_size() -> int:
 
 def _check_generation_batch(config: Any, world: int) -> None:
     """GRPO: the episodes of one generation (TRL's generation batch, over all processes) must hold whole
-    groups of num_generations (--k) episodes. Computed as TRL's GRPOConfig does, and checked before it, so
+    groups of num_generations (--group-size) episodes. Computed as TRL's GRPOConfig does, and checked before it, so
     the error says what to change."""
     k, per = config.num_generations, config.per_device_train_batch_size
     if k is None or k < 2:
-        raise ValueError(f"num_generations (--k) must be at least 2, got {k}: GRPO compares the episodes of a task")
+        raise ValueError(f"num_generations (--group-size) must be at least 2, got {k}: GRPO compares the episodes "
+                         "of a task")
     if config.generation_batch_size is not None:
         batch, how = config.generation_batch_size, "generation_batch_size"
     else:
@@ -214,7 +215,7 @@ def _check_generation_batch(config: Any, world: int) -> None:
         how = f"per_device_train_batch_size {per} x {name} {steps} x {world} processes"
     if batch % k:
         raise ValueError(
-            f"the generation batch ({how} = {batch} episodes) is not a multiple of num_generations (--k) {k}: "
+            f"the generation batch ({how} = {batch} episodes) is not a multiple of num_generations (--group-size) {k}: "
             f"each task's {k} episodes must be generated together; make it a multiple of {k}"
         )
 

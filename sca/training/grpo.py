@@ -1,6 +1,6 @@
 """GRPO on CaT tasks (``grpo``): TRL's GRPOTrainer, its rollouts produced by our episode engine.
 
-``sca train TASKS --algo grpo --k K``: each task of the input is a GRPO prompt; for every prompt
+``sca train TASKS --algo grpo --group-size K``: each task of the input is a GRPO prompt; for every prompt
 TRL asks for K completions, and each completion is one whole multi-turn episode of **our**
 executor (the same engine, executor, simulated user, sandbox and ``evaluate`` reward as
 ``sca rollout``), played by the model being trained. The simulated user (retail, airline) is the

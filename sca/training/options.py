@@ -55,11 +55,15 @@ class PairOptions:
 class EpisodeOptions:
     """Ours, in GRPO's config: the episodes played during training."""
 
-    #: TRL's own default for GRPOConfig.num_generations, stated here so that --k can show it without TRL
+    # The names are TRL's (num_generations) or carry `episode_` where TRL has the bare one: TRL's max_steps is the
+    # number of training steps, so the episode's step budget (sca rollout's and sca eval's --max-steps, sca train's
+    # --max-steps too) is episode_max_steps here. The flags use the one name every command shares.
+    #: TRL's own default for GRPOConfig.num_generations, stated here so that --group-size can show it without TRL
     num_generations: int | None = field(default=8, metadata={"help": (
-        "Episodes per task and step (--k): a GRPO group, whose rewards are compared.")})
+        "Episodes per task and step (the flag --group-size): a GRPO group, whose rewards are compared.")})
     episode_max_steps: int = field(default=15, metadata={"help": (
-        "Executor replies per episode (the paper's cap is 15).")})
+        "Executor replies per episode, the step budget (the flag --max-steps; the paper's cap is 15). Not TRL's "
+        "max_steps, the number of training steps.")})
     action_format: str = field(default="code", metadata={"help": (
         "code (THOUGHT/ACTION blocks) | json (native function calling).")})
     episode_max_new_tokens: int = field(default=512, metadata={"help": "Tokens per executor reply at most."})
