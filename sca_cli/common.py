@@ -23,7 +23,7 @@ from typing import Any, NoReturn, Optional, TypeVar
 import typer
 from typer._click.core import ParameterSource  # typer's own click, which its commands use
 from typer._click.exceptions import BadParameter
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from sandbox.config import BACKEND_NAMES, SandboxConfig
 from sca.agent.config import ACTION_FORMATS, ExecutorConfig
@@ -407,7 +407,7 @@ def _read_config(ctx: Any, param: Any, path: str | None) -> str | None:
 
             close = difflib.get_close_matches(k, sorted(params), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            fail(f"{path}: unknown key {key!r}: sca {ctx.info_name} has no flag --{k.replace('_', '-')}{hint}")
+            fail(f"{path}: unknown key {key!r}: {ctx.command_path} has no flag --{k.replace('_', '-')}{hint}")
         if (p.multiple or p.nargs != 1) and value is not None and not isinstance(value, list):
             value = [value]
         values[p.name] = value
@@ -498,3 +498,13 @@ def stage_command(renamed: dict[str, str] | None = None, config: bool = True) ->
 
     StageCommand.renamed = renamed  # type: ignore[attr-defined]
     return StageCommand
+
+
+class CommandGroup(TyperGroup):
+    """The click group class of a command with sub-commands (``sca envs``): --config FILE.yaml, --log-level
+    and -q on the group's own command as on every other (its sub-commands take them too, through
+    :func:`stage_command`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_shared_options(True))

@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
-from sca_cli.common import err_console, examples, fail, out_console, stage_errors
+from sca_cli.common import CommandGroup, err_console, examples, fail, out_console, stage_command, stage_errors
 
 app = typer.Typer(
+    cls=CommandGroup,  # --config, --log-level and -q, as on every command
     help="List the tool environments, or show one's tools, policy and benchmark tasks.",
     invoke_without_command=True,
     no_args_is_help=False,
@@ -65,7 +66,7 @@ def list_envs(
     out_console.print(table)
 
 
-@app.command("show", epilog=EXAMPLES_SHOW)
+@app.command("show", epilog=EXAMPLES_SHOW, cls=stage_command())
 def show(
     name: str = typer.Argument(..., help="Environment name (see `sca envs`)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: description, tool_count, tools (the list), policy."),
@@ -105,7 +106,7 @@ EXAMPLES_TASKS = examples(
 )
 
 
-@app.command("tasks", epilog=EXAMPLES_TASKS)
+@app.command("tasks", epilog=EXAMPLES_TASKS, cls=stage_command())
 def tasks(
     name: str = typer.Argument(..., help="Environment name (see `sca envs`)."),
     split: Optional[str] = typer.Option(None, "--split", help="Only this split (e.g. train, test)."),

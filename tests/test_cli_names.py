@@ -458,3 +458,21 @@ def test_metrics_log_leaves_an_infrastructure_failure_out_of_the_rewards():
     assert sink.scalars == [("trial/reward", 1.0, 1), ("trial/tokens_executor", 5.0, 1),
                             ("trial/tokens_executor", 4.0, 2), ("task/mean_reward", 1.0, 0), ("run/pass@1", 1.0, 3)]
     assert sink.closed and log.sinks == []
+
+
+def test_envs_and_its_sub_commands_take_config_quiet_and_log_level(tmp_path, monkeypatch):
+    """sca envs is a group: its listing and its sub-commands take the shared options too."""
+    monkeypatch.chdir(tmp_path)
+    Path("list.yaml").write_text("json: true\n")
+    r = invoke("envs", "--config", "list.yaml")
+    assert r.exit_code == 0 and {e["name"] for e in json.loads(r.output)} >= {"retail", "calculation"}
+    Path("show.yaml").write_text("json: true\nno-policy: true\n")
+    r = invoke("envs", "show", "calculation", "--config", "show.yaml")
+    shown = json.loads(r.output)
+    assert r.exit_code == 0 and shown["name"] == "calculation" and "policy" not in shown
+    Path("bad.yaml").write_text("bogus: 1\n")
+    r = invoke("envs", "tasks", "retail", "--config", "bad.yaml")
+    assert r.exit_code == 2 and lines(r.output) == [
+        "error: bad.yaml: unknown key 'bogus': sca envs tasks has no flag --bogus"]
+    for args in (["envs", "-q"], ["envs", "show", "retail", "-q", "--log-level", "debug"]):
+        assert invoke(*args).exit_code == 0, args
