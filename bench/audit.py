@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from sandbox.config import SandboxConfig
-    from sca.audit import AuditConfig
+    from sca.audit.config import AuditConfig
     from sca.cat import ValidateConfig
     from stages.audit import audit_file
     from stages.validate import validate_file

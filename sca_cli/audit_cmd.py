@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from sca.audit import AuditConfig
+from sca.audit.config import AuditConfig
 from sca_cli.common import (
     MAX_TOOL_BYTES,
     MAX_TOOL_CALLS,
@@ -43,15 +43,15 @@ def _interval(value: Any) -> str:
 
 
 def audit(
-    input: Optional[str] = typer.Argument(
+    input: str | None = typer.Argument(
         None, help="Tasks (JSONL) to audit; with --sheet, trajectories; - for stdin. Not with --labels."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help=(
+    output: str | None = typer.Option(None, "-o", "--output", help=(
         "Audited tasks (JSONL); with --sheet, the sheet (CSV); with --labels, the rates (JSON). - for stdout "
         "[default: runs/audit-INPUT-TIME.jsonl, audit-sheet-INPUT-TIME.csv, audit-labels-SHEET-TIME.json]")),
-    sheet: Optional[int] = typer.Option(None, "--sheet", min=1, help=(
+    sheet: int | None = typer.Option(None, "--sheet", min=1, help=(
         "Write a labelling sheet of this many trajectories, stratified by reward, instead of auditing tasks.")),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="With --sheet: the tasks, for their evaluate()."),
-    labels: Optional[str] = typer.Option(None, "--labels", help=(
+    tasks: str | None = typer.Option(None, "--tasks", help="With --sheet: the tasks, for their evaluate()."),
+    labels: str | None = typer.Option(None, "--labels", help=(
         "A labelled sheet (CSV): write its TP/FP/TN/FN and rates per task format instead of auditing tasks.")),
     max_mutants: int = flag(AuditConfig, "max_mutants", "--max-mutants"),
     alternatives: int = flag(AuditConfig, "alternatives_per_argument", "--alternatives"),
@@ -59,7 +59,7 @@ def audit(
     seed: int = flag(AuditConfig, "seed", "--seed"),
     episode_chars: int = flag(AuditConfig, "episode_chars", "--episode-chars"),
     sandbox: str = SANDBOX,
-    workers: Optional[int] = WORKERS,
+    workers: int | None = WORKERS,
     timeout: float = TIMEOUT,
     memory_mb: int = MEMORY_MB,
     max_tool_calls: int = MAX_TOOL_CALLS,

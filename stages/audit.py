@@ -11,19 +11,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from sca.audit import (
-    AuditConfig,
-    audit_task,
-    label_rates,
-    lax_rates,
-    read_labels,
-    sheet_rows,
-)
-from sca.audit.labels import sheet_csv
+from sca.audit.config import AuditConfig
+from sca.audit.labels import label_rates, read_labels, sheet_csv, sheet_rows
+from sca.audit.mutants import audit_task, lax_rates
 from sca.records import (
     CAT_TASK,
     STDIO,

@@ -14,14 +14,21 @@ hold tasks of a format the input has not, or tasks held to other checks (a run w
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from sca.cat import CHECKS_OF_FORMAT, ValidateConfig, checks_of, validate_task
 from sca.records import CAT_TASK
 from sca.records.io import InputError, load_records, scan_jsonl
 from sca.records.progress import progress
-from sca.records.stage_run import SANDBOX_LIMITS, StageRun, refuse_other_settings, stopping_pool, under
+from sca.records.stage_run import (
+    SANDBOX_LIMITS,
+    StageRun,
+    refuse_other_settings,
+    stopping_pool,
+    under,
+)
 from sca.task_formats import task_format
 
 __all__ = ["ValidateConfig", "ValidateSummary", "validate_file", "validate_records", "validate_task"]
@@ -93,7 +100,8 @@ def validate_records(records: list[dict[str, Any]], config: ValidateConfig, sand
         env = envs.get(task["env"])
         validation = {**validate_task(task, env, sandbox, config), "sandbox": sandbox.backend_name}
         if config.audit and validation["valid"]:  # --audit: a lax verifier is rejected (sca.audit)
-            from sca.audit import AuditConfig, audit_task, reject_if_lax
+            from sca.audit.config import AuditConfig
+            from sca.audit.mutants import audit_task, reject_if_lax
 
             audit = audit_task(task, env, sandbox, AuditConfig(sandbox=config.sandbox))
             return {**task, "validation": reject_if_lax(validation, audit), "audit": audit}

@@ -13,16 +13,9 @@ from _sandbox_util import StoreEnv, backend_or_skip, unavailable
 from typer.testing import CliRunner
 
 from sandbox.config import SandboxConfig
-from sca.audit import (
-    AuditConfig,
-    audit_task,
-    candidates,
-    label_rates,
-    lax_rates,
-    read_labels,
-    sheet_rows,
-)
-from sca.audit.labels import sheet_csv
+from sca.audit.config import AuditConfig
+from sca.audit.labels import label_rates, read_labels, sheet_csv, sheet_rows
+from sca.audit.mutants import audit_task, candidates, lax_rates
 from sca.records.io import InputError
 from sca_cli.app import app
 
@@ -364,7 +357,7 @@ def test_a_bad_reward_or_a_missing_column_is_a_one_line_error(tmp_path):
 
 
 def test_sca_validate_audit_rejects_a_lax_verifier_only_when_asked(tmp_path):
-    from sca.audit import LAX_REASON
+    from sca.audit.mutants import LAX_REASON
     from sca.cat import CHECK_OF_REASON, CHECKS, REASONS
 
     assert LAX_REASON in REASONS and CHECK_OF_REASON[LAX_REASON] in CHECKS  # the report's funnel can place it

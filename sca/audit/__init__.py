@@ -11,27 +11,7 @@ twice over:
 * by hand (:mod:`sca.audit.labels`): a labelling sheet of trajectories stratified by reward, and
   Figure 4's true/false positive and negative rates from the labels. `sca audit --sheet`/`--labels`.
 
-Standard library, the sandbox and the environments only: the stages and the report both use it.
+Standard library, the sandbox and the environments only: the stages and the report both use it. Its
+modules are imported by name (`sca.audit.config` for the options, light enough for ``sca --help``;
+`sca.audit.mutants`; `sca.audit.labels`): the package itself imports none of them.
 """
-
-from sca.audit.labels import (
-    EPISODE_CHARS,
-    SHEET_COLUMNS,
-    label_rates,
-    read_labels,
-    render_episode,
-    sheet_rows,
-)
-from sca.audit.mutants import (
-    LAX_REASON,
-    AuditConfig,
-    Mutant,
-    audit_task,
-    bootstrap,
-    candidates,
-    lax_rates,
-    reject_if_lax,
-)
-
-__all__ = ["EPISODE_CHARS", "LAX_REASON", "SHEET_COLUMNS", "AuditConfig", "Mutant", "audit_task", "bootstrap",
-           "candidates", "label_rates", "lax_rates", "read_labels", "reject_if_lax", "render_episode", "sheet_rows"]

@@ -44,11 +44,11 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from sandbox.config import SandboxConfig
 from sandbox.result import is_stub
+from sca.audit.config import AuditConfig
 from sca.metrics import (
     _quantile,  # the interpolation of every other interval of the toolkit
 )
@@ -58,23 +58,6 @@ from sca.task_formats import task_format
 KINDS = ("argument", "answer", "dropped", "swapped", "repeated")
 #: characters of one value in a mutant's words
 _VALUE_CHARS = 60
-
-
-@dataclass
-class AuditConfig:
-    """Options of `sca audit` (and of `sca validate --audit`): the sandbox, how many mutants, and the
-    bootstrap of the rates; the labelling sheet's draw and episode length."""
-
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    max_mutants: int = field(default=40, metadata={
-        "help": "Mutant runs per task at most (taken kind by kind in turn).", "min": 1})
-    alternatives_per_argument: int = field(default=3, metadata={
-        "help": "Other values tried per argument of a write (and for the answer).", "min": 1})
-    n_boot: int = field(default=2000, metadata={"help": "Bootstrap resamples of every interval.", "min": 1})
-    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap and of the sheet's draw."})
-    episode_chars: int = field(default=6000, metadata={
-        "help": "Characters of each episode on the labelling sheet (the middle is cut).", "min": 200})
-    confidence: float = 0.95
 
 
 # -- the mutants ----------------------------------------------------------------------------------------
