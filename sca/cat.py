@@ -273,13 +273,13 @@ def _run_code_checks(task: dict[str, Any], env: Any, sandbox: Any, config: Valid
     else:
         text = answer_to_text(answer)
         typed = answer_from_text(text, env.user_facing)
-        if _canonical(typed) != _canonical(answer) and not _judge(
+        if canonical_json(typed) != canonical_json(answer) and not _judge(
                 env, sandbox, evaluate_src, typed, timeout, "the solution, with its answer typed", write_tools, runs):
             raise _Rejected("answer_not_typeable",
                             f"evaluate() accepts the solution's answer {answer!r:.100} but not {typed!r:.100}, "
                             f"which an agent's reply {text!r:.100} becomes; an agent gives its answer as text "
                             "(docs/CAT.md, 'The answer')")
-        log.passed("" if _canonical(typed) == _canonical(answer) else f"typed as {typed!r:.100}")
+        log.passed("" if canonical_json(typed) == canonical_json(answer) else f"typed as {typed!r:.100}")
 
     if "failure_case_runs" in plan:
         log.current = "failure_case_runs"
@@ -291,8 +291,9 @@ def _run_code_checks(task: dict[str, Any], env: Any, sandbox: Any, config: Valid
         log.passed(f"{len(task['failure_cases'])} failure cases fail")
 
 
-def _canonical(value: Any) -> str:
-    """JSON text that tells values apart by type as well (1, 1.0, True and "1" all differ)."""
+def canonical_json(value: Any) -> str:
+    """JSON text that tells values apart by type as well (1, 1.0, True and "1" all differ); a value JSON
+    cannot hold is told by its repr (`sca.audit` compares the answers of mutants with it too)."""
     def tag(v: Any) -> Any:
         if isinstance(v, bool) or v is None:
             return ["b", v]
@@ -303,7 +304,7 @@ def _canonical(value: Any) -> str:
         if isinstance(v, dict):
             return ["d", {k: tag(x) for k, x in v.items()}]
         return ["s", v]
-    return json.dumps(tag(value), sort_keys=True)
+    return json.dumps(tag(value), sort_keys=True, default=repr)
 
 
 def feedback(validation: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("sandbox", "envs", "sca", "stages", "sca_cli")
 #: (module prefix, layer); the longest matching prefix decides
 LAYERS = (("sandbox", 0), ("envs", 1), ("sca", 2), ("sca.records", 2), ("sca.metrics", 2), ("sca.paper", 2),
-          ("sca.inference", 3), ("sca.agent", 4), ("sca.cat", 5), ("sca.benchmarks", 5), ("sca.training", 6),
+          ("sca.inference", 3), ("sca.agent", 4), ("sca.cat", 5), ("sca.audit", 5), ("sca.benchmarks", 5), ("sca.training", 6),
           ("sca.report", 6), ("stages", 7), ("sca_cli", 8))
 #: longest a source file outside tests/ and bench/ may be
 MAX_LINES = 800

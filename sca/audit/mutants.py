@@ -49,6 +49,7 @@ from typing import Any
 
 from sandbox.result import is_stub
 from sca.audit.config import AuditConfig
+from sca.cat import canonical_json
 from sca.metrics import (
     _quantile,  # the interpolation of every other interval of the toolkit
 )
@@ -94,21 +95,6 @@ def describe_call(call: Call) -> str:
     """``name(arg=value, ...)``, each value as JSON cut to a few dozen characters."""
     name, args = call
     return f"{name}({', '.join(f'{k}={_value(v)}' for k, v in args.items())})"
-
-
-def _canonical(value: Any) -> str:
-    """JSON text that tells values apart by type as well (1, 1.0, True and "1" all differ)."""
-    def tag(v: Any) -> Any:
-        if isinstance(v, bool) or v is None:
-            return ["b", v]
-        if isinstance(v, (int, float)):
-            return ["n", type(v).__name__, v]
-        if isinstance(v, list):
-            return ["l", [tag(x) for x in v]]
-        if isinstance(v, dict):
-            return ["d", {k: tag(x) for k, x in v.items()}]
-        return ["s", v]
-    return json.dumps(tag(value), sort_keys=True, default=repr)
 
 
 def answer_alternatives(answer: Any) -> list[Any]:
@@ -167,7 +153,7 @@ def candidates(env: Any, writes: Sequence[Call], answer: Any, takes_answer: bool
                 tuple(writes[:i + 1] + [writes[i]] + writes[i + 1:]), answer))
         for i in range(n):
             for j in range(i + 1, n):
-                if _canonical(list(writes[i])) == _canonical(list(writes[j])):
+                if canonical_json(list(writes[i])) == canonical_json(list(writes[j])):
                     continue  # the same call twice: swapping them changes nothing
                 swapped = list(writes)
                 swapped[i], swapped[j] = swapped[j], swapped[i]
@@ -205,7 +191,7 @@ class _Skip(Exception):
 
 
 def _outcome(env: Any, answer: Any, takes_answer: bool) -> tuple[str, str]:
-    return (env.state_hash() if env.outcome_state else "", _canonical(answer) if takes_answer else "")
+    return (env.state_hash() if env.outcome_state else "", canonical_json(answer) if takes_answer else "")
 
 
 def _passes(env: Any, sandbox: Any, source: str, answer: Any, timeout: float) -> bool:
