@@ -84,6 +84,7 @@ def eval_(
     max_tool_calls: int = MAX_TOOL_CALLS,
     max_tool_bytes: int = MAX_TOOL_BYTES,
     retry_failed: bool = flag(EvalConfig, "retry_failed", "--retry-failed"),
+    keep_system_prompt: bool = flag(EvalConfig, "keep_system_prompt", "--keep-system-prompt"),
     report_to: Optional[str] = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
     overwrite: bool = OVERWRITE,
 ) -> None:
@@ -101,7 +102,7 @@ def eval_(
                         sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes),
                         drop_noop_solvable=drop_noop_solvable, m3tooleval_dir=m3tooleval_dir, limit=limit,
                         task_ids=split_ids(task_ids),
-                        retry_failed=retry_failed)
+                        retry_failed=retry_failed, keep_system_prompt=keep_system_prompt)
     output = output_or_default(output, "eval", "+".join(config.envs))
     with stage_errors():
         metrics = open_metrics_log(report_to, stage="eval", output=output, settings=asdict(config))

@@ -96,6 +96,7 @@ def rollout(
     max_tool_calls: int = MAX_TOOL_CALLS,
     max_tool_bytes: int = MAX_TOOL_BYTES,
     retry_failed: bool = flag(RolloutConfig, "retry_failed", "--retry-failed"),
+    keep_system_prompt: bool = flag(RolloutConfig, "keep_system_prompt", "--keep-system-prompt"),
     report_to: Optional[str] = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
     skip_invalid: bool = SKIP_INVALID,
     overwrite: bool = OVERWRITE,
@@ -114,7 +115,7 @@ def rollout(
     judge = judge_config(executor, judge_model, judge_backend, judge_base_url, judge_temperature)
     config = configured(RolloutConfig, trials=trials, task_ids=split_ids(task_ids), concurrency=concurrency,
                         seed=seed, executor=executor, user=user, episode=episode, retry_failed=retry_failed,
-                        reward=reward, judge=judge,
+                        reward=reward, judge=judge, keep_system_prompt=keep_system_prompt,
                         sandbox=sandbox_config(sandbox, workers, timeout, memory_mb, max_tool_calls, max_tool_bytes))
     output = output_or_default(output, "rollout", tasks)
     with stage_errors():

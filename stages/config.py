@@ -25,6 +25,9 @@ N_BOOT = 2000
 # The executor's stages (rollout and eval) share these flags' words.
 _CONCURRENCY = {"help": "Episodes live at once (one batched generation per role per step).", "min": 1}
 _RETRY_FAILED = {"help": "Rerun the trials recorded as infrastructure failures."}
+# a layout, not a result: not in the stages' RESULT_SETTINGS, so a resume may change it
+_KEEP_SYSTEM_PROMPT = {"help": ("Keep the system prompt's text in every record [default: once, in the sidecar "
+                                "OUTPUT.meta.json, each record naming it by hash; readers of sca put it back].")}
 
 
 @dataclass
@@ -44,6 +47,7 @@ class RolloutConfig:
     episode: ExecutorConfig = field(default_factory=ExecutorConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     retry_failed: bool = field(default=False, metadata=_RETRY_FAILED)
+    keep_system_prompt: bool = field(default=False, metadata=_KEEP_SYSTEM_PROMPT)
     reward: str = field(default="evaluate", metadata={"help": REWARD_HELP})
     judge: ModelConfig | None = None  # the judge of --reward judge; None: the executor's model and settings
 
@@ -87,6 +91,7 @@ class EvalConfig:
         "or repeated [default: every task].")})
     n_boot: int = N_BOOT
     retry_failed: bool = field(default=False, metadata=_RETRY_FAILED)
+    keep_system_prompt: bool = field(default=False, metadata=_KEEP_SYSTEM_PROMPT)
 
     def __post_init__(self) -> None:
         # imported here, not above: the command line imports this module, and needs no benchmark for --help

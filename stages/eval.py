@@ -14,8 +14,8 @@ The benchmarks today:
 * calculation and web_browsing: our held-out sets with their tolerant scorer, or, with
   ``m3tooleval_dir``, the 82 official M3ToolEval tasks (48 calculation, 34 web browsing).
 
-Per (task, trial) one result record (a trajectory plus ``split``, ``scorer``, ``scorer_detail``),
-resumable; a summary JSON beside the results with Pass@1 (mean over trials), Pass@k (the
+Per (task, trial) one result record (a trajectory plus ``split``, ``scorer``, ``scorer_detail``; its
+system prompt in the sidecar by hash unless ``keep_system_prompt``, as in ``sca rollout``), resumable; a summary JSON beside the results with Pass@1 (mean over trials), Pass@k (the
 unbiased estimator from the same trials), pass^k, each with a 95% bootstrap interval over
 tasks (:mod:`sca.metrics`), per environment, and the paper's Table 1 row for the same base model.
 """
@@ -149,7 +149,7 @@ def eval_file(config: EvalConfig, output: str, *, executor_model: Any = None, us
     settings["retried_infra_failures"] = drop_infra_failures(output) if config.retry_failed and not overwrite else 0
     needs_user = any(t.env.user_facing for t in tasks)
     with StageRun("eval", {"results": output}, settings=settings, result=RESULT_SETTINGS,
-                  overwrite=overwrite) as run:  # before any model loads: a resume with other settings stops here
+                  overwrite=overwrite, system_prompt_refs=not config.keep_system_prompt) as run:  # before any model loads: a resume with other settings stops here
         with open_roles(config.executor, config.user, config.episode, needs_user=needs_user,
                         executor_model=executor_model, user_model=user_model, seed=config.seed) as roles:
             models = run.meta.data["settings"]["models"] = roles.info()

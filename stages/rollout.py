@@ -8,7 +8,8 @@ memory), of any format (docs/CAT.md), become executor tasks scored by their own 
 ``reward="judge"``, PAE's reward), with the trials the output does not hold yet;
 :func:`sca.agent.run.run_executor` runs them (the executor and, where the environment has one, the
 simulated user, which may be another model on another backend, and the judge); each finished trial is one trajectory record (docs/TRAJECTORY.md), written as it
-finishes, with the reward's source and the task's format, and counted for the summary. A rerun resumes
+finishes, with the reward's source and the task's format, and counted for the summary; its system prompt,
+the same for every task of an environment, is in the sidecar by hash unless ``keep_system_prompt``. A rerun resumes
 per (task, trial), with the reward and the judge the output was made with (another is refused: its
 records would mix two rewards); ``retry_failed`` reruns the infrastructure failures.
 """
@@ -249,7 +250,7 @@ def rollout_file(
     settings["retried_infra_failures"] = retried
     tallies: dict[str, TaskTally] = {}
     with StageRun("rollout", {"trajectories": output}, inputs=[source], settings=settings, result=RESULT_SETTINGS,
-                  overwrite=overwrite) as run:  # before any model loads: a resume with other settings stops here
+                  overwrite=overwrite, system_prompt_refs=not config.keep_system_prompt) as run:  # before any model loads: a resume with other settings stops here
         with open_roles(config.executor, config.user, config.episode, needs_user=needs_user,
                         executor_model=executor_model, user_model=user_model, judge=config.judge,
                         needs_judge=config.reward == "judge", judge_model=judge_model, seed=config.seed) as roles:

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from sandbox.config import SandboxConfig
 from sca.agent.executor import ExecutorConfig
 from sca.records import TRAJECTORY
+from sca.records.io import SystemPrompts
 from sca_cli.app import app
 from stages.rollout import RolloutConfig, rollout_file
 
@@ -48,7 +49,12 @@ def config(**over):
 
 
 def read(path):
-    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    """The records of `path`, each system prompt back from the sidecar that holds it (tests/test_system_prompt.py)."""
+    records = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    prompts = SystemPrompts(str(path))
+    for r in records:
+        prompts.restore(r)
+    return records
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,8 @@
 Reading (:func:`load_records`, :class:`StreamedInput`): every line is checked against its
 schema before any work starts. A bad line is reported as ``FILE:LINE: what is wrong`` (an
 :class:`InputError`; the CLI prints it and exits with code 2), or with ``skip_invalid`` reported
-and skipped. ``-`` is standard input. :func:`scan_jsonl` is the tolerant pass over a file a stage
+and skipped. ``-`` is standard input. A trajectory whose system prompt names its text by hash gets
+the text back from the sidecar beside its file (:class:`SystemPrompts`), so no reader sees the difference. :func:`scan_jsonl` is the tolerant pass over a file a stage
 wrote itself (its resume tallies, a report): it yields the objects and passes over torn or foreign
 lines, which the writer deals with.
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from sca.records.schema import RecordError, RecordSchema
+from sca.records.schema import PROMPT_REF, RecordError, RecordSchema, prompt_reference
 
 STDIO = "-"
 
@@ -81,22 +82,63 @@ def load_records(
     data = _read_bytes(path)
     loaded = Loaded(path=name, records=[], sha256=hashlib.sha256(data).hexdigest())
     report = on_skip or (lambda msg: print(f"skipped: {msg}", file=sys.stderr))
-    for record in _checked(enumerate(data.split(b"\n"), start=1), name, schema, skip_invalid, report, loaded):
+    for record in _checked(enumerate(data.split(b"\n"), start=1), name, schema, skip_invalid, report, loaded, path):
         loaded.records.append(record)
     return loaded
 
 
+def sidecar_prompts(path: str) -> dict[str, str]:
+    """The system prompts the sidecar of `path` (``PATH.meta.json``) holds by hash; none for ``-`` or a
+    missing or unreadable sidecar."""
+    if path == STDIO:
+        return {}
+    try:
+        prompts = json.loads(Path(path + ".meta.json").read_text(encoding="utf-8")).get("system_prompts")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in prompts.items() if isinstance(v, str)} if isinstance(prompts, dict) else {}
+
+
+class SystemPrompts:
+    """Puts back the system prompt of each record that names it by hash (sca rollout and sca eval write
+    the text once, in the sidecar: docs/TRAJECTORY.md), from the sidecar beside `path`, read at the
+    first such record: every reader then sees the conversation as it was."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.prompts: dict[str, str] | None = None
+
+    def restore(self, record: Any) -> None:
+        messages = record.get("messages") if isinstance(record, dict) else None
+        ref = prompt_reference(messages[0]) if isinstance(messages, list) and messages else None
+        if ref is None:
+            return
+        if self.prompts is None:
+            self.prompts = sidecar_prompts(self.path)
+        text = self.prompts.get(ref)
+        if text is None:
+            where = "a sidecar (standard input has none)" if self.path == STDIO else f"{self.path}.meta.json"
+            raise RecordError("messages[0]", f"system prompt {ref[:12]} not in {where} (write with "
+                                             "--keep-system-prompt to keep it in each record)")
+        # the message as written: its other keys in their places, the text back, the reference gone
+        messages[0] = {k: (text if k == "content" else v) for k, v in messages[0].items() if k != PROMPT_REF}
+
+
 def _checked(lines: Iterable[tuple[int, bytes]], name: str, schema: RecordSchema, skip_invalid: bool,
-             report: Callable[[str], None], loaded: Loaded) -> Iterator[dict[str, Any]]:
-    """The valid records of numbered raw lines; bad lines raise or are reported into `loaded.skipped`."""
+             report: Callable[[str], None], loaded: Loaded, path: str = STDIO) -> Iterator[dict[str, Any]]:
+    """The valid records of numbered raw lines; bad lines raise or are reported into `loaded.skipped`.
+    Records with a conversation get their system prompt back from the sidecar of `path`."""
     seen: set[Any] = set()
     first: dict[Any, int] = {}
+    prompts = SystemPrompts(path) if any(f.name == "messages" for f in schema.fields) else None
     for lineno, raw in lines:
         if not raw.strip():
             continue
         loaded.lines += 1
         try:
             record = _parse_line(raw)
+            if prompts is not None:
+                prompts.restore(record)
             schema.check(record)
             rid = record.get(schema.id_field)
             if rid in seen:
@@ -154,14 +196,15 @@ class StreamedInput:
                 digest.update(raw + b"\n")
                 yield lineno, raw
 
-        self.count = sum(1 for _ in _checked(hashed(), self.name, self.schema, self.skip_invalid, self.report, info))
+        self.count = sum(1 for _ in _checked(hashed(), self.name, self.schema, self.skip_invalid, self.report, info,
+                                             self.path))
         info.sha256 = digest.hexdigest()
         self.info = info
         return self
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         quiet = Loaded(path=self.name, records=[], sha256="")
-        return _checked(self._lines(), self.name, self.schema, True, lambda msg: None, quiet)
+        return _checked(self._lines(), self.name, self.schema, True, lambda msg: None, quiet, self.path)
 
     def describe(self) -> dict[str, Any]:
         return {"path": self.name, "sha256": self.info.sha256, "records": self.count, "skipped": len(self.info.skipped)}

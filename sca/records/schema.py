@@ -9,6 +9,7 @@ and as train reads it) and the training log line, ``docs/TRAJECTORY.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -212,9 +213,29 @@ VALIDATED_TASK = RecordSchema(
 ROLES = ("system", "user", "assistant", "tool")
 
 
+#: the key of a system message whose text is in the file's sidecar (``system_prompts``), not in the record
+PROMPT_REF = "content_sha256"
+_HEX = frozenset("0123456789abcdef")
+
+
+def prompt_sha256(text: str) -> str:
+    """The key of a system prompt in a sidecar's ``system_prompts``: the SHA-256 of its UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def prompt_reference(message: Any) -> str | None:
+    """The hash a system message names in place of its text (``{"role": "system", "content": null,
+    "content_sha256": HEX}``, docs/TRAJECTORY.md), else None."""
+    if isinstance(message, dict) and message.get("content") is None and PROMPT_REF in message:
+        ref = message[PROMPT_REF]
+        if message.get("role") == "system" and isinstance(ref, str) and len(ref) == 64 and set(ref) <= _HEX:
+            return ref
+    return None
+
+
 def check_messages(record: dict[str, Any]) -> None:
     """Each message an object with a known role and text content (an assistant message that calls tools may
-    have null content); the system prompt first."""
+    have null content; the system prompt may name its text in the sidecar by hash); the system prompt first."""
     messages = record["messages"]
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
@@ -223,6 +244,11 @@ def check_messages(record: dict[str, Any]) -> None:
         if role not in ROLES:
             raise RecordError(f"messages[{i}].role", f"expected one of {', '.join(ROLES)}, got {role!r}")
         content = m.get("content")
+        if i == 0 and PROMPT_REF in m and content is None:
+            if prompt_reference(m) is None:
+                raise RecordError(f"messages[0].{PROMPT_REF}", "expected the SHA-256 (64 hex digits) of a system "
+                                                               "prompt in the sidecar")
+            continue
         if not isinstance(content, str) and not (content is None and role == "assistant" and m.get("tool_calls")):
             raise RecordError(f"messages[{i}].content", f"expected string, got {_type_name(content)}")
     if messages[0].get("role") != "system":

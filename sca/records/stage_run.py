@@ -18,6 +18,11 @@ Three promises are kept here, once for every stage:
   ``"status": "interrupted"``, one line says how to resume, and the command exits 128 + the signal.
 * **Provenance.** Every sidecar records the library versions, the checkout's commit and the host
   (:mod:`sca.records.provenance`).
+
+A stage whose records hold a conversation (rollout, eval) may ask for ``system_prompt_refs``: each record's
+system prompt (the same ~11 KB for every task of an environment) is then written once, in the sidecar's
+``system_prompts`` by hash, and the record names it (docs/TRAJECTORY.md); the sidecar is saved with a new
+prompt before the first record naming it, so no record on disk names a prompt its sidecar lacks.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import Any, Iterable, Iterator
 from sca import __version__
 from sca.records.io import STDIO, InputError, Loaded, RecordWriter, chosen_by_default, write_json_atomic
 from sca.records.provenance import provenance
-from sca.records.schema import with_field
+from sca.records.schema import PROMPT_REF, prompt_sha256, with_field
 
 #: setting names that never change what a stage writes, wherever they sit in its settings
 NEVER_RESULT = frozenset({"concurrency", "workers", "base_urls"})
@@ -198,6 +203,7 @@ class StageRun:
         settings: dict[str, Any] | None = None,
         result: Iterable[str] = (),
         overwrite: bool = False,
+        system_prompt_refs: bool = False,
     ):
         paths = {role: p for role, p in outputs.items() if p}
         real = [p for p in paths.values() if p != STDIO]
@@ -229,6 +235,11 @@ class StageRun:
         self._closed = False
         self._interrupted = False
         self._signals: Any = None
+        # the outputs whose records name their system prompt: files beside a sidecar (standard output has
+        # none to hold the text, and its records keep theirs)
+        self.prompt_refs = {role for role, w in self.writers.items()
+                            if system_prompt_refs and w.path != STDIO and self.meta.path is not None}
+        self._prompt_lock = threading.Lock()
 
     def pending(self, records: list[dict[str, Any]], id_field: str = "id") -> list[dict[str, Any]]:
         """The records whose id is not yet in any output."""
@@ -243,7 +254,23 @@ class StageRun:
         self.counts[role] += 1
         writer = self.writers.get(role)
         if writer is not None:
+            if role in self.prompt_refs:
+                record = self._prompt_by_reference(record)
             writer.write(with_field(record, "run", self.run_id))  # before the conversation: read by hand
+
+    def _prompt_by_reference(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with its system prompt's text replaced by its hash, the text in the sidecar (saved
+        first if it is new there). The record given is left as it was."""
+        messages = record.get("messages")
+        first = messages[0] if isinstance(messages, list) and messages else None
+        if not (isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str)):
+            return record
+        digest = prompt_sha256(first["content"])
+        with self._prompt_lock:
+            if digest not in self.meta.system_prompts:
+                self.meta.system_prompts[digest] = first["content"]
+                self.meta.save()  # on disk before any record that names it
+        return {**record, "messages": [{**first, "content": None, PROMPT_REF: digest}, *messages[1:]]}
 
     @property
     def elapsed(self) -> float:
@@ -302,19 +329,25 @@ class RunMeta:
     Holds the run's id, the command line, sca version, inputs with hashes, settings (model, sampling,
     seed...) and the result-changing ones among them, where it ran (library versions, commit, host),
     start and end times, status and counts. A resumed run keeps the earlier runs' entries under
-    ``previous_runs``. Written atomically.
+    ``previous_runs``, and their ``system_prompts`` (the texts its records name by hash: last, as the
+    longest). Written atomically.
     """
 
     def __init__(self, output: str | Path, stage: str, inputs: Iterable[Loaded] = (), settings: dict[str, Any] | None = None):
         self.output = str(output)
         self.path = None if self.output == STDIO else Path(self.output + ".meta.json")
         previous: list[dict[str, Any]] = []
+        #: the system prompts the output's records name by hash (:meth:`StageRun._prompt_by_reference`)
+        self.system_prompts: dict[str, str] = {}
         if self.path is not None and self.path.exists():
             try:
                 old = json.loads(self.path.read_text())
                 previous = old.pop("previous_runs", [])
+                prompts = old.pop("system_prompts", None)
                 previous.append(old)
-            except (ValueError, OSError):
+                if isinstance(prompts, dict):  # the earlier runs' records still name them
+                    self.system_prompts.update(prompts)
+            except (ValueError, OSError, AttributeError):
                 previous = []
         self.data: dict[str, Any] = {
             "stage": stage,
@@ -333,15 +366,18 @@ class RunMeta:
     def start(self, overwrite: bool = False) -> None:
         if overwrite:
             self.data["previous_runs"] = []
-        self._save()
+            self.system_prompts.clear()
+        self.save()
 
     def finish(self, counts: dict[str, Any], status: str = "finished") -> None:
         self.data["counts"] = counts
         self.data["status"] = status
         self.data["ended_at"] = _now()
-        self._save()
+        self.save()
 
-    def _save(self) -> None:
+    def save(self) -> None:
         if self.path is None:
             return
+        if self.system_prompts:  # only where there are some: other stages' sidecars are as before
+            self.data["system_prompts"] = self.system_prompts
         write_json_atomic(self.path, self.data)
