@@ -496,15 +496,21 @@ def test_a_few_grpo_steps_on_live_episodes(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(out))
     ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt")
     assert model.generate(ids if hasattr(ids, "shape") else ids["input_ids"], max_new_tokens=3).shape[-1] > 0
-    # resuming from the step-2 checkpoint trains step 3 only, and the log goes on
-    r = CliRunner().invoke(app, ["train", str(tmp_path / "t.jsonl"), "-o", str(out), "--algo", "grpo", "--group-size", "4",
-                                 "--max-steps", "1", "--sandbox", "bwrap", "--workers", "1",
-                                 "--set", "per_device_train_batch_size=4", "--set", "max_steps=3",
-                                 "--set", "episode_max_new_tokens=12", "--set", "temperature=1.0",
-                                 "--set", "seed=3", "--set", "resume_from_checkpoint=true"])
+    # a resume with the same settings resumes from the step-2 checkpoint: nothing left to train, the log kept; one
+    # that trains longer (another max_steps: another learning-rate schedule) is refused, naming it
+    def resume(steps):
+        return CliRunner().invoke(app, ["train", str(tmp_path / "t.jsonl"), "-o", str(out), "--algo", "grpo",
+                                        "--group-size", "4", "--max-steps", "1", "--sandbox", "bwrap", "--workers", "1",
+                                        "--set", "per_device_train_batch_size=4", "--set", f"max_steps={steps}",
+                                        "--set", "episode_max_new_tokens=12", "--set", "temperature=1.0",
+                                        "--set", "learning_rate=1e-4", "--set", "seed=3",
+                                        "--set", "resume_from_checkpoint=true"])
+
+    r = resume(3)
+    assert r.exit_code == 2 and "made with max_steps=2; this run: max_steps=3" in r.output, r.output
+    r = resume(2)
     assert r.exit_code == 0, r.output
-    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in log] == [1, 2, 3] and log[-1]["episodes"] == 4
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
 
 
 # -- the judge reward: the same flags as sca rollout's -----------------------------------------------------------

@@ -1,7 +1,8 @@
 """The run, one skeleton for every algorithm: :func:`fit`.
 
 In order: the job's own checks (:meth:`Job.check <sca.training.job.Job.check>`), the checkpoint to
-resume from, the output directory, the reporting packages, the base model; the tokenizer and its
+resume from, the output directory (its earlier run's settings: :func:`claim_output`), the reporting packages,
+the base model; the tokenizer and its
 end-of-turn tokens, the job's examples (offline: selected, encoded and checked before the model
 loads); the training log; the job's TRL trainer, trained; the checkpoint saved, or the LoRA adapter
 merged; the summary. What differs between algorithms is the job's (:mod:`sca.training.sft`,
@@ -12,19 +13,32 @@ Output, in the checkpoint directory: a Hugging Face checkpoint with its tokenize
 ``lora`` a PEFT adapter, or with ``merge_lora`` the merged model, which plain transformers
 and vLLM load; the adapter is then kept in ``adapter/``) and ``train_log.jsonl``
 (:mod:`sca.training.log`); :class:`TrainSummary` is what the stage writes to ``train_summary.json``.
+
+**A resume never mixes settings.** The run writes the settings that change its checkpoint (the stage's
+``RESULT_SETTINGS``) to ``sca_run.json`` in the directory before anything loads; a later run into a directory
+that holds an earlier run's checkpoint compares its own and stops, naming each difference, unless
+``--overwrite``, which starts afresh (the earlier run's ``checkpoint-N`` folders are removed, so that no
+later resume picks one up).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
+import json
 import os
+import re
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sca.records.io import InputError, Loaded, StreamedInput
+from sca import __version__
+from sca.records.io import InputError, Loaded, StreamedInput, write_json_atomic
+from sca.records.stage_run import SettingsChanged, differences
 from sca.training.algorithms import get_algorithm
 from sca.training.configs import BOOL_WORDS
 from sca.training.dpo import DPOJob
@@ -99,14 +113,18 @@ def fit(
     user_config: Any = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_status: Callable[[str], None] | None = None,
+    on_warn: Callable[[str], None] | None = None,
     started: float | None = None,
+    run_settings: dict[str, Any] | None = None,
 ) -> TrainSummary:
     """Train `algo` on `data` (trajectories, or for grpo tasks) with `config` (``configs.build_config``) and write
     the checkpoint and its log to `output_dir`; returns what was done.
 
     `preset`: the preset `config` was built with (for the summary's settings); `sandbox`, `user_config`: grpo's
     (:func:`make_job`); `on_log` gets each line of train_log.jsonl, `on_status` a word on each phase (both on the
-    main process only); `started`: when the run began (``time.monotonic()``), for its wall time.
+    main process only), `on_warn` a warning (resuming a directory whose settings cannot be checked); `started`: when
+    the run began (``time.monotonic()``), for its wall time; `run_settings`: the settings that change the checkpoint
+    (:func:`claim_output`), None to leave the directory's earlier settings unchecked.
     """
     wall0 = time.monotonic() if started is None else started
     main = int(os.environ.get("RANK", "0") or 0) == 0  # torchrun / accelerate launch set RANK
@@ -116,6 +134,12 @@ def fit(
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     job.check(config)
     resume = resume_checkpoint(config, out)
+    if overwrite and resume is not None:
+        raise InputError("--overwrite starts afresh: it does not go with resume_from_checkpoint")
+    if run_settings is not None:
+        unchecked = claim_output(out, run_settings, overwrite=overwrite, resuming=resume is not None, write=main)
+        if unchecked and main and on_warn is not None:
+            on_warn(unchecked)
     _check_output(out, overwrite, resume is not None)
     _check_report_to(config)
     model = _model_path(config)
@@ -158,13 +182,84 @@ def fit(
 
 
 _CHECKPOINT_FILES = ("train_summary.json", "config.json", "adapter_config.json", "model.safetensors")
+#: the folders transformers saves a run's state in while it trains (what resume_from_checkpoint resumes)
+_STEP_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
+#: the file, in the checkpoint directory, of the settings that made it (:func:`claim_output`)
+RUN_FILE = "sca_run.json"
+
+
+def _step_checkpoints(out: Path) -> list[Path]:
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.is_dir() and _STEP_CHECKPOINT.match(p.name))
+
+
+def _held(out: Path) -> list[str]:
+    """What an earlier run left in `out` (checkpoint files, checkpoint-N folders), by name."""
+    if not out.is_dir():
+        return []
+    return [name for name in _CHECKPOINT_FILES if (out / name).exists()] + [p.name for p in _step_checkpoints(out)]
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def claim_output(out: Path, settings: dict[str, Any], *, overwrite: bool, resuming: bool, write: bool = True) -> str | None:
+    """Make `out` this run's: refuse it if it holds a checkpoint made with other `settings` (the result-changing
+    ones, by dotted name), then record them in ``sca_run.json`` (`write`: on the main process only).
+
+    Raises :class:`~sca.records.stage_run.SettingsChanged` (one line naming each difference, as every stage
+    words it) unless `overwrite`, which removes the earlier run's checkpoint-N folders and summary instead: a
+    later resume must not pick up a step of the run it replaced. A directory holding a checkpoint but no
+    ``sca_run.json`` (made by an older sca) cannot be checked: returns the warning to give when `resuming`
+    (and leaves it without one: its settings stay unknown); otherwise None.
+    """
+    path = out / RUN_FILE
+    held = _held(out)
+    if held and not overwrite:
+        try:
+            before = json.loads(path.read_text())["result_settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            before = None
+        if not isinstance(before, dict):
+            return (f"{out}: made by an sca that did not record its settings ({RUN_FILE}); resuming "
+                    f"{held[-1]} without checking that this run's are the same") if resuming else None
+        now = json.loads(json.dumps(settings, default=str))  # as the file holds them: enums as their values
+        changed = differences(before, now)
+        if changed:
+            def both(values: dict[str, Any]) -> str:
+                return " ".join(f"{k}={_show(values.get(k, '-'))}" for k in changed)
+
+            raise SettingsChanged(f"{out}: made with {both(before)}; this run: {both(now)} "
+                                  "(--overwrite starts afresh, or write to another directory)")
+        if path.is_file():
+            return None  # the same settings: the file still describes the run that made the checkpoint
+    if not write:
+        return None
+    if overwrite:
+        for step in _step_checkpoints(out):
+            shutil.rmtree(step)
+        (out / "train_summary.json").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {
+        "stage": "train",
+        "command": [Path(sys.argv[0]).name] + sys.argv[1:],
+        "sca_version": __version__,
+        "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "result_settings": settings,
+    })
+    return None
 
 
 def _check_output(out: Path, overwrite: bool, resuming: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
     if out.is_dir() and not overwrite and not resuming:
-        found = [name for name in _CHECKPOINT_FILES if (out / name).exists()]
+        found = _held(out)
+        if found and _STEP_CHECKPOINT.match(found[0]):
+            raise InputError(f"{out}: already holds a checkpoint ({found[0]}) of an unfinished run; "
+                             "--set resume_from_checkpoint=true resumes it, --overwrite starts afresh")
         if found:
             raise InputError(f"{out}: already holds a checkpoint ({found[0]}); pass --overwrite to train into it anyway")
 
