@@ -11,6 +11,7 @@ import pytest
 from _sandbox_util import backend_or_skip
 from _scripted import ScriptedModel, ScriptedRoles
 from cat_sets import RETAIL_TASKS, write_jsonl
+from test_propose import FLAWED, ORDER  # a challenger answer whose solution fails its evaluate()
 
 from sandbox.config import SandboxConfig
 from sca.cat import ValidateConfig
@@ -27,29 +28,12 @@ from stages.eval import EvalConfig, eval_file
 from stages.propose import ProposeConfig, propose_file
 from stages.rollout import RolloutConfig, rollout_file
 
-ORDER = "#W2974929"
 CANCEL_TASK = next(t for t in RETAIL_TASKS if t["id"] == "ret-valid-cancel")
 LOOK = f'THOUGHT: look the order up END THOUGHT\nACTION:\nprint(get_order_details(order_id="{ORDER}")["status"])\n'
 CANCEL = (f'THOUGHT: cancel it END THOUGHT\nACTION:\ncancel_pending_order(order_id="{ORDER}", '
           'reason="no longer needed")\n')
 DONE = "THOUGHT: it is done END THOUGHT\nYour order is cancelled."
 
-# a challenger's answer whose solution fails its own evaluate() (it gives the wrong reason)
-FLAWED = f"""THOUGHT: A cancellation task. END THOUGHT
-ANSWER:
-<instruction>Cancel my skateboard order {ORDER} because I no longer need it.</instruction>
-<evaluation_function>
-def evaluate():
-    o = get_order_details(order_id="{ORDER}")
-    return o["status"] == "cancelled" and o["cancel_reason"] == "no longer needed"
-</evaluation_function>
-<solution>
-cancel_pending_order(order_id="{ORDER}", reason="ordered by mistake")
-</solution>
-<failure_case>pass</failure_case>
-<failure_case>get_user_details(user_id="fatima_anderson_2157")</failure_case>
-<failure_case>cancel_pending_order(order_id="{ORDER}", reason="ordered by mistake")</failure_case>
-"""
 TASK_PARTS = ("instruction", "evaluation_function", "solution", "failure_cases")
 
 

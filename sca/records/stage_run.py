@@ -120,14 +120,19 @@ def refuse_other_settings(outputs: list[str], settings: dict[str, Any], keys: It
     before = old.get("result_settings")
     if not isinstance(before, dict):  # a sidecar of an sca that did not record them: from its settings
         before = result_settings(old.get("settings") or {}, keys)
-    now = result_settings(settings, keys)
+    refuse_changed(files[0], before, result_settings(settings, keys))
+
+
+def refuse_changed(where: str | Path, before: dict[str, Any], now: dict[str, Any], *, kind: str = "file") -> None:
+    """Raise :class:`SettingsChanged` naming each of :func:`differences` of `before` (what made `where`, a
+    `kind`: file or directory) and `now`, in both runs; nothing if there is none."""
     changed = differences(before, now)
     if changed:
         def both(values: dict[str, Any]) -> str:
             return " ".join(f"{k}={_show(values.get(k, '-'))}" for k in changed)
 
-        raise SettingsChanged(f"{files[0]}: made with {both(before)}; this run: {both(now)} "
-                              "(--overwrite starts afresh, or write to another file)")
+        raise SettingsChanged(f"{where}: made with {both(before)}; this run: {both(now)} "
+                              f"(--overwrite starts afresh, or write to another {kind})")
 
 
 class Interrupted(KeyboardInterrupt):

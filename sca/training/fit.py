@@ -38,7 +38,7 @@ from typing import Any
 
 from sca import __version__
 from sca.records.io import InputError, Loaded, StreamedInput, write_json_atomic
-from sca.records.stage_run import SettingsChanged, differences
+from sca.records.stage_run import refuse_changed
 from sca.training.algorithms import get_algorithm
 from sca.training.configs import BOOL_WORDS
 from sca.training.dpo import DPOJob
@@ -201,10 +201,6 @@ def _held(out: Path) -> list[str]:
     return [name for name in _CHECKPOINT_FILES if (out / name).exists()] + [p.name for p in _step_checkpoints(out)]
 
 
-def _show(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
 def claim_output(out: Path, settings: dict[str, Any], *, overwrite: bool, resuming: bool, write: bool = True) -> str | None:
     """Make `out` this run's: refuse it if it holds a checkpoint made with other `settings` (the result-changing
     ones, by dotted name), then record them in ``sca_run.json`` (`write`: on the main process only).
@@ -225,14 +221,8 @@ def claim_output(out: Path, settings: dict[str, Any], *, overwrite: bool, resumi
         if not isinstance(before, dict):
             return (f"{out}: made by an sca that did not record its settings ({RUN_FILE}); resuming "
                     f"{held[-1]} without checking that this run's are the same") if resuming else None
-        now = json.loads(json.dumps(settings, default=str))  # as the file holds them: enums as their values
-        changed = differences(before, now)
-        if changed:
-            def both(values: dict[str, Any]) -> str:
-                return " ".join(f"{k}={_show(values.get(k, '-'))}" for k in changed)
-
-            raise SettingsChanged(f"{out}: made with {both(before)}; this run: {both(now)} "
-                                  "(--overwrite starts afresh, or write to another directory)")
+        # as the file holds them (enums as their values)
+        refuse_changed(out, before, json.loads(json.dumps(settings, default=str)), kind="directory")
         if path.is_file():
             return None  # the same settings: the file still describes the run that made the checkpoint
     if not write:
