@@ -309,6 +309,8 @@ def judge_config(executor: ModelConfig, judge_model: str | None, judge_backend: 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: the packages whose loggers --log-level sets (other libraries' stay at warning)
 LOGGERS = ("sca", "stages", "sandbox", "envs", "sca_cli")
+#: libraries whose loggers print through a handler of their own: the root handler leaves their records alone
+OWN_HANDLER = ("transformers",)
 LOG_LEVEL_HELP = "Level of sca's log messages on stderr: " + ", ".join(LOG_LEVELS) + " [default: warning]."
 QUIET_HELP = "No progress and no summary: only errors and warnings (and the output)."
 CONFIG_HELP = ("YAML file of flag values (keys: this command's flag names, e.g. max-new-tokens or max_new_tokens); "
@@ -334,8 +336,14 @@ def _log_handler() -> Any:
         def format(self, record: logging.LogRecord) -> str:
             return f"{record.levelname.lower()}: {record.name}: {record.getMessage()}"
 
+    def not_printed_already(record: logging.LogRecord) -> bool:
+        # transformers prints its records through its own handler, and also hands them on to the root logger
+        # where the environment variable CI is set (as in GitHub Actions): printed once, by transformers
+        return not any(record.name == own or record.name.startswith(own + ".") for own in OWN_HANDLER)
+
     handler = StderrHandler()
     handler.setFormatter(LevelFormatter())
+    handler.addFilter(not_printed_already)
     return handler
 
 

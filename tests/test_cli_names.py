@@ -244,6 +244,22 @@ def test_quiet_silences_the_summary_but_not_warnings_and_log_messages_follow_the
     assert "info: sca.records: reading the tasks" in invoke(*args, "--log-level", "info").output
 
 
+def test_a_library_that_prints_its_own_records_is_not_printed_twice(monkeypatch, capsys):
+    """transformers prints through its own handler and, where CI is set, also hands its records to the root
+    logger: the root handler leaves them alone. Other libraries' warnings still show, as sca's own do."""
+    from sca_cli.common import set_output
+
+    set_output(log_level="warning")
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("transformers"), "handlers", [])  # only the root one remains
+    logging.getLogger("transformers.trainer").warning("missing keys")
+    logging.getLogger("urllib3.pool").warning("retrying")
+    logging.getLogger("sandbox.pool").warning("worker restarted")
+    err = capsys.readouterr().err
+    assert "missing keys" not in err
+    assert "warning: urllib3.pool: retrying" in err and "warning: sandbox.pool: worker restarted" in err
+
+
 # -- --task-ids ---------------------------------------------------------------------------------------------
 CALC = [cat(f"calc-{i}", "calculation", "valid", f"What is the length of the string {'x' * i}?",
             f"def evaluate(answer):\n    return answer == {i}\n", f"answer = {i}\n", "answer = -1\n", "answer = -2\n",
