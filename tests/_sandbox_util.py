@@ -135,6 +135,19 @@ def backend_or_skip(name: str) -> None:
         unavailable(name, e)
 
 
+def open_sandbox(name: str, **settings: Any) -> Any:
+    """A started ``Sandbox`` of backend `name` (one worker unless `settings` say otherwise), for a ``with``
+    block; skips the calling test, or fails it where CI requires the backend (:func:`unavailable`)."""
+    from sandbox import Sandbox, SandboxUnavailable
+    from sandbox.config import SandboxConfig
+
+    backend_or_skip(name)
+    try:
+        return Sandbox(SandboxConfig(backend=name, **{"workers": 1, **settings}))
+    except SandboxUnavailable as e:
+        unavailable(name, e)
+
+
 def refuse_the_first_worker_start(monkeypatch) -> list:
     """From now on, every sandbox a stage builds (`SandboxConfig.build`) starts with no idle worker, and its
     backend refuses the first worker start it is asked for (an engine that went away), then starts them as

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _sandbox_util import StoreEnv, backend_or_skip, unavailable
+from _sandbox_util import StoreEnv, open_sandbox
 from typer.testing import CliRunner
 
 from sandbox.config import SandboxConfig
@@ -52,14 +52,7 @@ ADDRESS = task("address", "retail",
 
 @pytest.fixture(scope="module")
 def sandbox():
-    from sandbox import Sandbox, SandboxUnavailable
-
-    backend_or_skip("bwrap")
-    try:
-        sb = Sandbox(SandboxConfig(backend="bwrap", workers=1, timeout=5.0))
-    except SandboxUnavailable as e:
-        unavailable("bwrap", e)
-    with sb:
+    with open_sandbox("bwrap", timeout=5.0) as sb:
         yield sb
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from _scripted import ScriptedModel
+from _servers import ReplayServer
 from sca.agent.challenger import challenger_prompt, normalise, parse_turn
 from stages.propose import ProposeConfig, propose_file
 from sandbox.config import SandboxConfig
@@ -365,46 +366,11 @@ def test_long_observations_are_cut_at_the_limit(tmp_path):
     assert obs == "OBSERVATION:\n" + "x" * 100 + "\n\n(1 replies left)"  # at the limit: nothing cut
 
 
-class _ReplayServer:
-    """A local OpenAI-compatible server: replies with `reply(turn)`; records every request."""
-
-    def __init__(self, reply):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        requests = self.requests = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                requests.append(body)
-                turn = sum(m["role"] == "assistant" for m in body["messages"])
-                data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": reply(turn)}}],
-                                   "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_cli_max_steps_and_default_budget_reach_the_run(tmp_path):
     from typer.testing import CliRunner
     from sca_cli.app import app
 
-    server = _ReplayServer(lambda turn: GARBAGE)
+    server = ReplayServer(lambda messages: GARBAGE)
     try:
         out, rej = tmp_path / "t.jsonl", tmp_path / "r.jsonl"
         r = CliRunner().invoke(app, ["propose", "--env", "retail", "--n", "1", "--max-steps", "2",

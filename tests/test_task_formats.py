@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _sandbox_util import backend_or_skip, unavailable
+from _sandbox_util import backend_or_skip, open_sandbox
 from _scripted import ScriptedModel
 from cat_sets import CANCELLED, ORDER, RETAIL_TASKS, write_jsonl
 from typer.testing import CliRunner
@@ -195,14 +195,7 @@ def test_prompts_name_their_format():
 
 @pytest.fixture(scope="module")
 def sandbox():
-    from sandbox import Sandbox, SandboxUnavailable
-
-    backend_or_skip("bwrap")
-    try:
-        sb = Sandbox(SandboxConfig(backend="bwrap", workers=1, timeout=2.0))
-    except SandboxUnavailable as e:
-        unavailable("bwrap", e)
-    with sb:
+    with open_sandbox("bwrap", timeout=2.0) as sb:
         yield sb
 
 
