@@ -162,3 +162,30 @@ def test_settings_that_were_not_recorded_are_not_compared(tmp_path):
     (out / "checkpoint-3").rmdir()
     assert claim_output(out, {"learning_rate": 1e-3}, overwrite=False, resuming=False) is None
     assert json.loads((out / "sca_run.json").read_text())["result_settings"] == {"learning_rate": 1e-3}
+
+
+def test_report_to_tensorboard_writes_the_training_loss(tmp_path, tiny_model):
+    """--report-to tensorboard reaches TRL's trainer: event files under the checkpoint, read back by
+    tensorboard's own reader (tensorboard is a test dependency)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "ckpt"
+    r = train(out, tiny_model, "--report-to", "tensorboard", "--set", "logging_steps=1")
+    assert r.exit_code == 0, r.output
+    [logdir] = {p.parent for p in out.rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    [(step, loss)] = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert step == 1 and loss > 0
+
+
+def test_report_to_a_missing_library_is_one_line_before_the_model_loads(tmp_path, tiny_model, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("tensorboard")
+                        else real(name, *a))
+    out = tmp_path / "ckpt"
+    line = error_line(train(out, tiny_model, "--report-to", "tensorboard"))
+    assert line == "error: --report-to tensorboard needs the tensorboard package: pip install tensorboard"
+    assert not (out / "sca_run.json").exists()

@@ -133,6 +133,7 @@ def fit(
     out = Path(output_dir)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     job.check(config)
+    _check_report_to(config)  # before the directory is claimed: a refused run writes nothing
     resume = resume_checkpoint(config, out)
     if overwrite and resume is not None:
         raise InputError("--overwrite starts afresh: it does not go with resume_from_checkpoint")
@@ -141,7 +142,6 @@ def fit(
         if unchecked and main and on_warn is not None:
             on_warn(unchecked)
     _check_output(out, overwrite, resume is not None)
-    _check_report_to(config)
     model = _model_path(config)
 
     status("tokenizing" if job.encodes_examples else "loading the model")
@@ -322,7 +322,6 @@ def _check_report_to(config: Any) -> None:
         mods = need.get(name)
         if mods and not any(importlib.util.find_spec(m) for m in mods):
             raise InputError(f"--report-to {name} needs the {mods[0]} package: pip install {mods[0]}")
-
 
 
 def _load_tokenizer(model: str, trust_remote_code: bool) -> Any:
