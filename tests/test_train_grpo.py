@@ -295,6 +295,27 @@ class StopTraining(Exception):
     """Raised by the stand-in for TRL's trainer once it has had one generation batch."""
 
 
+def one_batch_trainer(got: dict) -> type:
+    """A stand-in for TRL's GRPOTrainer at the edge: its train() asks the job's rollout_func for one generation
+    batch, as GRPOTrainer does, puts what it returned into `got`, and stops (:class:`StopTraining`)."""
+    import torch
+
+    class Trainer:
+        use_vllm = False
+
+        def __init__(self, *, args, train_dataset, rollout_func, **kwargs):
+            self.model = torch.nn.Linear(1, 1)
+            self.accelerator = types.SimpleNamespace(unwrap_model=lambda m: m, process_index=0, num_processes=1)
+            self.prompts = [row["prompt"] for row in train_dataset for _ in range(args.num_generations)]
+            self.rollout_func = rollout_func
+
+        def train(self, resume_from_checkpoint=None):
+            got.update(self.rollout_func(self.prompts, self))
+            raise StopTraining
+
+    return Trainer
+
+
 def _loading(monkeypatch):
     """Model loading at the edge: a model named by a ModelConfig is a scripted double, one per name (None:
     the bundled default); returns the doubles and the configs loaded."""
@@ -326,7 +347,6 @@ def _grpo_user(tmp_path, monkeypatch, flags):
     """`sca train --algo grpo` with `flags`, up to one generation batch of TRL's (a stand-in trainer at the edge
     asks the GRPO job's rollout_func for it, as GRPOTrainer does, then stops): who played the user ("policy", the
     model in training, or the name of the model loaded for it), the sampling it got, the configs loaded."""
-    import torch
     import trl
 
     from sca.training.grpo import EpisodeRollouts
@@ -335,20 +355,7 @@ def _grpo_user(tmp_path, monkeypatch, flags):
     policy = ScriptedRoles(_reply, _customer)
     monkeypatch.setattr(EpisodeRollouts, "_policy", lambda self, trainer, episodes: policy)
 
-    class Trainer:
-        use_vllm = False
-
-        def __init__(self, *, args, train_dataset, rollout_func, **kwargs):
-            self.model = torch.nn.Linear(1, 1)
-            self.accelerator = types.SimpleNamespace(unwrap_model=lambda m: m, process_index=0, num_processes=1)
-            self.prompts = [row["prompt"] for row in train_dataset for _ in range(args.num_generations)]
-            self.rollout_func = rollout_func
-
-        def train(self, resume_from_checkpoint=None):
-            self.rollout_func(self.prompts, self)
-            raise StopTraining
-
-    monkeypatch.setattr(trl, "GRPOTrainer", Trainer)
+    monkeypatch.setattr(trl, "GRPOTrainer", one_batch_trainer({}))
     tasks = write(tmp_path / "grpo.tasks.jsonl", [CANCEL])
     r = CliRunner().invoke(app, ["train", str(tasks), "-o", str(tmp_path / "ckpt"), "--algo", "grpo", "--group-size", "2",
                                  "--sandbox", "subprocess", "--set", "per_device_train_batch_size=2",
@@ -568,7 +575,6 @@ def test_grpo_rewards_an_instruction_only_task_by_the_judges_verdict(tmp_path, m
     """`sca train --algo grpo --reward judge` up to one generation batch (a stand-in trainer at the edge, as in
     _grpo_user): the episodes are judged (all of the batch in one generate call), by the model in training
     unless --judge-model names another, and the verdicts are the rewards TRL gets."""
-    import torch
     import trl
 
     from sca.agent.judge import SYSTEM_PROMPT
@@ -591,22 +597,9 @@ def test_grpo_rewards_an_instruction_only_task_by_the_judges_verdict(tmp_path, m
     monkeypatch.setattr(ModelConfig, "load", lambda self, **kw: doubles.setdefault(self.model, Roles(_reply, _customer)))
     policy = Roles(_reply if done else (lambda turn, conv: "THOUGHT: no END THOUGHT\nI cannot do that."), _customer)
     monkeypatch.setattr(EpisodeRollouts, "_policy", lambda self, trainer, episodes: policy)
-    got = {}
+    got: dict = {}
 
-    class Trainer:
-        use_vllm = False
-
-        def __init__(self, *, args, train_dataset, rollout_func, **kwargs):
-            self.model = torch.nn.Linear(1, 1)
-            self.accelerator = types.SimpleNamespace(unwrap_model=lambda m: m, process_index=0, num_processes=1)
-            self.prompts = [row["prompt"] for row in train_dataset for _ in range(args.num_generations)]
-            self.rollout_func = rollout_func
-
-        def train(self, resume_from_checkpoint=None):
-            got.update(self.rollout_func(self.prompts, self))
-            raise StopTraining
-
-    monkeypatch.setattr(trl, "GRPOTrainer", Trainer)
+    monkeypatch.setattr(trl, "GRPOTrainer", one_batch_trainer(got))
     tasks = write(tmp_path / "pae.jsonl", [PAE_TASK])
     r = CliRunner().invoke(app, ["train", str(tasks), "-o", str(tmp_path / "ckpt"), "--algo", "grpo", "--group-size", "2",
                                  "--sandbox", "subprocess", "--set", "per_device_train_batch_size=2",
