@@ -90,10 +90,7 @@ def audit_file(input_path: str, output: str, *, config: AuditConfig | None = Non
     written: list[dict[str, Any]] = []
     with StageRun("audit", {"audited": output}, inputs=[loaded], settings=asdict(config),
                   result=RESULT_SETTINGS, overwrite=overwrite) as run:
-        run.counts["input"] = len(loaded.records)
-        run.counts["skipped_invalid"] = len(loaded.skipped)
-        todo = run.pending(loaded.records)
-        run.counts["resumed"] = len(loaded.records) - len(todo)
+        todo = run.pending_input(loaded)
         if todo:
             with config.sandbox.build(workers=min(config.sandbox.workers, len(todo))) as sandbox:
                 backend = run.meta.data["settings"]["sandbox_backend"] = sandbox.backend_name

@@ -163,10 +163,7 @@ def validate_file(
     backend = ""
     with StageRun("validate", {"accepted": output, "rejected": rejected}, inputs=[loaded],
                   settings=settings, result=RESULT_SETTINGS, overwrite=overwrite) as run:
-        run.counts["input"] = len(loaded.records)
-        run.counts["skipped_invalid"] = len(loaded.skipped)
-        todo = run.pending(loaded.records)
-        run.counts["resumed"] = len(loaded.records) - len(todo)
+        todo = run.pending_input(loaded)
         if todo:
             with config.sandbox.build(workers=min(config.sandbox.workers, len(todo))) as sandbox:
                 backend = sandbox.backend_name

@@ -250,6 +250,16 @@ class StageRun:
         """The records whose id is not yet in any output."""
         return [r for r in records if str(r[id_field]) not in self.done_ids]
 
+    def pending_input(self, loaded: Loaded) -> list[dict[str, Any]]:
+        """The records of a stage's one input (one output record per input record) not yet in any output;
+        counts them (``input``), the invalid lines skipped (``skipped_invalid``) and those already done
+        (``resumed``)."""
+        todo = self.pending(loaded.records)
+        self.counts["input"] = len(loaded.records)
+        self.counts["skipped_invalid"] = len(loaded.skipped)
+        self.counts["resumed"] = len(loaded.records) - len(todo)
+        return todo
+
     def write(self, role: str, record: dict[str, Any]) -> None:
         """Write a finished record to the output for `role` (dropped, but counted, if that output is off),
         naming this run (``run``). After an interrupt, records still arriving (from work cut short) are
