@@ -267,11 +267,17 @@ def user_config(executor: ModelConfig, user_model: str | None, user_backend: str
     return _role_config(executor, user_model, user_backend, user_base_url, user_temperature, "--user-")
 
 
+def _role_flags_set(model: str | None, backend: str | None, base_url: list[str] | None,
+                    temperature: float | None) -> bool:
+    """Whether any of a role's flags (--user-*, --judge-*) is set."""
+    return bool(model or backend or base_url or temperature is not None)
+
+
 def _role_config(executor: ModelConfig, model: str | None, backend: str | None, base_url: list[str] | None,
                  temperature: float | None, prefix: str) -> ModelConfig | None:
     """Another role's ModelConfig from its flags (`prefix`: their names'), each unset one taken from
     `executor` (servers only where the backend is the same); None when none is set."""
-    if not (model or backend or base_url or temperature is not None):
+    if not _role_flags_set(model, backend, base_url, temperature):
         return None
     b = backend or executor.backend
     urls = base_url if base_url else (executor.base_urls if b == executor.backend else None)
@@ -290,7 +296,7 @@ JUDGE_TEMPERATURE = flag(ModelConfig, "temperature", "--judge-temperature", defa
 def judge_flags_set(judge_model: str | None, judge_backend: str | None, judge_base_url: list[str] | None,
                     judge_temperature: float | None) -> bool:
     """Whether any --judge-* flag is set (they go with --reward judge)."""
-    return bool(judge_model or judge_backend or judge_base_url or judge_temperature is not None)
+    return _role_flags_set(judge_model, judge_backend, judge_base_url, judge_temperature)
 
 
 def judge_config(executor: ModelConfig, judge_model: str | None, judge_backend: str | None,
