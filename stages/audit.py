@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from sca.records import (
     scan_jsonl,
 )
 from sca.records.io import write_json_atomic
-from sca.records.stage_run import SANDBOX_LIMITS, stopping_pool, under
+from sca.records.stage_run import SANDBOX_LIMITS, map_tasks, under
 
 __all__ = ["AuditConfig", "AuditSummary", "audit_file", "audit_records", "labels_file", "sheet_file"]
 
@@ -60,21 +59,11 @@ class AuditSummary:
 def audit_records(records: list[dict[str, Any]], config: AuditConfig, sandbox: Any,
                   on_result: Callable[[dict[str, Any]], None]) -> None:
     """Audit many tasks in parallel, calling `on_result` with each task and its ``audit``, in input order."""
-    from envs import make_env
 
-    local = threading.local()
+    def one(task: dict[str, Any], env: Any) -> dict[str, Any]:
+        return {**task, "audit": {**audit_task(task, env, sandbox, config), "sandbox": sandbox.backend_name}}
 
-    def one(task: dict[str, Any]) -> dict[str, Any]:
-        cache = local.__dict__.setdefault("envs", {})
-        if task["env"] not in cache:
-            cache[task["env"]] = make_env(task["env"])
-        return {**task, "audit": {**audit_task(task, cache[task["env"]], sandbox, config),
-                                  "sandbox": sandbox.backend_name}}
-
-    workers = max(1, min(config.sandbox.workers, len(records) or 1))
-    with stopping_pool(workers, "audit") as pool:
-        for result in pool.map(one, records):
-            on_result(result)
+    map_tasks(records, config.sandbox.workers, "audit", one, on_result)
 
 
 def audit_file(input_path: str, output: str, *, config: AuditConfig | None = None, skip_invalid: bool = False,

@@ -13,7 +13,6 @@ hold tasks of a format the input has not, or tasks held to other checks (a run w
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,8 +24,8 @@ from sca.records.progress import progress
 from sca.records.stage_run import (
     SANDBOX_LIMITS,
     StageRun,
+    map_tasks,
     refuse_other_settings,
-    stopping_pool,
     under,
 )
 from sca.task_formats import task_format
@@ -74,30 +73,11 @@ class ValidateSummary:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-class _EnvPerThread:
-    """Each worker thread keeps its own instance of each environment."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def get(self, name: str) -> Any:
-        from envs import make_env
-
-        cache = getattr(self._local, "envs", None)
-        if cache is None:
-            cache = self._local.envs = {}
-        if name not in cache:
-            cache[name] = make_env(name)
-        return cache[name]
-
-
 def validate_records(records: list[dict[str, Any]], config: ValidateConfig, sandbox: Any,
                      on_result: Callable[[dict[str, Any]], None]) -> None:
     """Validate many tasks in parallel, calling `on_result` in input order."""
-    envs = _EnvPerThread()
 
-    def one(task: dict[str, Any]) -> dict[str, Any]:
-        env = envs.get(task["env"])
+    def one(task: dict[str, Any], env: Any) -> dict[str, Any]:
         validation = {**validate_task(task, env, sandbox, config), "sandbox": sandbox.backend_name}
         if config.audit and validation["valid"]:  # --audit: a lax verifier is rejected (sca.audit)
             from sca.audit.config import AuditConfig
@@ -107,10 +87,7 @@ def validate_records(records: list[dict[str, Any]], config: ValidateConfig, sand
             return {**task, "validation": reject_if_lax(validation, audit), "audit": audit}
         return {**task, "validation": validation}
 
-    workers = max(1, min(config.sandbox.workers, len(records) or 1))
-    with stopping_pool(workers, "validate") as pool:
-        for result in pool.map(one, records):
-            on_result(result)
+    map_tasks(records, config.sandbox.workers, "validate", one, on_result)
 
 
 def refuse_mixing(paths: list[str | None], formats: set[str], config: ValidateConfig) -> None:

@@ -38,7 +38,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from sca import __version__
 from sca.records.io import STDIO, InputError, Loaded, RecordWriter, chosen_by_default, write_json_atomic
@@ -190,6 +190,27 @@ def stopping_pool(workers: int, name: str) -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def map_tasks(records: list[dict[str, Any]], workers: int, name: str,
+              work: Callable[[dict[str, Any], Any], dict[str, Any]],
+              on_result: Callable[[dict[str, Any]], None]) -> None:
+    """``work(task, env)`` for each task, in parallel over at most `workers` threads (a :func:`stopping_pool`),
+    each thread with its own instance of each environment (``task["env"]``); `on_result` gets each result in
+    input order."""
+    from envs import make_env
+
+    local = threading.local()
+
+    def one(task: dict[str, Any]) -> dict[str, Any]:
+        envs = local.__dict__.setdefault("envs", {})
+        if task["env"] not in envs:
+            envs[task["env"]] = make_env(task["env"])
+        return work(task, envs[task["env"]])
+
+    with stopping_pool(max(1, min(workers, len(records) or 1)), name) as pool:
+        for result in pool.map(one, records):
+            on_result(result)
 
 
 class StageRun:
