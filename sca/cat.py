@@ -142,11 +142,24 @@ def _evaluate_signature(tree: ast.Module) -> bool:
     if isinstance(fn, ast.AsyncFunctionDef):
         raise _Rejected("compile", "evaluate must be a plain function, not async")
     a = fn.args
-    positional = len(a.posonlyargs) + len(a.args)
-    required = positional - len(a.defaults)
+    required = len(a.posonlyargs) + len(a.args) - len(a.defaults)
     if required > 1 or a.kwonlyargs and any(d is None for d in a.kw_defaults):
         raise _Rejected("compile", "evaluate must take no parameter or one (the answer)")
-    return positional > 0 or a.vararg is not None
+    return _takes_answer(a)
+
+
+def _takes_answer(a: ast.arguments) -> bool:
+    """Whether evaluate's parameters take the answer: a positional parameter, or *args."""
+    return len(a.posonlyargs) + len(a.args) > 0 or a.vararg is not None
+
+
+def evaluate_takes_answer(source: str) -> bool:
+    """Whether the last top-level ``evaluate`` of `source` takes a parameter (the answer); SyntaxError if
+    `source` does not compile, ValueError if it defines no evaluate."""
+    defs = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "evaluate"]
+    if not defs:
+        raise ValueError("the evaluation function defines no evaluate()")
+    return _takes_answer(defs[-1].args)
 
 
 def _judge(env: Any, sandbox: Any, source: str, answer: Any, timeout: float, run_name: str,

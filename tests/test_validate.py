@@ -230,6 +230,9 @@ QUESTION = cat("calc-question", "calculation", "valid", "How long is the string 
 def test_arity_of_evaluate(sandbox, envs, evaluate, expect):
     v = validate_task({**QUESTION, "evaluation_function": evaluate}, envs["calculation"], sandbox)
     assert ("valid" if v["valid"] else v["reason"]) == expect, v
+    if expect == "valid":  # each valid one takes the answer: the answer's round trip was checked
+        [check] = [c for c in v["checks"] if c["check"] == "answer_round_trip"]
+        assert check.get("detail") != "evaluate() takes no answer", v
     if expect == "compile":
         assert v["failed_check"] == "compile" and v["runs"] == []
         assert v["detail"] in ("evaluate must take no parameter or one (the answer)",

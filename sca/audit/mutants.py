@@ -37,7 +37,6 @@ run or none is left: deterministic, and every kind is tried even when one kind a
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import random
@@ -49,7 +48,7 @@ from typing import Any
 
 from sandbox.result import is_stub
 from sca.audit.config import AuditConfig
-from sca.cat import canonical_json
+from sca.cat import canonical_json, evaluate_takes_answer
 from sca.metrics import (
     _quantile,  # the interpolation of every other interval of the toolkit
 )
@@ -174,16 +173,6 @@ def candidates(env: Any, writes: Sequence[Call], answer: Any, takes_answer: bool
 
 
 # -- one task ------------------------------------------------------------------------------------------------
-
-
-def evaluate_takes_answer(source: str) -> bool:
-    """Whether the last top-level ``evaluate`` of `source` takes a parameter (the answer); SyntaxError if
-    `source` does not compile, ValueError if it defines no evaluate."""
-    defs = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "evaluate"]
-    if not defs:
-        raise ValueError("the evaluation function defines no evaluate()")
-    a = defs[-1].args
-    return len(a.posonlyargs) + len(a.args) > 0 or a.vararg is not None
 
 
 class _Skip(Exception):
